@@ -1,0 +1,8 @@
+//! lark-auth: gets, stores and keeps fresh the `user_access_token` of Feishu/Lark users for
+//! one self-built app, with events and card callbacks received over the Lark long
+//! connection.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod protocol;
+pub mod secret;
