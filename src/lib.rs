@@ -6,3 +6,7 @@
 
 pub mod protocol;
 pub mod secret;
+pub mod service;
+pub mod config;
+pub mod connection;
+pub mod event_log;

@@ -1,1 +1,128 @@
-fn main() {}
+//! The `lark-auth` binary: sets up logging, loads configuration, starts the library on an
+//! actix System and waits for a signal. All behaviour lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lark_auth::config::{Config, LogFormat};
+
+/// Gets, stores and keeps fresh the user_access_token of Feishu/Lark users for one
+/// self-built app. Events and card callbacks arrive over the Lark long connection, so no
+/// public callback URL is needed.
+#[derive(Debug, Parser)]
+#[command(name = "lark-auth", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service: the long connection, and (as they land) sessions, vault, refresh
+    /// and the HTTP front.
+    ///
+    /// Reads the app id and secret from the environment variables the config names
+    /// (LARK_APP_ID / LARK_APP_SECRET by default). Logs one JSON object per line on stdout.
+    /// Stops gracefully on SIGINT/SIGTERM. Exits 1 on a fatal error (bad credentials,
+    /// connection limit, invalid config) with one line naming the cause.
+    ///
+    /// Example: LARK_APP_ID=cli_xxx LARK_APP_SECRET=yyy lark-auth serve --config config.toml
+    Serve {
+        /// Path of the TOML configuration (every key has a default; see config.toml).
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Validate the configuration and the environment, then print the effective settings
+    /// with secrets redacted. Exits 0 when valid, 2 otherwise.
+    ///
+    /// Example: lark-auth check-config --config config.toml
+    CheckConfig {
+        /// Path of the TOML configuration.
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => serve(&config),
+        Command::CheckConfig { config } => check_config(&config),
+    }
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config, lark_auth::config::ConfigError> {
+    let mut config = Config::from_file(path)?;
+    config.validate()?;
+    config.resolve_credentials(|k| std::env::var(k).ok())?;
+    Ok(config)
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match load_config(path) {
+        Ok(config) => {
+            let shown = serde_json::json!({
+                "config_file": path.display().to_string(),
+                "app_id": config.app.credentials.as_ref().map(|c| c.app_id.clone()),
+                "app_secret": "[redacted]",
+                "open_base_url": config.open_base_url(),
+                "accounts_base_url": config.accounts_base_url(),
+                "settings": config,
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&shown).unwrap_or_default()
+            );
+            println!("config OK");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lark-auth: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("RUST_LOG")
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    match config.log.format {
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stdout)
+            .init(),
+        LogFormat::Pretty => tracing_subscriber::fmt()
+            .pretty()
+            .with_env_filter(filter)
+            .with_writer(std::io::stdout)
+            .init(),
+    }
+}
+
+fn serve(path: &std::path::Path) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("lark-auth: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let system = actix::System::new();
+    let result = system.block_on(lark_auth::service::run_until_signal(config));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "lark-auth stopped on a fatal error");
+            eprintln!("lark-auth: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

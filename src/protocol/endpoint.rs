@@ -357,6 +357,25 @@ impl ConnectFailure {
         self.class() == FailureClass::Fatal
     }
 
+    /// What an operator should do about a fatal failure, in one sentence.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            ConnectFailure::DiscoveryCode { .. } => {
+                "check the app id and app secret, and that the app is an enterprise self-built app with events delivered over the long connection"
+            }
+            ConnectFailure::Handshake {
+                handshake_status: Some(HANDSHAKE_STATUS_AUTH_FAILED),
+                auth_code: Some(AUTHERR_CONNECTION_LIMIT),
+                ..
+            } => "the app already has the maximum of 50 long connections: stop other clients of this app",
+            ConnectFailure::Handshake {
+                handshake_status: Some(HANDSHAKE_STATUS_FORBIDDEN),
+                ..
+            } => "the platform forbids this app's long connection: check the app's status in the developer console",
+            _ => "check the network path to the open platform",
+        }
+    }
+
     /// A stable short name for metrics and logs.
     pub fn cause(&self) -> &'static str {
         match self {

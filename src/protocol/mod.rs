@@ -12,6 +12,7 @@ pub mod chunk;
 pub mod endpoint;
 pub mod event;
 pub mod frame;
+pub mod handshake;
 
 pub use frame::{AckPayload, ChunkPosition, Frame, FrameKind, Header};
 

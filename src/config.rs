@@ -1,0 +1,593 @@
+//! Typed configuration: the TOML file of `INTERFACE.md`, with defaults, validation, and the
+//! resolution of secrets from the environment.
+//!
+//! The library never reads files or the environment by itself: the binary calls
+//! [`Config::from_toml_str`] and [`Config::resolve_credentials`] with an environment lookup,
+//! then passes the result to the library. Durations are whole seconds in TOML (`_secs`
+//! keys) and [`Duration`]s in code, so tests can use sub-second values
+//! ([`Config::for_tests`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+/// Errors found while loading or validating configuration. Each names the key at fault;
+/// fix the file or the environment and start again.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path tried.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or a key has the wrong type (the message names the key).
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// A key has a value outside its allowed range or form.
+    #[error("invalid config key `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `connection.liveness_margin_secs`.
+        key: &'static str,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+    /// A secret or identifier that must come from the environment is not set.
+    #[error("missing {what}: set the environment variable `{env}` (named by config key `{key}`)")]
+    MissingEnv {
+        /// What is missing, e.g. "app secret".
+        what: &'static str,
+        /// The environment variable name.
+        env: String,
+        /// The config key naming the variable.
+        key: &'static str,
+    },
+}
+
+/// Which platform's default hosts to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Brand {
+    /// Feishu (China): `open.feishu.cn`, `accounts.feishu.cn`.
+    #[default]
+    Feishu,
+    /// Lark (international): `open.larksuite.com`, `accounts.larksuite.com`.
+    Lark,
+}
+
+/// The whole configuration. Every key has a default except the app credentials.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[app]`: which app, and where its credentials come from.
+    pub app: AppConfig,
+    /// `[endpoints]`: base URLs (defaults follow `app.brand`).
+    pub endpoints: EndpointsConfig,
+    /// `[auth]`: how users are asked for consent.
+    pub auth: AuthConfig,
+    /// `[vault]`: where grants are stored.
+    pub vault: VaultConfig,
+    /// `[refresh]`: token refresh policy.
+    pub refresh: RefreshConfig,
+    /// `[http]`: the control API and OAuth landing.
+    pub http: HttpConfig,
+    /// `[log]`: log format and level.
+    pub log: LogConfig,
+    /// `[connection]`: long-connection client limits and timeouts.
+    pub connection: ConnectionConfig,
+}
+
+/// `[app]` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppConfig {
+    /// The app id (`cli_…`) written directly; takes precedence over `app_id_env`.
+    pub app_id: Option<String>,
+    /// Environment variable holding the app id. Default `LARK_APP_ID`.
+    pub app_id_env: String,
+    /// Environment variable holding the app secret. Default `LARK_APP_SECRET`.
+    pub app_secret_env: String,
+    /// File holding the app secret (alternative to the environment; trailing newline
+    /// trimmed).
+    pub app_secret_file: Option<PathBuf>,
+    /// `feishu` or `lark`: picks the default hosts.
+    pub brand: Brand,
+    /// Resolved credentials; never read from or written to TOML.
+    #[serde(skip)]
+    pub credentials: Option<AppCredentials>,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        AppConfig {
+            app_id: None,
+            app_id_env: "LARK_APP_ID".into(),
+            app_secret_env: "LARK_APP_SECRET".into(),
+            app_secret_file: None,
+            brand: Brand::Feishu,
+            credentials: None,
+        }
+    }
+}
+
+/// The app's resolved credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppCredentials {
+    /// The app id, e.g. `cli_a1b2…` (an identifier, not a secret).
+    pub app_id: String,
+    /// The app secret (redacted in all output).
+    pub app_secret: Secret<String>,
+}
+
+/// `[endpoints]` section. Empty values mean "the brand's default".
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EndpointsConfig {
+    /// OpenAPI and `/callback/ws/endpoint` base, e.g. `https://open.feishu.cn`.
+    pub open_base_url: Option<String>,
+    /// Accounts host base (device authorization, authorize page).
+    pub accounts_base_url: Option<String>,
+}
+
+/// `[auth]` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `device` (default) or `authorization_code`.
+    pub flow: AuthFlow,
+    /// Scopes requested when the caller names none; `offline_access` is always added.
+    pub default_scopes: Vec<String>,
+    /// How long a user has to decide, seconds. Default 600.
+    #[serde(with = "duration_secs", rename = "session_timeout_secs")]
+    pub session_timeout: Duration,
+    /// Registered redirect URI; required for `authorization_code`.
+    pub redirect_uri: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            flow: AuthFlow::Device,
+            default_scopes: vec!["offline_access".into()],
+            session_timeout: Duration::from_secs(600),
+            redirect_uri: String::new(),
+        }
+    }
+}
+
+/// How consent is obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthFlow {
+    /// OAuth device authorization grant (RFC 8628); needs no inbound HTTP.
+    #[default]
+    Device,
+    /// Authorization-code grant with PKCE; needs `redirect_uri` reachable by the user.
+    AuthorizationCode,
+}
+
+/// `[vault]` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VaultConfig {
+    /// sled directory. Default `data/lark-auth`.
+    pub path: PathBuf,
+    /// Environment variable holding the 32-byte vault key, base64.
+    pub key_env: String,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        VaultConfig {
+            path: PathBuf::from("data/lark-auth"),
+            key_env: "LARK_AUTH_VAULT_KEY".into(),
+        }
+    }
+}
+
+/// `[refresh]` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RefreshConfig {
+    /// Refresh an access token when less than this remains, seconds. Default 300.
+    #[serde(with = "duration_secs", rename = "margin_secs")]
+    pub margin: Duration,
+    /// Token-endpoint calls per second allowed for refreshes and polls. Default 40
+    /// (platform limit about 50).
+    pub budget_per_sec: u32,
+}
+
+impl Default for RefreshConfig {
+    fn default() -> Self {
+        RefreshConfig {
+            margin: Duration::from_secs(300),
+            budget_per_sec: 40,
+        }
+    }
+}
+
+/// `[http]` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address of the control API. Default `127.0.0.1:8787`.
+    pub listen: SocketAddr,
+    /// Environment variable holding the control API bearer token.
+    pub api_token_env: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            api_token_env: "LARK_AUTH_API_TOKEN".into(),
+        }
+    }
+}
+
+/// `[log]` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `json` (one object per line, default) or `pretty`.
+    pub format: LogFormat,
+    /// A `tracing` filter directive: `info`, `debug`, `lark_auth=debug,info`, …
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Human-readable, multi-line.
+    Pretty,
+}
+
+/// `[connection]` section: the long-connection client's own limits. The server's
+/// `ClientConfig` (ping and reconnect timing) is applied on top at run time.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// Timeout of the endpoint discovery request, seconds. Default 10.
+    #[serde(with = "duration_secs", rename = "discovery_timeout_secs")]
+    pub discovery_timeout: Duration,
+    /// Timeout of TCP connect + TLS + WebSocket handshake, seconds. Default 10.
+    #[serde(with = "duration_secs", rename = "handshake_timeout_secs")]
+    pub handshake_timeout: Duration,
+    /// The link counts as dead when nothing arrives within `PingInterval` + this margin,
+    /// seconds. Default 30.
+    #[serde(with = "duration_secs", rename = "liveness_margin_secs")]
+    pub liveness_margin: Duration,
+    /// First delay of the exponential reconnect backoff (after the random `ReconnectNonce`
+    /// wait), seconds. Default 1. Capped by the server's `ReconnectInterval`.
+    #[serde(with = "duration_secs", rename = "backoff_initial_secs")]
+    pub backoff_initial: Duration,
+    /// Time a card callback's answer may take before the ack goes out without it,
+    /// seconds. Default 2 (the platform waits 3).
+    #[serde(with = "duration_secs", rename = "callback_budget_secs")]
+    pub callback_budget: Duration,
+    /// Window in which a data message with an already-seen `message_id` is acked but
+    /// not forwarded again, seconds. Default 600.
+    #[serde(with = "duration_secs", rename = "dedup_window_secs")]
+    pub dedup_window: Duration,
+    /// Largest WebSocket message accepted, bytes. Default 4 MiB.
+    pub max_frame_bytes: usize,
+    /// Incomplete chunked messages are dropped after this long, seconds. Default 10.
+    #[serde(with = "duration_secs", rename = "chunk_expiry_secs")]
+    pub chunk_expiry: Duration,
+    /// Server values used before the first discovery answer; `None` keeps the SDK
+    /// defaults (ping 120 s, reconnect interval 120 s, nonce 30 s). Not in TOML.
+    #[serde(skip)]
+    pub initial_tuning: Option<crate::protocol::endpoint::ConnectionTuning>,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            discovery_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            liveness_margin: Duration::from_secs(30),
+            backoff_initial: Duration::from_secs(1),
+            callback_budget: Duration::from_secs(2),
+            dedup_window: Duration::from_secs(600),
+            max_frame_bytes: 4 << 20,
+            chunk_expiry: Duration::from_secs(10),
+            initial_tuning: None,
+        }
+    }
+}
+
+/// Default OpenAPI base of a brand.
+pub fn default_open_base_url(brand: Brand) -> &'static str {
+    match brand {
+        Brand::Feishu => "https://open.feishu.cn",
+        Brand::Lark => "https://open.larksuite.com",
+    }
+}
+
+/// Default accounts base of a brand.
+pub fn default_accounts_base_url(brand: Brand) -> &'static str {
+    match brand {
+        Brand::Feishu => "https://accounts.feishu.cn",
+        Brand::Lark => "https://accounts.larksuite.com",
+    }
+}
+
+impl Config {
+    /// Parses TOML text. Unknown keys are errors (a typo must not be silently ignored).
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] naming the line and key.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// Reads and parses a TOML file.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] or [`ConfigError::Parse`].
+    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml_str(&text)
+    }
+
+    /// The effective OpenAPI base URL, without a trailing `/`.
+    pub fn open_base_url(&self) -> String {
+        self.endpoints
+            .open_base_url
+            .clone()
+            .unwrap_or_else(|| default_open_base_url(self.app.brand).to_string())
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    /// The effective accounts base URL, without a trailing `/`.
+    pub fn accounts_base_url(&self) -> String {
+        self.endpoints
+            .accounts_base_url
+            .clone()
+            .unwrap_or_else(|| default_accounts_base_url(self.app.brand).to_string())
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    /// Fills [`AppConfig::credentials`] from `app_id` / the environment / the secret file.
+    /// `env` looks a variable up (pass `|k| std::env::var(k).ok()` in a binary).
+    ///
+    /// # Errors
+    /// [`ConfigError::MissingEnv`] when the id or secret is not set or empty;
+    /// [`ConfigError::Read`] when the secret file cannot be read.
+    pub fn resolve_credentials(
+        &mut self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        let app_id = match &self.app.app_id {
+            Some(id) if !id.is_empty() => id.clone(),
+            _ => env(&self.app.app_id_env)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| ConfigError::MissingEnv {
+                    what: "app id",
+                    env: self.app.app_id_env.clone(),
+                    key: "app.app_id_env",
+                })?,
+        };
+        let app_secret = if let Some(path) = &self.app.app_secret_file {
+            std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?
+                .trim_end()
+                .to_string()
+        } else {
+            env(&self.app.app_secret_env)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| ConfigError::MissingEnv {
+                    what: "app secret",
+                    env: self.app.app_secret_env.clone(),
+                    key: "app.app_secret_env",
+                })?
+        };
+        self.app.credentials = Some(AppCredentials {
+            app_id,
+            app_secret: Secret::new(app_secret),
+        });
+        Ok(())
+    }
+
+    /// Checks every value before anything starts.
+    ///
+    /// # Errors
+    /// The first [`ConfigError::Invalid`] found, naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            }
+        }
+        for (key, value) in [
+            ("endpoints.open_base_url", self.open_base_url()),
+            ("endpoints.accounts_base_url", self.accounts_base_url()),
+        ] {
+            match url::Url::parse(&value) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => return Err(invalid(key, format!("`{value}` is not an http(s) URL"))),
+            }
+        }
+        if self.auth.flow == AuthFlow::AuthorizationCode && self.auth.redirect_uri.is_empty() {
+            return Err(invalid(
+                "auth.redirect_uri",
+                "required when auth.flow = \"authorization_code\"",
+            ));
+        }
+        if self.auth.session_timeout < Duration::from_secs(1) {
+            return Err(invalid("auth.session_timeout_secs", "must be at least 1"));
+        }
+        if self.refresh.budget_per_sec == 0 || self.refresh.budget_per_sec > 50 {
+            return Err(invalid(
+                "refresh.budget_per_sec",
+                "must be 1..=50 (the platform allows about 50 token requests/s per app)",
+            ));
+        }
+        let c = &self.connection;
+        for (key, d) in [
+            ("connection.discovery_timeout_secs", c.discovery_timeout),
+            ("connection.handshake_timeout_secs", c.handshake_timeout),
+            ("connection.callback_budget_secs", c.callback_budget),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if c.callback_budget >= Duration::from_secs(3) {
+            return Err(invalid(
+                "connection.callback_budget_secs",
+                "must be below 3 (the platform's callback deadline)",
+            ));
+        }
+        if c.backoff_initial.is_zero() {
+            return Err(invalid(
+                "connection.backoff_initial_secs",
+                "must be greater than 0",
+            ));
+        }
+        if !(1024..=(64 << 20)).contains(&c.max_frame_bytes) {
+            return Err(invalid(
+                "connection.max_frame_bytes",
+                "must be between 1024 and 67108864",
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!("`{}` is not a tracing filter", self.log.level),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A configuration for tests: loopback base URLs, sub-second timings, fake credentials.
+    pub fn for_tests(open_base_url: &str) -> Config {
+        let mut config = Config::default();
+        config.endpoints.open_base_url = Some(open_base_url.to_string());
+        config.endpoints.accounts_base_url = Some(open_base_url.to_string());
+        config.app.credentials = Some(AppCredentials {
+            app_id: "cli_sandbox_app".into(),
+            app_secret: Secret::new("sandbox-secret".into()),
+        });
+        config.connection.discovery_timeout = Duration::from_secs(2);
+        config.connection.handshake_timeout = Duration::from_secs(2);
+        config.connection.liveness_margin = Duration::from_millis(300);
+        config.connection.backoff_initial = Duration::from_millis(20);
+        config.connection.callback_budget = Duration::from_millis(500);
+        config.connection.chunk_expiry = Duration::from_secs(2);
+        config
+    }
+}
+
+/// Serde adapter: a [`Duration`] as whole seconds.
+pub mod duration_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes whole seconds.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+
+    /// Reads whole seconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn the_committed_example_parses_and_validates() {
+        let text = include_str!("../config.toml");
+        let config = Config::from_toml_str(text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.open_base_url(), "https://open.feishu.cn");
+        assert_eq!(config.http.listen.to_string(), "127.0.0.1:8787");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml_str("[connection]\nliveness_margn_secs = 3\n").unwrap_err();
+        assert!(err.to_string().contains("liveness_margn_secs"), "{err}");
+    }
+
+    #[test]
+    fn invalid_value_names_the_key() {
+        let config = Config::from_toml_str("[refresh]\nbudget_per_sec = 80\n").unwrap();
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("refresh.budget_per_sec"), "{err}");
+        let config = Config::from_toml_str("[auth]\nflow = \"authorization_code\"\n").unwrap();
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("auth.redirect_uri"), "{err}");
+    }
+
+    #[test]
+    fn credentials_come_from_the_environment_and_stay_redacted() {
+        let mut config = Config::default();
+        let err = config.resolve_credentials(env_of(&[])).unwrap_err();
+        assert!(err.to_string().contains("LARK_APP_ID"), "{err}");
+        let err = config
+            .resolve_credentials(env_of(&[("LARK_APP_ID", "cli_x")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("LARK_APP_SECRET"), "{err}");
+        config
+            .resolve_credentials(env_of(&[
+                ("LARK_APP_ID", "cli_x"),
+                ("LARK_APP_SECRET", "s3cr3t-value"),
+            ]))
+            .unwrap();
+        let printed = format!("{config:?}");
+        assert!(printed.contains("cli_x"));
+        assert!(!printed.contains("s3cr3t-value"), "{printed}");
+    }
+
+    #[test]
+    fn brand_picks_default_hosts_and_trailing_slash_is_trimmed() {
+        let mut config = Config::from_toml_str("[app]\nbrand = \"lark\"\n").unwrap();
+        assert_eq!(config.open_base_url(), "https://open.larksuite.com");
+        config.endpoints.open_base_url = Some("http://127.0.0.1:9/".into());
+        assert_eq!(config.open_base_url(), "http://127.0.0.1:9");
+    }
+}

@@ -1,0 +1,847 @@
+//! The ConnectionActor: owns the Lark long connection (one WebSocket), runs under an
+//! [`actix::Supervisor`], and turns frames into typed messages.
+//!
+//! Accepts: [`Shutdown`], [`GetConnectionStatus`].
+//! Sends (through the [`ConnectionOutputs`] recipients): [`EventReceived`] for every
+//! complete event that is not a card callback, [`CardActionReceived`] for each
+//! `card.action.trigger` callback (its reply becomes the callback answer), and
+//! [`ConnectionStateChanged`] on every state change.
+//!
+//! Lifecycle: `started()` schedules one connection attempt (discovery, TCP, TLS, handshake)
+//! after the delay the [`ReconnectPolicy`] gives; a failed attempt or a lost connection
+//! stops the actor and the supervisor restarts it at once (same struct, so the policy and
+//! the tuning survive), which schedules the next attempt. Only one attempt is ever
+//! pending. A fatal failure (bad credentials, banned app, connection limit) or an
+//! exhausted `ReconnectCount` parks the actor: it stays alive, answers status queries with
+//! `failed` and makes no further attempt.
+//!
+//! Hot path: every complete data message is answered on the connection it came on before
+//! it is forwarded; handlers of other actors never run on the read loop.
+
+pub mod recent;
+pub mod reconnect;
+pub mod transport;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::io::{SinkWrite, WriteHandler};
+use actix::prelude::*;
+use actix_http::ws;
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{SplitSink, StreamExt as _};
+use tracing::{debug, error, info, warn};
+
+use crate::config::{AppCredentials, ConnectionConfig};
+use crate::protocol::chunk::{ChunkAssembler, ChunkLimits, ChunkOutcome};
+use crate::protocol::endpoint::{ConnectFailure, ConnectionTuning, WsEndpoint};
+use crate::protocol::event::{
+    CardActionResponse, CardActionTrigger, EVENT_TYPE_CARD_ACTION_TRIGGER, EnvelopeRef,
+};
+use crate::protocol::{AckPayload, Frame, FrameKind};
+
+use self::recent::RecentMessages;
+use self::reconnect::ReconnectPolicy;
+use self::transport::WsFramed;
+
+/// How many message ids the duplicate filter holds at most.
+const RECENT_MESSAGES_CAPACITY: usize = 100_000;
+/// How often incomplete chunked messages and old message ids are swept.
+const SWEEP_PERIOD: Duration = Duration::from_secs(1);
+
+/// Errors of the connection layer that reach callers.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnectionError {
+    /// The configuration has no resolved app credentials; call
+    /// `Config::resolve_credentials` first.
+    #[error("no app credentials configured (app_id / app_secret)")]
+    MissingCredentials,
+    /// The TLS configuration could not be built.
+    #[error("cannot build the TLS configuration: {0}")]
+    Tls(String),
+}
+
+/// The state of the long connection, as `/healthz` and the logs show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionState {
+    /// First attempt under way.
+    Connecting,
+    /// Handshake done; frames flow.
+    Connected,
+    /// The connection was lost or an attempt failed; another attempt is scheduled.
+    Reconnecting,
+    /// Fatal refusal or `ReconnectCount` exhausted: no further attempt will be made.
+    Failed,
+    /// Stopped on request ([`Shutdown`]).
+    Stopped,
+}
+
+impl ConnectionState {
+    /// The lowercase name used in logs, metrics and `/healthz`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionState::Connecting => "connecting",
+            ConnectionState::Connected => "connected",
+            ConnectionState::Reconnecting => "reconnecting",
+            ConnectionState::Failed => "failed",
+            ConnectionState::Stopped => "stopped",
+        }
+    }
+}
+
+/// A complete data message that is not a card callback (an event, or any other callback
+/// type). Sent after the message was acked with `{"code":200}`.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct EventReceived {
+    /// `header.event_id` (schema 2.0) or `uuid` (1.0): the id redeliveries share.
+    pub event_id: String,
+    /// `header.event_type`, e.g. `im.message.receive_v1`.
+    pub event_type: String,
+    /// Frame header `message_id`.
+    pub message_id: String,
+    /// Frame header `trace_id`.
+    pub trace_id: String,
+    /// Frame type: [`FrameKind::Event`] or [`FrameKind::Card`].
+    pub frame_kind: FrameKind,
+    /// The whole (reassembled) JSON payload.
+    pub payload: Bytes,
+    /// `device_id` of the connection it came on.
+    pub conn_id: Arc<str>,
+}
+
+/// A `card.action.trigger` callback. The reply is sent to the platform as the callback
+/// answer (`data` of the ack); it must come within `connection.callback_budget_secs`,
+/// else the ack goes out with `{"code":200}` alone and the user sees no toast.
+///
+/// Reply `Ok(response)` to answer, `Err(CallbackFailed)` to answer `{"code":500}` (the
+/// platform then shows an error and may deliver again).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<CardActionResponse, CallbackFailed>")]
+pub struct CardActionReceived {
+    /// `header.event_id`.
+    pub event_id: String,
+    /// Frame header `message_id`.
+    pub message_id: String,
+    /// Frame header `trace_id`.
+    pub trace_id: String,
+    /// The parsed callback.
+    pub trigger: CardActionTrigger,
+    /// `device_id` of the connection it came on.
+    pub conn_id: Arc<str>,
+}
+
+/// A callback handler's refusal: the ack will carry `{"code":500}`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("callback handler failed: {0}")]
+pub struct CallbackFailed(pub String);
+
+/// Sent on every change of [`ConnectionState`].
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct ConnectionStateChanged {
+    /// The new state.
+    pub state: ConnectionState,
+    /// `device_id` of the connection when connected.
+    pub conn_id: Option<Arc<str>>,
+    /// Why the state changed (failure cause, `closed_by_server`, `silence`, …).
+    pub cause: Option<String>,
+}
+
+/// Where the ConnectionActor sends what it receives. Plug in probes in tests.
+#[derive(Clone)]
+pub struct ConnectionOutputs {
+    /// Receives [`EventReceived`].
+    pub events: Recipient<EventReceived>,
+    /// Receives [`CardActionReceived`] and answers it.
+    pub card_actions: Recipient<CardActionReceived>,
+    /// Receives [`ConnectionStateChanged`].
+    pub states: Recipient<ConnectionStateChanged>,
+}
+
+/// Asks the actor to close the connection (WebSocket Close after the queued acks) and make
+/// no further attempt. Replies at once; the state becomes [`ConnectionState::Stopped`].
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// Asks for a [`ConnectionStatus`] snapshot.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "ConnectionStatus")]
+pub struct GetConnectionStatus;
+
+/// A snapshot of the connection and its counters (counts since the actor was created).
+#[derive(Debug, Clone, MessageResponse)]
+pub struct ConnectionStatus {
+    /// Current state.
+    pub state: ConnectionState,
+    /// `device_id` of the live connection.
+    pub conn_id: Option<Arc<str>>,
+    /// The server tuning in force (after validation).
+    pub tuning: ConnectionTuning,
+    /// The fatal failure, when `state` is `failed` because of one.
+    pub last_failure: Option<ConnectFailure>,
+    /// Successful connections so far.
+    pub connects: u64,
+    /// Data frames received (chunks count one each).
+    pub data_frames_in: u64,
+    /// Acks written (responses to complete data messages).
+    pub acks_out: u64,
+    /// Duplicate messages acked but not forwarded.
+    pub duplicates: u64,
+    /// Frames that did not decode or had bad headers.
+    pub rejected_frames: u64,
+}
+
+type WsSink = SplitSink<WsFramed, ws::Message>;
+
+/// The live part of a connection; dropped on every restart.
+struct Live {
+    sink: SinkWrite<ws::Message, WsSink>,
+    conn_id: Arc<str>,
+    service_id: i32,
+    last_inbound: Instant,
+    ping_timer: Option<SpawnHandle>,
+    continuation: Option<BytesMut>,
+}
+
+/// Owns the WebSocket. Start it with [`ConnectionActor::start_supervised`].
+pub struct ConnectionActor {
+    credentials: AppCredentials,
+    open_base_url: String,
+    config: ConnectionConfig,
+    outputs: ConnectionOutputs,
+    tls: Arc<rustls::ClientConfig>,
+    tuning: ConnectionTuning,
+    policy: ReconnectPolicy,
+    state: ConnectionState,
+    /// Set when no further attempt may be made (fatal failure, gave up, shutdown).
+    parked: bool,
+    last_failure: Option<ConnectFailure>,
+    attempt: Option<SpawnHandle>,
+    live: Option<Live>,
+    /// Incremented on every connection, so a late callback answer is never written to a
+    /// newer connection than the one its message came on.
+    generation: u64,
+    assembler: ChunkAssembler,
+    recent: RecentMessages,
+    counters: Counters,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    attempts_started: u64,
+    connects: u64,
+    data_frames_in: u64,
+    acks_out: u64,
+    duplicates: u64,
+    rejected_frames: u64,
+}
+
+impl ConnectionActor {
+    /// Builds the actor from resolved credentials, the open platform base URL (no trailing
+    /// `/`) and the `[connection]` settings.
+    ///
+    /// # Errors
+    /// [`ConnectionError::Tls`] if the TLS configuration cannot be built.
+    pub fn new(
+        credentials: AppCredentials,
+        open_base_url: String,
+        config: ConnectionConfig,
+        outputs: ConnectionOutputs,
+    ) -> Result<Self, ConnectionError> {
+        let tls = transport::tls_config().map_err(|e| ConnectionError::Tls(e.to_string()))?;
+        let limits = ChunkLimits {
+            max_parts: 64,
+            expiry: config.chunk_expiry,
+            ..ChunkLimits::default()
+        };
+        Ok(ConnectionActor {
+            credentials,
+            open_base_url,
+            tuning: config.initial_tuning.unwrap_or_default(),
+            policy: ReconnectPolicy::new(config.backoff_initial),
+            recent: RecentMessages::new(config.dedup_window, RECENT_MESSAGES_CAPACITY),
+            config,
+            outputs,
+            tls,
+            state: ConnectionState::Connecting,
+            parked: false,
+            last_failure: None,
+            attempt: None,
+            live: None,
+            generation: 0,
+            assembler: ChunkAssembler::new(limits),
+            counters: Counters::default(),
+        })
+    }
+
+    /// Starts the actor under an [`actix::Supervisor`] on the current arbiter. Keep the
+    /// returned address: the supervisor restarts the actor only while an address lives.
+    pub fn start_supervised(self) -> Addr<ConnectionActor> {
+        actix::Supervisor::start(move |_| self)
+    }
+
+    fn set_state(&mut self, state: ConnectionState, cause: Option<String>) {
+        if self.state == state && cause.is_none() {
+            return;
+        }
+        self.state = state;
+        let conn_id = self.live.as_ref().map(|l| l.conn_id.clone());
+        match state {
+            ConnectionState::Failed => error!(
+                state = state.as_str(),
+                cause = cause.as_deref().unwrap_or(""),
+                "long connection failed; no further attempt will be made"
+            ),
+            _ => info!(
+                state = state.as_str(),
+                conn_id = conn_id.as_deref().unwrap_or(""),
+                cause = cause.as_deref().unwrap_or(""),
+                "long connection state changed"
+            ),
+        }
+        self.outputs.states.do_send(ConnectionStateChanged {
+            state,
+            conn_id,
+            cause,
+        });
+    }
+
+    /// Schedules the next connection attempt, or parks when the policy gives up.
+    fn schedule_attempt(&mut self, ctx: &mut Context<Self>) {
+        let delay = if self.counters.attempts_started == 0 {
+            Some(Duration::ZERO)
+        } else {
+            self.policy.next_delay(&self.tuning)
+        };
+        let Some(delay) = delay else {
+            self.parked = true;
+            let attempts = self.policy.attempts();
+            self.set_state(
+                ConnectionState::Failed,
+                Some(format!(
+                    "gave up after {attempts} reconnect attempts (ReconnectCount)"
+                )),
+            );
+            return;
+        };
+        self.counters.attempts_started += 1;
+        let client = transport::http_client(self.tls.clone(), self.config.discovery_timeout);
+        let base = self.open_base_url.clone();
+        let credentials = self.credentials.clone();
+        let tls = self.tls.clone();
+        let handshake_timeout = self.config.handshake_timeout;
+        let max_frame = self.config.max_frame_bytes;
+        debug!(delay_ms = delay.as_millis() as u64, "connection attempt scheduled");
+        let attempt = async move {
+            if !delay.is_zero() {
+                actix_rt::time::sleep(delay).await;
+            }
+            let endpoint = transport::discover(&client, &base, &credentials).await?;
+            let framed = transport::dial(&endpoint, tls, handshake_timeout, max_frame).await?;
+            Ok::<_, ConnectFailure>((endpoint, framed))
+        };
+        let handle = ctx.spawn(attempt.into_actor(self).map(|result, act, ctx| {
+            act.attempt = None;
+            match result {
+                Ok((endpoint, framed)) => act.on_connected(endpoint, framed, ctx),
+                Err(failure) if failure.is_fatal() => {
+                    act.parked = true;
+                    let cause = format!("{failure}; {}", failure.hint());
+                    act.last_failure = Some(failure);
+                    act.set_state(ConnectionState::Failed, Some(cause));
+                }
+                Err(failure) => {
+                    warn!(
+                        cause = failure.cause(),
+                        error = %failure,
+                        attempt = act.policy.attempts(),
+                        "connection attempt failed; will retry"
+                    );
+                    act.set_state(
+                        ConnectionState::Reconnecting,
+                        Some(failure.cause().to_string()),
+                    );
+                    ctx.stop();
+                }
+            }
+        }));
+        self.attempt = Some(handle);
+    }
+
+    fn on_connected(&mut self, endpoint: WsEndpoint, framed: WsFramed, ctx: &mut Context<Self>) {
+        if self.parked {
+            return;
+        }
+        if let Some(server_config) = endpoint.client_config {
+            self.apply_client_config(&server_config, "discovery");
+        }
+        self.policy.connected();
+        self.generation += 1;
+        self.counters.connects += 1;
+        let (sink, stream) = framed.split();
+        ctx.add_stream(stream);
+        let conn_id: Arc<str> = Arc::from(endpoint.device_id.as_str());
+        self.live = Some(Live {
+            sink: SinkWrite::new(sink, ctx),
+            conn_id: conn_id.clone(),
+            service_id: endpoint.service_id,
+            last_inbound: Instant::now(),
+            ping_timer: None,
+            continuation: None,
+        });
+        info!(
+            conn_id = %conn_id,
+            url = %endpoint.redacted_url(),
+            service_id = endpoint.service_id,
+            ping_interval_s = self.tuning.ping_interval.as_secs(),
+            "long connection established"
+        );
+        self.set_state(ConnectionState::Connected, None);
+        self.send_ping(ctx);
+        self.arm_ping_timer(ctx);
+    }
+
+    fn apply_client_config(
+        &mut self,
+        server_config: &crate::protocol::endpoint::ClientConfig,
+        source: &'static str,
+    ) -> bool {
+        let before = self.tuning;
+        for rejected in self.tuning.apply(server_config) {
+            warn!(
+                source,
+                key = rejected.key,
+                value = rejected.value,
+                reason = rejected.reason,
+                "server ClientConfig value rejected"
+            );
+        }
+        let changed = before != self.tuning;
+        if changed {
+            info!(
+                source,
+                ping_interval_s = self.tuning.ping_interval.as_secs(),
+                reconnect_interval_s = self.tuning.reconnect_interval.as_secs(),
+                reconnect_nonce_s = self.tuning.reconnect_nonce.as_secs(),
+                reconnect_count = self.tuning.reconnect_count.map(i64::from).unwrap_or(-1),
+                "server ClientConfig applied"
+            );
+        }
+        before.ping_interval != self.tuning.ping_interval
+    }
+
+    fn arm_ping_timer(&mut self, ctx: &mut Context<Self>) {
+        let interval = self.tuning.ping_interval;
+        let handle = ctx.run_interval(interval, |act, ctx| act.send_ping(ctx));
+        if let Some(live) = self.live.as_mut() {
+            if let Some(old) = live.ping_timer.replace(handle) {
+                ctx.cancel_future(old);
+            }
+        }
+    }
+
+    fn send_ping(&mut self, ctx: &mut Context<Self>) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let ping = Frame::ping(live.service_id).encode_to_bytes();
+        if live.sink.write(ws::Message::Binary(ping)).is_err() {
+            self.connection_lost("write_failed", ctx);
+        }
+    }
+
+    /// Stops the actor so the supervisor restarts it and a new attempt is scheduled.
+    fn connection_lost(&mut self, cause: &str, ctx: &mut Context<Self>) {
+        if let Some(live) = self.live.as_ref() {
+            warn!(conn_id = %live.conn_id, cause, "long connection lost");
+        }
+        if !self.parked {
+            self.set_state(ConnectionState::Reconnecting, Some(cause.to_string()));
+        }
+        ctx.stop();
+    }
+
+    fn check_liveness(&mut self, ctx: &mut Context<Self>) {
+        let Some(live) = self.live.as_ref() else {
+            return;
+        };
+        let limit = self.tuning.ping_interval + self.config.liveness_margin;
+        if live.last_inbound.elapsed() > limit {
+            self.connection_lost("silence", ctx);
+        }
+    }
+
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        let expired = self.assembler.expire(now);
+        if expired > 0 {
+            warn!(
+                expired,
+                "incomplete chunked messages expired (the platform will deliver them again)"
+            );
+        }
+        self.recent.prune(now);
+    }
+
+    /// One complete WebSocket binary message.
+    fn on_binary(&mut self, bytes: Bytes, ctx: &mut Context<Self>) {
+        let frame = match Frame::decode_bytes(bytes) {
+            Ok(frame) => frame,
+            Err(e) => {
+                self.counters.rejected_frames += 1;
+                warn!(error = %e, "frame rejected");
+                return;
+            }
+        };
+        match frame.kind() {
+            FrameKind::Pong => {
+                if let Some(payload) = frame.payload.as_ref().filter(|p| !p.is_empty()) {
+                    match serde_json::from_slice(payload) {
+                        Ok(server_config) => {
+                            if self.apply_client_config(&server_config, "pong") {
+                                self.arm_ping_timer(ctx);
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "pong payload is not a ClientConfig; ignored"),
+                    }
+                }
+            }
+            FrameKind::Ping => debug!("ping from the server ignored"),
+            kind @ (FrameKind::Event | FrameKind::Card) => self.on_data_frame(kind, frame, ctx),
+            FrameKind::Unknown => {
+                debug!(
+                    method = frame.method,
+                    frame_type = frame.header("type").unwrap_or(""),
+                    "frame of unknown kind ignored"
+                );
+            }
+        }
+    }
+
+    fn on_data_frame(&mut self, kind: FrameKind, mut frame: Frame, ctx: &mut Context<Self>) {
+        self.counters.data_frames_in += 1;
+        let received_at = Instant::now();
+        let position = match frame.chunk_position(64) {
+            Ok(p) => p,
+            Err(e) => {
+                self.counters.rejected_frames += 1;
+                warn!(message_id = frame.message_id(), error = %e, "data frame rejected");
+                return;
+            }
+        };
+        let part = frame.payload.take().unwrap_or_default();
+        let payload = match self
+            .assembler
+            .accept(frame.message_id(), position, part, received_at)
+        {
+            Ok(ChunkOutcome::Complete(payload)) => payload,
+            Ok(ChunkOutcome::Pending | ChunkOutcome::Duplicate) => return,
+            Err(e) => {
+                self.counters.rejected_frames += 1;
+                warn!(message_id = frame.message_id(), error = %e, "chunk rejected");
+                return;
+            }
+        };
+        if !self.recent.insert(frame.message_id(), received_at) {
+            self.counters.duplicates += 1;
+            debug!(
+                message_id = frame.message_id(),
+                "duplicate delivery acked, not forwarded"
+            );
+            self.ack(frame, received_at, &AckPayload::OK, ctx);
+            return;
+        }
+        let envelope = match EnvelopeRef::parse(&payload) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                warn!(
+                    message_id = frame.message_id(),
+                    trace_id = frame.trace_id(),
+                    error = %e,
+                    "payload is not an event envelope; answered 500"
+                );
+                self.ack(frame, received_at, &AckPayload::FAILED, ctx);
+                return;
+            }
+        };
+        let conn_id = self
+            .live
+            .as_ref()
+            .map(|l| l.conn_id.clone())
+            .unwrap_or_else(|| Arc::from(""));
+        if envelope.event_type == EVENT_TYPE_CARD_ACTION_TRIGGER {
+            let trigger = match envelope.event.map(CardActionTrigger::from_event) {
+                Some(Ok(trigger)) => trigger,
+                Some(Err(e)) => {
+                    warn!(message_id = frame.message_id(), error = %e, "card.action.trigger does not parse; answered 500");
+                    self.ack(frame, received_at, &AckPayload::FAILED, ctx);
+                    return;
+                }
+                None => {
+                    warn!(
+                        message_id = frame.message_id(),
+                        "card.action.trigger without event; answered 500"
+                    );
+                    self.ack(frame, received_at, &AckPayload::FAILED, ctx);
+                    return;
+                }
+            };
+            let message = CardActionReceived {
+                event_id: envelope.event_id.into_owned(),
+                message_id: frame.message_id().to_string(),
+                trace_id: frame.trace_id().to_string(),
+                trigger,
+                conn_id,
+            };
+            self.answer_callback(frame, message, received_at, ctx);
+            return;
+        }
+        let event = EventReceived {
+            event_id: envelope.event_id.into_owned(),
+            event_type: envelope.event_type.into_owned(),
+            message_id: frame.message_id().to_string(),
+            trace_id: frame.trace_id().to_string(),
+            frame_kind: kind,
+            payload,
+            conn_id,
+        };
+        if self.outputs.events.connected() {
+            self.ack(frame, received_at, &AckPayload::OK, ctx);
+            self.outputs.events.do_send(event);
+        } else {
+            error!(
+                message_id = %event.message_id,
+                "event consumer is gone; answered 500"
+            );
+            self.ack(frame, received_at, &AckPayload::FAILED, ctx);
+        }
+    }
+
+    /// Asks the card-action recipient for the answer within the callback budget, then
+    /// acks on the same connection. The read loop goes on meanwhile.
+    fn answer_callback(
+        &mut self,
+        frame: Frame,
+        message: CardActionReceived,
+        received_at: Instant,
+        ctx: &mut Context<Self>,
+    ) {
+        let generation = self.generation;
+        let budget = self.config.callback_budget;
+        let message_id = message.message_id.clone();
+        let request = self.outputs.card_actions.send(message);
+        let fut = async move { tokio::time::timeout(budget, request).await };
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+            if act.generation != generation || act.live.is_none() {
+                warn!(
+                    message_id = %message_id,
+                    "callback answered after its connection closed; answer dropped"
+                );
+                return;
+            }
+            match result {
+                Ok(Ok(Ok(response))) => match serde_json::to_vec(&response) {
+                    Ok(body) => {
+                        act.ack(frame, received_at, &AckPayload::ok_with_data(&body), ctx)
+                    }
+                    Err(e) => {
+                        error!(message_id = %message_id, error = %e, "callback answer does not serialize; answered 500");
+                        act.ack(frame, received_at, &AckPayload::FAILED, ctx)
+                    }
+                },
+                Ok(Ok(Err(failed))) => {
+                    warn!(message_id = %message_id, error = %failed, "callback handler failed; answered 500");
+                    act.ack(frame, received_at, &AckPayload::FAILED, ctx)
+                }
+                Ok(Err(mailbox)) => {
+                    error!(message_id = %message_id, error = %mailbox, "callback consumer unreachable; answered 500");
+                    act.ack(frame, received_at, &AckPayload::FAILED, ctx)
+                }
+                Err(_elapsed) => {
+                    warn!(
+                        message_id = %message_id,
+                        budget_ms = budget.as_millis() as u64,
+                        "callback answer not ready within the budget; acked without data"
+                    );
+                    act.ack(frame, received_at, &AckPayload::OK, ctx)
+                }
+            }
+        }));
+    }
+
+    fn ack(
+        &mut self,
+        frame: Frame,
+        received_at: Instant,
+        payload: &AckPayload<'_>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let biz_rt = received_at.elapsed().as_millis() as u64;
+        let bytes = frame.into_response(biz_rt, payload).encode_to_bytes();
+        if live.sink.write(ws::Message::Binary(bytes)).is_err() {
+            self.connection_lost("write_failed", ctx);
+            return;
+        }
+        self.counters.acks_out += 1;
+    }
+}
+
+impl Actor for ConnectionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.parked {
+            return;
+        }
+        ctx.run_interval(SWEEP_PERIOD, |act, _| act.sweep());
+        let check = (self.config.liveness_margin / 2).clamp(
+            Duration::from_millis(50),
+            Duration::from_secs(5),
+        );
+        ctx.run_interval(check, |act, ctx| act.check_liveness(ctx));
+        self.schedule_attempt(ctx);
+    }
+}
+
+impl actix::Supervised for ConnectionActor {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        // Everything bound to the old connection goes; policy, tuning, duplicate filter
+        // and counters stay.
+        self.live = None;
+        self.attempt = None;
+        self.assembler = ChunkAssembler::new(ChunkLimits {
+            max_parts: 64,
+            expiry: self.config.chunk_expiry,
+            ..ChunkLimits::default()
+        });
+    }
+}
+
+impl StreamHandler<Result<ws::Frame, ws::ProtocolError>> for ConnectionActor {
+    fn handle(&mut self, item: Result<ws::Frame, ws::ProtocolError>, ctx: &mut Context<Self>) {
+        let frame = match item {
+            Ok(frame) => frame,
+            Err(e) => {
+                warn!(error = %e, "websocket protocol error");
+                self.connection_lost("protocol_error", ctx);
+                return;
+            }
+        };
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        live.last_inbound = Instant::now();
+        match frame {
+            ws::Frame::Binary(bytes) => self.on_binary(bytes, ctx),
+            ws::Frame::Continuation(item) => {
+                let max = self.config.max_frame_bytes;
+                let (chunk, last) = match item {
+                    ws::Item::FirstBinary(b) => {
+                        live.continuation = Some(BytesMut::new());
+                        (b, false)
+                    }
+                    ws::Item::FirstText(b) => {
+                        live.continuation = None;
+                        debug!(len = b.len(), "fragmented text message ignored");
+                        return;
+                    }
+                    ws::Item::Continue(b) => (b, false),
+                    ws::Item::Last(b) => (b, true),
+                };
+                let Some(buf) = live.continuation.as_mut() else {
+                    return;
+                };
+                if buf.len() + chunk.len() > max {
+                    live.continuation = None;
+                    self.counters.rejected_frames += 1;
+                    warn!(max_bytes = max, "fragmented message too large; dropped");
+                    return;
+                }
+                buf.extend_from_slice(&chunk);
+                if last {
+                    if let Some(whole) = live.continuation.take() {
+                        self.on_binary(whole.freeze(), ctx);
+                    }
+                }
+            }
+            ws::Frame::Ping(payload) => {
+                if live.sink.write(ws::Message::Pong(payload)).is_err() {
+                    self.connection_lost("write_failed", ctx);
+                }
+            }
+            ws::Frame::Pong(_) => {}
+            ws::Frame::Text(text) => {
+                debug!(len = text.len(), "text message ignored (the protocol is binary)");
+            }
+            ws::Frame::Close(reason) => {
+                info!(conn_id = %live.conn_id, reason = ?reason, "server closed the connection");
+                let _ = live.sink.write(ws::Message::Close(reason));
+                self.connection_lost("closed_by_server", ctx);
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        self.connection_lost("stream_ended", ctx);
+    }
+}
+
+impl WriteHandler<ws::ProtocolError> for ConnectionActor {
+    fn error(&mut self, err: ws::ProtocolError, ctx: &mut Context<Self>) -> Running {
+        warn!(error = %err, "websocket write failed");
+        self.connection_lost("write_failed", ctx);
+        Running::Stop
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        if self.live.is_some() {
+            self.connection_lost("writer_closed", ctx);
+        }
+    }
+}
+
+impl Handler<Shutdown> for ConnectionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
+        if self.parked && self.state == ConnectionState::Stopped {
+            return;
+        }
+        self.parked = true;
+        if let Some(attempt) = self.attempt.take() {
+            ctx.cancel_future(attempt);
+        }
+        self.set_state(ConnectionState::Stopped, Some("shutdown requested".into()));
+        if let Some(live) = self.live.as_mut() {
+            let _ = live.sink.write(ws::Message::Close(Some(ws::CloseCode::Normal.into())));
+            live.sink.close();
+            // Give the Close (and the acks queued before it) a moment to go out, then drop
+            // the socket whether or not the server answered.
+            ctx.run_later(Duration::from_millis(500), |_, ctx| ctx.stop());
+        }
+    }
+}
+
+impl Handler<GetConnectionStatus> for ConnectionActor {
+    type Result = ConnectionStatus;
+
+    fn handle(&mut self, _: GetConnectionStatus, _: &mut Context<Self>) -> ConnectionStatus {
+        ConnectionStatus {
+            state: self.state,
+            conn_id: self.live.as_ref().map(|l| l.conn_id.clone()),
+            tuning: self.tuning,
+            last_failure: self.last_failure.clone(),
+            connects: self.counters.connects,
+            data_frames_in: self.counters.data_frames_in,
+            acks_out: self.counters.acks_out,
+            duplicates: self.counters.duplicates,
+            rejected_frames: self.counters.rejected_frames,
+        }
+    }
+}
