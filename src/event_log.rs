@@ -8,8 +8,7 @@ use actix::prelude::*;
 use tracing::info;
 
 use crate::connection::{
-    CallbackFailed, CardActionReceived, ConnectionOutputs, ConnectionStateChanged,
-    EventReceived,
+    CallbackFailed, CardActionReceived, ConnectionOutputs, ConnectionStateChanged, EventReceived,
 };
 use crate::protocol::event::CardActionResponse;
 

@@ -4,9 +4,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod protocol;
-pub mod secret;
-pub mod service;
 pub mod config;
 pub mod connection;
 pub mod event_log;
+pub mod protocol;
+pub mod secret;
+pub mod service;

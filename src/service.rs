@@ -11,8 +11,8 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::connection::{
-    ConnectionActor, ConnectionError, ConnectionOutputs, ConnectionState,
-    ConnectionStateChanged, Shutdown,
+    ConnectionActor, ConnectionError, ConnectionOutputs, ConnectionState, ConnectionStateChanged,
+    Shutdown,
 };
 use crate::event_log::EventLogActor;
 
@@ -130,9 +130,8 @@ impl Service {
 /// [`ServeError`] as above.
 pub async fn run_until_signal(config: Config) -> Result<(), ServeError> {
     let mut service = Service::start(&config)?;
-    let mut sigterm =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(ServeError::Signals)?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(ServeError::Signals)?;
     let mut states = service.states.clone();
     let outcome = tokio::select! {
         _ = tokio::signal::ctrl_c() => { info!(signal = "SIGINT", "stopping"); Ok(()) }

@@ -334,7 +334,10 @@ impl ConnectionActor {
         let tls = self.tls.clone();
         let handshake_timeout = self.config.handshake_timeout;
         let max_frame = self.config.max_frame_bytes;
-        debug!(delay_ms = delay.as_millis() as u64, "connection attempt scheduled");
+        debug!(
+            delay_ms = delay.as_millis() as u64,
+            "connection attempt scheduled"
+        );
         let attempt = async move {
             if !delay.is_zero() {
                 actix_rt::time::sleep(delay).await;
@@ -436,10 +439,10 @@ impl ConnectionActor {
     fn arm_ping_timer(&mut self, ctx: &mut Context<Self>) {
         let interval = self.tuning.ping_interval;
         let handle = ctx.run_interval(interval, |act, ctx| act.send_ping(ctx));
-        if let Some(live) = self.live.as_mut() {
-            if let Some(old) = live.ping_timer.replace(handle) {
-                ctx.cancel_future(old);
-            }
+        if let Some(live) = self.live.as_mut()
+            && let Some(old) = live.ping_timer.replace(handle)
+        {
+            ctx.cancel_future(old);
         }
     }
 
@@ -700,10 +703,8 @@ impl Actor for ConnectionActor {
             return;
         }
         ctx.run_interval(SWEEP_PERIOD, |act, _| act.sweep());
-        let check = (self.config.liveness_margin / 2).clamp(
-            Duration::from_millis(50),
-            Duration::from_secs(5),
-        );
+        let check = (self.config.liveness_margin / 2)
+            .clamp(Duration::from_millis(50), Duration::from_secs(5));
         ctx.run_interval(check, |act, ctx| act.check_liveness(ctx));
         self.schedule_attempt(ctx);
     }
@@ -764,10 +765,8 @@ impl StreamHandler<Result<ws::Frame, ws::ProtocolError>> for ConnectionActor {
                     return;
                 }
                 buf.extend_from_slice(&chunk);
-                if last {
-                    if let Some(whole) = live.continuation.take() {
-                        self.on_binary(whole.freeze(), ctx);
-                    }
+                if last && let Some(whole) = live.continuation.take() {
+                    self.on_binary(whole.freeze(), ctx);
                 }
             }
             ws::Frame::Ping(payload) => {
@@ -777,7 +776,10 @@ impl StreamHandler<Result<ws::Frame, ws::ProtocolError>> for ConnectionActor {
             }
             ws::Frame::Pong(_) => {}
             ws::Frame::Text(text) => {
-                debug!(len = text.len(), "text message ignored (the protocol is binary)");
+                debug!(
+                    len = text.len(),
+                    "text message ignored (the protocol is binary)"
+                );
             }
             ws::Frame::Close(reason) => {
                 info!(conn_id = %live.conn_id, reason = ?reason, "server closed the connection");
@@ -819,7 +821,9 @@ impl Handler<Shutdown> for ConnectionActor {
         }
         self.set_state(ConnectionState::Stopped, Some("shutdown requested".into()));
         if let Some(live) = self.live.as_mut() {
-            let _ = live.sink.write(ws::Message::Close(Some(ws::CloseCode::Normal.into())));
+            let _ = live
+                .sink
+                .write(ws::Message::Close(Some(ws::CloseCode::Normal.into())));
             live.sink.close();
             // Give the Close (and the acks queued before it) a moment to go out, then drop
             // the socket whether or not the server answered.

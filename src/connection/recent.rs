@@ -35,10 +35,10 @@ impl RecentMessages {
         if self.seen.contains(id) {
             return false;
         }
-        if self.order.len() >= self.capacity {
-            if let Some((_, old)) = self.order.pop_front() {
-                self.seen.remove(&old);
-            }
+        if self.order.len() >= self.capacity
+            && let Some((_, old)) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
         }
         let id: Box<str> = id.into();
         self.seen.insert(id.clone());

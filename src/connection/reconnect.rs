@@ -56,10 +56,10 @@ impl ReconnectPolicy {
     /// The delay before the next attempt, or `None` when `ReconnectCount` attempts have
     /// been made in this outage (give up and report).
     pub fn next_delay(&mut self, tuning: &ConnectionTuning) -> Option<Duration> {
-        if let Some(limit) = tuning.reconnect_count {
-            if self.attempts >= limit {
-                return None;
-            }
+        if let Some(limit) = tuning.reconnect_count
+            && self.attempts >= limit
+        {
+            return None;
         }
         self.attempts += 1;
         if self.attempts == 1 {
@@ -105,7 +105,9 @@ mod tests {
         let first = policy.next_delay(&t).unwrap();
         assert!(first < Duration::from_secs(30));
         let delays: Vec<_> = (0..8).map(|_| policy.next_delay(&t).unwrap()).collect();
-        assert!(delays[0] >= Duration::from_millis(800) && delays[0] <= Duration::from_millis(1200));
+        assert!(
+            delays[0] >= Duration::from_millis(800) && delays[0] <= Duration::from_millis(1200)
+        );
         assert!(delays.iter().all(|d| *d <= Duration::from_secs(8)));
         assert_eq!(*delays.last().unwrap(), Duration::from_secs(8));
     }

@@ -140,7 +140,10 @@ async fn dial_inner(
         .port_or_known_default()
         .unwrap_or(if secure { 443 } else { 80 });
     // Square brackets of an IPv6 literal must go for the socket address lookup.
-    let lookup_host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let lookup_host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let tcp = tokio::net::TcpStream::connect((lookup_host.as_str(), port))
         .await
         .map_err(|e| transport_err(format!("tcp connect to {host}:{port}: {e}")))?;

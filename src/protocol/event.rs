@@ -32,9 +32,9 @@ pub struct EnvelopeRef<'a> {
 impl<'a> EnvelopeRef<'a> {
     pub fn parse(payload: &'a [u8]) -> Result<EnvelopeRef<'a>, ProtocolError> {
         let raw: Raw<'a> = serde_json::from_slice(payload).map_err(ProtocolError::Envelope)?;
-        let h = raw.header.ok_or_else(|| {
-            ProtocolError::Envelope(serde::de::Error::custom("no header"))
-        })?;
+        let h = raw
+            .header
+            .ok_or_else(|| ProtocolError::Envelope(serde::de::Error::custom("no header")))?;
         Ok(EnvelopeRef {
             event_id: h.event_id,
             event_type: h.event_type,

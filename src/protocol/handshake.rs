@@ -86,8 +86,8 @@ pub fn parse_response(buf: &[u8], key: &str) -> HandshakeResponse {
         return invalid("101 without `Upgrade: websocket`");
     }
     let expected = actix_http::ws::hash_key(key.as_bytes());
-    let accept_ok = header("sec-websocket-accept")
-        .is_some_and(|v| v.trim().as_bytes() == expected.as_slice());
+    let accept_ok =
+        header("sec-websocket-accept").is_some_and(|v| v.trim().as_bytes() == expected.as_slice());
     if !accept_ok {
         return invalid("Sec-WebSocket-Accept does not match the key");
     }
