@@ -253,7 +253,6 @@ impl ConnectionActor {
     ) -> Result<Self, ConnectionError> {
         let tls = transport::tls_config().map_err(|e| ConnectionError::Tls(e.to_string()))?;
         let limits = ChunkLimits {
-            max_parts: 64,
             expiry: config.chunk_expiry,
             ..ChunkLimits::default()
         };
@@ -527,7 +526,7 @@ impl ConnectionActor {
     fn on_data_frame(&mut self, kind: FrameKind, mut frame: Frame, ctx: &mut Context<Self>) {
         self.counters.data_frames_in += 1;
         let received_at = Instant::now();
-        let position = match frame.chunk_position(64) {
+        let position = match frame.chunk_position(self.assembler.limits().max_parts) {
             Ok(p) => p,
             Err(e) => {
                 self.counters.rejected_frames += 1;
@@ -576,18 +575,10 @@ impl ConnectionActor {
             .map(|l| l.conn_id.clone())
             .unwrap_or_else(|| Arc::from(""));
         if envelope.event_type == EVENT_TYPE_CARD_ACTION_TRIGGER {
-            let trigger = match envelope.event.map(CardActionTrigger::from_event) {
-                Some(Ok(trigger)) => trigger,
-                Some(Err(e)) => {
+            let trigger = match envelope.deserialize_event::<CardActionTrigger>() {
+                Ok(trigger) => trigger,
+                Err(e) => {
                     warn!(message_id = frame.message_id(), error = %e, "card.action.trigger does not parse; answered 500");
-                    self.ack(frame, received_at, &AckPayload::FAILED, ctx);
-                    return;
-                }
-                None => {
-                    warn!(
-                        message_id = frame.message_id(),
-                        "card.action.trigger without event; answered 500"
-                    );
                     self.ack(frame, received_at, &AckPayload::FAILED, ctx);
                     return;
                 }
@@ -646,7 +637,7 @@ impl ConnectionActor {
                 return;
             }
             match result {
-                Ok(Ok(Ok(response))) => match serde_json::to_vec(&response) {
+                Ok(Ok(Ok(response))) => match response.to_json() {
                     Ok(body) => {
                         act.ack(frame, received_at, &AckPayload::ok_with_data(&body), ctx)
                     }
@@ -717,7 +708,6 @@ impl actix::Supervised for ConnectionActor {
         self.live = None;
         self.attempt = None;
         self.assembler = ChunkAssembler::new(ChunkLimits {
-            max_parts: 64,
             expiry: self.config.chunk_expiry,
             ..ChunkLimits::default()
         });

@@ -14,6 +14,7 @@ pub mod event;
 pub mod frame;
 pub mod handshake;
 
+pub use chunk::{ChunkAssembler, ChunkError, ChunkLimits, ChunkOutcome};
 pub use frame::{AckPayload, ChunkPosition, Frame, FrameKind, Header};
 
 /// Errors of the protocol layer. Each is a rejection of one input; none is fatal to a
@@ -33,4 +34,10 @@ pub enum ProtocolError {
     /// The payload is not the JSON shape expected. Answer 500 for callbacks, log it.
     #[error("payload is not a valid event envelope: {0}")]
     Envelope(#[source] serde_json::Error),
+    /// A part of a chunked message was rejected by the
+    /// [`ChunkAssembler`](chunk::ChunkAssembler) (bad position, inconsistent `sum`, a memory
+    /// limit). Nothing is kept for that `message_id`: drop the frame unanswered and log it;
+    /// the platform re-pushes the event.
+    #[error("chunk rejected: {0}")]
+    Chunk(#[from] chunk::ChunkError),
 }
