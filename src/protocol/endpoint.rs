@@ -85,16 +85,32 @@ impl fmt::Debug for EndpointData {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct ClientConfig {
     /// `ReconnectCount`: attempts before giving up; negative (−1) = unlimited.
-    #[serde(rename = "ReconnectCount", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "ReconnectCount",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub reconnect_count: Option<i64>,
     /// `ReconnectInterval`, seconds: the cap of the delay between reconnect attempts.
-    #[serde(rename = "ReconnectInterval", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "ReconnectInterval",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub reconnect_interval: Option<i64>,
     /// `ReconnectNonce`, seconds: upper bound of the random delay before the first attempt.
-    #[serde(rename = "ReconnectNonce", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "ReconnectNonce",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub reconnect_nonce: Option<i64>,
     /// `PingInterval`, seconds between client pings.
-    #[serde(rename = "PingInterval", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "PingInterval",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ping_interval: Option<i64>,
 }
 
@@ -473,7 +489,10 @@ mod tests {
         for printed in [format!("{ep:?}"), ep.redacted_url()] {
             assert!(!printed.contains("0123456789abcdef"), "{printed}");
             assert!(!printed.contains("5a1e2c1f"), "{printed}");
-            assert!(printed.contains("device_id=7390000000000000123"), "{printed}");
+            assert!(
+                printed.contains("device_id=7390000000000000123"),
+                "{printed}"
+            );
         }
     }
 

@@ -206,9 +206,12 @@ impl Frame {
         fn parse(frame: &Frame, key: &'static str, default: u32) -> Result<u32, ProtocolError> {
             match frame.header(key) {
                 None => Ok(default),
-                Some(v) => v.trim().parse::<u32>().map_err(|_| ProtocolError::BadChunkHeader {
-                    reason: "sum/seq is not a decimal number",
-                }),
+                Some(v) => v
+                    .trim()
+                    .parse::<u32>()
+                    .map_err(|_| ProtocolError::BadChunkHeader {
+                        reason: "sum/seq is not a decimal number",
+                    }),
             }
         }
         let sum = parse(self, HEADER_SUM, 1)?;
@@ -279,7 +282,9 @@ impl<'a> AckPayload<'a> {
     pub fn to_json(&self) -> Vec<u8> {
         use base64::Engine as _;
         let mut out = Vec::with_capacity(
-            16 + self.data.map_or(0, |d| base64::encoded_len(d.len(), true).unwrap_or(0) + 10),
+            16 + self
+                .data
+                .map_or(0, |d| base64::encoded_len(d.len(), true).unwrap_or(0) + 10),
         );
         out.extend_from_slice(b"{\"code\":");
         out.extend_from_slice(self.code.to_string().as_bytes());
