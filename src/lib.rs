@@ -5,4 +5,5 @@
 #![warn(missing_docs)]
 
 pub mod protocol;
+pub mod sandbox;
 pub mod secret;
