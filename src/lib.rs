@@ -8,5 +8,6 @@ pub mod config;
 pub mod connection;
 pub mod event_log;
 pub mod protocol;
+pub mod sandbox;
 pub mod secret;
 pub mod service;

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Fidelity check of the sandbox against the official Python SDK (lark-oapi 1.7.5):
+# creates .venv-check/ if needed, installs the SDK, builds and runs
+# examples/official_client_check.rs. Exits non-zero if any check fails.
+# Environment: PYTHON (interpreter used to create the venv, default python3),
+# VENV (venv directory, default .venv-check), CHECK_TIMEOUT_SECS (per wait, default 30).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv-check}"
+PYTHON="${PYTHON:-python3}"
+SDK_VERSION="1.7.5"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+installed="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("lark-oapi"))' 2>/dev/null || true)"
+if [ "$installed" != "$SDK_VERSION" ]; then
+    echo "installing lark-oapi==$SDK_VERSION into $VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "lark-oapi==$SDK_VERSION"
+fi
+
+cargo build --quiet --example official_client_check
+exec cargo run --quiet --example official_client_check -- \
+    --python "$VENV/bin/python" --timeout-secs "${CHECK_TIMEOUT_SECS:-30}"
