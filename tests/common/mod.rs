@@ -1,0 +1,269 @@
+//! Shared pieces of the integration tests: a probe that plays the ConnectionActor's
+//! consumer, and a sandbox + actor pair with short timings.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use lark_auth::config::Config;
+use lark_auth::connection::{
+    CallbackFailed, CardActionReceived, ConnectionActor, ConnectionOutputs, ConnectionState,
+    ConnectionStateChanged, EventReceived,
+};
+use lark_auth::protocol::endpoint::ClientConfig;
+use lark_auth::protocol::event::{CardActionResponse, Toast};
+use lark_auth::sandbox::{Sandbox, SandboxConfig};
+use tokio::sync::Notify;
+
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// What the probe has seen.
+#[derive(Default)]
+pub struct Seen {
+    pub events: Vec<EventReceived>,
+    pub card_actions: Vec<CardActionReceived>,
+    pub states: Vec<ConnectionStateChanged>,
+    /// Event handler entries (counted before the gate).
+    pub events_entered: usize,
+}
+
+/// How the probe answers card callbacks.
+#[derive(Clone, Debug)]
+pub enum CallbackBehaviour {
+    /// Answer at once with a toast carrying this text.
+    Toast(String),
+    /// Answer after a delay.
+    Slow(Duration, String),
+    /// Refuse (ack 500).
+    Fail,
+}
+
+#[derive(Clone)]
+pub struct Probe {
+    pub seen: Arc<Mutex<Seen>>,
+    changed: Arc<Notify>,
+    behaviour: Arc<Mutex<CallbackBehaviour>>,
+    /// While closed, the event handler blocks its thread (a stuck consumer).
+    gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Probe {
+    pub fn new() -> Probe {
+        Probe {
+            seen: Arc::default(),
+            changed: Arc::new(Notify::new()),
+            behaviour: Arc::new(Mutex::new(CallbackBehaviour::Toast("ok".into()))),
+            gate: Arc::new((Mutex::new(true), std::sync::Condvar::new())),
+        }
+    }
+
+    pub fn set_callback_behaviour(&self, behaviour: CallbackBehaviour) {
+        *self.behaviour.lock().unwrap() = behaviour;
+    }
+
+    /// Closes or opens the gate the event handler waits at.
+    pub fn set_gate_open(&self, open: bool) {
+        let (lock, cvar) = &*self.gate;
+        *lock.lock().unwrap() = open;
+        cvar.notify_all();
+    }
+
+    /// The recipients, served by an actor on its own thread so a blocked probe does not
+    /// block the connection actor.
+    pub fn outputs(&self) -> ConnectionOutputs {
+        let probe = self.clone();
+        let arbiter = actix::Arbiter::new();
+        let addr = ProbeActor::start_in_arbiter(&arbiter.handle(), move |_| ProbeActor(probe));
+        ConnectionOutputs {
+            events: addr.clone().recipient(),
+            card_actions: addr.clone().recipient(),
+            states: addr.recipient(),
+        }
+    }
+
+    /// Waits until `check` holds on what was seen, or panics after [`WAIT`].
+    pub async fn wait_until(&self, what: &str, check: impl Fn(&Seen) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let notified = self.changed.notified();
+            if check(&self.seen.lock().unwrap()) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("timed out waiting for {what}");
+            }
+        }
+    }
+
+    /// Waits for the connection to reach `state` (counting from the start).
+    pub async fn wait_for_state(&self, state: ConnectionState, times: usize) {
+        self.wait_until(&format!("{times}x state {state:?}"), |s| {
+            s.states.iter().filter(|c| c.state == state).count() >= times
+        })
+        .await
+    }
+
+    pub fn states(&self) -> Vec<ConnectionState> {
+        self.seen
+            .lock()
+            .unwrap()
+            .states
+            .iter()
+            .map(|s| s.state)
+            .collect()
+    }
+
+    pub fn event_count(&self) -> usize {
+        self.seen.lock().unwrap().events.len()
+    }
+}
+
+struct ProbeActor(Probe);
+
+impl Actor for ProbeActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<EventReceived> for ProbeActor {
+    type Result = ();
+    fn handle(&mut self, msg: EventReceived, _: &mut Context<Self>) {
+        {
+            let (lock, cvar) = &*self.0.gate;
+            let mut open = lock.lock().unwrap();
+            self.0.seen.lock().unwrap().events_entered += 1;
+            self.0.changed.notify_waiters();
+            while !*open {
+                open = cvar.wait(open).unwrap();
+            }
+        }
+        self.0.seen.lock().unwrap().events.push(msg);
+        self.0.changed.notify_waiters();
+    }
+}
+
+impl Handler<CardActionReceived> for ProbeActor {
+    type Result = ResponseFuture<Result<CardActionResponse, CallbackFailed>>;
+    fn handle(&mut self, msg: CardActionReceived, _: &mut Context<Self>) -> Self::Result {
+        self.0.seen.lock().unwrap().card_actions.push(msg);
+        self.0.changed.notify_waiters();
+        let behaviour = self.0.behaviour.lock().unwrap().clone();
+        Box::pin(async move {
+            match behaviour {
+                CallbackBehaviour::Toast(text) => Ok(CardActionResponse {
+                    toast: Some(Toast::info(text)),
+                    card: None,
+                }),
+                CallbackBehaviour::Slow(delay, text) => {
+                    actix_rt::time::sleep(delay).await;
+                    Ok(CardActionResponse {
+                        toast: Some(Toast::info(text)),
+                        card: None,
+                    })
+                }
+                CallbackBehaviour::Fail => Err(CallbackFailed("probe refuses".into())),
+            }
+        })
+    }
+}
+
+impl Handler<ConnectionStateChanged> for ProbeActor {
+    type Result = ();
+    fn handle(&mut self, msg: ConnectionStateChanged, _: &mut Context<Self>) {
+        self.0.seen.lock().unwrap().states.push(msg);
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// Sandbox settings for fast tests: ping every second, reconnect without jitter, 1 s cap.
+pub fn fast_sandbox_config() -> SandboxConfig {
+    SandboxConfig {
+        client_config: ClientConfig {
+            reconnect_count: Some(-1),
+            reconnect_interval: Some(1),
+            reconnect_nonce: Some(0),
+            ping_interval: Some(1),
+        },
+        ..SandboxConfig::default()
+    }
+}
+
+/// A running sandbox, a probe, and a supervised ConnectionActor connected to it.
+pub struct Harness {
+    pub sandbox: Sandbox,
+    pub probe: Probe,
+    pub actor: Addr<ConnectionActor>,
+    pub config: Config,
+}
+
+/// Starts a sandbox with `sandbox_config`, then the actor against it (not waiting for
+/// the connection).
+pub async fn start(sandbox_config: SandboxConfig) -> Harness {
+    start_with(sandbox_config, |_| {}).await
+}
+
+/// Like [`start`], with a hook to adjust the client's config first.
+pub async fn start_with(
+    sandbox_config: SandboxConfig,
+    adjust: impl FnOnce(&mut Config),
+) -> Harness {
+    let sandbox = Sandbox::start(sandbox_config)
+        .await
+        .expect("sandbox starts");
+    let mut config = Config::for_tests(&sandbox.base_url());
+    adjust(&mut config);
+    let probe = Probe::new();
+    let actor = ConnectionActor::new(
+        config.app.credentials.clone().unwrap(),
+        config.open_base_url(),
+        config.connection.clone(),
+        probe.outputs(),
+    )
+    .expect("actor builds")
+    .start_supervised();
+    Harness {
+        sandbox,
+        probe,
+        actor,
+        config,
+    }
+}
+
+/// Starts with the fast sandbox config and waits until connected and first pinged.
+pub async fn start_connected() -> Harness {
+    let h = start(fast_sandbox_config()).await;
+    h.probe.wait_for_state(ConnectionState::Connected, 1).await;
+    h.sandbox.wait_for_pings(1, WAIT).await.expect("first ping");
+    h
+}
+
+/// A schema 2.0 event payload with the given ids.
+pub fn event_json(event_id: &str, event_type: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "schema": "2.0",
+        "header": {"event_id": event_id, "event_type": event_type, "create_time": "1767225600000",
+                   "token": "verification-token", "app_id": "cli_sandbox_app", "tenant_key": "tk"},
+        "event": {"message": {"message_id": "om_1", "content": "{\"text\":\"你好, world\"}"}}
+    }))
+    .unwrap()
+}
+
+/// The `card.action.trigger` payload of the reference frame in tests/fixtures.
+pub fn card_action_json() -> Vec<u8> {
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/frames/event_card_action.bin"
+    ))
+    .unwrap();
+    let frame = lark_auth::protocol::Frame::decode_bytes(bytes.into()).unwrap();
+    frame.payload.unwrap().to_vec()
+}
+
+/// Runs `fut` with the [`WAIT`] timeout, panicking with `what` on expiry.
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
