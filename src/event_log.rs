@@ -1,6 +1,6 @@
 //! A stand-in consumer for the ConnectionActor's output until the RouterActor exists: it
 //! logs every event, callback and state change as structured lines, and answers card
-//! callbacks with a neutral toast.
+//! callbacks with a neutral "Received" toast.
 //!
 //! Accepts: [`EventReceived`], [`CardActionReceived`], [`ConnectionStateChanged`].
 
@@ -10,7 +10,7 @@ use tracing::info;
 use crate::connection::{
     CallbackFailed, CardActionReceived, ConnectionOutputs, ConnectionStateChanged, EventReceived,
 };
-use crate::protocol::event::CardActionResponse;
+use crate::protocol::event::{CardActionResponse, Toast};
 
 /// Logs what the connection delivers.
 #[derive(Debug, Default)]
@@ -61,7 +61,10 @@ impl Handler<CardActionReceived> for EventLogActor {
             open_id = %action.trigger.operator.open_id,
             "card action received"
         );
-        Ok(CardActionResponse::default())
+        Ok(CardActionResponse {
+            toast: Some(Toast::info("Received")),
+            card: None,
+        })
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod connection;
+pub mod demo;
 pub mod event_log;
 pub mod protocol;
 pub mod sandbox;

@@ -33,6 +33,13 @@ enum Command {
         #[arg(long, short, default_value = "config.toml")]
         config: PathBuf,
     },
+    /// Run the product end to end against the built-in sandbox (a fake Lark platform on
+    /// loopback): no credentials, no network. Prints each step; exits 0 on success.
+    ///
+    /// Logs go to stderr at `warn` (set RUST_LOG=info to see them all).
+    ///
+    /// Example: lark-auth demo
+    Demo,
     /// Validate the configuration and the environment, then print the effective settings
     /// with secrets redacted. Exits 0 when valid, 2 otherwise.
     ///
@@ -49,6 +56,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(&config),
         Command::CheckConfig { config } => check_config(&config),
+        Command::Demo => demo(),
     }
 }
 
@@ -103,6 +111,26 @@ fn init_logging(config: &Config) {
             .with_env_filter(filter)
             .with_writer(std::io::stdout)
             .init(),
+    }
+}
+
+fn demo() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let system = actix::System::new();
+    let result = system.block_on(async { lark_auth::demo::run(&mut std::io::stdout()).await });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lark-auth demo: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

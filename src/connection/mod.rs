@@ -457,10 +457,13 @@ impl ConnectionActor {
 
     /// Stops the actor so the supervisor restarts it and a new attempt is scheduled.
     fn connection_lost(&mut self, cause: &str, ctx: &mut Context<Self>) {
-        if let Some(live) = self.live.as_ref() {
-            warn!(conn_id = %live.conn_id, cause, "long connection lost");
-        }
-        if !self.parked {
+        if self.parked {
+            // Closing on purpose (shutdown): nothing was lost.
+            debug!(cause, "connection closed after shutdown");
+        } else {
+            if let Some(live) = self.live.as_ref() {
+                warn!(conn_id = %live.conn_id, cause, "long connection lost");
+            }
             self.set_state(ConnectionState::Reconnecting, Some(cause.to_string()));
         }
         ctx.stop();
