@@ -3,10 +3,13 @@
 //! itself allows a client benchmark to reach.
 //!
 //! Run: `cargo run --release --example sandbox_flood -- [count] [window] [parts]`
-//! (defaults 200000, 512, 1). Prints one report line per run.
+//! (defaults 200000, 512, 1). Prints one report line per run. The client socket gets
+//! `TCP_NODELAY` unless the environment variable `CLIENT_NAGLE` is set (to show the
+//! 40 ms delayed-ACK stalls of rust-stack-notes §6).
 
 use std::time::Duration;
 
+use actix_service::ServiceExt as _;
 use awc::ws;
 use futures_util::{SinkExt as _, StreamExt as _};
 use lark_auth::protocol::{AckPayload, Frame, FrameKind};
@@ -17,7 +20,17 @@ async fn run(count: usize, window: usize, parts: usize) -> Result<(), String> {
     let sandbox = Sandbox::start(SandboxConfig::default())
         .await
         .map_err(|e| e.to_string())?;
+    // awc never sets TCP_NODELAY (rust-stack-notes §6): wrap its TCP step to set it, so
+    // the client's acks are not held back by Nagle meeting the server's delayed ACK.
+    let nodelay = std::env::var_os("CLIENT_NAGLE").is_none();
+    let tcp = actix_tls::connect::ConnectorService::default().map(
+        move |conn: actix_tls::connect::Connection<actix_http::Uri, actix_rt::net::TcpStream>| {
+            let _ = conn.io_ref().set_nodelay(nodelay);
+            conn
+        },
+    );
     let client = awc::Client::builder()
+        .connector(awc::Connector::new().connector(tcp))
         .timeout(Duration::from_secs(10))
         .finish();
     let mut response = client
