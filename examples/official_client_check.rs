@@ -35,6 +35,11 @@ struct Args {
     /// Bound of each wait (connection, ping, acks), in seconds.
     #[arg(long, default_value_t = 30)]
     timeout_secs: u64,
+    /// Stay connected this many seconds at the end and check that the SDK's `websockets`
+    /// keepalive (an RFC 6455 Ping every 20 s, protocol doc §5) got its Pong: the
+    /// connection must survive. 0 skips the check.
+    #[arg(long, default_value_t = 0)]
+    keepalive_secs: u64,
 }
 
 /// Kills the child on every exit path.
@@ -124,7 +129,11 @@ fn ack_checks(report: &mut Report, what: &str, ack: Option<&RecordedAck>, needs_
 
 async fn run(args: Args) -> Result<bool, String> {
     let timeout = Duration::from_secs(args.timeout_secs);
-    let config = SandboxConfig::default();
+    let mut config = SandboxConfig::default();
+    // Short reconnect timings (seconds, §2.2) so the reconnect check does not wait for the
+    // default random 0–30 s first delay.
+    config.client_config.reconnect_nonce = Some(1);
+    config.client_config.reconnect_interval = Some(1);
     let sandbox = Sandbox::start(config.clone())
         .await
         .map_err(|e| format!("sandbox start: {e}"))?;
@@ -158,6 +167,7 @@ async fn run(args: Args) -> Result<bool, String> {
         "official client connects (discovery + handshake)",
         connected.map(|_| ()).map_err(|e| e.to_string()),
     ) {
+        println!("official client check: FAIL (the client never connected; see its log)");
         return Ok(false);
     }
     let discoveries = sandbox.discoveries();
@@ -206,6 +216,48 @@ async fn run(args: Args) -> Result<bool, String> {
         acks.iter().find(|a| a.message_id == message_id),
         false,
     );
+
+    // Reconnect path: a server Close makes the SDK rediscover (fresh single-use ticket)
+    // and dial again (§7.2, §7.3).
+    sandbox.close_all();
+    let reconnected = sandbox.wait_for_connections(2, timeout).await;
+    report.check(
+        "official client reconnects after a server Close (new discovery and ticket)",
+        match reconnected {
+            Ok(_) if sandbox.discoveries().len() >= 2 && sandbox.handshakes_refused() == 0 => {
+                Ok(())
+            }
+            Ok(_) => Err(format!(
+                "{} discoveries, {} refused handshakes",
+                sandbox.discoveries().len(),
+                sandbox.handshakes_refused()
+            )),
+            Err(e) => Err(e.to_string()),
+        },
+    );
+
+    if args.keepalive_secs > 0 {
+        println!(
+            "      holding the connection {} s for the websockets keepalive",
+            args.keepalive_secs
+        );
+        actix_rt::time::sleep(Duration::from_secs(args.keepalive_secs)).await;
+        let accepted = sandbox.connections_accepted();
+        report.check(
+            "RFC 6455 keepalive pings answered, connection kept",
+            if sandbox.protocol_pings() == 0 {
+                Err("no protocol ping arrived (hold longer than 20 s)".into())
+            } else if accepted != 2 || sandbox.active_connections() != 1 {
+                Err(format!(
+                    "{accepted} accepted, {} open",
+                    sandbox.active_connections()
+                ))
+            } else {
+                Ok(())
+            },
+        );
+    }
+
     report.check(
         "no unexpected client frames",
         match sandbox.unexpected_frames().as_slice() {

@@ -3,7 +3,8 @@
 # creates .venv-check/ if needed, installs the SDK, builds and runs
 # examples/official_client_check.rs. Exits non-zero if any check fails.
 # Environment: PYTHON (interpreter used to create the venv, default python3),
-# VENV (venv directory, default .venv-check), CHECK_TIMEOUT_SECS (per wait, default 30).
+# VENV (venv directory, default .venv-check), CHECK_TIMEOUT_SECS (per wait, default 30),
+# CHECK_KEEPALIVE_SECS (hold time for the websockets keepalive check, default 25; 0 skips).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -23,4 +24,5 @@ fi
 
 cargo build --quiet --example official_client_check
 exec cargo run --quiet --example official_client_check -- \
-    --python "$VENV/bin/python" --timeout-secs "${CHECK_TIMEOUT_SECS:-30}"
+    --python "$VENV/bin/python" --timeout-secs "${CHECK_TIMEOUT_SECS:-30}" \
+    --keepalive-secs "${CHECK_KEEPALIVE_SECS:-25}"

@@ -562,3 +562,46 @@ async fn accepted_sockets_have_tcp_nodelay() {
     sandbox.wait_for_connections(1, WAIT).await.unwrap();
     assert_eq!(sandbox.connection_nodelay(), vec![true]);
 }
+
+#[actix_rt::test]
+async fn silence_also_withholds_protocol_pongs_and_pushes() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let mut conn = connect(&sandbox).await;
+    sandbox.wait_for_connections(1, WAIT).await.unwrap();
+    sandbox.go_silent();
+    conn.send(ws::Message::Ping(Bytes::from_static(b"ka")))
+        .await
+        .unwrap();
+    sandbox.push_event(b"{}").unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), conn.next())
+            .await
+            .is_err(),
+        "the silent sandbox sent something"
+    );
+    assert_eq!(sandbox.protocol_pings(), 1);
+    let timeout = sandbox
+        .wait_for_acks(1, Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert_eq!(timeout.what, "1 acks (got 0)");
+}
+
+#[actix_rt::test]
+async fn flood_without_acks_times_out_with_a_partial_report() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let _conn = connect(&sandbox).await;
+    sandbox.wait_for_connections(1, WAIT).await.unwrap();
+    let report = sandbox
+        .flood(FloodSpec {
+            count: 100,
+            window: 10,
+            chunked_parts: Some(2),
+            timeout: Duration::from_millis(200),
+            ..FloodSpec::default()
+        })
+        .await
+        .unwrap();
+    assert!(report.timed_out);
+    assert_eq!((report.sent, report.acked), (10, 0));
+}

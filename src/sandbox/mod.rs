@@ -22,6 +22,21 @@
 //! (400), `SeqID`/`LogID` values (large, above 2^53, so that exact echo is tested).
 //!
 //! Nothing here logs a ticket, an `access_key` or the app secret.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use std::time::Duration;
+//! use lark_auth::sandbox::{Sandbox, SandboxConfig};
+//!
+//! let sandbox = Sandbox::start(SandboxConfig::default()).await?;
+//! // Point the client's open_base_url at sandbox.base_url() and start it, then:
+//! sandbox.wait_for_connections(1, Duration::from_secs(5)).await.expect("connected");
+//! let message_id = sandbox.push_event(br#"{"schema":"2.0"}"#).expect("a connection");
+//! let acks = sandbox.wait_for_acks(1, Duration::from_secs(5)).await.expect("acked");
+//! assert_eq!(acks[0].message_id, message_id);
+//! assert!(acks[0].fidelity_errors.is_empty());
+//! # Ok(()) }
+//! ```
 
 mod frames;
 mod ws;
@@ -650,6 +665,11 @@ impl Sandbox {
         self.shared.lock().discoveries.clone()
     }
 
+    /// Number of client pings so far.
+    pub fn ping_count(&self) -> usize {
+        self.shared.lock().pings.len()
+    }
+
     /// Every client ping so far, in arrival order.
     pub fn pings(&self) -> Vec<RecordedPing> {
         self.shared.lock().pings.clone()
@@ -698,11 +718,11 @@ impl Sandbox {
     /// [`WaitTimeout`] after `timeout`.
     pub async fn wait_for_connections(
         &self,
-        n: u64,
+        n: usize,
         timeout: Duration,
     ) -> Result<Vec<ConnectionInfo>, WaitTimeout> {
         self.wait_until(timeout, |s| {
-            if s.accepted >= n {
+            if s.accepted >= n as u64 {
                 Ok(())
             } else {
                 Err(format!("{n} accepted connections (got {})", s.accepted))
