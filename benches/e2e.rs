@@ -9,6 +9,7 @@
 //! - ack latency at a paced 5,000 events/s.
 //!
 //! Environment: `E2E_COUNT` (default 100000), `E2E_WINDOW` (default 256).
+//! Exits non-zero when any event is left unacked or answered other than 200.
 
 use std::time::Duration;
 
@@ -149,6 +150,21 @@ async fn run() -> Result<(), String> {
     );
     if report.acked != 20_000 {
         failures.push(format!("chunked: {} acked", report.acked));
+    }
+
+    let rate = 5_000;
+    let report = sandbox
+        .flood(FloodSpec {
+            count: rate as usize * 5,
+            window,
+            rate_per_sec: Some(rate),
+            ..FloodSpec::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    print_report(&format!("paced at {rate} events/s"), &report);
+    if report.acked != rate as usize * 5 {
+        failures.push(format!("paced: {} acked", report.acked));
     }
 
     drop(actor);

@@ -169,3 +169,32 @@ async fn a_stuck_consumer_does_not_hold_back_acks() {
         .wait_until("all five forwarded", |s| s.events.len() == 5)
         .await;
 }
+
+#[actix_rt::test]
+async fn a_flood_is_acked_completely_and_pacing_spreads_it() {
+    let h = start_connected().await;
+    let report = h
+        .sandbox
+        .flood(lark_auth::sandbox::FloodSpec {
+            count: 2_000,
+            window: 64,
+            chunked_parts: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((report.acked, report.non_200), (2_000, 0));
+    let paced = h
+        .sandbox
+        .flood(lark_auth::sandbox::FloodSpec {
+            count: 21,
+            window: 64,
+            rate_per_sec: Some(200),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(paced.acked, 21);
+    // Event 20 is due 100 ms after the start at 200/s: pacing cannot finish sooner.
+    assert!(paced.elapsed >= Duration::from_millis(100), "{paced:?}");
+}

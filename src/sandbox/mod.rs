@@ -307,6 +307,10 @@ pub struct FloodSpec {
     pub chunked_parts: Option<usize>,
     /// Give up after this long and report what was acked so far.
     pub timeout: Duration,
+    /// When set, events are sent at this steady rate (events per second, event `n` at
+    /// `n / rate` seconds after the start) instead of as fast as the window allows, to
+    /// measure latency at a given load.
+    pub rate_per_sec: Option<u32>,
 }
 
 impl Default for FloodSpec {
@@ -318,6 +322,7 @@ impl Default for FloodSpec {
             payload_template: br#"{"schema":"2.0","header":{"event_id":"flood_ev_{n}","event_type":"im.message.receive_v1","create_time":"1767225600000","token":"t","app_id":"cli_sandbox_app","tenant_key":"tk"},"event":{"message":{"message_id":"om_flood_{n}","chat_id":"oc_flood","chat_type":"p2p","message_type":"text","content":"{\"text\":\"hi\"}"},"sender":{"sender_id":{"open_id":"ou_flood"},"sender_type":"user"}}}"#.to_vec(),
             chunked_parts: None,
             timeout: Duration::from_secs(60),
+            rate_per_sec: None,
         }
     }
 }

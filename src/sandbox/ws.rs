@@ -349,6 +349,7 @@ impl Connection {
                 .map(|t| t + CLOSE_GRACE)
                 .into_iter()
                 .chain(self.flood.as_ref().map(|f| f.deadline))
+                .chain(self.flood.as_ref().and_then(Flood::next_paced_send))
                 .min();
             match (deadline, timer.as_mut()) {
                 (Some(d), Some(t)) if t.deadline() != tokio::time::Instant::from_std(d) => {
@@ -596,7 +597,10 @@ impl Connection {
         if self.shared.is_silent() {
             return true;
         }
-        while flood.sent < flood.spec.count && flood.sent - flood.acked < flood.window {
+        while flood.sent < flood.spec.count
+            && flood.sent - flood.acked < flood.window
+            && flood.pace_allows(Instant::now())
+        {
             let (frames, n) = flood.next_event(&self.shared);
             for bytes in frames {
                 if self.session.binary(bytes).await.is_err() {
@@ -666,6 +670,20 @@ impl Flood {
             deadline: now + spec.timeout,
             spec,
         }
+    }
+
+    /// When paced: the instant the next event is due (event `n` at `started + n / rate`).
+    fn next_paced_send(&self) -> Option<Instant> {
+        let rate = self.spec.rate_per_sec?;
+        if self.sent >= self.spec.count {
+            return None;
+        }
+        Some(self.started + Duration::from_secs_f64(self.sent as f64 / f64::from(rate.max(1))))
+    }
+
+    /// True when pacing (if any) lets the next event go at `now`.
+    fn pace_allows(&self, now: Instant) -> bool {
+        self.next_paced_send().is_none_or(|due| now >= due)
     }
 
     /// Builds the frames of the next event; returns them and the event number.
