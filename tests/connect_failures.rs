@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use lark_auth::connection::{ConnectionState, GetConnectionStatus, Shutdown};
-use lark_auth::protocol::endpoint::{ClientConfig, ConnectFailure};
-use lark_auth::sandbox::{DiscoveryFault, HandshakeFault, SandboxConfig};
+use lark_auth::protocol::endpoint::ConnectFailure;
+use lark_auth::sandbox::{DiscoveryFault, HandshakeFault};
 
 #[actix_rt::test]
 async fn discovery_busy_is_retried_then_succeeds() {
@@ -45,17 +45,7 @@ async fn wrong_credentials_are_fatal_and_not_retried() {
         status.last_failure,
         Some(ConnectFailure::DiscoveryCode { code: 10003, .. })
     ));
-    let cause = h
-        .probe
-        .seen
-        .lock()
-        .unwrap()
-        .states
-        .last()
-        .unwrap()
-        .cause
-        .clone()
-        .unwrap();
+    let cause = h.probe.cause_of(ConnectionState::Failed).unwrap();
     assert!(
         cause.contains("app secret"),
         "the cause says what to check: {cause}"
@@ -102,16 +92,7 @@ async fn forbidden_at_handshake_is_fatal_other_refusals_are_retried() {
 
 #[actix_rt::test]
 async fn reconnect_count_is_honoured_then_the_failure_is_reported() {
-    let h = start(SandboxConfig {
-        client_config: ClientConfig {
-            reconnect_count: Some(2),
-            reconnect_interval: Some(1),
-            reconnect_nonce: Some(0),
-            ping_interval: Some(1),
-        },
-        ..SandboxConfig::default()
-    })
-    .await;
+    let h = start(sandbox_with(2, 1, 0, 1)).await;
     h.probe.wait_for_state(ConnectionState::Connected, 1).await;
     for _ in 0..5 {
         h.sandbox
@@ -124,33 +105,14 @@ async fn reconnect_count_is_honoured_then_the_failure_is_reported() {
         1 + 2,
         "two attempts, then give up"
     );
-    let cause = h
-        .probe
-        .seen
-        .lock()
-        .unwrap()
-        .states
-        .last()
-        .unwrap()
-        .cause
-        .clone()
-        .unwrap();
+    let cause = h.probe.cause_of(ConnectionState::Failed).unwrap();
     assert!(cause.contains("gave up"), "{cause}");
 }
 
 #[actix_rt::test]
 async fn shutdown_during_the_backoff_wait_is_prompt() {
     // ReconnectNonce 30 s: the first reconnect waits up to 30 s.
-    let h = start(SandboxConfig {
-        client_config: ClientConfig {
-            reconnect_count: Some(-1),
-            reconnect_interval: Some(60),
-            reconnect_nonce: Some(30),
-            ping_interval: Some(1),
-        },
-        ..SandboxConfig::default()
-    })
-    .await;
+    let h = start(sandbox_with(-1, 60, 30, 1)).await;
     h.probe.wait_for_state(ConnectionState::Connected, 1).await;
     // Make sure the wait is not zero: fail the first reconnect discovery too.
     h.sandbox

@@ -27,10 +27,17 @@ async fn reconnects_after_the_server_closes() {
     h.probe
         .wait_until("event on the new connection", |s| s.events.len() == 1)
         .await;
-    let acks = h.sandbox.acks();
+    // The ack is recorded by the sandbox's own thread: wait for it rather than read.
+    let acks = h.sandbox.wait_for_acks(1, WAIT).await.unwrap();
+    h.sandbox
+        .wait_for_active_connections(1, WAIT)
+        .await
+        .expect("the old connection is gone");
     let connections = h.sandbox.connections();
-    assert_eq!(connections.len(), 1, "the old connection is gone");
-    assert_eq!(acks[0].connection, connections[0].id);
+    assert_eq!(
+        acks[0].connection, connections[0].id,
+        "acked on the new connection"
+    );
 }
 
 #[actix_rt::test]
@@ -50,15 +57,7 @@ async fn a_silent_link_is_detected_and_replaced() {
     h.probe
         .wait_for_state(ConnectionState::Reconnecting, 1)
         .await;
-    let cause = h
-        .probe
-        .seen
-        .lock()
-        .unwrap()
-        .states
-        .iter()
-        .find(|s| s.state == ConnectionState::Reconnecting)
-        .and_then(|s| s.cause.clone());
+    let cause = h.probe.cause_of(ConnectionState::Reconnecting);
     assert_eq!(cause.as_deref(), Some("silence"));
     h.sandbox.resume();
     h.probe.wait_for_state(ConnectionState::Connected, 2).await;

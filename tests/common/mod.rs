@@ -116,6 +116,17 @@ impl Probe {
             .collect()
     }
 
+    /// The cause given with the first change to `state`, if any.
+    pub fn cause_of(&self, state: ConnectionState) -> Option<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .states
+            .iter()
+            .find(|s| s.state == state)
+            .and_then(|s| s.cause.clone())
+    }
+
     pub fn event_count(&self) -> usize {
         self.seen.lock().unwrap().events.len()
     }
@@ -177,17 +188,23 @@ impl Handler<ConnectionStateChanged> for ProbeActor {
     }
 }
 
-/// Sandbox settings for fast tests: ping every second, reconnect without jitter, 1 s cap.
-pub fn fast_sandbox_config() -> SandboxConfig {
+/// Sandbox settings whose `ClientConfig` is (ReconnectCount, ReconnectInterval s,
+/// ReconnectNonce s, PingInterval s).
+pub fn sandbox_with(count: i64, interval: i64, nonce: i64, ping: i64) -> SandboxConfig {
     SandboxConfig {
         client_config: ClientConfig {
-            reconnect_count: Some(-1),
-            reconnect_interval: Some(1),
-            reconnect_nonce: Some(0),
-            ping_interval: Some(1),
+            reconnect_count: Some(count),
+            reconnect_interval: Some(interval),
+            reconnect_nonce: Some(nonce),
+            ping_interval: Some(ping),
         },
         ..SandboxConfig::default()
     }
+}
+
+/// Sandbox settings for fast tests: ping every second, reconnect without jitter, 1 s cap.
+pub fn fast_sandbox_config() -> SandboxConfig {
+    sandbox_with(-1, 1, 0, 1)
 }
 
 /// A running sandbox, a probe, and a supervised ConnectionActor connected to it.
