@@ -1,0 +1,708 @@
+//! The authorization session as a pure state machine: `step(record, input, now) ->
+//! (record, actions)`. No actors, no I/O, no clock, no randomness: the AuthSessionActor
+//! feeds inputs (platform answers, clicks, timers), writes the returned record to the
+//! store **before** it performs any action, then performs the actions in order.
+//!
+//! States (`DESIGN.md`, "One authorization, end to end"):
+//! `created → card_sent → awaiting_user → exchanging → authorized`, and from any
+//! non-terminal state `expired | denied | failed`.
+//!
+//! - `created`: the record exists; the device authorization is being requested (device
+//!   flow) and the card is being sent.
+//! - `card_sent`: the card reached the user; polling (device flow) has started at the slow
+//!   cadence.
+//! - `awaiting_user`: the user clicked Authorize, or the platform reported the code as
+//!   pending: polling at the server's `interval`.
+//! - `exchanging`: a token arrived (device poll) or a code is being exchanged (code flow);
+//!   the identity is being checked and the grant stored.
+//!
+//! Tokens never enter the record: the actor holds a token in memory between
+//! [`Input::TokenIssued`] and [`Input::GrantStored`]. A session found in `exchanging` after
+//! a restart therefore fails with reason `interrupted` (the user can start again).
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::AuthFlow;
+use crate::secret::Secret;
+
+/// Added to the poll interval on each `slow_down` answer (RFC 8628 §3.5), seconds.
+pub const SLOW_DOWN_STEP_SECS: u64 = 5;
+/// Largest poll interval, seconds.
+pub const MAX_POLL_INTERVAL_SECS: u64 = 60;
+/// Poll interval while the user has not clicked Authorize, as a multiple of the server's
+/// `interval` (at least [`IDLE_POLL_MIN_SECS`]).
+pub const IDLE_POLL_FACTOR: u64 = 3;
+/// Smallest idle poll interval, seconds.
+pub const IDLE_POLL_MIN_SECS: u64 = 15;
+/// Delay before retrying a poll that failed with a retryable error, seconds.
+pub const RETRY_POLL_SECS: u64 = 10;
+
+/// The state of a session, as the control API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// Recorded; device authorization and card under way.
+    Created,
+    /// The card reached the user.
+    CardSent,
+    /// The user is deciding (clicked Authorize, or the code is pending).
+    AwaitingUser,
+    /// A token or code arrived; identity check and storage under way.
+    Exchanging,
+    /// The grant is in the vault. Terminal.
+    Authorized,
+    /// The deadline passed or the device code expired. Terminal.
+    Expired,
+    /// The user declined (card button or the authorization page). Terminal.
+    Denied,
+    /// Something failed; see the reason. Terminal.
+    Failed,
+}
+
+impl SessionState {
+    /// True for `authorized`, `expired`, `denied` and `failed`.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            SessionState::Authorized
+                | SessionState::Expired
+                | SessionState::Denied
+                | SessionState::Failed
+        )
+    }
+
+    /// The lowercase name used by the control API and the logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Created => "created",
+            SessionState::CardSent => "card_sent",
+            SessionState::AwaitingUser => "awaiting_user",
+            SessionState::Exchanging => "exchanging",
+            SessionState::Authorized => "authorized",
+            SessionState::Expired => "expired",
+            SessionState::Denied => "denied",
+            SessionState::Failed => "failed",
+        }
+    }
+}
+
+/// Why a session failed (the control API's `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    /// The device authorization request was refused.
+    DeviceAuthorizationFailed,
+    /// The card could not be sent to the user.
+    CardNotSent,
+    /// The token endpoint refused the poll or the code exchange.
+    ExchangeFailed,
+    /// The token belongs to someone else (a forwarded link); it was discarded.
+    WrongUser,
+    /// `user_info` with the new token failed.
+    IdentityCheckFailed,
+    /// The vault could not store the grant.
+    VaultFailed,
+    /// The service restarted while a token was in flight; start again.
+    Interrupted,
+}
+
+impl FailureReason {
+    /// The snake_case name used by the control API and the logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::DeviceAuthorizationFailed => "device_authorization_failed",
+            FailureReason::CardNotSent => "card_not_sent",
+            FailureReason::ExchangeFailed => "exchange_failed",
+            FailureReason::WrongUser => "wrong_user",
+            FailureReason::IdentityCheckFailed => "identity_check_failed",
+            FailureReason::VaultFailed => "vault_failed",
+            FailureReason::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// Device-flow progress kept in the record (RFC 8628 as the platform implements it,
+/// `lark-openapi-auth.md` §2.6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceProgress {
+    /// The device code polled with (secret).
+    pub device_code: Secret<String>,
+    /// The page the card's Authorize button opens (carries the user code).
+    pub verification_uri_complete: String,
+    /// Current poll interval, seconds (server `interval`, plus 5 per `slow_down`).
+    pub interval_secs: u64,
+    /// When the device code expires, unix milliseconds.
+    pub expires_at_ms: u64,
+}
+
+/// Authorization-code flow data kept in the record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeFlowProgress {
+    /// The `state` parameter of the authorize URL; the redirect must carry it back.
+    pub oauth_state: String,
+    /// The PKCE `code_verifier` (secret); its S256 challenge is in the authorize URL.
+    pub code_verifier: Secret<String>,
+}
+
+/// Everything persisted about one session. Times are unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// Unique id (goes into the card's button values).
+    pub session_id: String,
+    /// The user who must authorize.
+    pub open_id: String,
+    /// Requested scopes (always including `offline_access`).
+    pub scopes: Vec<String>,
+    /// Device or authorization-code flow.
+    pub flow: AuthFlow,
+    /// Current state.
+    pub state: SessionState,
+    /// Why it failed, when `state` is `failed`.
+    pub reason: Option<FailureReason>,
+    /// The platform's error code behind a failure, if any.
+    pub platform_code: Option<i64>,
+    /// Creation time.
+    pub created_at_ms: u64,
+    /// Time of the last transition.
+    pub updated_at_ms: u64,
+    /// The session expires at this time.
+    pub deadline_ms: u64,
+    /// True once the user clicked Authorize on the card.
+    pub user_clicked: bool,
+    /// `message_id` of the card, once sent.
+    pub card_message_id: Option<String>,
+    /// Device-flow data, once the device authorization was granted.
+    pub device: Option<DeviceProgress>,
+    /// Code-flow data.
+    pub code_flow: Option<CodeFlowProgress>,
+    /// When the next device poll is due (kept so a restart resumes the cadence).
+    pub next_poll_at_ms: Option<u64>,
+}
+
+impl SessionRecord {
+    /// A new record in state `created`. `code_flow` must be given for the
+    /// authorization-code flow (the caller generates `state` and the verifier).
+    pub fn new(
+        session_id: String,
+        open_id: String,
+        scopes: Vec<String>,
+        code_flow: Option<CodeFlowProgress>,
+        now_ms: u64,
+        timeout_ms: u64,
+    ) -> SessionRecord {
+        SessionRecord {
+            session_id,
+            open_id,
+            scopes,
+            flow: if code_flow.is_some() {
+                AuthFlow::AuthorizationCode
+            } else {
+                AuthFlow::Device
+            },
+            state: SessionState::Created,
+            reason: None,
+            platform_code: None,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            deadline_ms: now_ms.saturating_add(timeout_ms),
+            user_clicked: false,
+            card_message_id: None,
+            device: None,
+            code_flow,
+            next_poll_at_ms: None,
+        }
+    }
+}
+
+/// What the user clicked on the card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// The Authorize button (reported when the platform delivers its callback).
+    Authorize,
+    /// The Decline button.
+    Decline,
+}
+
+/// The answer of one device-code poll (`lark-openapi-auth.md` §2.6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollAnswer {
+    /// `authorization_pending`: keep polling.
+    Pending,
+    /// `slow_down`: keep polling, 5 s slower.
+    SlowDown,
+    /// `access_denied`: the user declined on the authorization page.
+    Denied,
+    /// `expired_token`: the device code expired.
+    Expired,
+    /// A retryable failure (network, 5xx, 20050, rate limit): poll again later.
+    RetryableError,
+    /// A final refusal with the platform's code.
+    Refused {
+        /// Platform `code`, if any.
+        code: Option<i64>,
+    },
+}
+
+/// An input to [`step`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// Start the session (new, state `created`).
+    Begin,
+    /// The service restarted and reloaded this non-terminal record.
+    Resumed,
+    /// The device authorization was granted.
+    DeviceAuthorizationGranted {
+        /// The device code (secret).
+        device_code: Secret<String>,
+        /// The page to open.
+        verification_uri_complete: String,
+        /// Poll interval, seconds.
+        interval_secs: u64,
+        /// Lifetime of the device code, seconds.
+        expires_in_secs: u64,
+    },
+    /// The device authorization was refused.
+    DeviceAuthorizationFailed {
+        /// Platform `code`, if any.
+        code: Option<i64>,
+    },
+    /// The card was delivered.
+    CardDelivered {
+        /// Its `message_id`.
+        message_id: String,
+    },
+    /// The card could not be sent.
+    CardFailed {
+        /// Platform `code`, if any.
+        code: Option<i64>,
+    },
+    /// A card button was clicked (`card.action.trigger`).
+    Clicked {
+        /// `operator.open_id` of the click.
+        operator_open_id: String,
+        /// Which button.
+        choice: Choice,
+    },
+    /// A timer armed by [`Action::WakeAt`] fired.
+    Wake,
+    /// The answer of a device-code poll.
+    Polled(PollAnswer),
+    /// The authorization-code redirect arrived with this `code` (its `state` matched).
+    CodeReceived {
+        /// The authorization code (secret).
+        code: Secret<String>,
+    },
+    /// A token was issued (device poll or code exchange); the actor holds it.
+    TokenIssued,
+    /// The code exchange was refused.
+    ExchangeRefused {
+        /// Platform `code`, if any.
+        code: Option<i64>,
+    },
+    /// `user_info` with the new token answered this `open_id`.
+    IdentityChecked {
+        /// The token owner's `open_id`.
+        open_id: String,
+    },
+    /// `user_info` failed.
+    IdentityCheckFailed {
+        /// Platform `code`, if any.
+        code: Option<i64>,
+    },
+    /// The vault stored the grant (flushed).
+    GrantStored,
+    /// The vault could not store the grant.
+    GrantStoreFailed,
+}
+
+/// Which card to show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardKind {
+    /// Authorize / Decline buttons.
+    Authorize,
+    /// Final: authorized.
+    Authorized,
+    /// Final: declined.
+    Declined,
+    /// Final: expired.
+    Expired,
+    /// Final: failed (with the reason).
+    Failed,
+}
+
+/// The toast answered to a click.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClickToast {
+    /// "Opening the authorization page" (the user clicked Authorize).
+    Opening,
+    /// "Declined".
+    Declined,
+    /// "This authorization is for someone else": the clicker is not the session's user.
+    NotYours,
+    /// "Already finished": a click on a terminal session.
+    AlreadyFinished(SessionState),
+}
+
+/// What the actor must do, in order, after persisting the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Request a device authorization for the record's scopes.
+    RequestDeviceAuthorization,
+    /// Send (or, for a final card, update) the card to the user. Sending uses the
+    /// `session_id` as the idempotency `uuid`, so a resend after a crash is harmless.
+    ShowCard(CardKind),
+    /// Answer the click being handled with this toast.
+    AnswerClick(ClickToast),
+    /// Arm a timer that delivers [`Input::Wake`] at this unix-ms time (replacing any).
+    WakeAt(u64),
+    /// Poll the token endpoint with the device code (through the shared pacer).
+    PollDeviceToken,
+    /// Exchange the authorization code (with the record's `code_verifier`).
+    ExchangeCode(Secret<String>),
+    /// Call `user_info` with the token held in memory.
+    CheckIdentity,
+    /// Hand the token pair and identity to the vault.
+    StoreGrant,
+    /// Drop the token held in memory (wrong user or failure).
+    DiscardToken,
+}
+
+/// One transition. Inputs that do not apply to the current state leave the record
+/// unchanged and produce no action (except clicks, which are always answered).
+pub fn step(record: &SessionRecord, input: Input, now_ms: u64) -> (SessionRecord, Vec<Action>) {
+    let mut next = record.clone();
+    let mut actions = Vec::new();
+    let state = record.state;
+
+    if let Input::Clicked {
+        operator_open_id,
+        choice,
+    } = &input
+    {
+        if *operator_open_id != record.open_id {
+            actions.push(Action::AnswerClick(ClickToast::NotYours));
+            return (next, actions);
+        }
+        if state.is_terminal() {
+            actions.push(Action::AnswerClick(ClickToast::AlreadyFinished(state)));
+            return (next, actions);
+        }
+        match choice {
+            Choice::Decline => {
+                actions.push(Action::AnswerClick(ClickToast::Declined));
+                finish(
+                    &mut next,
+                    &mut actions,
+                    SessionState::Denied,
+                    None,
+                    None,
+                    now_ms,
+                );
+            }
+            Choice::Authorize => {
+                actions.push(Action::AnswerClick(ClickToast::Opening));
+                next.user_clicked = true;
+                if matches!(state, SessionState::CardSent | SessionState::AwaitingUser) {
+                    next.state = SessionState::AwaitingUser;
+                    next.updated_at_ms = now_ms;
+                    if record.device.is_some() {
+                        // Poll at the server's interval from now on.
+                        let at = now_ms + poll_interval_ms(&next);
+                        if next.next_poll_at_ms.is_none_or(|t| t > at) {
+                            next.next_poll_at_ms = Some(at);
+                            actions.push(Action::WakeAt(at));
+                        }
+                    }
+                }
+            }
+        }
+        return (next, actions);
+    }
+
+    if state.is_terminal() {
+        return (next, actions);
+    }
+
+    // The deadline applies to every non-terminal state.
+    if now_ms >= record.deadline_ms && !matches!(input, Input::GrantStored) {
+        if state == SessionState::Exchanging {
+            actions.push(Action::DiscardToken);
+        }
+        finish(
+            &mut next,
+            &mut actions,
+            SessionState::Expired,
+            None,
+            None,
+            now_ms,
+        );
+        return (next, actions);
+    }
+
+    match (state, input) {
+        (SessionState::Created, Input::Begin | Input::Resumed) => match record.flow {
+            AuthFlow::Device => match &record.device {
+                // Resumed after the device authorization was granted: (re)send the card;
+                // the idempotency uuid prevents a duplicate.
+                Some(_) => actions.push(Action::ShowCard(CardKind::Authorize)),
+                None => actions.push(Action::RequestDeviceAuthorization),
+            },
+            AuthFlow::AuthorizationCode => actions.push(Action::ShowCard(CardKind::Authorize)),
+        },
+        (
+            SessionState::Created,
+            Input::DeviceAuthorizationGranted {
+                device_code,
+                verification_uri_complete,
+                interval_secs,
+                expires_in_secs,
+            },
+        ) => {
+            let expires_at_ms = now_ms.saturating_add(expires_in_secs.saturating_mul(1000));
+            next.device = Some(DeviceProgress {
+                device_code,
+                verification_uri_complete,
+                interval_secs: interval_secs.clamp(1, MAX_POLL_INTERVAL_SECS),
+                expires_at_ms,
+            });
+            // The session cannot outlive its device code.
+            next.deadline_ms = next.deadline_ms.min(expires_at_ms);
+            next.updated_at_ms = now_ms;
+            actions.push(Action::ShowCard(CardKind::Authorize));
+        }
+        (SessionState::Created, Input::DeviceAuthorizationFailed { code }) => {
+            finish_failed(
+                &mut next,
+                &mut actions,
+                FailureReason::DeviceAuthorizationFailed,
+                code,
+                now_ms,
+            );
+        }
+        (SessionState::Created, Input::CardDelivered { message_id }) => {
+            next.card_message_id = Some(message_id);
+            next.state = if record.user_clicked {
+                SessionState::AwaitingUser
+            } else {
+                SessionState::CardSent
+            };
+            next.updated_at_ms = now_ms;
+            actions.push(Action::WakeAt(next.deadline_ms));
+            if next.device.is_some() {
+                let at = now_ms + poll_interval_ms(&next);
+                next.next_poll_at_ms = Some(at);
+                actions.push(Action::WakeAt(at));
+            }
+        }
+        (SessionState::Created, Input::CardFailed { code }) => {
+            // No card reached the user, so there is no card to update.
+            next.state = SessionState::Failed;
+            next.reason = Some(FailureReason::CardNotSent);
+            next.platform_code = code;
+            next.updated_at_ms = now_ms;
+        }
+        (SessionState::CardSent | SessionState::AwaitingUser, Input::Resumed) => {
+            actions.push(Action::WakeAt(record.deadline_ms));
+            if record.device.is_some() {
+                let at = record.next_poll_at_ms.unwrap_or(now_ms).max(now_ms);
+                next.next_poll_at_ms = Some(at);
+                actions.push(Action::WakeAt(at));
+            }
+        }
+        (SessionState::CardSent | SessionState::AwaitingUser, Input::Wake)
+            if record.device.is_some() && record.next_poll_at_ms.is_some_and(|t| now_ms >= t) =>
+        {
+            next.next_poll_at_ms = None;
+            actions.push(Action::PollDeviceToken);
+        }
+        (SessionState::CardSent | SessionState::AwaitingUser, Input::Polled(answer)) => {
+            match answer {
+                PollAnswer::Pending | PollAnswer::SlowDown | PollAnswer::RetryableError => {
+                    if let Some(device) = next.device.as_mut()
+                        && answer == PollAnswer::SlowDown
+                    {
+                        device.interval_secs = (device.interval_secs + SLOW_DOWN_STEP_SECS)
+                            .min(MAX_POLL_INTERVAL_SECS);
+                    }
+                    if answer == PollAnswer::Pending && state == SessionState::CardSent {
+                        next.state = SessionState::AwaitingUser;
+                        next.updated_at_ms = now_ms;
+                    }
+                    let delay = if answer == PollAnswer::RetryableError {
+                        RETRY_POLL_SECS * 1000
+                    } else {
+                        poll_interval_ms(&next)
+                    };
+                    let at = now_ms + delay;
+                    next.next_poll_at_ms = Some(at);
+                    actions.push(Action::WakeAt(at));
+                }
+                PollAnswer::Denied => {
+                    finish(
+                        &mut next,
+                        &mut actions,
+                        SessionState::Denied,
+                        None,
+                        None,
+                        now_ms,
+                    );
+                }
+                PollAnswer::Expired => {
+                    finish(
+                        &mut next,
+                        &mut actions,
+                        SessionState::Expired,
+                        None,
+                        None,
+                        now_ms,
+                    );
+                }
+                PollAnswer::Refused { code } => {
+                    finish_failed(
+                        &mut next,
+                        &mut actions,
+                        FailureReason::ExchangeFailed,
+                        code,
+                        now_ms,
+                    );
+                }
+            }
+        }
+        (SessionState::CardSent | SessionState::AwaitingUser, Input::CodeReceived { code })
+            if record.flow == AuthFlow::AuthorizationCode =>
+        {
+            next.state = SessionState::Exchanging;
+            next.updated_at_ms = now_ms;
+            actions.push(Action::ExchangeCode(code));
+        }
+        (SessionState::CardSent | SessionState::AwaitingUser, Input::TokenIssued)
+            if record.flow == AuthFlow::Device =>
+        {
+            next.state = SessionState::Exchanging;
+            next.next_poll_at_ms = None;
+            next.updated_at_ms = now_ms;
+            actions.push(Action::CheckIdentity);
+        }
+        (SessionState::Exchanging, Input::TokenIssued) => actions.push(Action::CheckIdentity),
+        (SessionState::Exchanging, Input::ExchangeRefused { code }) => {
+            finish_failed(
+                &mut next,
+                &mut actions,
+                FailureReason::ExchangeFailed,
+                code,
+                now_ms,
+            );
+        }
+        (SessionState::Exchanging, Input::IdentityChecked { open_id }) => {
+            if open_id == record.open_id {
+                actions.push(Action::StoreGrant);
+            } else {
+                actions.push(Action::DiscardToken);
+                finish_failed(
+                    &mut next,
+                    &mut actions,
+                    FailureReason::WrongUser,
+                    None,
+                    now_ms,
+                );
+            }
+        }
+        (SessionState::Exchanging, Input::IdentityCheckFailed { code }) => {
+            actions.push(Action::DiscardToken);
+            finish_failed(
+                &mut next,
+                &mut actions,
+                FailureReason::IdentityCheckFailed,
+                code,
+                now_ms,
+            );
+        }
+        (SessionState::Exchanging, Input::GrantStored) => {
+            finish(
+                &mut next,
+                &mut actions,
+                SessionState::Authorized,
+                None,
+                None,
+                now_ms,
+            );
+        }
+        (SessionState::Exchanging, Input::GrantStoreFailed) => {
+            actions.push(Action::DiscardToken);
+            finish_failed(
+                &mut next,
+                &mut actions,
+                FailureReason::VaultFailed,
+                None,
+                now_ms,
+            );
+        }
+        (SessionState::Exchanging, Input::Resumed) => {
+            // The token lived only in memory and is gone.
+            finish_failed(
+                &mut next,
+                &mut actions,
+                FailureReason::Interrupted,
+                None,
+                now_ms,
+            );
+        }
+        _ => {}
+    }
+    (next, actions)
+}
+
+/// The poll interval in force: the server's while the user has clicked Authorize (or the
+/// platform reported the code pending), a slower cadence before.
+fn poll_interval_ms(record: &SessionRecord) -> u64 {
+    let Some(device) = &record.device else {
+        return RETRY_POLL_SECS * 1000;
+    };
+    let secs = if record.user_clicked || record.state == SessionState::AwaitingUser {
+        device.interval_secs
+    } else {
+        (device.interval_secs * IDLE_POLL_FACTOR).max(IDLE_POLL_MIN_SECS)
+    };
+    secs * 1000
+}
+
+fn finish(
+    next: &mut SessionRecord,
+    actions: &mut Vec<Action>,
+    state: SessionState,
+    reason: Option<FailureReason>,
+    code: Option<i64>,
+    now_ms: u64,
+) {
+    next.state = state;
+    next.reason = reason;
+    next.platform_code = code;
+    next.updated_at_ms = now_ms;
+    next.next_poll_at_ms = None;
+    let card = match state {
+        SessionState::Authorized => CardKind::Authorized,
+        SessionState::Denied => CardKind::Declined,
+        SessionState::Expired => CardKind::Expired,
+        _ => CardKind::Failed,
+    };
+    if next.card_message_id.is_some() {
+        actions.push(Action::ShowCard(card));
+    }
+}
+
+fn finish_failed(
+    next: &mut SessionRecord,
+    actions: &mut Vec<Action>,
+    reason: FailureReason,
+    code: Option<i64>,
+    now_ms: u64,
+) {
+    finish(
+        next,
+        actions,
+        SessionState::Failed,
+        Some(reason),
+        code,
+        now_ms,
+    );
+}
