@@ -7,6 +7,7 @@
 pub mod config;
 pub mod connection;
 pub mod event_log;
+pub mod openapi;
 pub mod protocol;
 pub mod sandbox;
 pub mod secret;
