@@ -94,6 +94,9 @@ pub struct OpenApiSandboxConfig {
     pub users: Vec<SandboxUser>,
     /// `tenant_key` of the tenant. Default `tk_test_tenant_0001`.
     pub tenant_key: String,
+    /// Send every `code` as a numeric string (`"code": "0"`), as the Lark EN pages show
+    /// (§2.3). Default false (numbers).
+    pub string_codes: bool,
 }
 
 impl Default for OpenApiSandboxConfig {
@@ -114,6 +117,7 @@ impl Default for OpenApiSandboxConfig {
                 SandboxUser::new("ou_test_user_2", "on_test_user_2", "Test User Two"),
             ],
             tenant_key: "tk_test_tenant_0001".into(),
+            string_codes: false,
         }
     }
 }
