@@ -151,7 +151,7 @@ async fn the_delayed_update_token_works_twice_then_300040() {
         .send_card("ou_test_user_1", &card("asking"), None)
         .await
         .unwrap();
-    let token = Secret::new(sandbox.issue_card_update_token(&sent.message_id));
+    let token = sandbox.issue_card_update_token(&sent.message_id);
     client
         .update_card_delayed(&token, &card("one"))
         .await
@@ -179,7 +179,7 @@ async fn a_delayed_update_after_30_minutes_is_300030() {
         .send_card("ou_test_user_1", &card("asking"), None)
         .await
         .unwrap();
-    let token = Secret::new(sandbox.issue_card_update_token(&sent.message_id));
+    let token = sandbox.issue_card_update_token(&sent.message_id);
     sandbox.advance_time(Duration::from_secs(31 * 60));
     let err = client
         .update_card_delayed(&token, &card("late"))
@@ -237,7 +237,7 @@ async fn a_gateway_5xx_is_retryable_only_for_idempotent_calls() {
         "uuid makes it idempotent"
     );
     sandbox.inject_openapi_fault(OpenApiRoute::CardUpdate, OpenApiFault::ServerError);
-    let token = Secret::new(sandbox.issue_card_update_token("om_x"));
+    let token = sandbox.issue_card_update_token("om_x");
     let err = client
         .update_card_delayed(&token, &card("a"))
         .await

@@ -48,6 +48,27 @@ pub const HEADER_RATELIMIT_RESET: &str = "x-ogw-ratelimit-reset";
 
 /// A cheap-clone handle on the OpenAPI client. `!Send`: use it on the actix thread that
 /// built it.
+///
+/// ```no_run
+/// use lark_auth::openapi::{DevicePoll, OpenApiClient, oauth::next_poll_interval};
+///
+/// # async fn demo(config: lark_auth::config::Config) -> Result<(), Box<dyn std::error::Error>> {
+/// let client = OpenApiClient::new(&config)?;
+/// let device = client.request_device_authorization(&["contact:user.id:readonly"]).await?;
+/// // … send `device.verification_uri_complete` in a card with `client.send_card(…)` …
+/// let mut interval = device.interval;
+/// let grant = loop {
+///     tokio::time::sleep(interval).await;
+///     match client.poll_device_token(&device.device_code).await? {
+///         DevicePoll::Granted(grant) => break grant,
+///         DevicePoll::Denied | DevicePoll::Expired => return Ok(()),
+///         other => interval = next_poll_interval(interval, &other),
+///     }
+/// };
+/// let who = client.user_info(&grant.access_token).await?;
+/// assert!(who.open_id.starts_with("ou_"));
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct OpenApiClient {
     inner: Rc<Inner>,
@@ -114,6 +135,17 @@ impl OpenApiClient {
                     env: config.app.app_secret_env.clone(),
                     key: "app.app_secret_env",
                 })?;
+        for (key, base) in [
+            ("endpoints.open_base_url", config.open_base_url()),
+            ("endpoints.accounts_base_url", config.accounts_base_url()),
+        ] {
+            if url::Url::parse(&base).is_err() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("`{base}` is not a URL"),
+                });
+            }
+        }
         let tls = transport::tls_config().map_err(|e| ConfigError::Invalid {
             key: "openapi",
             reason: format!("TLS setup failed: {e}"),
@@ -192,10 +224,20 @@ impl Transport {
                 body,
             })
         };
-        match tokio::time::timeout(self.timeout, work).await {
+        let result = match tokio::time::timeout(self.timeout, work).await {
             Ok(result) => result,
             Err(_) => Err(timeout_error(call, self.timeout)),
+        };
+        match &result {
+            Ok(answer) => tracing::debug!(
+                call = call.name,
+                status = answer.status,
+                log_id = answer.log_id.as_deref(),
+                "openapi answer"
+            ),
+            Err(e) => tracing::debug!(call = call.name, error = %e, "openapi call failed"),
         }
+        result
     }
 }
 

@@ -367,7 +367,7 @@ fn delayed_inner(req: &HttpRequest, body: &[u8], shared: &Shared) -> Result<(), 
         message.card = card.clone();
     }
     o.delayed_updates.push(DelayedCardUpdate {
-        token: token.into(),
+        token: crate::secret::Secret::new(token.into()),
         message_id,
         card: card.clone(),
     });

@@ -209,7 +209,7 @@ pub struct CardPatch {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DelayedCardUpdate {
     /// The card-update token used.
-    pub token: String,
+    pub token: Secret<String>,
     /// The message the token belongs to.
     pub message_id: String,
     /// The new card object.
@@ -711,7 +711,7 @@ impl Sandbox {
 
     /// Issues a card-update token (`c-…`) for a sent message, as a `card.action.trigger`
     /// callback's `event.token` would carry: valid 30 minutes, 2 uses (§4.3, §5.1).
-    pub fn issue_card_update_token(&self, message_id: &str) -> String {
+    pub fn issue_card_update_token(&self, message_id: &str) -> Secret<String> {
         let token = random_id("c-");
         let mut state = self.shared.lock();
         let now = state.openapi.now();
@@ -723,7 +723,7 @@ impl Sandbox {
                 uses: 0,
             },
         );
-        token
+        Secret::new(token)
     }
 }
 
