@@ -27,7 +27,8 @@ async fn reconnects_after_the_server_closes() {
     h.probe
         .wait_until("event on the new connection", |s| s.events.len() == 1)
         .await;
-    let acks = h.sandbox.acks();
+    // The probe may see the event before the sandbox has read the ack off the socket.
+    let acks = h.sandbox.wait_for_acks(1, WAIT).await.unwrap();
     let connections = h.sandbox.connections();
     assert_eq!(connections.len(), 1, "the old connection is gone");
     assert_eq!(acks[0].connection, connections[0].id);
