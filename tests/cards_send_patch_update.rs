@@ -129,18 +129,21 @@ async fn patching_a_message_older_than_14_days_is_230031() {
         .await
         .unwrap();
     sandbox.advance_time(Duration::from_secs(15 * 86_400));
-    // The cached tenant token has expired on the sandbox clock: 99991663, then a fresh one.
+    // The cached tenant token has expired on the sandbox clock: 99991663 drops it, and
+    // the resend fetches a fresh one.
     let err = client
         .patch_card(&sent.message_id, &card("late"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(99_991_663));
-    client.invalidate_tenant_access_token();
+    assert_eq!(err.retry_advice(), RetryAdvice::Backoff);
+    assert_eq!(sandbox.tenant_token_requests(), 1);
     let err = client
         .patch_card(&sent.message_id, &card("late"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(230_031));
+    assert_eq!(sandbox.tenant_token_requests(), 2);
     assert!(sandbox.card_patches().is_empty());
 }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::*;
 use lark_auth::openapi::oauth::next_poll_interval;
-use lark_auth::openapi::{DevicePoll, OpenApiError};
-use lark_auth::sandbox::{SandboxConfig, UserActionError};
+use lark_auth::openapi::{DevicePoll, OpenApiError, RetryAdvice};
+use lark_auth::sandbox::{OpenApiFault, OpenApiRoute, SandboxConfig, UserActionError};
 
 #[actix_rt::test]
 async fn pending_then_slow_down_then_approved() {
@@ -136,4 +136,50 @@ async fn device_authorization_with_a_wrong_secret_is_invalid_client() {
     assert_eq!(failure.status, 401);
     assert_eq!(failure.error.as_deref(), Some("invalid_client"));
     assert!(!format!("{err} {err:?}").contains("wrong-secret-value"));
+}
+
+#[actix_rt::test]
+async fn a_poll_that_meets_a_server_error_or_rate_limit_can_be_repeated() {
+    let (sandbox, client) = openapi().await;
+    let device = client.request_device_authorization(&[]).await.unwrap();
+    sandbox.inject_openapi_fault(OpenApiRoute::UserToken, OpenApiFault::ServerError);
+    let err = client
+        .poll_device_token(&device.device_code)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(20050));
+    assert_eq!(err.retry_advice(), RetryAdvice::Backoff);
+    sandbox.inject_openapi_fault(
+        OpenApiRoute::UserToken,
+        OpenApiFault::RateLimited { reset_secs: 2 },
+    );
+    let err = client
+        .poll_device_token(&device.device_code)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.retry_advice(),
+        RetryAdvice::After(Duration::from_secs(2))
+    );
+    sandbox
+        .approve_device(&device.user_code, "ou_test_user_1")
+        .unwrap();
+    assert!(matches!(
+        client.poll_device_token(&device.device_code).await.unwrap(),
+        DevicePoll::Granted(_)
+    ));
+}
+
+#[actix_rt::test]
+async fn the_verification_page_is_served() {
+    let (_sandbox, client) = openapi().await;
+    let device = client.request_device_authorization(&[]).await.unwrap();
+    let mut response = awc::Client::default()
+        .get(&device.verification_uri_complete)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let body = response.body().limit(64 * 1024).await.unwrap();
+    assert!(String::from_utf8_lossy(&body).contains(&device.user_code));
 }

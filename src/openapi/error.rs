@@ -38,6 +38,8 @@ pub const CODE_REFRESH_DISABLED: i64 = 20_074;
 pub const CODE_USER_TOKEN_INVALID: i64 = 20_005;
 /// General: the tenant_access_token is invalid (§6); drop the cached one and fetch again.
 pub const CODE_TENANT_TOKEN_INVALID: i64 = 99_991_663;
+/// IM: too many messages to the same user or group (5 QPS per recipient, §4.1).
+pub const CODE_IM_RATE_LIMITED: i64 = 230_020;
 
 /// Wait used for a rate-limited answer that lacks `x-ogw-ratelimit-reset`, seconds.
 const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(1);
@@ -171,7 +173,10 @@ impl OpenApiError {
     ///
     /// - HTTP 429 or `code` 99991400: [`RetryAdvice::After`] the `x-ogw-ratelimit-reset`
     ///   seconds (the call was not processed);
-    /// - `code` 20050 / 20072 (the only retryable token-endpoint errors): [`RetryAdvice::Backoff`];
+    /// - `code` 20050 / 20072 (the only retryable token-endpoint errors), 230020 (IM
+    ///   per-recipient limit, nothing sent) and 99991663 (tenant token invalid: the
+    ///   client has dropped its cached token, so a resend uses a fresh one):
+    ///   [`RetryAdvice::Backoff`];
     /// - other HTTP 5xx, network errors and timeouts: [`RetryAdvice::Backoff`] for
     ///   idempotent calls only (and for network errors where nothing was sent);
     /// - [`OpenApiError::RefreshOutcomeUnknown`] and everything else: [`RetryAdvice::DoNotRetry`].
@@ -182,7 +187,12 @@ impl OpenApiError {
                     RetryAdvice::After(f.rate_limit_reset.unwrap_or(DEFAULT_RATE_LIMIT_WAIT))
                 } else if matches!(
                     f.code,
-                    Some(CODE_SERVER_ERROR | CODE_TEMPORARILY_UNAVAILABLE)
+                    Some(
+                        CODE_SERVER_ERROR
+                            | CODE_TEMPORARILY_UNAVAILABLE
+                            | CODE_IM_RATE_LIMITED
+                            | CODE_TENANT_TOKEN_INVALID
+                    )
                 ) || (f.status >= 500 && f.idempotent)
                 {
                     RetryAdvice::Backoff

@@ -11,7 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Call, OpenApiClient, OpenApiError};
+use super::error::CODE_TENANT_TOKEN_INVALID;
+use super::{Call, OpenApiClient, OpenApiError, RawAnswer};
 use crate::secret::Secret;
 
 /// Path of message creation (§4.1).
@@ -68,6 +69,22 @@ struct DelayedBody<'a> {
 }
 
 impl OpenApiClient {
+    /// Decodes an IM answer; a 99991663 (tenant token invalid, §6) drops the cached token
+    /// so the next call fetches a fresh one.
+    fn decode_im<T: serde::de::DeserializeOwned>(
+        &self,
+        answer: &RawAnswer,
+        call: Call,
+    ) -> Result<T, OpenApiError> {
+        let result = answer.decode(call);
+        if let Err(e) = &result
+            && e.code() == Some(CODE_TENANT_TOKEN_INVALID)
+        {
+            self.invalidate_tenant_access_token();
+        }
+        result
+    }
+
     /// Sends the interactive `card` (a JSON object, serialized into `content` as a string)
     /// to the user `open_id` as the app's bot. With `uuid` (≤ 50 characters) a resend of the
     /// same request within an hour sends no second message (§4.1), so it may be retried.
@@ -76,7 +93,8 @@ impl OpenApiClient {
     /// [`OpenApiError::InvalidRequest`] for a `uuid` over 50 characters;
     /// [`OpenApiError::Api`] e.g. `code` 230013 (user outside the availability range),
     /// 230025 (content too long), 230099 (card build failure), 99991400 (rate limited,
-    /// see [`OpenApiError::retry_advice`]); plus the tenant-token errors
+    /// see [`OpenApiError::retry_advice`]), 99991663 (tenant token invalid: the cached token
+    /// is dropped, a resend fetches a new one); plus the tenant-token errors
     /// ([`tenant_access_token`](Self::tenant_access_token)), timeouts and network errors.
     pub async fn send_card(
         &self,
@@ -116,7 +134,7 @@ impl OpenApiClient {
             .bearer_auth(token.expose())
             .send_json(&body);
         let answer = t.execute(call, request).await?;
-        let parsed: DataEnvelope<SentMessage> = answer.decode(call)?;
+        let parsed: DataEnvelope<SentMessage> = self.decode_im(&answer, call)?;
         Ok(parsed.data)
     }
 
@@ -146,7 +164,8 @@ impl OpenApiClient {
                 content: card.to_string(),
             });
         let answer = t.execute(PATCH, request).await?;
-        answer.decode::<serde_json::Value>(PATCH).map(drop)
+        self.decode_im::<serde_json::Value>(&answer, PATCH)
+            .map(drop)
     }
 
     /// The delayed card update with a callback's card-update `token` (`event.token`, `c-…`;

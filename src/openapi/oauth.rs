@@ -44,9 +44,10 @@ pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Asking for a device code twice just yields two codes: harmless.
 const DEVICE_AUTHORIZATION: Call = Call::new("device authorization", true);
-/// A poll does not change anything until the user has approved; after that the grant is
-/// issued once, so a lost answer is recovered by authorizing again, not by resending.
-const DEVICE_POLL: Call = Call::new("device code poll", false);
+/// Polling again is harmless: until the user acts a poll changes nothing, and a granted
+/// answer that was lost shows up as [`DevicePoll::Expired`] on the next poll (the device
+/// code is spent), so the session ends instead of binding tokens twice.
+const DEVICE_POLL: Call = Call::new("device code poll", true);
 /// The code is single use (20065 on reuse, §2.5).
 const CODE_EXCHANGE: Call = Call::new("authorization_code grant", false);
 /// The refresh token is single use (20073 on reuse, §2.4).

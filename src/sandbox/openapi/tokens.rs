@@ -31,7 +31,46 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
             web::post().to(device_authorization),
         )
         .route(TOKEN_PATH, web::post().to(user_token))
-        .route(USER_INFO_PATH, web::get().to(user_info));
+        .route(USER_INFO_PATH, web::get().to(user_info))
+        .route(DEVICE_VERIFY_PATH, web::get().to(device_verify_page));
+}
+
+/// Path of the device verification page the sandbox hands out.
+const DEVICE_VERIFY_PATH: &str = "/oauth/v1/device/verify";
+
+/// `GET /oauth/v1/device/verify?user_code=…`: a plain page naming the code. Consent is
+/// given through [`super::Sandbox::approve_device`], not through this page.
+async fn device_verify_page(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    let user_code = url::form_urlencoded::parse(req.query_string().as_bytes())
+        .find(|(k, _)| k == "user_code")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let known = shared
+        .lock()
+        .openapi
+        .devices
+        .values()
+        .any(|g| g.user_code == user_code);
+    let text: String = user_code
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    let (status, body) = if known {
+        (
+            actix_web::http::StatusCode::OK,
+            format!(
+                "lark-auth sandbox: authorize device code {text}? (tests call Sandbox::approve_device)"
+            ),
+        )
+    } else {
+        (
+            actix_web::http::StatusCode::NOT_FOUND,
+            "lark-auth sandbox: unknown user code".to_string(),
+        )
+    };
+    HttpResponse::build(status)
+        .content_type("text/plain; charset=utf-8")
+        .body(body)
 }
 
 /// Body parameters from a JSON object (string values) or a form.
@@ -153,7 +192,7 @@ async fn device_authorization(
             .map(|_| char::from(b'A' + rng.gen_range(0..26u8)))
             .collect();
         let user_code = format!("{}-{}", &letters[..4], &letters[4..]);
-        let verify = format!("http://127.0.0.1:{}/oauth/v1/device/verify", shared.port);
+        let verify = format!("http://127.0.0.1:{}{DEVICE_VERIFY_PATH}", shared.port);
         {
             let mut state = shared.lock();
             let now = state.openapi.now();
