@@ -243,9 +243,16 @@ fn send_inner(req: &HttpRequest, body: &[u8], shared: &Shared) -> Result<Value, 
             message_id
         }
     };
+    // Milliseconds since the epoch as a string (§4.1), on the sandbox clock.
+    let millis = (std::time::SystemTime::now() + o.clock_offset)
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+        .to_string();
     Ok(json!({
         "message_id": message_id,
         "msg_type": "interactive",
+        "create_time": millis,
+        "update_time": millis,
         "chat_id": format!("oc_sandbox_p2p_{receive_id}"),
         "deleted": false,
         "updated": false,

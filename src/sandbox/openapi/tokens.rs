@@ -562,6 +562,10 @@ async fn user_info(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse 
                             200,
                             json!({"code": 0, "msg": "success", "data": {
                                 "name": u.name, "en_name": u.name,
+                                "avatar_url": format!("https://example.test/avatar/{}.png", u.open_id),
+                                "avatar_thumb": format!("https://example.test/avatar/{}_72.png", u.open_id),
+                                "avatar_middle": format!("https://example.test/avatar/{}_240.png", u.open_id),
+                                "avatar_big": format!("https://example.test/avatar/{}_640.png", u.open_id),
                                 "open_id": u.open_id, "union_id": u.union_id,
                                 "tenant_key": config.tenant_key,
                             }}),
