@@ -82,6 +82,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[connection]`: long-connection client limits and timeouts.
     pub connection: ConnectionConfig,
+    /// `[openapi]`: the HTTP OpenAPI client (tokens, cards, OAuth, user info).
+    pub openapi: OpenApiConfig,
 }
 
 /// `[app]` section.
@@ -316,6 +318,25 @@ impl Default for ConnectionConfig {
     }
 }
 
+/// `[openapi]` section: the OpenAPI client (`crate::openapi`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpenApiConfig {
+    /// Upper bound of one OpenAPI call (connect, send, and reading the whole answer),
+    /// seconds. Default 10. A refresh that runs into it has an unknown outcome and is not
+    /// resent (`OpenApiError::RefreshOutcomeUnknown`).
+    #[serde(with = "duration_secs", rename = "request_timeout_secs")]
+    pub request_timeout: Duration,
+}
+
+impl Default for OpenApiConfig {
+    fn default() -> Self {
+        OpenApiConfig {
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Default OpenAPI base of a brand.
 pub fn default_open_base_url(brand: Brand) -> &'static str {
     match brand {
@@ -480,6 +501,18 @@ impl Config {
                 "must be between 1024 and 67108864",
             ));
         }
+        if self.openapi.request_timeout.is_zero() {
+            return Err(invalid(
+                "openapi.request_timeout_secs",
+                "must be greater than 0",
+            ));
+        }
+        if self.openapi.request_timeout > Duration::from_secs(300) {
+            return Err(invalid(
+                "openapi.request_timeout_secs",
+                "must be at most 300 (no unbounded waits)",
+            ));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
                 "log.level",
@@ -504,6 +537,7 @@ impl Config {
         config.connection.backoff_initial = Duration::from_millis(20);
         config.connection.callback_budget = Duration::from_millis(500);
         config.connection.chunk_expiry = Duration::from_secs(2);
+        config.openapi.request_timeout = Duration::from_secs(2);
         config
     }
 }
@@ -545,6 +579,7 @@ mod tests {
         config.validate().unwrap();
         assert_eq!(config.open_base_url(), "https://open.feishu.cn");
         assert_eq!(config.http.listen.to_string(), "127.0.0.1:8787");
+        assert_eq!(config.openapi.request_timeout, Duration::from_secs(10));
     }
 
     #[test]
@@ -561,6 +596,12 @@ mod tests {
         let config = Config::from_toml_str("[auth]\nflow = \"authorization_code\"\n").unwrap();
         let err = config.validate().unwrap_err();
         assert!(err.to_string().contains("auth.redirect_uri"), "{err}");
+        let config = Config::from_toml_str("[openapi]\nrequest_timeout_secs = 0\n").unwrap();
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.to_string().contains("openapi.request_timeout_secs"),
+            "{err}"
+        );
     }
 
     #[test]

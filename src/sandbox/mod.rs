@@ -1,4 +1,4 @@
-//! An in-process fake of the Lark platform's long-connection side, for integration tests,
+//! An in-process fake of the Lark platform (long connection and OpenAPI), for integration tests,
 //! benchmarks and `lark-auth demo`.
 //!
 //! [`Sandbox::start`] binds an actix-web `HttpServer` to `127.0.0.1:0` (one worker,
@@ -8,9 +8,12 @@
 //! - `POST /callback/ws/endpoint`: endpoint discovery (protocol doc §2), with injectable
 //!   [`DiscoveryFault`]s and single-use tickets;
 //! - `GET /ws/v2`: the WebSocket server (§3–§6), with injectable [`HandshakeFault`]s, the
-//!   connection limit (§9), ping → pong (§5), and data frames pushed by the test (§6).
+//!   connection limit (§9), ping → pong (§5), and data frames pushed by the test (§6);
+//! - the OpenAPI endpoints of `lark-openapi-auth.md` (tenant token, device and code flows,
+//!   refresh, `user_info`, cards) with simulated users, a movable clock and injectable
+//!   [`OpenApiFault`]s (module `openapi`, see [`OpenApiSandboxConfig`]).
 //!
-//! The route modules (`ws.rs` today; OpenAPI routes later) share one `Shared` state behind
+//! The route modules (`ws.rs`, `openapi/`) share one `Shared` state behind
 //! an `Arc<Mutex>`: the server's worker runs on its own thread while the test drives the
 //! [`Sandbox`] handle from the System's thread. Every state change notifies a
 //! [`tokio::sync::Notify`], so the `wait_for_*` methods wake up on events instead of
@@ -39,6 +42,7 @@
 //! ```
 
 mod frames;
+mod openapi;
 mod ws;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -57,6 +61,10 @@ use crate::protocol::frame::{HEADER_MESSAGE_ID, METHOD_DATA};
 use crate::secret::Secret;
 
 pub use frames::{AckPayloadView, check_echo, split_payload};
+pub use openapi::{
+    CardPatch, DEFAULT_REDIRECT_URI, DelayedCardUpdate, OpenApiFault, OpenApiRoute,
+    OpenApiSandboxConfig, RecordedTokenRequest, SandboxUser, SentCard, UserActionError,
+};
 
 /// Settings of a [`Sandbox`]. Every field has a default (see [`SandboxConfig::default`]).
 #[derive(Debug, Clone)]
@@ -95,6 +103,9 @@ pub struct SandboxConfig {
     /// Largest WebSocket frame accepted from a client, in bytes (§8 item 13 notes the
     /// Python SDK's 1 MiB cap). Default 4 MiB.
     pub max_frame_size: usize,
+    /// The OpenAPI side: token lifetimes, users, redirect URLs (see
+    /// [`OpenApiSandboxConfig`]).
+    pub openapi: OpenApiSandboxConfig,
 }
 
 impl Default for SandboxConfig {
@@ -120,6 +131,7 @@ impl Default for SandboxConfig {
                 autherrcode: Some("1000040351".to_string()),
             },
             max_frame_size: 4 << 20,
+            openapi: OpenApiSandboxConfig::default(),
         }
     }
 }
@@ -447,6 +459,7 @@ pub(crate) struct State {
     pub(crate) protocol_pings: usize,
     pub(crate) unexpected: Vec<UnexpectedFrame>,
     pub(crate) flood_acks: usize,
+    pub(crate) openapi: openapi::OpenApiState,
 }
 
 /// State shared by the [`Sandbox`] handle and every route module.
@@ -526,6 +539,7 @@ impl Sandbox {
             App::new()
                 .app_data(web::Data::from(app_shared.clone()))
                 .configure(ws::routes)
+                .configure(openapi::routes)
         })
         .workers(1)
         .tcp_nodelay(true)

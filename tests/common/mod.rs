@@ -284,3 +284,69 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
         .await
         .unwrap_or_else(|_| panic!("timed out: {what}"))
 }
+
+// ----- OpenAPI side ----------------------------------------------------------------------
+
+/// A sandbox with `sandbox_config` and an OpenAPI client pointed at it (both base URLs),
+/// after `adjust` has changed the client's config.
+pub async fn openapi_with(
+    sandbox_config: SandboxConfig,
+    adjust: impl FnOnce(&mut Config),
+) -> (Sandbox, lark_auth::openapi::OpenApiClient) {
+    let sandbox = Sandbox::start(sandbox_config)
+        .await
+        .expect("sandbox starts");
+    let mut config = Config::for_tests(&sandbox.base_url());
+    adjust(&mut config);
+    config.validate().expect("test config is valid");
+    let client = lark_auth::openapi::OpenApiClient::new(&config).expect("client builds");
+    (sandbox, client)
+}
+
+/// A default sandbox and a client with the test config.
+pub async fn openapi() -> (Sandbox, lark_auth::openapi::OpenApiClient) {
+    openapi_with(SandboxConfig::default(), |_| {}).await
+}
+
+/// A fixture from tests/fixtures/openapi as JSON.
+pub fn openapi_fixture(name: &str) -> serde_json::Value {
+    let path = format!(
+        "{}/tests/fixtures/openapi/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// A query parameter of a URL.
+pub fn query_param(url: &str, key: &str) -> Option<String> {
+    url::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Runs the authorization-code flow with PKCE for `open_id` and returns the grant.
+pub async fn code_flow_grant(
+    sandbox: &Sandbox,
+    client: &lark_auth::openapi::OpenApiClient,
+    open_id: &str,
+) -> lark_auth::openapi::UserTokenGrant {
+    let pkce = lark_auth::openapi::PkcePair::generate();
+    let url = client.authorize_url(
+        lark_auth::sandbox::DEFAULT_REDIRECT_URI,
+        &["auth:user.id:read"],
+        "state-1",
+        &pkce.challenge,
+    );
+    let redirect = sandbox.authorize(&url, open_id).expect("user consents");
+    let code = lark_auth::secret::Secret::new(query_param(&redirect, "code").expect("code"));
+    client
+        .exchange_code(
+            &code,
+            lark_auth::sandbox::DEFAULT_REDIRECT_URI,
+            Some(&pkce.verifier),
+        )
+        .await
+        .expect("code exchange succeeds")
+}
