@@ -145,6 +145,10 @@ pub struct CodeFlowProgress {
 }
 
 /// Everything persisted about one session. Times are unix milliseconds.
+///
+/// Its serde form redacts the secrets (device code, `code_verifier`) like every
+/// [`Secret`]: it is fit for logs and the control API, not for the store. The store
+/// encodes a record with the secrets sealed by the vault's key (issue 5).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
     /// Unique id (goes into the card's button values).
@@ -705,4 +709,398 @@ fn finish_failed(
         code,
         now_ms,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_767_225_600_000;
+    const USER: &str = "ou_user";
+
+    fn new_device() -> SessionRecord {
+        SessionRecord::new(
+            "sess_1".into(),
+            USER.into(),
+            vec!["offline_access".into()],
+            None,
+            T0,
+            600_000,
+        )
+    }
+
+    fn granted(interval_secs: u64) -> Input {
+        Input::DeviceAuthorizationGranted {
+            device_code: Secret::new("device-code".into()),
+            verification_uri_complete: "https://accounts.example.test/verify?code=ABCD".into(),
+            interval_secs,
+            expires_in_secs: 240,
+        }
+    }
+
+    /// Runs inputs in order at the given times, returning the final record and every
+    /// action.
+    fn run(
+        mut record: SessionRecord,
+        inputs: Vec<(u64, Input)>,
+    ) -> (SessionRecord, Vec<Vec<Action>>) {
+        let mut all = Vec::new();
+        for (at, input) in inputs {
+            let (next, actions) = step(&record, input, at);
+            record = next;
+            all.push(actions);
+        }
+        (record, all)
+    }
+
+    fn click(open_id: &str, choice: Choice) -> Input {
+        Input::Clicked {
+            operator_open_id: open_id.into(),
+            choice,
+        }
+    }
+
+    #[test]
+    fn device_flow_happy_path_goes_through_every_state() {
+        let (r, actions) = run(
+            new_device(),
+            vec![
+                (T0, Input::Begin),
+                (T0 + 100, granted(5)),
+                (
+                    T0 + 200,
+                    Input::CardDelivered {
+                        message_id: "om_1".into(),
+                    },
+                ),
+                (T0 + 1_000, click(USER, Choice::Authorize)),
+            ],
+        );
+        assert_eq!(actions[0], vec![Action::RequestDeviceAuthorization]);
+        assert_eq!(actions[1], vec![Action::ShowCard(CardKind::Authorize)]);
+        // Deadline capped by the device code's 240 s lifetime.
+        assert_eq!(r.deadline_ms, T0 + 100 + 240_000);
+        assert_eq!(
+            actions[2],
+            vec![
+                Action::WakeAt(T0 + 100 + 240_000),
+                Action::WakeAt(T0 + 200 + 15_000)
+            ],
+            "before the click: the slow cadence (3 x 5 s, at least 15 s)"
+        );
+        assert_eq!(
+            actions[3],
+            vec![
+                Action::AnswerClick(ClickToast::Opening),
+                Action::WakeAt(T0 + 1_000 + 5_000)
+            ],
+            "after the click: the server's interval"
+        );
+        assert_eq!(r.state, SessionState::AwaitingUser);
+
+        let (r, actions) = run(
+            r,
+            vec![
+                (T0 + 6_000, Input::Wake),
+                (T0 + 6_100, Input::Polled(PollAnswer::Pending)),
+                (T0 + 11_100, Input::Wake),
+                (T0 + 11_200, Input::TokenIssued),
+                (
+                    T0 + 11_300,
+                    Input::IdentityChecked {
+                        open_id: USER.into(),
+                    },
+                ),
+                (T0 + 11_400, Input::GrantStored),
+            ],
+        );
+        assert_eq!(actions[0], vec![Action::PollDeviceToken]);
+        assert_eq!(actions[1], vec![Action::WakeAt(T0 + 6_100 + 5_000)]);
+        assert_eq!(actions[2], vec![Action::PollDeviceToken]);
+        assert_eq!(actions[3], vec![Action::CheckIdentity]);
+        assert_eq!(actions[4], vec![Action::StoreGrant]);
+        assert_eq!(actions[5], vec![Action::ShowCard(CardKind::Authorized)]);
+        assert_eq!(r.state, SessionState::Authorized);
+        assert_eq!(r.updated_at_ms, T0 + 11_400);
+    }
+
+    #[test]
+    fn slow_down_adds_five_seconds_each_time() {
+        let (r, actions) = run(
+            new_device(),
+            vec![
+                (T0, Input::Begin),
+                (T0, granted(5)),
+                (
+                    T0,
+                    Input::CardDelivered {
+                        message_id: "om".into(),
+                    },
+                ),
+                (T0, click(USER, Choice::Authorize)),
+                (T0 + 5_000, Input::Wake),
+                (T0 + 5_000, Input::Polled(PollAnswer::SlowDown)),
+                (T0 + 15_000, Input::Wake),
+                (T0 + 15_000, Input::Polled(PollAnswer::SlowDown)),
+            ],
+        );
+        assert_eq!(actions[5], vec![Action::WakeAt(T0 + 5_000 + 10_000)]);
+        assert_eq!(actions[7], vec![Action::WakeAt(T0 + 15_000 + 15_000)]);
+        assert_eq!(r.device.unwrap().interval_secs, 15);
+    }
+
+    #[test]
+    fn a_wake_before_the_poll_is_due_does_not_poll() {
+        let (_, actions) = run(
+            new_device(),
+            vec![
+                (T0, Input::Begin),
+                (T0, granted(5)),
+                (
+                    T0,
+                    Input::CardDelivered {
+                        message_id: "om".into(),
+                    },
+                ),
+                (T0 + 1_000, Input::Wake),
+            ],
+        );
+        assert!(actions[3].is_empty());
+    }
+
+    #[test]
+    fn someone_else_clicking_changes_nothing() {
+        let (r0, _) = run(
+            new_device(),
+            vec![
+                (T0, Input::Begin),
+                (T0, granted(5)),
+                (
+                    T0,
+                    Input::CardDelivered {
+                        message_id: "om".into(),
+                    },
+                ),
+            ],
+        );
+        for choice in [Choice::Authorize, Choice::Decline] {
+            let (r, actions) = step(&r0, click("ou_intruder", choice), T0 + 10);
+            assert_eq!(actions, vec![Action::AnswerClick(ClickToast::NotYours)]);
+            assert_eq!(r, r0);
+        }
+    }
+
+    #[test]
+    fn decline_by_the_user_ends_denied_and_a_second_click_is_answered_not_replayed() {
+        let (r, actions) = run(
+            new_device(),
+            vec![
+                (T0, Input::Begin),
+                (T0, granted(5)),
+                (
+                    T0,
+                    Input::CardDelivered {
+                        message_id: "om".into(),
+                    },
+                ),
+                (T0 + 10, click(USER, Choice::Decline)),
+                (T0 + 20, click(USER, Choice::Decline)),
+            ],
+        );
+        assert_eq!(
+            actions[3],
+            vec![
+                Action::AnswerClick(ClickToast::Declined),
+                Action::ShowCard(CardKind::Declined)
+            ]
+        );
+        assert_eq!(
+            actions[4],
+            vec![Action::AnswerClick(ClickToast::AlreadyFinished(
+                SessionState::Denied
+            ))]
+        );
+        assert_eq!(r.state, SessionState::Denied);
+        assert_eq!(
+            r.updated_at_ms,
+            T0 + 10,
+            "the replayed click made no transition"
+        );
+    }
+
+    #[test]
+    fn a_forwarded_link_fails_with_wrong_user_and_the_token_is_discarded() {
+        let (r, actions) = run(
+            new_device(),
+            vec![
+                (T0, Input::Begin),
+                (T0, granted(5)),
+                (
+                    T0,
+                    Input::CardDelivered {
+                        message_id: "om".into(),
+                    },
+                ),
+                (T0 + 20_000, Input::Wake),
+                (T0 + 20_100, Input::TokenIssued),
+                (
+                    T0 + 20_200,
+                    Input::IdentityChecked {
+                        open_id: "ou_someone_else".into(),
+                    },
+                ),
+            ],
+        );
+        assert_eq!(
+            actions[5],
+            vec![Action::DiscardToken, Action::ShowCard(CardKind::Failed)]
+        );
+        assert_eq!(r.state, SessionState::Failed);
+        assert_eq!(r.reason, Some(FailureReason::WrongUser));
+    }
+
+    #[test]
+    fn the_deadline_expires_any_non_terminal_state() {
+        let (r, _) = run(
+            new_device(),
+            vec![
+                (T0, Input::Begin),
+                (T0, granted(5)),
+                (
+                    T0,
+                    Input::CardDelivered {
+                        message_id: "om".into(),
+                    },
+                ),
+            ],
+        );
+        let (expired, actions) = step(&r, Input::Wake, r.deadline_ms);
+        assert_eq!(expired.state, SessionState::Expired);
+        assert_eq!(actions, vec![Action::ShowCard(CardKind::Expired)]);
+        let (denied, _) = step(&r, Input::Polled(PollAnswer::Denied), T0 + 1);
+        assert_eq!(denied.state, SessionState::Denied);
+        let (expired, _) = step(&r, Input::Polled(PollAnswer::Expired), T0 + 1);
+        assert_eq!(expired.state, SessionState::Expired);
+    }
+
+    #[test]
+    fn resume_keeps_the_remaining_time_and_the_poll_cadence() {
+        let (r, _) = run(
+            new_device(),
+            vec![
+                (T0, Input::Begin),
+                (T0, granted(5)),
+                (
+                    T0,
+                    Input::CardDelivered {
+                        message_id: "om".into(),
+                    },
+                ),
+            ],
+        );
+        let due = r.next_poll_at_ms.unwrap();
+        let (resumed, actions) = step(&r, Input::Resumed, T0 + 3_000);
+        assert_eq!(
+            actions,
+            vec![Action::WakeAt(r.deadline_ms), Action::WakeAt(due)],
+            "the deadline does not move and the pending poll keeps its time"
+        );
+        assert_eq!(resumed.deadline_ms, r.deadline_ms);
+        let (_, late) = step(&r, Input::Resumed, due + 60_000);
+        assert_eq!(
+            late,
+            vec![Action::WakeAt(r.deadline_ms), Action::WakeAt(due + 60_000)]
+        );
+    }
+
+    #[test]
+    fn a_restart_while_exchanging_fails_as_interrupted() {
+        let (r, _) = run(
+            new_device(),
+            vec![
+                (T0, Input::Begin),
+                (T0, granted(5)),
+                (
+                    T0,
+                    Input::CardDelivered {
+                        message_id: "om".into(),
+                    },
+                ),
+                (T0 + 20_000, Input::Wake),
+                (T0 + 20_100, Input::TokenIssued),
+            ],
+        );
+        assert_eq!(r.state, SessionState::Exchanging);
+        let (r, actions) = step(&r, Input::Resumed, T0 + 30_000);
+        assert_eq!(r.reason, Some(FailureReason::Interrupted));
+        assert_eq!(actions, vec![Action::ShowCard(CardKind::Failed)]);
+    }
+
+    #[test]
+    fn code_flow_exchanges_the_code_then_checks_identity() {
+        let record = SessionRecord::new(
+            "sess_2".into(),
+            USER.into(),
+            vec!["offline_access".into()],
+            Some(CodeFlowProgress {
+                oauth_state: "st".into(),
+                code_verifier: Secret::new("verifier".into()),
+            }),
+            T0,
+            600_000,
+        );
+        let code = Secret::new("auth-code".to_string());
+        let (r, actions) = run(
+            record,
+            vec![
+                (T0, Input::Begin),
+                (
+                    T0,
+                    Input::CardDelivered {
+                        message_id: "om".into(),
+                    },
+                ),
+                (T0 + 5, Input::CodeReceived { code: code.clone() }),
+                (T0 + 6, Input::TokenIssued),
+                (
+                    T0 + 7,
+                    Input::IdentityChecked {
+                        open_id: USER.into(),
+                    },
+                ),
+                (T0 + 8, Input::GrantStored),
+            ],
+        );
+        assert_eq!(actions[0], vec![Action::ShowCard(CardKind::Authorize)]);
+        assert_eq!(actions[1], vec![Action::WakeAt(T0 + 600_000)], "no polling");
+        assert_eq!(actions[2], vec![Action::ExchangeCode(code)]);
+        assert_eq!(actions[3], vec![Action::CheckIdentity]);
+        assert_eq!(r.state, SessionState::Authorized);
+    }
+
+    #[test]
+    fn failures_record_the_reason_and_the_platform_code() {
+        let (r, actions) = run(
+            new_device(),
+            vec![
+                (T0, Input::Begin),
+                (T0, Input::DeviceAuthorizationFailed { code: Some(20001) }),
+            ],
+        );
+        assert_eq!(r.state, SessionState::Failed);
+        assert_eq!(r.reason, Some(FailureReason::DeviceAuthorizationFailed));
+        assert_eq!(r.platform_code, Some(20001));
+        assert!(actions[1].is_empty(), "no card was sent, so none to update");
+    }
+
+    #[test]
+    fn the_record_debug_never_shows_the_device_code() {
+        let (r, _) = run(new_device(), vec![(T0, Input::Begin), (T0, granted(5))]);
+        assert!(!format!("{r:?}").contains("device-code"));
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(
+            !json.contains("device-code"),
+            "serialized for logs: redacted"
+        );
+    }
 }
