@@ -12,3 +12,4 @@ pub mod protocol;
 pub mod sandbox;
 pub mod secret;
 pub mod service;
+pub mod store;
