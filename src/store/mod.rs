@@ -22,7 +22,7 @@ mod sled_store;
 
 use std::path::PathBuf;
 
-pub use self::sled_store::SledStore;
+pub use self::sled_store::{LOCK_WAIT, SledStore};
 
 /// The boxed cause of a backend failure (kept opaque so the trait names no backend type).
 pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -24,6 +24,10 @@ use super::{
 
 const HEADER_LEN: usize = 16;
 const NO_DUE: u64 = u64::MAX;
+/// How long [`SledStore::open`] keeps retrying a locked directory before
+/// [`StoreError::Locked`].
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The sled-backed [`Store`]. Cloning is cheap (shared handles to one open database).
 #[derive(Clone)]
@@ -133,7 +137,8 @@ enum Abort {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in directory `path`.
+    /// Opens (or creates) the store in directory `path`. Blocks up to [`LOCK_WAIT`] while
+    /// the directory is locked (a handle being dropped releases its lock a moment later).
     ///
     /// # Errors
     /// [`StoreError::Locked`] when another handle (another lark-auth process, or a second
@@ -141,16 +146,27 @@ impl SledStore {
     /// failure (permissions, damaged files).
     pub fn open(path: impl AsRef<Path>) -> Result<SledStore, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let db = sled::Config::new().path(&path).open().map_err(|e| {
-            if is_lock_error(&e) {
-                StoreError::Locked { path: path.clone() }
-            } else {
-                StoreError::Open {
-                    path: path.clone(),
-                    source: Box::new(e),
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new().path(&path).open() {
+                Ok(db) => break db,
+                // sled's background I/O threads can hold the previous handle's file lock
+                // for a moment after it was dropped (seen as flaky reopen in tests), so a
+                // lock is retried briefly before it is reported.
+                Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(LOCK_RETRY);
+                }
+                Err(e) if is_lock_error(&e) => {
+                    return Err(StoreError::Locked { path: path.clone() });
+                }
+                Err(e) => {
+                    return Err(StoreError::Open {
+                        path: path.clone(),
+                        source: Box::new(e),
+                    });
                 }
             }
-        })?;
+        };
         let tree = |name: &str| {
             db.open_tree(name).map_err(|e| StoreError::Open {
                 path: path.clone(),
