@@ -13,3 +13,4 @@ pub mod sandbox;
 pub mod secret;
 pub mod service;
 pub mod store;
+pub mod vault;
