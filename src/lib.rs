@@ -9,6 +9,7 @@ pub mod connection;
 pub mod demo;
 pub mod event_log;
 pub mod protocol;
+pub mod refresh;
 pub mod sandbox;
 pub mod secret;
 pub mod service;
