@@ -1,0 +1,305 @@
+//! The storage seam: everything lark-auth keeps across restarts goes through the [`Store`]
+//! trait — grant records, the refresh-due index, authorization sessions, dedup marks with
+//! an expiry, small metadata records (the vault's key checks) and the quarantine of corrupt
+//! records.
+//!
+//! The trait is byte-oriented and names no backend type, so a shared SQL store can
+//! implement it later (several instances sharing grants and sessions). The typed encoding,
+//! sealing and status rules live in [`crate::vault`]; this layer only keeps bytes, versions
+//! and orderings. [`SledStore`] is the embedded implementation.
+//!
+//! All methods block (disk I/O, and [`Store::flush`] waits for fsync): call them from a
+//! `SyncArbiter` thread or another thread that may block, never from the System's thread.
+//!
+//! Versions: every grant record carries a version kept by the store. The first write makes
+//! version 1 and every successful [`Store::compare_and_swap_grant`] adds one, so a writer
+//! that read version `v` replaces the record only if nobody wrote in between (a SQL backend
+//! does `UPDATE … SET version = version + 1 WHERE version = v`).
+//!
+//! Instants are unix epoch milliseconds (`u64`, UTC) throughout this module.
+
+mod sled_store;
+
+use std::path::PathBuf;
+
+pub use self::sled_store::{LOCK_WAIT, SledStore};
+
+/// The boxed cause of a backend failure (kept opaque so the trait names no backend type).
+pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Errors of the storage layer. A missing record is not an error (`Ok(None)`), nor is a
+/// compare-and-swap conflict ([`CasOutcome::Conflict`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store directory is locked by another open handle: another lark-auth process
+    /// (or a second open in this process) is using it. Stop the other instance, or point
+    /// `vault.path` at another directory. Within one process, open once and clone the
+    /// handle.
+    #[error(
+        "the store at {path} is locked by another open handle: another lark-auth may be \
+         running with the same vault.path (stop it, or use another path)"
+    )]
+    Locked {
+        /// The store directory.
+        path: PathBuf,
+    },
+    /// The store could not be opened (permissions, missing parent directory, damaged
+    /// files). Check the path and the disk; the files are left as they were.
+    #[error("cannot open the store at {path}: {source}")]
+    Open {
+        /// The store directory.
+        path: PathBuf,
+        /// The backend's error.
+        #[source]
+        source: BackendError,
+    },
+    /// A read or write failed in the backend (I/O error, disk full). Nothing was
+    /// acknowledged; retry later, and check the disk if it persists.
+    #[error("store {op} failed: {source}")]
+    Backend {
+        /// The operation, e.g. `compare_and_swap_grant`.
+        op: &'static str,
+        /// The backend's error.
+        #[source]
+        source: BackendError,
+    },
+    /// A stored value's framing (the store's own header) is malformed. The caller should
+    /// quarantine the record ([`Store::quarantine_grant`]) and carry on with the others.
+    #[error("corrupt record {key}: {reason}")]
+    CorruptRecord {
+        /// The record's key, printable.
+        key: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A key part is not storable (empty, or contains a NUL byte). A caller bug: fix the
+    /// identifier passed.
+    #[error("invalid key part {what}: must be non-empty and contain no NUL byte")]
+    InvalidKey {
+        /// Which part: `app_id`, `open_id`, `session_id`, …
+        what: &'static str,
+    },
+}
+
+/// Identifies one grant: the app and the user's `open_id` in that app.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GrantKey {
+    /// The app id (`cli_…`).
+    pub app_id: String,
+    /// The user's `open_id` (`ou_…`) in that app.
+    pub open_id: String,
+}
+
+impl GrantKey {
+    /// Builds a key.
+    pub fn new(app_id: impl Into<String>, open_id: impl Into<String>) -> Self {
+        GrantKey {
+            app_id: app_id.into(),
+            open_id: open_id.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for GrantKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.app_id, self.open_id)
+    }
+}
+
+/// A grant record as stored: its version, its refresh-due instant and the opaque payload
+/// the vault wrote.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredGrant {
+    /// Version, 1 after the first write, +1 per successful compare-and-swap.
+    pub version: u64,
+    /// Refresh-due instant (unix ms) under which the record is in the due index, if any.
+    pub due_ms: Option<u64>,
+    /// The vault's encoded record (secrets sealed).
+    pub payload: Vec<u8>,
+}
+
+impl std::fmt::Debug for StoredGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredGrant")
+            .field("version", &self.version)
+            .field("due_ms", &self.due_ms)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}
+
+/// The new content of a grant record in a compare-and-swap.
+#[derive(Clone)]
+pub struct GrantWrite {
+    /// The vault's encoded record.
+    pub payload: Vec<u8>,
+    /// Refresh-due instant (unix ms) to index the record under; `None` takes it out of
+    /// the due index (revoked, needs re-authorization).
+    pub due_ms: Option<u64>,
+}
+
+/// The result of [`Store::compare_and_swap_grant`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The record was replaced (or created, or deleted); `version` is the new version
+    /// (0 after a delete).
+    Swapped {
+        /// The version now stored.
+        version: u64,
+    },
+    /// The record's version was not the expected one: somebody wrote in between. Re-read
+    /// and decide again; nothing was changed.
+    Conflict {
+        /// The version found (`None`: no record).
+        current: Option<u64>,
+    },
+}
+
+/// One entry of the refresh-due index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueEntry {
+    /// Due instant, unix ms.
+    pub due_ms: u64,
+    /// The grant that is due.
+    pub key: GrantKey,
+}
+
+/// A record moved aside because it could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantinedRecord {
+    /// The grant it was stored under.
+    pub key: GrantKey,
+    /// When it was moved, unix ms.
+    pub at_ms: u64,
+    /// Why (format version, authentication failure, truncation…).
+    pub reason: String,
+    /// The raw stored bytes, kept for inspection (still sealed).
+    pub raw: Vec<u8>,
+}
+
+/// Everything persistent. Implementations must make each method atomic on its own: a
+/// crash leaves either the state before or the state after a call, never a mix.
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Reads one grant record.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`]; [`StoreError::CorruptRecord`] when the store's framing is
+    /// damaged (quarantine it); [`StoreError::InvalidKey`].
+    fn get_grant(&self, key: &GrantKey) -> Result<Option<StoredGrant>, StoreError>;
+
+    /// Replaces the grant record if its version is `expected_version` (`None`: only if
+    /// there is no record), moving its due-index entry in the same atomic step. `new =
+    /// None` deletes the record. Not flushed: call [`Store::flush`] before acknowledging a
+    /// write that must survive a crash.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`], [`StoreError::CorruptRecord`], [`StoreError::InvalidKey`].
+    fn compare_and_swap_grant(
+        &self,
+        key: &GrantKey,
+        expected_version: Option<u64>,
+        new: Option<GrantWrite>,
+    ) -> Result<CasOutcome, StoreError>;
+
+    /// Lists up to `limit` grants of `app_id` in `open_id` order, starting after
+    /// `after_open_id` (for paging). Records whose framing is damaged are returned as
+    /// `Err` entries so the caller can quarantine them and go on.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`], [`StoreError::InvalidKey`].
+    #[allow(clippy::type_complexity)]
+    fn list_grants(
+        &self,
+        app_id: &str,
+        after_open_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(GrantKey, Result<StoredGrant, StoreError>)>, StoreError>;
+
+    /// The due-index entries with `due_ms <= until_ms`, nearest first, at most `limit`.
+    /// Costs O(returned entries), not O(grants).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn due_grants(&self, until_ms: u64, limit: usize) -> Result<Vec<DueEntry>, StoreError>;
+
+    /// Moves the grant record (whatever its bytes) to the quarantine, out of the grants
+    /// and the due index, in one atomic step. Returns false when there was no record.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`], [`StoreError::InvalidKey`].
+    fn quarantine_grant(
+        &self,
+        key: &GrantKey,
+        reason: &str,
+        at_ms: u64,
+    ) -> Result<bool, StoreError>;
+
+    /// Every quarantined record, oldest key first.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn quarantined(&self) -> Result<Vec<QuarantinedRecord>, StoreError>;
+
+    /// Writes an authorization session record (replacing any with that id).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`], [`StoreError::InvalidKey`].
+    fn put_session(&self, session_id: &str, value: &[u8]) -> Result<(), StoreError>;
+
+    /// Reads a session record.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn get_session(&self, session_id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Deletes a session record; true when it existed.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn delete_session(&self, session_id: &str) -> Result<bool, StoreError>;
+
+    /// Every session record, in id order.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn list_sessions(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Sets the dedup mark `mark` until `expires_at_ms` unless it is already set and not
+    /// expired at `now_ms`. Returns true when this call set it (first sighting), false
+    /// for a duplicate.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn mark_once(&self, mark: &[u8], expires_at_ms: u64, now_ms: u64) -> Result<bool, StoreError>;
+
+    /// Deletes up to `limit` marks that expired at or before `now_ms`, oldest first, and
+    /// returns how many. Costs O(deleted).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn purge_marks(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError>;
+
+    /// Reads a metadata record (e.g. the vault's key checks).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Writes a metadata record only if `name` is absent; true when written.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn put_meta_if_absent(&self, name: &str, value: &[u8]) -> Result<bool, StoreError>;
+
+    /// Every metadata record whose name starts with `prefix`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn list_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Makes every write so far durable (fsync). Blocks until done.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`]: the writes may not be durable; do not acknowledge them.
+    fn flush(&self) -> Result<(), StoreError>;
+}

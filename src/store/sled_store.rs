@@ -1,0 +1,678 @@
+//! [`SledStore`]: the embedded [`Store`] on sled 0.34.
+//!
+//! Trees (all keys byte strings, integers big-endian so byte order is numeric order):
+//! - `grants`: `app_id 0x00 open_id` → `version u64 ‖ due_ms u64 (u64::MAX = none) ‖
+//!   payload`;
+//! - `grants_due`: `due_ms u64 ‖ app_id 0x00 open_id` → empty (the refresh-due index);
+//! - `quarantine`: `app_id 0x00 open_id 0x00 at_ms u64` → `reason_len u16 ‖ reason ‖ raw`;
+//! - `sessions`: `session_id` → value;
+//! - `marks`: `mark` → `expires_ms u64`; `marks_expiry`: `expires_ms u64 ‖ mark` → empty;
+//! - `meta`: `name` → value.
+//!
+//! Multi-tree changes run in one sled transaction, so a crash leaves the state before or
+//! after. sled allows one open handle per directory per process and across processes: a
+//! second open fails with [`StoreError::Locked`]; clone the [`SledStore`] instead.
+
+use std::path::{Path, PathBuf};
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::{Db, Transactional, Tree};
+
+use super::{
+    CasOutcome, DueEntry, GrantKey, GrantWrite, QuarantinedRecord, Store, StoreError, StoredGrant,
+};
+
+const HEADER_LEN: usize = 16;
+const NO_DUE: u64 = u64::MAX;
+/// How long [`SledStore::open`] keeps retrying a locked directory before
+/// [`StoreError::Locked`].
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The sled-backed [`Store`]. Cloning is cheap (shared handles to one open database).
+#[derive(Clone)]
+pub struct SledStore {
+    path: PathBuf,
+    db: Db,
+    grants: Tree,
+    due: Tree,
+    quarantine: Tree,
+    sessions: Tree,
+    marks: Tree,
+    marks_expiry: Tree,
+    meta: Tree,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend(op: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
+    move |e| StoreError::Backend {
+        op,
+        source: Box::new(e),
+    }
+}
+
+fn is_lock_error(e: &sled::Error) -> bool {
+    match e {
+        sled::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::WouldBlock
+                || io.to_string().contains("could not acquire lock")
+                || io.to_string().contains("WouldBlock")
+        }
+        _ => false,
+    }
+}
+
+fn check_part(what: &'static str, part: &str) -> Result<(), StoreError> {
+    if part.is_empty() || part.as_bytes().contains(&0) {
+        return Err(StoreError::InvalidKey { what });
+    }
+    Ok(())
+}
+
+fn grant_key_bytes(key: &GrantKey) -> Result<Vec<u8>, StoreError> {
+    check_part("app_id", &key.app_id)?;
+    check_part("open_id", &key.open_id)?;
+    let mut k = Vec::with_capacity(key.app_id.len() + 1 + key.open_id.len());
+    k.extend_from_slice(key.app_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.open_id.as_bytes());
+    Ok(k)
+}
+
+fn parse_grant_key(bytes: &[u8]) -> Option<GrantKey> {
+    let nul = bytes.iter().position(|b| *b == 0)?;
+    let app_id = std::str::from_utf8(&bytes[..nul]).ok()?;
+    let open_id = std::str::from_utf8(&bytes[nul + 1..]).ok()?;
+    Some(GrantKey::new(app_id, open_id))
+}
+
+fn due_key(due_ms: u64, grant_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + grant_key.len());
+    k.extend_from_slice(&due_ms.to_be_bytes());
+    k.extend_from_slice(grant_key);
+    k
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_be_bytes(b)
+}
+
+/// Splits a stored grant value into (version, due, payload).
+fn parse_grant_value(key: &[u8], value: &[u8]) -> Result<StoredGrant, StoreError> {
+    if value.len() < HEADER_LEN {
+        return Err(StoreError::CorruptRecord {
+            key: String::from_utf8_lossy(key).replace('\0', "/"),
+            reason: "value shorter than the store header",
+        });
+    }
+    let due = u64_at(value, 8);
+    Ok(StoredGrant {
+        version: u64_at(value, 0),
+        due_ms: (due != NO_DUE).then_some(due),
+        payload: value[HEADER_LEN..].to_vec(),
+    })
+}
+
+fn encode_grant_value(version: u64, write: &GrantWrite) -> Vec<u8> {
+    let mut v = Vec::with_capacity(HEADER_LEN + write.payload.len());
+    v.extend_from_slice(&version.to_be_bytes());
+    v.extend_from_slice(&write.due_ms.unwrap_or(NO_DUE).to_be_bytes());
+    v.extend_from_slice(&write.payload);
+    v
+}
+
+/// Why a grant transaction stopped without writing.
+enum Abort {
+    Conflict(Option<u64>),
+    Corrupt(&'static str),
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in directory `path`. Blocks up to [`LOCK_WAIT`] while
+    /// the directory is locked (a handle being dropped releases its lock a moment later).
+    ///
+    /// # Errors
+    /// [`StoreError::Locked`] when another handle (another lark-auth process, or a second
+    /// open in this process) holds the directory; [`StoreError::Open`] for any other
+    /// failure (permissions, damaged files).
+    pub fn open(path: impl AsRef<Path>) -> Result<SledStore, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new().path(&path).open() {
+                Ok(db) => break db,
+                // sled's background I/O threads can hold the previous handle's file lock
+                // for a moment after it was dropped (seen as flaky reopen in tests), so a
+                // lock is retried briefly before it is reported.
+                Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(LOCK_RETRY);
+                }
+                Err(e) if is_lock_error(&e) => {
+                    return Err(StoreError::Locked { path: path.clone() });
+                }
+                Err(e) => {
+                    return Err(StoreError::Open {
+                        path: path.clone(),
+                        source: Box::new(e),
+                    });
+                }
+            }
+        };
+        let tree = |name: &str| {
+            db.open_tree(name).map_err(|e| StoreError::Open {
+                path: path.clone(),
+                source: Box::new(e),
+            })
+        };
+        Ok(SledStore {
+            grants: tree("grants")?,
+            due: tree("grants_due")?,
+            quarantine: tree("quarantine")?,
+            sessions: tree("sessions")?,
+            marks: tree("marks")?,
+            marks_expiry: tree("marks_expiry")?,
+            meta: tree("meta")?,
+            db,
+            path,
+        })
+    }
+
+    /// The directory this store was opened in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Flushes without blocking the calling task: resolves once the writes so far are
+    /// durable.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`]: the writes may not be durable.
+    pub async fn flush_async(&self) -> Result<(), StoreError> {
+        self.db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(backend("flush_async"))
+    }
+}
+
+impl Store for SledStore {
+    fn get_grant(&self, key: &GrantKey) -> Result<Option<StoredGrant>, StoreError> {
+        let k = grant_key_bytes(key)?;
+        match self.grants.get(&k).map_err(backend("get_grant"))? {
+            None => Ok(None),
+            Some(v) => parse_grant_value(&k, &v).map(Some),
+        }
+    }
+
+    fn compare_and_swap_grant(
+        &self,
+        key: &GrantKey,
+        expected_version: Option<u64>,
+        new: Option<GrantWrite>,
+    ) -> Result<CasOutcome, StoreError> {
+        let k = grant_key_bytes(key)?;
+        let result = (&self.grants, &self.due).transaction(|(grants, due)| {
+            let current = match grants.get(&k)? {
+                None => None,
+                Some(v) => match parse_grant_value(&k, &v) {
+                    Ok(g) => Some(g),
+                    Err(_) => {
+                        return Err(ConflictableTransactionError::Abort(Abort::Corrupt(
+                            "value shorter than the store header",
+                        )));
+                    }
+                },
+            };
+            let current_version = current.as_ref().map(|g| g.version);
+            if current_version != expected_version {
+                return Err(ConflictableTransactionError::Abort(Abort::Conflict(
+                    current_version,
+                )));
+            }
+            if let Some(due_ms) = current.as_ref().and_then(|g| g.due_ms) {
+                due.remove(due_key(due_ms, &k))?;
+            }
+            match &new {
+                None => {
+                    grants.remove(k.as_slice())?;
+                    Ok(0)
+                }
+                Some(write) => {
+                    let version = current_version.unwrap_or(0) + 1;
+                    grants.insert(k.as_slice(), encode_grant_value(version, write))?;
+                    if let Some(due_ms) = write.due_ms {
+                        due.insert(due_key(due_ms, &k), &[] as &[u8])?;
+                    }
+                    Ok(version)
+                }
+            }
+        });
+        match result {
+            Ok(version) => Ok(CasOutcome::Swapped { version }),
+            Err(TransactionError::Abort(Abort::Conflict(current))) => {
+                Ok(CasOutcome::Conflict { current })
+            }
+            Err(TransactionError::Abort(Abort::Corrupt(reason))) => {
+                Err(StoreError::CorruptRecord {
+                    key: key.to_string(),
+                    reason,
+                })
+            }
+            Err(TransactionError::Storage(e)) => Err(backend("compare_and_swap_grant")(e)),
+        }
+    }
+
+    fn list_grants(
+        &self,
+        app_id: &str,
+        after_open_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(GrantKey, Result<StoredGrant, StoreError>)>, StoreError> {
+        check_part("app_id", app_id)?;
+        let mut prefix = app_id.as_bytes().to_vec();
+        prefix.push(0);
+        let mut start = prefix.clone();
+        if let Some(after) = after_open_id {
+            start.extend_from_slice(after.as_bytes());
+            // The smallest key strictly greater than `prefix ‖ after`.
+            start.push(0);
+        }
+        let mut out = Vec::new();
+        for item in self.grants.range(start..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(backend("list_grants"))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let Some(key) = parse_grant_key(&k) else {
+                continue;
+            };
+            out.push((key, parse_grant_value(&k, &v)));
+        }
+        Ok(out)
+    }
+
+    fn due_grants(&self, until_ms: u64, limit: usize) -> Result<Vec<DueEntry>, StoreError> {
+        let end = (until_ms.saturating_add(1)).to_be_bytes();
+        let mut out = Vec::new();
+        for item in self.due.range(..end.as_slice()) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = item.map_err(backend("due_grants"))?;
+            if k.len() < 8 {
+                continue;
+            }
+            if let Some(key) = parse_grant_key(&k[8..]) {
+                out.push(DueEntry {
+                    due_ms: u64_at(&k, 0),
+                    key,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn quarantine_grant(
+        &self,
+        key: &GrantKey,
+        reason: &str,
+        at_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let k = grant_key_bytes(key)?;
+        let reason = &reason.as_bytes()[..reason.len().min(u16::MAX as usize)];
+        let result =
+            (&self.grants, &self.due, &self.quarantine).transaction(|(grants, due, quarantine)| {
+                let Some(raw) = grants.remove(k.as_slice())? else {
+                    return Ok(false);
+                };
+                if let Ok(StoredGrant {
+                    due_ms: Some(due_ms),
+                    ..
+                }) = parse_grant_value(&k, &raw)
+                {
+                    due.remove(due_key(due_ms, &k))?;
+                }
+                let mut qk = k.clone();
+                qk.push(0);
+                qk.extend_from_slice(&at_ms.to_be_bytes());
+                let mut qv = Vec::with_capacity(2 + reason.len() + raw.len());
+                qv.extend_from_slice(&(reason.len() as u16).to_be_bytes());
+                qv.extend_from_slice(reason);
+                qv.extend_from_slice(&raw);
+                quarantine.insert(qk, qv)?;
+                Ok(true)
+            });
+        result.map_err(|e: TransactionError<()>| match e {
+            TransactionError::Storage(e) => backend("quarantine_grant")(e),
+            TransactionError::Abort(()) => unreachable!("the quarantine transaction never aborts"),
+        })
+    }
+
+    fn quarantined(&self) -> Result<Vec<QuarantinedRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.quarantine.iter() {
+            let (k, v) = item.map_err(backend("quarantined"))?;
+            if k.len() < 9 || v.len() < 2 {
+                continue;
+            }
+            let Some(key) = parse_grant_key(&k[..k.len() - 9]) else {
+                continue;
+            };
+            let reason_len = u16::from_be_bytes([v[0], v[1]]) as usize;
+            if v.len() < 2 + reason_len {
+                continue;
+            }
+            out.push(QuarantinedRecord {
+                key,
+                at_ms: u64_at(&k, k.len() - 8),
+                reason: String::from_utf8_lossy(&v[2..2 + reason_len]).into_owned(),
+                raw: v[2 + reason_len..].to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn put_session(&self, session_id: &str, value: &[u8]) -> Result<(), StoreError> {
+        check_part("session_id", session_id)?;
+        self.sessions
+            .insert(session_id.as_bytes(), value)
+            .map(|_| ())
+            .map_err(backend("put_session"))
+    }
+
+    fn get_session(&self, session_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.sessions
+            .get(session_id.as_bytes())
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(backend("get_session"))
+    }
+
+    fn delete_session(&self, session_id: &str) -> Result<bool, StoreError> {
+        self.sessions
+            .remove(session_id.as_bytes())
+            .map(|v| v.is_some())
+            .map_err(backend("delete_session"))
+    }
+
+    fn list_sessions(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.sessions
+            .iter()
+            .map(|item| {
+                let (k, v) = item.map_err(backend("list_sessions"))?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    fn mark_once(&self, mark: &[u8], expires_at_ms: u64, now_ms: u64) -> Result<bool, StoreError> {
+        let result = (&self.marks, &self.marks_expiry).transaction(|(marks, expiry)| {
+            if let Some(old) = marks.get(mark)? {
+                let old_exp = if old.len() == 8 { u64_at(&old, 0) } else { 0 };
+                if old_exp > now_ms {
+                    return Ok(false);
+                }
+                expiry.remove(due_key(old_exp, mark))?;
+            }
+            marks.insert(mark, &expires_at_ms.to_be_bytes())?;
+            expiry.insert(due_key(expires_at_ms, mark), &[] as &[u8])?;
+            Ok(true)
+        });
+        result.map_err(|e: TransactionError<()>| match e {
+            TransactionError::Storage(e) => backend("mark_once")(e),
+            TransactionError::Abort(()) => unreachable!("the mark transaction never aborts"),
+        })
+    }
+
+    fn purge_marks(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        let end = now_ms.saturating_add(1).to_be_bytes();
+        let mut purged = 0;
+        let expired: Vec<sled::IVec> = self
+            .marks_expiry
+            .range(..end.as_slice())
+            .keys()
+            .take(limit)
+            .collect::<Result<_, _>>()
+            .map_err(backend("purge_marks"))?;
+        for ek in expired {
+            if ek.len() < 8 {
+                continue;
+            }
+            let mark = &ek[8..];
+            let exp = u64_at(&ek, 0);
+            let result = (&self.marks, &self.marks_expiry).transaction(|(marks, expiry)| {
+                expiry.remove(ek.as_ref())?;
+                if let Some(v) = marks.get(mark)?
+                    && v.len() == 8
+                    && u64_at(&v, 0) == exp
+                {
+                    marks.remove(mark)?;
+                }
+                Ok(())
+            });
+            result.map_err(|e: TransactionError<()>| match e {
+                TransactionError::Storage(e) => backend("purge_marks")(e),
+                TransactionError::Abort(()) => unreachable!("the purge transaction never aborts"),
+            })?;
+            purged += 1;
+        }
+        Ok(purged)
+    }
+
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.meta
+            .get(name.as_bytes())
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(backend("get_meta"))
+    }
+
+    fn put_meta_if_absent(&self, name: &str, value: &[u8]) -> Result<bool, StoreError> {
+        self.meta
+            .compare_and_swap(name.as_bytes(), None as Option<&[u8]>, Some(value))
+            .map_err(backend("put_meta_if_absent"))
+            .map(|r| r.is_ok())
+    }
+
+    fn list_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.meta
+            .scan_prefix(prefix.as_bytes())
+            .map(|item| {
+                let (k, v) = item.map_err(backend("list_meta"))?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(backend("flush"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(payload: &[u8], due_ms: Option<u64>) -> Option<GrantWrite> {
+        Some(GrantWrite {
+            payload: payload.to_vec(),
+            due_ms,
+        })
+    }
+
+    #[test]
+    fn grants_survive_reopen_with_versions_and_due_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = GrantKey::new("cli_a", "ou_1");
+        let b = GrantKey::new("cli_a", "ou_2");
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            assert_eq!(
+                store
+                    .compare_and_swap_grant(&a, None, write(b"one", Some(500)))
+                    .unwrap(),
+                CasOutcome::Swapped { version: 1 }
+            );
+            store
+                .compare_and_swap_grant(&b, None, write(b"two", Some(100)))
+                .unwrap();
+            assert_eq!(
+                store
+                    .compare_and_swap_grant(&a, Some(1), write(b"one-b", Some(300)))
+                    .unwrap(),
+                CasOutcome::Swapped { version: 2 }
+            );
+            store.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let got = store.get_grant(&a).unwrap().unwrap();
+        assert_eq!(
+            (got.version, got.due_ms, got.payload.as_slice()),
+            (2, Some(300), &b"one-b"[..])
+        );
+        // The old due entry (500) moved with the record: exactly one entry per grant.
+        let due = store.due_grants(u64::MAX - 1, 10).unwrap();
+        assert_eq!(
+            due,
+            vec![
+                DueEntry {
+                    due_ms: 100,
+                    key: b.clone()
+                },
+                DueEntry {
+                    due_ms: 300,
+                    key: a.clone()
+                },
+            ]
+        );
+        assert_eq!(store.due_grants(200, 10).unwrap().len(), 1);
+        let listed = store.list_grants("cli_a", None, 10).unwrap();
+        assert_eq!(listed.len(), 2);
+        let page = store.list_grants("cli_a", Some("ou_1"), 10).unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].0, b);
+        assert!(store.list_grants("cli_other", None, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn compare_and_swap_detects_a_stale_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let a = GrantKey::new("cli_a", "ou_1");
+        store
+            .compare_and_swap_grant(&a, None, write(b"v1", None))
+            .unwrap();
+        store
+            .compare_and_swap_grant(&a, Some(1), write(b"v2", None))
+            .unwrap();
+        // A writer that read version 1 loses and changes nothing.
+        assert_eq!(
+            store
+                .compare_and_swap_grant(&a, Some(1), write(b"stale", None))
+                .unwrap(),
+            CasOutcome::Conflict { current: Some(2) }
+        );
+        // Creating over an existing record is a conflict too.
+        assert_eq!(
+            store
+                .compare_and_swap_grant(&a, None, write(b"new", None))
+                .unwrap(),
+            CasOutcome::Conflict { current: Some(2) }
+        );
+        assert_eq!(store.get_grant(&a).unwrap().unwrap().payload, b"v2");
+        assert_eq!(
+            store.compare_and_swap_grant(&a, Some(2), None).unwrap(),
+            CasOutcome::Swapped { version: 0 }
+        );
+        assert_eq!(store.get_grant(&a).unwrap(), None);
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_path_is_a_clear_locked_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = SledStore::open(dir.path()).unwrap();
+        let err = SledStore::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Locked { path } if path == dir.path()),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(&dir.path().display().to_string()), "{text}");
+        assert!(text.contains("another lark-auth"), "{text}");
+    }
+
+    #[test]
+    fn quarantine_moves_a_record_out_of_grants_and_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let a = GrantKey::new("cli_a", "ou_1");
+        store
+            .compare_and_swap_grant(&a, None, write(b"bad", Some(10)))
+            .unwrap();
+        assert!(store.quarantine_grant(&a, "unknown format", 77).unwrap());
+        assert_eq!(store.get_grant(&a).unwrap(), None);
+        assert!(store.due_grants(u64::MAX - 1, 10).unwrap().is_empty());
+        let q = store.quarantined().unwrap();
+        assert_eq!(q.len(), 1);
+        assert_eq!(
+            (q[0].key.clone(), q[0].at_ms, q[0].reason.as_str()),
+            (a.clone(), 77, "unknown format")
+        );
+        assert!(q[0].raw.ends_with(b"bad"));
+        assert!(!store.quarantine_grant(&a, "again", 78).unwrap());
+    }
+
+    #[test]
+    fn marks_dedup_until_expiry_and_purge_costs_only_the_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(store.mark_once(b"m1", 100, 0).unwrap());
+        assert!(!store.mark_once(b"m1", 200, 50).unwrap());
+        assert!(store.mark_once(b"m2", 1_000, 50).unwrap());
+        // Expired: may be set again.
+        assert!(store.mark_once(b"m1", 300, 100).unwrap());
+        assert_eq!(store.purge_marks(299, 10).unwrap(), 0);
+        assert_eq!(store.purge_marks(300, 10).unwrap(), 1);
+        assert!(store.mark_once(b"m1", 400, 301).unwrap());
+        assert!(!store.mark_once(b"m2", 2_000, 301).unwrap());
+    }
+
+    #[test]
+    fn sessions_and_meta() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.put_session("s1", b"x").unwrap();
+        assert_eq!(store.get_session("s1").unwrap(), Some(b"x".to_vec()));
+        assert_eq!(store.list_sessions().unwrap().len(), 1);
+        assert!(store.delete_session("s1").unwrap());
+        assert!(!store.delete_session("s1").unwrap());
+        assert!(store.put_meta_if_absent("keycheck/1", b"a").unwrap());
+        assert!(!store.put_meta_if_absent("keycheck/1", b"b").unwrap());
+        assert_eq!(store.get_meta("keycheck/1").unwrap(), Some(b"a".to_vec()));
+        assert_eq!(store.list_meta("keycheck/").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn invalid_key_parts_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let err = store
+            .get_grant(&GrantKey::new("cli\0a", "ou_1"))
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidKey { what: "app_id" }),
+            "{err:?}"
+        );
+    }
+}

@@ -1,0 +1,449 @@
+//! Grant records and their stored format.
+//!
+//! Stored payload (inside the store's own version/due header), format 1:
+//!
+//! ```text
+//! format u8 = 1
+//! clear_len u32 BE, clear: JSON of the non-secret fields (identity, expiries, scopes,
+//!                          timestamps, status) — readable for listing without a key
+//! sealed u8: 0 = no secrets (revoked), 1 = sealed part follows
+//! key_id u32 BE, nonce 24 B, ciphertext ‖ tag 16 B   (only when sealed = 1)
+//! ```
+//!
+//! The sealed plaintext is `len u32 ‖ access_token ‖ len u32 ‖ refresh_token`. Its
+//! associated data is `"lark-auth/grant/v1" 0 app_id 0 open_id 0 clear`, so a sealed blob
+//! cannot be moved to another user's record, and the clear fields cannot be changed
+//! without the key. An unknown format byte, a short buffer or a tag that does not verify
+//! is a corrupt record.
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+use super::seal::{self, KeyId, Keyring, NONCE_LEN, TAG_LEN, VaultKey};
+
+/// The format byte written by this version.
+pub const FORMAT_V1: u8 = 1;
+
+/// The status of a grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantStatus {
+    /// Usable: the access token is served and refreshed as needed.
+    Active,
+    /// The last refresh failed with a retryable error (20050/20072/network); it will be
+    /// retried with backoff. The refresh token has not been consumed.
+    RefreshFailed,
+    /// A refresh was sent and its answer was lost (timeout, or a crash between sending and
+    /// storing the answer): the refresh token may have been consumed, so it is never sent
+    /// again. The next use settles the grant as [`GrantStatus::NeedsReauth`].
+    RefreshUncertain,
+    /// The refresh token is dead (20026/20037/20064/20073/20074, or lapsed): the user must
+    /// authorize again.
+    NeedsReauth,
+    /// Revoked on request; the tokens were deleted.
+    Revoked,
+}
+
+impl GrantStatus {
+    /// The snake_case name used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantStatus::Active => "active",
+            GrantStatus::RefreshFailed => "refresh_failed",
+            GrantStatus::RefreshUncertain => "refresh_uncertain",
+            GrantStatus::NeedsReauth => "needs_reauth",
+            GrantStatus::Revoked => "revoked",
+        }
+    }
+
+    /// True when the grant's refresh token may be sent (active or after a retryable
+    /// failure).
+    pub fn can_refresh(self) -> bool {
+        matches!(self, GrantStatus::Active | GrantStatus::RefreshFailed)
+    }
+}
+
+/// Who the grant belongs to, as `user_info` reports it. Stored in clear.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UserIdentity {
+    /// `open_id` in this app (`ou_…`); part of the record's key.
+    pub open_id: String,
+    /// `union_id` across the developer's apps (`on_…`), when known.
+    pub union_id: Option<String>,
+    /// Tenant `user_id`, when the app may read it.
+    pub user_id: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+    /// The tenant the user belongs to.
+    pub tenant_key: Option<String>,
+}
+
+/// A user's grant: the token pair and what is known about it. `Debug` never shows tokens.
+///
+/// Instants are unix epoch milliseconds (UTC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRecord {
+    /// The app the grant is for.
+    pub app_id: String,
+    /// The user.
+    pub identity: UserIdentity,
+    /// The `user_access_token` (empty once revoked).
+    pub access_token: Secret<String>,
+    /// The single-use `refresh_token` (empty once revoked).
+    pub refresh_token: Secret<String>,
+    /// When the access token expires, unix ms.
+    pub access_expires_ms: u64,
+    /// When the refresh token expires, unix ms.
+    pub refresh_expires_ms: u64,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// When the user consented (first authorization of this grant), unix ms. Refreshing
+    /// stops 365 days later (20037).
+    pub consent_ms: u64,
+    /// When the grant was last used or refreshed, unix ms.
+    pub last_used_ms: u64,
+    /// Status.
+    pub status: GrantStatus,
+    /// The platform error code that ended the grant (`needs_reauth`), if any.
+    pub status_code: Option<u32>,
+    /// Set, unix ms, while a refresh with the current refresh token is in flight. Written
+    /// (and flushed) before the refresh is sent, so a record found with it set after a
+    /// restart means the answer may have been lost: the token is not sent again.
+    pub refresh_started_ms: Option<u64>,
+    /// The store's version of this record (0: not stored yet). A compare-and-swap succeeds
+    /// only if the stored version still equals it.
+    pub version: u64,
+}
+
+/// The non-secret view of a grant, for listings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GrantSummary {
+    /// The app the grant is for.
+    pub app_id: String,
+    /// The user.
+    pub identity: UserIdentity,
+    /// When the access token expires, unix ms.
+    pub access_expires_ms: u64,
+    /// When the refresh token expires, unix ms.
+    pub refresh_expires_ms: u64,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Consent instant, unix ms.
+    pub consent_ms: u64,
+    /// Last use or refresh, unix ms.
+    pub last_used_ms: u64,
+    /// Status.
+    pub status: GrantStatus,
+    /// The platform error code that ended the grant, if any.
+    pub status_code: Option<u32>,
+    /// Store version.
+    pub version: u64,
+}
+
+/// The clear part of a stored record.
+#[derive(Serialize, Deserialize)]
+struct Clear {
+    identity: UserIdentity,
+    access_expires_ms: u64,
+    refresh_expires_ms: u64,
+    scopes: Vec<String>,
+    consent_ms: u64,
+    last_used_ms: u64,
+    status: GrantStatus,
+    #[serde(default)]
+    status_code: Option<u32>,
+    #[serde(default)]
+    refresh_started_ms: Option<u64>,
+}
+
+/// Why a stored payload could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Unreadable {
+    /// The bytes are damaged or of an unknown format: quarantine.
+    Corrupt(String),
+    /// Sealed with a key id the keyring does not hold: not corrupt, add the key.
+    UnknownKey(KeyId),
+}
+
+fn aad(app_id: &str, open_id: &str, clear: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(24 + app_id.len() + open_id.len() + clear.len());
+    aad.extend_from_slice(b"lark-auth/grant/v1\0");
+    aad.extend_from_slice(app_id.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(open_id.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(clear);
+    aad
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn take_u32(buf: &mut &[u8]) -> Option<u32> {
+    let (head, rest) = buf.split_first_chunk::<4>()?;
+    *buf = rest;
+    Some(u32::from_be_bytes(*head))
+}
+
+fn take_bytes<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = take_u32(buf)? as usize;
+    if buf.len() < len {
+        return None;
+    }
+    let (head, rest) = buf.split_at(len);
+    *buf = rest;
+    Some(head)
+}
+
+impl GrantRecord {
+    /// The non-secret view.
+    pub fn summary(&self) -> GrantSummary {
+        GrantSummary {
+            app_id: self.app_id.clone(),
+            identity: self.identity.clone(),
+            access_expires_ms: self.access_expires_ms,
+            refresh_expires_ms: self.refresh_expires_ms,
+            scopes: self.scopes.clone(),
+            consent_ms: self.consent_ms,
+            last_used_ms: self.last_used_ms,
+            status: self.status,
+            status_code: self.status_code,
+            version: self.version,
+        }
+    }
+
+    /// True when the access token is usable for at least `margin_ms` after `now_ms`.
+    pub fn access_fresh(&self, now_ms: u64, margin_ms: u64) -> bool {
+        self.status == GrantStatus::Active
+            && !self.access_token.is_empty()
+            && self.access_expires_ms >= now_ms.saturating_add(margin_ms)
+    }
+
+    fn clear(&self) -> Clear {
+        Clear {
+            identity: self.identity.clone(),
+            access_expires_ms: self.access_expires_ms,
+            refresh_expires_ms: self.refresh_expires_ms,
+            scopes: self.scopes.clone(),
+            consent_ms: self.consent_ms,
+            last_used_ms: self.last_used_ms,
+            status: self.status,
+            status_code: self.status_code,
+            refresh_started_ms: self.refresh_started_ms,
+        }
+    }
+
+    /// Encodes the record, sealing the tokens with the keyring's current key. A record
+    /// with both tokens empty is stored without a sealed part.
+    pub(crate) fn encode(&self, keyring: &Keyring) -> Vec<u8> {
+        let clear = serde_json::to_vec(&self.clear()).expect("the clear part always serializes");
+        let mut out = Vec::with_capacity(64 + clear.len() + self.access_token.expose().len() * 2);
+        out.push(FORMAT_V1);
+        put_bytes(&mut out, &clear);
+        if self.access_token.is_empty() && self.refresh_token.is_empty() {
+            out.push(0);
+            return out;
+        }
+        out.push(1);
+        let (key_id, key) = &keyring.current;
+        let mut plaintext = Vec::with_capacity(
+            8 + self.access_token.expose().len() + self.refresh_token.expose().len(),
+        );
+        put_bytes(&mut plaintext, self.access_token.expose().as_bytes());
+        put_bytes(&mut plaintext, self.refresh_token.expose().as_bytes());
+        out.extend_from_slice(&key_id.to_be_bytes());
+        out.extend_from_slice(&seal::seal(
+            key,
+            &aad(&self.app_id, &self.identity.open_id, &clear),
+            &plaintext,
+        ));
+        out
+    }
+
+    fn parse_clear(payload: &[u8]) -> Result<(Clear, &[u8], &[u8]), Unreadable> {
+        let corrupt = |why: &str| Unreadable::Corrupt(why.to_string());
+        let (&format, mut rest) = payload
+            .split_first()
+            .ok_or_else(|| corrupt("empty record"))?;
+        if format != FORMAT_V1 {
+            return Err(Unreadable::Corrupt(format!(
+                "unknown format version {format}"
+            )));
+        }
+        let clear_bytes = take_bytes(&mut rest).ok_or_else(|| corrupt("truncated clear part"))?;
+        let clear: Clear = serde_json::from_slice(clear_bytes)
+            .map_err(|e| Unreadable::Corrupt(format!("clear part does not parse: {e}")))?;
+        Ok((clear, clear_bytes, rest))
+    }
+
+    /// Reads only the clear fields (for listing; no key needed, tokens not checked).
+    pub(crate) fn decode_summary(
+        app_id: &str,
+        version: u64,
+        payload: &[u8],
+    ) -> Result<GrantSummary, Unreadable> {
+        let (c, _, rest) = Self::parse_clear(payload)?;
+        if rest.first().is_none_or(|s| *s > 1) {
+            return Err(Unreadable::Corrupt("bad sealed-part marker".into()));
+        }
+        Ok(GrantSummary {
+            app_id: app_id.to_string(),
+            identity: c.identity,
+            access_expires_ms: c.access_expires_ms,
+            refresh_expires_ms: c.refresh_expires_ms,
+            scopes: c.scopes,
+            consent_ms: c.consent_ms,
+            last_used_ms: c.last_used_ms,
+            status: c.status,
+            status_code: c.status_code,
+            version,
+        })
+    }
+
+    /// Decodes and opens a stored record. `open_id` is the key it was stored under: the
+    /// associated data binds it, so a record copied under another user fails to open.
+    pub(crate) fn decode(
+        app_id: &str,
+        open_id: &str,
+        version: u64,
+        payload: &[u8],
+        keys: &std::collections::BTreeMap<KeyId, VaultKey>,
+    ) -> Result<GrantRecord, Unreadable> {
+        let corrupt = |why: &str| Unreadable::Corrupt(why.to_string());
+        let (c, clear_bytes, rest) = Self::parse_clear(payload)?;
+        if c.identity.open_id != open_id {
+            return Err(corrupt("record names another open_id"));
+        }
+        let (&sealed, mut rest) = rest
+            .split_first()
+            .ok_or_else(|| corrupt("truncated before the sealed-part marker"))?;
+        let (access, refresh) = match sealed {
+            0 => (String::new(), String::new()),
+            1 => {
+                let key_id = take_u32(&mut rest).ok_or_else(|| corrupt("truncated key id"))?;
+                if rest.len() < NONCE_LEN + TAG_LEN {
+                    return Err(corrupt("truncated sealed part"));
+                }
+                let key = keys.get(&key_id).ok_or(Unreadable::UnknownKey(key_id))?;
+                let plain = seal::open(key, &aad(app_id, open_id, clear_bytes), rest)
+                    .ok_or_else(|| corrupt("sealed part does not authenticate"))?;
+                let mut p = plain.as_slice();
+                let access = take_bytes(&mut p).ok_or_else(|| corrupt("bad sealed plaintext"))?;
+                let refresh = take_bytes(&mut p).ok_or_else(|| corrupt("bad sealed plaintext"))?;
+                (
+                    String::from_utf8(access.to_vec()).map_err(|_| corrupt("token not UTF-8"))?,
+                    String::from_utf8(refresh.to_vec()).map_err(|_| corrupt("token not UTF-8"))?,
+                )
+            }
+            _ => return Err(corrupt("bad sealed-part marker")),
+        };
+        Ok(GrantRecord {
+            app_id: app_id.to_string(),
+            identity: c.identity,
+            access_token: Secret::new(access),
+            refresh_token: Secret::new(refresh),
+            access_expires_ms: c.access_expires_ms,
+            refresh_expires_ms: c.refresh_expires_ms,
+            scopes: c.scopes,
+            consent_ms: c.consent_ms,
+            last_used_ms: c.last_used_ms,
+            status: c.status,
+            status_code: c.status_code,
+            refresh_started_ms: c.refresh_started_ms,
+            version,
+        })
+    }
+
+    /// The key id that sealed a stored payload, if it has a sealed part.
+    pub fn sealed_key_id(payload: &[u8]) -> Option<KeyId> {
+        let (_, _, rest) = Self::parse_clear(payload).ok()?;
+        let (&sealed, mut rest) = rest.split_first()?;
+        (sealed == 1).then(|| take_u32(&mut rest)).flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample(open_id: &str) -> GrantRecord {
+        GrantRecord {
+            app_id: "cli_test".into(),
+            identity: UserIdentity {
+                open_id: open_id.into(),
+                union_id: Some("on_1".into()),
+                user_id: None,
+                name: Some("Ada".into()),
+                tenant_key: Some("t1".into()),
+            },
+            access_token: Secret::new("u-ACCESS-plaintext-token".into()),
+            refresh_token: Secret::new("ur-REFRESH-plaintext-token".into()),
+            access_expires_ms: 10_000,
+            refresh_expires_ms: 20_000,
+            scopes: vec!["offline_access".into()],
+            consent_ms: 1,
+            last_used_ms: 2,
+            status: GrantStatus::Active,
+            status_code: None,
+            refresh_started_ms: None,
+            version: 0,
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_tokens() {
+        let printed = format!("{:?}", sample("ou_1"));
+        assert!(printed.contains("ou_1"), "{printed}");
+        assert!(!printed.contains("plaintext-token"), "{printed}");
+    }
+
+    #[test]
+    fn encode_decode_round_trip_and_binding_to_the_user() {
+        let ring = Keyring::single(1, VaultKey::generate());
+        let keys = ring.index().unwrap();
+        let rec = sample("ou_1");
+        let payload = rec.encode(&ring);
+        let back = GrantRecord::decode("cli_test", "ou_1", 7, &payload, &keys).unwrap();
+        assert_eq!(
+            back,
+            GrantRecord {
+                version: 7,
+                ..rec.clone()
+            }
+        );
+        assert_eq!(GrantRecord::sealed_key_id(&payload), Some(1));
+        // The same bytes under another user (or app) do not open.
+        assert!(matches!(
+            GrantRecord::decode("cli_test", "ou_2", 7, &payload, &keys),
+            Err(Unreadable::Corrupt(_))
+        ));
+        assert!(matches!(
+            GrantRecord::decode("cli_other", "ou_1", 7, &payload, &keys),
+            Err(Unreadable::Corrupt(_))
+        ));
+        // Unknown format, truncation, unknown key id.
+        let mut v2 = payload.clone();
+        v2[0] = 2;
+        assert!(matches!(
+            GrantRecord::decode("cli_test", "ou_1", 7, &v2, &keys),
+            Err(Unreadable::Corrupt(why)) if why.contains("unknown format version 2")
+        ));
+        for cut in [0, 3, 20, payload.len() - 1] {
+            assert!(
+                matches!(
+                    GrantRecord::decode("cli_test", "ou_1", 7, &payload[..cut], &keys),
+                    Err(Unreadable::Corrupt(_))
+                ),
+                "cut at {cut}"
+            );
+        }
+        let other = Keyring::single(2, VaultKey::generate()).index().unwrap();
+        assert_eq!(
+            GrantRecord::decode("cli_test", "ou_1", 7, &payload, &other),
+            Err(Unreadable::UnknownKey(1))
+        );
+    }
+}

@@ -1,0 +1,448 @@
+//! `get_token` with single-flight refresh.
+//!
+//! [`TokenSource::get_token`] returns an access token valid for at least the margin,
+//! refreshing first when needed. The refresh itself goes through the [`RefreshGrant`] seam
+//! (the OpenAPI client implements it; tests plug in a scripted one).
+//!
+//! Rules, per grant:
+//! - **Single flight** (in this process): at most one refresh is in flight; every caller
+//!   that finds the token stale joins the flight in progress and gets its result. The
+//!   flight table lives on the System's thread (`Rc`/`RefCell`, no locks).
+//! - **Write-ahead marker**: before the refresh token is sent, the record is
+//!   compare-and-swapped with `refresh_started_ms` set and flushed. A record found with the
+//!   marker by a new flight (nothing in flight here) is a leftover of a crash between
+//!   sending and storing the answer: the token may be consumed, so it is not sent again;
+//!   the grant becomes `refresh_uncertain`.
+//! - **Re-read, then compare-and-swap**: the answer is applied to the record as it is
+//!   now, only if it still holds the refresh token that was sent (otherwise a new
+//!   authorization replaced it and wins), and flushed before the new token is returned.
+//! - **Failures**: [`RefreshFailure::Retryable`] → `refresh_failed` (the scheduler retries
+//!   with backoff); [`RefreshFailure::NeedsReauth`] → `needs_reauth` with the code;
+//!   [`RefreshFailure::OutcomeUnknown`] → `refresh_uncertain`, and the next use settles it
+//!   as `needs_reauth` without sending anything.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use futures_util::future::{FutureExt as _, LocalBoxFuture, Shared};
+use tracing::{info, warn};
+
+use crate::secret::Secret;
+
+use super::actor::{CompareAndSwapGrant, GetGrant, TokenVaultActor};
+use super::{GrantRecord, GrantStatus, SwapOutcome, VaultError, unix_now_ms};
+
+/// The answer of a successful refresh (`grant_type=refresh_token`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTokens {
+    /// The new `user_access_token`.
+    pub access_token: Secret<String>,
+    /// Its lifetime (`expires_in`, seconds on the wire), counted from when the request
+    /// was sent.
+    pub access_expires_in: Duration,
+    /// The new single-use `refresh_token` (the one sent is now dead).
+    pub refresh_token: Secret<String>,
+    /// Its lifetime (`refresh_token_expires_in`), counted from when the request was sent.
+    pub refresh_expires_in: Duration,
+    /// The scopes the answer names, if it names them (else the stored ones are kept).
+    pub scopes: Option<Vec<String>>,
+}
+
+/// Why a refresh did not produce tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshFailure {
+    /// The platform said the refresh token was not consumed and the call may be retried
+    /// (20050, 20072, a connection that failed before the request was sent).
+    #[error("retryable refresh failure (code {code:?})")]
+    Retryable {
+        /// The platform's code, if one was received.
+        code: Option<u32>,
+    },
+    /// The refresh token is dead (20026, 20037, 20064, 20073, 20074): the user must
+    /// authorize again.
+    #[error("refresh token refused with code {code}: re-authorization needed")]
+    NeedsReauth {
+        /// The platform's code.
+        code: u32,
+    },
+    /// The request may have reached the platform but no answer came (timeout, connection
+    /// lost after sending): the refresh token may be consumed.
+    #[error("refresh outcome unknown (no answer)")]
+    OutcomeUnknown,
+}
+
+impl RefreshFailure {
+    /// Classifies a platform error code of the refresh grant (`lark-openapi-auth.md`):
+    /// 20026/20037/20064/20073/20074 end the grant; 20050/20072 are retryable; any other
+    /// code is a request the platform refused for a reason a retry will not fix, so it
+    /// ends the grant too.
+    pub fn from_error_code(code: u32) -> RefreshFailure {
+        match code {
+            20050 | 20072 => RefreshFailure::Retryable { code: Some(code) },
+            _ => RefreshFailure::NeedsReauth { code },
+        }
+    }
+}
+
+/// The seam to the token endpoint: exchange a refresh token for a new pair. Implemented by
+/// the OpenAPI client; must time out on its own and report a lost answer as
+/// [`RefreshFailure::OutcomeUnknown`].
+pub trait RefreshGrant: 'static {
+    /// Sends one refresh request with `refresh_token`.
+    fn refresh(
+        &self,
+        refresh_token: Secret<String>,
+    ) -> impl Future<Output = Result<NewTokens, RefreshFailure>>;
+}
+
+/// An access token handed to a caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessToken {
+    /// The `user_access_token`.
+    pub token: Secret<String>,
+    /// When it expires, unix ms (at least the margin after the call).
+    pub expires_ms: u64,
+}
+
+/// Why `get_token` gave no token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GetTokenError {
+    /// The user has no grant: start an authorization.
+    #[error("no grant for this user: authorization needed")]
+    NoGrant,
+    /// The grant cannot be refreshed any more (the code says why): ask the user to
+    /// authorize again (one card, not a loop).
+    #[error("the grant needs re-authorization (code {code:?})")]
+    NeedsReauth {
+        /// The platform code that ended the grant, if any.
+        code: Option<u32>,
+    },
+    /// The grant was revoked: authorize again if the user wants.
+    #[error("the grant was revoked")]
+    Revoked,
+    /// A refresh was sent and its answer lost: the grant is `refresh_uncertain`, its
+    /// refresh token will not be sent again, and it will need re-authorization.
+    #[error("the refresh outcome is unknown; the grant is refresh_uncertain")]
+    RefreshOutcomeUnknown,
+    /// The refresh failed with a retryable error; the grant is `refresh_failed`. Retry
+    /// later (the scheduler retries with backoff).
+    #[error("refresh failed, retryable (code {code:?})")]
+    RefreshFailed {
+        /// The platform code, if any.
+        code: Option<u32>,
+    },
+    /// The vault failed (see the inner error for what to do).
+    #[error("vault error: {0}")]
+    Vault(Arc<VaultError>),
+    /// The vault actor is not running (shutting down).
+    #[error("the vault actor is not running")]
+    VaultUnavailable,
+    /// The record kept changing under the flight (other writers); retry.
+    #[error("the grant kept changing during the refresh; retry")]
+    Contended,
+}
+
+impl From<VaultError> for GetTokenError {
+    fn from(e: VaultError) -> Self {
+        GetTokenError::Vault(Arc::new(e))
+    }
+}
+
+impl From<actix::MailboxError> for GetTokenError {
+    fn from(_: actix::MailboxError) -> Self {
+        GetTokenError::VaultUnavailable
+    }
+}
+
+type Flight = Shared<LocalBoxFuture<'static, Result<AccessToken, GetTokenError>>>;
+
+/// How many times a flight re-reads after a compare-and-swap conflict before giving up
+/// with [`GetTokenError::Contended`].
+const MAX_CONFLICTS: usize = 16;
+
+struct Inner<R> {
+    vault: Addr<TokenVaultActor>,
+    refresher: R,
+    margin_ms: u64,
+    clock: fn() -> u64,
+    flights: RefCell<HashMap<String, Flight>>,
+}
+
+/// Serves access tokens with single-flight refresh. Lives on the System's thread (not
+/// `Send`); clone it freely (shared state).
+pub struct TokenSource<R: RefreshGrant> {
+    inner: Rc<Inner<R>>,
+}
+
+impl<R: RefreshGrant> Clone for TokenSource<R> {
+    fn clone(&self) -> Self {
+        TokenSource {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+enum Settled {
+    Done(Result<AccessToken, GetTokenError>),
+    /// The record no longer holds the refresh token that was sent.
+    Superseded,
+}
+
+impl<R: RefreshGrant> TokenSource<R> {
+    /// A source reading grants from `vault`, refreshing through `refresher` when less than
+    /// `margin` (`refresh.margin_secs`) remains.
+    pub fn new(vault: Addr<TokenVaultActor>, refresher: R, margin: Duration) -> Self {
+        Self::with_clock(vault, refresher, margin, unix_now_ms)
+    }
+
+    /// As [`TokenSource::new`] with a clock returning unix ms (tests).
+    pub fn with_clock(
+        vault: Addr<TokenVaultActor>,
+        refresher: R,
+        margin: Duration,
+        clock: fn() -> u64,
+    ) -> Self {
+        TokenSource {
+            inner: Rc::new(Inner {
+                vault,
+                refresher,
+                margin_ms: margin.as_millis() as u64,
+                clock,
+                flights: RefCell::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The refresher (for tests and metrics).
+    pub fn refresher(&self) -> &R {
+        &self.inner.refresher
+    }
+
+    /// Refresh flights in progress.
+    pub fn flights_in_progress(&self) -> usize {
+        self.inner.flights.borrow().len()
+    }
+
+    /// Returns an access token of `open_id` valid for at least the margin, refreshing
+    /// first when needed (joining the refresh in flight, if any).
+    ///
+    /// # Errors
+    /// Every [`GetTokenError`] variant; each says what to do.
+    pub async fn get_token(&self, open_id: &str) -> Result<AccessToken, GetTokenError> {
+        let now = (self.inner.clock)();
+        if let Some(record) = self
+            .inner
+            .vault
+            .send(GetGrant {
+                open_id: open_id.to_string(),
+            })
+            .await??
+            && record.refresh_started_ms.is_none()
+            && record.access_fresh(now, self.inner.margin_ms)
+        {
+            return Ok(AccessToken {
+                token: record.access_token,
+                expires_ms: record.access_expires_ms,
+            });
+        }
+        let flight = {
+            let mut flights = self.inner.flights.borrow_mut();
+            match flights.get(open_id) {
+                Some(flight) => flight.clone(),
+                None => {
+                    let inner = self.inner.clone();
+                    let id = open_id.to_string();
+                    let flight = async move {
+                        let result = Inner::fly(&inner, &id).await;
+                        inner.flights.borrow_mut().remove(&id);
+                        result
+                    }
+                    .boxed_local()
+                    .shared();
+                    flights.insert(open_id.to_string(), flight.clone());
+                    flight
+                }
+            }
+        };
+        flight.await
+    }
+}
+
+impl<R: RefreshGrant> Inner<R> {
+    async fn get(&self, open_id: &str) -> Result<Option<GrantRecord>, GetTokenError> {
+        Ok(self
+            .vault
+            .send(GetGrant {
+                open_id: open_id.to_string(),
+            })
+            .await??)
+    }
+
+    async fn swap(&self, record: GrantRecord) -> Result<SwapOutcome, GetTokenError> {
+        Ok(self
+            .vault
+            .send(CompareAndSwapGrant {
+                record,
+                durable: true,
+            })
+            .await??)
+    }
+
+    /// Sets `status` if the record is still `record.version`; true when stored.
+    async fn set_status(
+        &self,
+        mut record: GrantRecord,
+        status: GrantStatus,
+        code: Option<u32>,
+    ) -> Result<bool, GetTokenError> {
+        record.status = status;
+        record.status_code = code;
+        record.refresh_started_ms = None;
+        Ok(matches!(self.swap(record).await?, SwapOutcome::Swapped(_)))
+    }
+
+    /// One flight: re-read under the gate, refresh if still needed, store the answer.
+    async fn fly(this: &Rc<Self>, open_id: &str) -> Result<AccessToken, GetTokenError> {
+        for _ in 0..MAX_CONFLICTS {
+            let now = (this.clock)();
+            let Some(record) = this.get(open_id).await? else {
+                return Err(GetTokenError::NoGrant);
+            };
+            match record.status {
+                GrantStatus::Revoked => return Err(GetTokenError::Revoked),
+                GrantStatus::NeedsReauth => {
+                    return Err(GetTokenError::NeedsReauth {
+                        code: record.status_code,
+                    });
+                }
+                GrantStatus::RefreshUncertain => {
+                    // The token may be consumed: never resend it; settle the grant.
+                    if this
+                        .set_status(record, GrantStatus::NeedsReauth, None)
+                        .await?
+                    {
+                        info!(open_id, "refresh_uncertain grant settled as needs_reauth");
+                        return Err(GetTokenError::NeedsReauth { code: None });
+                    }
+                    continue;
+                }
+                GrantStatus::Active | GrantStatus::RefreshFailed => {}
+            }
+            if record.refresh_started_ms.is_some() {
+                // No flight of ours was in progress (we hold the gate): a previous process
+                // sent this refresh token and its answer was not stored.
+                warn!(
+                    open_id,
+                    "refresh marker left by an earlier run: refresh_uncertain"
+                );
+                if this
+                    .set_status(record, GrantStatus::RefreshUncertain, None)
+                    .await?
+                {
+                    return Err(GetTokenError::RefreshOutcomeUnknown);
+                }
+                continue;
+            }
+            if record.access_fresh(now, this.margin_ms) {
+                return Ok(AccessToken {
+                    token: record.access_token,
+                    expires_ms: record.access_expires_ms,
+                });
+            }
+            if record.refresh_token.is_empty() || record.refresh_expires_ms <= now {
+                if this
+                    .set_status(record, GrantStatus::NeedsReauth, None)
+                    .await?
+                {
+                    return Err(GetTokenError::NeedsReauth { code: None });
+                }
+                continue;
+            }
+            // Write-ahead marker, flushed before the token leaves the process.
+            let mut marked = record;
+            marked.refresh_started_ms = Some(now);
+            let marked = match this.swap(marked).await? {
+                SwapOutcome::Swapped(m) => *m,
+                SwapOutcome::Conflict => continue,
+            };
+            let sent_at = (this.clock)();
+            let answer = this.refresher.refresh(marked.refresh_token.clone()).await;
+            match this
+                .settle(open_id, &marked.refresh_token, sent_at, answer)
+                .await?
+            {
+                Settled::Done(result) => return result,
+                Settled::Superseded => continue,
+            }
+        }
+        Err(GetTokenError::Contended)
+    }
+
+    /// Applies a refresh answer to the record as it is now (re-read), by compare-and-swap.
+    async fn settle(
+        &self,
+        open_id: &str,
+        sent_token: &Secret<String>,
+        sent_at: u64,
+        answer: Result<NewTokens, RefreshFailure>,
+    ) -> Result<Settled, GetTokenError> {
+        for _ in 0..MAX_CONFLICTS {
+            let Some(mut record) = self.get(open_id).await? else {
+                return Ok(Settled::Done(Err(GetTokenError::NoGrant)));
+            };
+            if record.refresh_token != *sent_token {
+                warn!(
+                    open_id,
+                    "grant replaced during a refresh; its answer is dropped"
+                );
+                return Ok(Settled::Superseded);
+            }
+            record.refresh_started_ms = None;
+            let result = match &answer {
+                Ok(new) => {
+                    record.access_token = new.access_token.clone();
+                    record.refresh_token = new.refresh_token.clone();
+                    record.access_expires_ms =
+                        sent_at.saturating_add(new.access_expires_in.as_millis() as u64);
+                    record.refresh_expires_ms =
+                        sent_at.saturating_add(new.refresh_expires_in.as_millis() as u64);
+                    if let Some(scopes) = &new.scopes {
+                        record.scopes = scopes.clone();
+                    }
+                    record.status = GrantStatus::Active;
+                    record.status_code = None;
+                    record.last_used_ms = record.last_used_ms.max((self.clock)());
+                    Ok(AccessToken {
+                        token: new.access_token.clone(),
+                        expires_ms: record.access_expires_ms,
+                    })
+                }
+                Err(RefreshFailure::Retryable { code }) => {
+                    record.status = GrantStatus::RefreshFailed;
+                    record.status_code = *code;
+                    Err(GetTokenError::RefreshFailed { code: *code })
+                }
+                Err(RefreshFailure::NeedsReauth { code }) => {
+                    record.status = GrantStatus::NeedsReauth;
+                    record.status_code = Some(*code);
+                    Err(GetTokenError::NeedsReauth { code: Some(*code) })
+                }
+                Err(RefreshFailure::OutcomeUnknown) => {
+                    record.status = GrantStatus::RefreshUncertain;
+                    record.status_code = None;
+                    Err(GetTokenError::RefreshOutcomeUnknown)
+                }
+            };
+            match self.swap(record).await? {
+                SwapOutcome::Swapped(_) => return Ok(Settled::Done(result)),
+                SwapOutcome::Conflict => continue,
+            }
+        }
+        Ok(Settled::Done(Err(GetTokenError::Contended)))
+    }
+}
