@@ -33,6 +33,7 @@ use futures_util::stream::{SplitSink, StreamExt as _};
 use tracing::{debug, error, info, warn};
 
 use crate::config::{AppCredentials, ConnectionConfig};
+use crate::metrics::Metrics;
 use crate::protocol::chunk::{ChunkAssembler, ChunkLimits, ChunkOutcome};
 use crate::protocol::endpoint::{ConnectFailure, ConnectionTuning, WsEndpoint};
 use crate::protocol::event::{
@@ -227,6 +228,7 @@ pub struct ConnectionActor {
     assembler: ChunkAssembler,
     recent: RecentMessages,
     counters: Counters,
+    metrics: Option<Metrics>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -273,7 +275,15 @@ impl ConnectionActor {
             generation: 0,
             assembler: ChunkAssembler::new(limits),
             counters: Counters::default(),
+            metrics: None,
         })
+    }
+
+    /// Records connection state, reconnects, frames, acks, events and callback answers
+    /// in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Starts the actor under an [`actix::Supervisor`] on the current arbiter. Keep the
@@ -287,6 +297,12 @@ impl ConnectionActor {
             return;
         }
         self.state = state;
+        if let Some(m) = &self.metrics {
+            m.connection_state(state.as_str());
+            if state == ConnectionState::Reconnecting {
+                m.reconnect(cause.as_deref().unwrap_or("unknown"));
+            }
+        }
         let conn_id = self.live.as_ref().map(|l| l.conn_id.clone());
         match state {
             ConnectionState::Failed => error!(
@@ -528,6 +544,9 @@ impl ConnectionActor {
 
     fn on_data_frame(&mut self, kind: FrameKind, mut frame: Frame, ctx: &mut Context<Self>) {
         self.counters.data_frames_in += 1;
+        if let Some(m) = &self.metrics {
+            m.frame_in();
+        }
         let received_at = Instant::now();
         let position = match frame.chunk_position(self.assembler.limits().max_parts) {
             Ok(p) => p,
@@ -577,6 +596,9 @@ impl ConnectionActor {
             .as_ref()
             .map(|l| l.conn_id.clone())
             .unwrap_or_else(|| Arc::from(""));
+        if let Some(m) = &self.metrics {
+            m.event(&envelope.event_type);
+        }
         if envelope.event_type == EVENT_TYPE_CARD_ACTION_TRIGGER {
             let trigger = match envelope.deserialize_event::<CardActionTrigger>() {
                 Ok(trigger) => trigger,
@@ -639,6 +661,14 @@ impl ConnectionActor {
                 );
                 return;
             }
+            let outcome = match &result {
+                Ok(Ok(Ok(_))) => "answered",
+                Err(_) => "late",
+                _ => "failed",
+            };
+            if let Some(m) = &act.metrics {
+                m.callback_answered(outcome, received_at.elapsed().as_secs_f64());
+            }
             match result {
                 Ok(Ok(Ok(response))) => match response.to_json() {
                     Ok(body) => {
@@ -679,7 +709,11 @@ impl ConnectionActor {
         let Some(live) = self.live.as_mut() else {
             return;
         };
-        let biz_rt = received_at.elapsed().as_millis() as u64;
+        let elapsed = received_at.elapsed();
+        let biz_rt = elapsed.as_millis() as u64;
+        if let Some(m) = &self.metrics {
+            m.ack_written(elapsed.as_secs_f64());
+        }
         let bytes = frame.into_response(biz_rt, payload).encode_to_bytes();
         if live.sink.write(ws::Message::Binary(bytes)).is_err() {
             self.connection_lost("write_failed", ctx);

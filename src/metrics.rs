@@ -1,0 +1,246 @@
+//! Process metrics in the Prometheus/OpenMetrics text format (`prometheus-client`).
+//!
+//! One [`Metrics`] per service instance (no global registry, so two instances in one
+//! process do not mix their numbers). Cheap to clone; every update is an atomic operation
+//! or a labelled-family lookup.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Label set with one `state` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// The state name.
+    pub state: String,
+}
+
+/// Label set with one `cause` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabel {
+    /// The cause name.
+    pub cause: String,
+}
+
+/// Label set with one `event_type` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventTypeLabel {
+    /// The event type, e.g. `im.message.receive_v1`.
+    pub event_type: String,
+}
+
+/// Label set with one `outcome` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// The outcome name.
+    pub outcome: String,
+}
+
+/// The service's metrics. Names are prefixed `lark_auth_`.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    /// 1 for the current connection state, 0 for the others.
+    connection_state: Family<StateLabel, Gauge>,
+    reconnects: Family<CauseLabel, Counter>,
+    frames_in: Counter,
+    frames_out: Counter,
+    ack_latency: Histogram,
+    events: Family<EventTypeLabel, Counter>,
+    callback_answer: Family<OutcomeLabel, Counter>,
+    callback_latency: Histogram,
+}
+
+const CONNECTION_STATES: [&str; 5] = [
+    "connecting",
+    "connected",
+    "reconnecting",
+    "failed",
+    "stopped",
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every family registered.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("lark_auth");
+        let connection_state = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "connection_state",
+            "Long connection state (1 = current)",
+            connection_state.clone(),
+        );
+        let reconnects = Family::<CauseLabel, Counter>::default();
+        registry.register(
+            "connection_reconnects",
+            "Connection losses and failed attempts that led to a reconnect, by cause",
+            reconnects.clone(),
+        );
+        let frames_in = Counter::default();
+        registry.register(
+            "frames_in",
+            "WebSocket data frames received (chunks count one each)",
+            frames_in.clone(),
+        );
+        let frames_out = Counter::default();
+        registry.register(
+            "frames_out",
+            "Response frames (acks) written",
+            frames_out.clone(),
+        );
+        // Seconds: 0.1 ms .. ~3.3 s.
+        let ack_latency = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16),
+        );
+        registry.register(
+            "ack_latency_seconds",
+            "Time from a message's completion to its ack (biz_rt)",
+            ack_latency.clone(),
+        );
+        let events = Family::<EventTypeLabel, Counter>::default();
+        registry.register(
+            "events",
+            "Complete events received, by event type",
+            events.clone(),
+        );
+        let callback_answer = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "callback_answers",
+            "Card callbacks answered, by outcome (answered, late, failed)",
+            callback_answer.clone(),
+        );
+        let callback_latency = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 13),
+        );
+        registry.register(
+            "callback_answer_seconds",
+            "Time to answer a card callback",
+            callback_latency.clone(),
+        );
+        let metrics = Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                connection_state,
+                reconnects,
+                frames_in,
+                frames_out,
+                ack_latency,
+                events,
+                callback_answer,
+                callback_latency,
+            }),
+        };
+        metrics.connection_state("connecting");
+        metrics
+    }
+
+    /// Renders every metric in the OpenMetrics text format (accepted by Prometheus).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry);
+        out
+    }
+
+    /// Records the current connection state (`connecting`, `connected`, …).
+    pub fn connection_state(&self, state: &str) {
+        for s in CONNECTION_STATES {
+            self.inner
+                .connection_state
+                .get_or_create(&StateLabel {
+                    state: s.to_string(),
+                })
+                .set(i64::from(s == state));
+        }
+    }
+
+    /// Counts a reconnect and its cause (`closed_by_server`, `silence`, `transport`, …).
+    pub fn reconnect(&self, cause: &str) {
+        self.inner
+            .reconnects
+            .get_or_create(&CauseLabel {
+                cause: cause.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a received data frame.
+    pub fn frame_in(&self) {
+        self.inner.frames_in.inc();
+    }
+
+    /// Counts a written ack and observes its latency in seconds.
+    pub fn ack_written(&self, latency_secs: f64) {
+        self.inner.frames_out.inc();
+        self.inner.ack_latency.observe(latency_secs);
+    }
+
+    /// Counts a complete event of `event_type`.
+    pub fn event(&self, event_type: &str) {
+        self.inner
+            .events
+            .get_or_create(&EventTypeLabel {
+                event_type: event_type.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a callback answer (`answered`, `late`, `failed`) and its latency in seconds.
+    pub fn callback_answered(&self, outcome: &str, latency_secs: f64) {
+        self.inner
+            .callback_answer
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        self.inner.callback_latency.observe(latency_secs);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_in_the_text_format_with_labels() {
+        let m = Metrics::new();
+        m.connection_state("connected");
+        m.reconnect("silence");
+        m.event("im.message.receive_v1");
+        m.ack_written(0.0002);
+        let text = m.encode();
+        assert!(
+            text.contains("lark_auth_connection_state{state=\"connected\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("lark_auth_connection_state{state=\"connecting\"} 0"));
+        assert!(text.contains("lark_auth_connection_reconnects_total{cause=\"silence\"} 1"));
+        assert!(text.contains("lark_auth_events_total{event_type=\"im.message.receive_v1\"} 1"));
+        assert!(text.contains("lark_auth_frames_out_total 1"));
+        assert!(text.contains("lark_auth_ack_latency_seconds_count 1"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn two_instances_do_not_share_numbers() {
+        let a = Metrics::new();
+        let b = Metrics::new();
+        a.frame_in();
+        assert!(a.encode().contains("lark_auth_frames_in_total 1"));
+        assert!(b.encode().contains("lark_auth_frames_in_total 0"));
+    }
+}
