@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_service::ServiceExt as _;
 use awc::ws;
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use lark_auth::config::{AppCredentials, Config};
 use lark_auth::connection::{
     CallbackFailed, CardActionReceived, ConnectionActor, ConnectionOutputs, ConnectionStateChanged,
@@ -113,6 +113,56 @@ async fn connect(
     Ok(conn)
 }
 
+/// What to do with one WebSocket frame.
+enum Step {
+    Reply(ws::Message),
+    Nothing,
+    End,
+}
+
+/// The per-frame work of `reference` (reassemble, parse, ack) or `trivial` (ack the last
+/// part).
+fn answer(frame: ws::Frame, reference: bool, assembler: &mut ChunkAssembler) -> Step {
+    let bytes = match frame {
+        ws::Frame::Binary(bytes) => bytes,
+        ws::Frame::Ping(p) => return Step::Reply(ws::Message::Pong(p)),
+        ws::Frame::Close(_) => return Step::End,
+        _ => return Step::Nothing,
+    };
+    let Ok(mut frame) = Frame::decode_bytes(bytes) else {
+        return Step::Nothing;
+    };
+    if frame.kind() != FrameKind::Event {
+        return Step::Nothing;
+    }
+    let Ok(position) = frame.chunk_position(assembler.limits().max_parts) else {
+        return Step::Nothing;
+    };
+    let ack = if reference {
+        let part = frame.payload.take().unwrap_or_default();
+        let payload = match assembler.accept(frame.message_id(), position, part, Instant::now()) {
+            Ok(ChunkOutcome::Complete(payload)) => payload,
+            _ => return Step::Nothing,
+        };
+        match EnvelopeRef::parse(&payload) {
+            Ok(envelope) => {
+                std::hint::black_box(&envelope);
+                AckPayload::OK
+            }
+            Err(_) => AckPayload::FAILED,
+        }
+    } else {
+        // Chunked events are acked on the last part, without reassembly.
+        if position.seq + 1 != position.sum {
+            return Step::Nothing;
+        }
+        AckPayload::OK
+    };
+    Step::Reply(ws::Message::Binary(
+        frame.into_response(0, &ack).encode_to_bytes(),
+    ))
+}
+
 async fn run_bare(
     reference: bool,
     base_url: String,
@@ -121,53 +171,19 @@ async fn run_bare(
 ) -> Result<(), String> {
     let mut conn = connect(&base_url, &app_id, &app_secret).await?;
     let mut assembler = ChunkAssembler::new(ChunkLimits::default());
-    let max_parts = assembler.limits().max_parts;
+    // Answers every frame already received, then flushes the acks in one write (as the
+    // actor's SinkWrite does), then waits for more.
     while let Some(item) = conn.next().await {
-        let bytes = match item.map_err(|e| e.to_string())? {
-            ws::Frame::Binary(bytes) => bytes,
-            ws::Frame::Ping(p) => {
-                conn.send(ws::Message::Pong(p))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                continue;
+        let mut next = Some(item);
+        while let Some(item) = next.take() {
+            match answer(item.map_err(|e| e.to_string())?, reference, &mut assembler) {
+                Step::Reply(message) => conn.feed(message).await.map_err(|e| e.to_string())?,
+                Step::Nothing => {}
+                Step::End => return conn.flush().await.map_err(|e| e.to_string()),
             }
-            ws::Frame::Close(_) => break,
-            _ => continue,
-        };
-        let Ok(mut frame) = Frame::decode_bytes(bytes) else {
-            continue;
-        };
-        if frame.kind() != FrameKind::Event {
-            continue;
+            next = conn.next().now_or_never().flatten();
         }
-        let Ok(position) = frame.chunk_position(max_parts) else {
-            continue;
-        };
-        let ack = if reference {
-            let part = frame.payload.take().unwrap_or_default();
-            let payload = match assembler.accept(frame.message_id(), position, part, Instant::now())
-            {
-                Ok(ChunkOutcome::Complete(payload)) => payload,
-                _ => continue,
-            };
-            match EnvelopeRef::parse(&payload) {
-                Ok(envelope) => {
-                    std::hint::black_box(&envelope);
-                    AckPayload::OK
-                }
-                Err(_) => AckPayload::FAILED,
-            }
-        } else {
-            // Chunked events are acked on the last part, without reassembly.
-            if position.seq + 1 != position.sum {
-                continue;
-            }
-            AckPayload::OK
-        };
-        let response = frame.into_response(0, &ack);
-        conn.send(ws::Message::Binary(response.encode_to_bytes()))
-            .await
-            .map_err(|e| e.to_string())?;
+        conn.flush().await.map_err(|e| e.to_string())?;
     }
     Ok(())
 }
