@@ -331,10 +331,12 @@ async fn measure(
             .max()
             .ok_or("reconnected but no connection open")?;
         m.reconnect = Some(at.saturating_duration_since(dropped));
-        sandbox
-            .wait_for_pings(pings + 1, Duration::from_secs(30))
-            .await
-            .map_err(|e| format!("no ping after the reconnect: {e}"))?;
+        // Node pings on every new connection (and must, before a push: see `real`);
+        // Python runs one ping loop for its whole life and pings again only after
+        // PingInterval, so a missing ping is not an error here.
+        let _ = sandbox
+            .wait_for_pings(pings + 1, Duration::from_secs(3))
+            .await;
         one_acked_event(
             sandbox,
             &format!("{}_after_reconnect", spec.name),
