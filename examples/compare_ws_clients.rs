@@ -251,12 +251,21 @@ async fn measure(
     let started = Instant::now();
     let mut child = spawn(spec, &args.log_dir, &sandbox.base_url())?;
     let pid = child.0.id();
-    if let Err(e) = sandbox
-        .wait_for_connections(accepted + 1, Duration::from_secs(60))
-        .await
-    {
-        let exited = child.0.try_wait().ok().flatten();
-        return Err(format!("never connected ({e}; exit status {exited:?})"));
+    // Fails fast when the client exits (missing SDK, bad arguments): see its log.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (sandbox.connections_accepted() as usize) <= accepted {
+        if let Ok(Some(status)) = child.0.try_wait() {
+            return Err(format!(
+                "exited before connecting ({status}); see {}",
+                args.log_dir.join(format!("{}.log", spec.name)).display()
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err("did not connect within 60 s".into());
+        }
+        let _ = sandbox
+            .wait_for_connections(accepted + 1, Duration::from_millis(100))
+            .await;
     }
     if spec.real {
         sandbox
@@ -680,6 +689,27 @@ async fn run(args: Args) -> Result<bool, String> {
         }
     }
 
+    // CPU per event is steadier than throughput on a shared machine (it does not depend
+    // on who else got the cores during the run).
+    let cpu_per_event = |m: &Measured| {
+        m.failure
+            .is_none()
+            .then(|| {
+                m.small_cpu
+                    .map(|c| c.as_secs_f64() / args.events.max(1) as f64)
+            })
+            .flatten()
+            .filter(|c| *c > 0.0)
+    };
+    for other in ["python", "node"] {
+        if let (Some(a), Some(b)) = (
+            ours.and_then(cpu_per_event),
+            get(other).and_then(cpu_per_event),
+        ) {
+            println!("CPU per event {other}/lark-auth: {:.1}x", b / a);
+        }
+    }
+
     println!();
     let verdict = |ok: Option<bool>| match ok {
         Some(true) => "met",
@@ -732,7 +762,10 @@ async fn run(args: Args) -> Result<bool, String> {
     if failed.is_empty() {
         Ok(true)
     } else {
-        println!("FAILED: {} did not ack every event", failed.join(", "));
+        println!(
+            "FAILED: {}: not every event was acked with code 200 (see above)",
+            failed.join(", ")
+        );
         Ok(false)
     }
 }
