@@ -427,6 +427,10 @@ fn lat(r: Option<&FloodReport>, pick: fn(&FloodReport) -> Duration) -> String {
 
 fn cpu(d: Option<Duration>, events: usize) -> String {
     d.map_or("–".into(), |d| {
+        if d.is_zero() {
+            // Below one clock tick (10 ms): no per-event figure.
+            return "< 1 tick".into();
+        }
         format!(
             "{:.2} s ({:.1} µs/event)",
             d.as_secs_f64(),
@@ -539,6 +543,12 @@ async fn run(args: Args) -> Result<bool, String> {
         "client logs in {}; CPU = utime+stime of the client process during the flood; RSS from /proc/<pid>/status",
         args.log_dir.display()
     );
+
+    if args.events < 10_000 {
+        println!(
+            "note: with fewer than 10,000 events the runs are too short for stable ratios (Node's JIT is still warming up, the Rust clients finish within a few CPU ticks)"
+        );
+    }
 
     let bare = |mode: &str| vec![mode.to_string()];
     let specs = [
