@@ -10,7 +10,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use lark_auth::protocol::frame::Header;
 use lark_auth::protocol::{AckPayload, Frame, FrameKind};
 use lark_auth::sandbox::{
-    DiscoveryFault, FloodSpec, HandshakeFault, PushError, Sandbox, SandboxConfig,
+    DiscoveryFault, FloodError, FloodSpec, HandshakeFault, PushError, Sandbox, SandboxConfig,
 };
 
 type WsConn = actix_codec::Framed<awc::BoxedSocket, ws::Codec>;
@@ -604,4 +604,68 @@ async fn flood_without_acks_times_out_with_a_partial_report() {
         .unwrap();
     assert!(report.timed_out);
     assert_eq!((report.sent, report.acked), (10, 0));
+}
+
+#[actix_rt::test]
+async fn flood_sends_chunks_in_the_given_order() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let mut conn = connect(&sandbox).await;
+    sandbox.wait_for_connections(1, WAIT).await.unwrap();
+    // Records the `seq` of every frame and acks a message once all its parts arrived,
+    // with the frame of the completing part (§6.1).
+    let seqs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = seqs.clone();
+    let client = async move {
+        let mut parts: std::collections::HashMap<String, usize> = Default::default();
+        loop {
+            let frame = next_frame(&mut conn).await;
+            if frame.kind() != FrameKind::Event {
+                continue;
+            }
+            let seq: usize = frame.header("seq").unwrap().parse().unwrap();
+            let sum: usize = frame.header("sum").unwrap().parse().unwrap();
+            seen.lock().unwrap().push(seq);
+            let got = parts.entry(frame.message_id().to_string()).or_default();
+            *got += 1;
+            if *got == sum {
+                let ack = frame.into_response(0, &AckPayload::OK);
+                send_frame(&mut conn, &ack).await;
+            }
+        }
+    };
+    let flood = sandbox.flood(FloodSpec {
+        count: 50,
+        window: 8,
+        chunked_parts: Some(3),
+        chunk_order: vec![2, 0, 1],
+        ..FloodSpec::default()
+    });
+    let report =
+        match futures_util::future::select(std::pin::pin!(flood), std::pin::pin!(client)).await {
+            futures_util::future::Either::Left((report, _)) => report.unwrap(),
+            futures_util::future::Either::Right(((), _)) => unreachable!(),
+        };
+    assert_eq!((report.sent, report.acked, report.non_200), (50, 50, 0));
+    let seqs = seqs.lock().unwrap().clone();
+    assert_eq!(seqs.len(), 150);
+    assert!(seqs.chunks(3).all(|c| c == [2, 0, 1]), "{seqs:?}");
+}
+
+#[actix_rt::test]
+async fn flood_refuses_a_chunk_order_that_is_not_a_permutation() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let _conn = connect(&sandbox).await;
+    sandbox.wait_for_connections(1, WAIT).await.unwrap();
+    for order in [vec![0, 1], vec![0, 0, 1], vec![0, 1, 3]] {
+        let err = sandbox
+            .flood(FloodSpec {
+                count: 10,
+                chunked_parts: Some(3),
+                chunk_order: order.clone(),
+                ..FloodSpec::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err, FloodError::BadChunkOrder(order));
+    }
 }

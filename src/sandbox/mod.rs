@@ -315,8 +315,16 @@ pub struct FloodSpec {
     /// Event payload; every occurrence of `{n}` is replaced by the 0-based event number so
     /// that `event_id`s can differ (clients deduplicate by it, §8).
     pub payload_template: Vec<u8>,
-    /// When set, each event is split into this many parts (§6.1), sent in order.
+    /// When set, each event is split into this many parts (§6.1), sent in order unless
+    /// [`chunk_order`](Self::chunk_order) says otherwise.
     pub chunked_parts: Option<usize>,
+    /// The order in which the parts of each chunked event are sent, as part indexes
+    /// (e.g. `[2, 0, 1]`: last part first). Empty (the default) means `0, 1, …`. When set
+    /// it must be a permutation of `0..chunked_parts` (every part exactly once, so every
+    /// event can complete); otherwise [`Sandbox::flood`] fails with
+    /// [`FloodError::BadChunkOrder`]. The ack latency is measured from the write of the
+    /// event's last frame, whichever part that is.
+    pub chunk_order: Vec<usize>,
     /// Give up after this long and report what was acked so far.
     pub timeout: Duration,
     /// When set, events are sent at this steady rate (events per second, event `n` at
@@ -333,6 +341,7 @@ impl Default for FloodSpec {
             window: 256,
             payload_template: br#"{"schema":"2.0","header":{"event_id":"flood_ev_{n}","event_type":"im.message.receive_v1","create_time":"1767225600000","token":"t","app_id":"cli_sandbox_app","tenant_key":"tk"},"event":{"message":{"message_id":"om_flood_{n}","chat_id":"oc_flood","chat_type":"p2p","message_type":"text","content":"{\"text\":\"hi\"}"},"sender":{"sender_id":{"open_id":"ou_flood"},"sender_type":"user"}}}"#.to_vec(),
             chunked_parts: None,
+            chunk_order: Vec::new(),
             timeout: Duration::from_secs(60),
             rate_per_sec: None,
         }
@@ -406,6 +415,9 @@ pub enum FloodError {
     /// The connection ended before the flood finished.
     #[error("the connection ended during the flood")]
     ConnectionLost,
+    /// [`FloodSpec::chunk_order`] is not a permutation of `0..chunked_parts`.
+    #[error("chunk_order {0:?} is not a permutation of the part indexes")]
+    BadChunkOrder(Vec<usize>),
 }
 
 /// A command from the handle to one connection's task.
@@ -979,9 +991,18 @@ impl Sandbox {
     /// added to [`acks`](Self::acks). Pings are still answered during the flood.
     ///
     /// # Errors
-    /// [`FloodError::NoConnection`], or [`FloodError::ConnectionLost`] when the connection
-    /// ends first.
+    /// [`FloodError::NoConnection`], [`FloodError::ConnectionLost`] when the connection
+    /// ends first, [`FloodError::BadChunkOrder`] for an invalid
+    /// [`FloodSpec::chunk_order`].
     pub async fn flood(&self, spec: FloodSpec) -> Result<FloodReport, FloodError> {
+        if !spec.chunk_order.is_empty() {
+            let mut sorted = spec.chunk_order.clone();
+            sorted.sort_unstable();
+            let parts = spec.chunked_parts.unwrap_or(1);
+            if sorted != (0..parts).collect::<Vec<_>>() {
+                return Err(FloodError::BadChunkOrder(spec.chunk_order));
+            }
+        }
         let (tx, rx) = oneshot::channel();
         {
             let mut state = self.shared.lock();

@@ -702,7 +702,7 @@ impl Flood {
         let trace_id = format!("flood_trace_{}_{n}", self.run);
         let chunks = split_payload(&payload, self.spec.chunked_parts.unwrap_or(1));
         let sum = chunks.len().to_string();
-        let frames = chunks
+        let mut frames: Vec<Bytes> = chunks
             .into_iter()
             .enumerate()
             .map(|(seq, chunk)| {
@@ -719,6 +719,16 @@ impl Flood {
                 .encode_to_bytes()
             })
             .collect();
+        // `Sandbox::flood` checked that a non-empty order is a permutation of the parts;
+        // a payload shorter than the part count gives fewer parts and is sent in order.
+        if !self.spec.chunk_order.is_empty() && self.spec.chunk_order.len() == frames.len() {
+            frames = self
+                .spec
+                .chunk_order
+                .iter()
+                .map(|&i| frames[i].clone())
+                .collect();
+        }
         (frames, n)
     }
 
