@@ -8,6 +8,7 @@ pub mod config;
 pub mod connection;
 pub mod demo;
 pub mod event_log;
+pub mod http;
 pub mod metrics;
 pub mod openapi;
 pub mod protocol;

@@ -1,0 +1,296 @@
+//! The HTTP front (actix-web): control API, `/healthz`, `/metrics`.
+//!
+//! Contract: `INTERFACE.md` ("Control API"). Every route except `/healthz`,
+//! `/oauth/callback` and `/metrics` needs `Authorization: Bearer <token>`; the token is
+//! compared in constant time (SHA-256 digests compared with `subtle`). Errors are JSON
+//! `{"error": "<stable code>", "message": "<human text>"}`. Timestamps are RFC 3339 UTC.
+//!
+//! The server runs on its own worker threads; handlers reach the actors only through
+//! their addresses (`Addr` is `Send`), never through shared state.
+
+use std::net::SocketAddr;
+use std::time::{Duration, UNIX_EPOCH};
+
+use actix::Addr;
+use actix_web::http::StatusCode;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::connection::{ConnectionActor, ConnectionState, GetConnectionStatus};
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+use crate::vault::actor::{ListGrants, Revoke};
+use crate::vault::{GrantSummary, TokenVaultActor};
+
+/// Most grants one `GET /v1/grants` page returns.
+pub const GRANTS_PAGE_LIMIT: usize = 1000;
+
+/// An error answer of the control API.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code, e.g. `unauthorized`, `not_found`.
+    pub code: &'static str,
+    /// Human-readable explanation (never holds a secret).
+    pub message: String,
+}
+
+impl ApiError {
+    /// Builds an error.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn unavailable(what: &str) -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{what} is not running"),
+        )
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status).json(serde_json::json!({
+            "error": self.code,
+            "message": self.message,
+        }))
+    }
+}
+
+/// What the handlers can reach. Clone per worker.
+#[derive(Clone)]
+pub struct ControlState {
+    /// SHA-256 of the bearer token; `None` refuses every protected route.
+    api_token_digest: Option<[u8; 32]>,
+    /// The connection, for `/healthz`.
+    pub connection: Option<Addr<ConnectionActor>>,
+    /// The vault, for grants.
+    pub vault: Option<Addr<TokenVaultActor>>,
+    /// The metrics rendered by `/metrics`.
+    pub metrics: Metrics,
+}
+
+impl ControlState {
+    /// State with the given bearer token (`None`: protected routes always answer 401).
+    pub fn new(api_token: Option<&Secret<String>>, metrics: Metrics) -> Self {
+        ControlState {
+            api_token_digest: api_token
+                .filter(|t| !t.is_empty())
+                .map(|t| Sha256::digest(t.expose().as_bytes()).into()),
+            connection: None,
+            vault: None,
+            metrics,
+        }
+    }
+
+    /// Checks the `Authorization: Bearer …` header.
+    ///
+    /// # Errors
+    /// `401 unauthorized` when the header is missing, malformed or wrong, or no token is
+    /// configured.
+    pub fn authorize(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        let unauthorized =
+            |why: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why.to_string());
+        let Some(expected) = &self.api_token_digest else {
+            return Err(unauthorized(
+                "the control API has no token configured (set the variable named by http.api_token_env)",
+            ));
+        };
+        let presented = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| unauthorized("missing `Authorization: Bearer <token>` header"))?;
+        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
+        if bool::from(digest.ct_eq(expected)) {
+            Ok(())
+        } else {
+            Err(unauthorized("wrong bearer token"))
+        }
+    }
+}
+
+/// Formats unix milliseconds as RFC 3339 UTC (`2026-11-30T05:46:00.123Z`).
+pub fn rfc3339_ms(unix_ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
+}
+
+/// One entry of `GET /v1/grants` (no secrets).
+#[derive(Debug, Serialize)]
+pub struct GrantView {
+    /// The user.
+    pub open_id: String,
+    /// `active`, `refresh_failed`, `refresh_uncertain`, `needs_reauth` or `revoked`.
+    pub status: &'static str,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Access token expiry, RFC 3339 UTC.
+    pub access_expires_at: String,
+    /// Refresh token expiry, RFC 3339 UTC.
+    pub refresh_expires_at: String,
+}
+
+impl From<&GrantSummary> for GrantView {
+    fn from(g: &GrantSummary) -> Self {
+        GrantView {
+            open_id: g.identity.open_id.clone(),
+            status: g.status.as_str(),
+            scopes: g.scopes.clone(),
+            access_expires_at: rfc3339_ms(g.access_expires_ms),
+            refresh_expires_at: rfc3339_ms(g.refresh_expires_ms),
+        }
+    }
+}
+
+async fn healthz(state: web::Data<ControlState>) -> HttpResponse {
+    let connection = match &state.connection {
+        Some(addr) => match addr.send(GetConnectionStatus).await {
+            Ok(status) => status.state,
+            Err(_) => ConnectionState::Failed,
+        },
+        None => ConnectionState::Stopped,
+    };
+    let vault_ok = match &state.vault {
+        Some(addr) => matches!(
+            addr.send(ListGrants {
+                after_open_id: None,
+                limit: 1
+            })
+            .await,
+            Ok(Ok(_))
+        ),
+        None => true,
+    };
+    let healthy = vault_ok
+        && !matches!(
+            connection,
+            ConnectionState::Failed | ConnectionState::Stopped
+        );
+    let body = serde_json::json!({
+        "connection": connection.as_str(),
+        "vault": if state.vault.is_none() { "absent" } else if vault_ok { "ok" } else { "unavailable" },
+    });
+    if healthy {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn metrics(state: web::Data<ControlState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(state.metrics.encode())
+}
+
+async fn list_grants(
+    req: HttpRequest,
+    state: web::Data<ControlState>,
+) -> Result<HttpResponse, ApiError> {
+    state.authorize(&req)?;
+    let vault = state
+        .vault
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("the vault"))?;
+    let grants = vault
+        .send(ListGrants {
+            after_open_id: None,
+            limit: GRANTS_PAGE_LIMIT,
+        })
+        .await
+        .map_err(|_| ApiError::unavailable("the vault"))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "vault_error",
+                e.to_string(),
+            )
+        })?;
+    let views: Vec<GrantView> = grants.iter().map(GrantView::from).collect();
+    Ok(HttpResponse::Ok().json(views))
+}
+
+async fn revoke_grant(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<ControlState>,
+) -> Result<HttpResponse, ApiError> {
+    state.authorize(&req)?;
+    let vault = state
+        .vault
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("the vault"))?;
+    let open_id = path.into_inner();
+    match vault
+        .send(Revoke {
+            open_id: open_id.clone(),
+        })
+        .await
+    {
+        Ok(Ok(Some(_))) => Ok(HttpResponse::NoContent().finish()),
+        Ok(Ok(None)) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_grant",
+            format!("no grant for {open_id}"),
+        )),
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "vault_error",
+            e.to_string(),
+        )),
+        Err(_) => Err(ApiError::unavailable("the vault")),
+    }
+}
+
+/// Registers the routes on an actix-web `App` (used by [`start`] and by tests).
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/metrics", web::get().to(metrics))
+        .route("/v1/grants", web::get().to(list_grants))
+        .route("/v1/grants/{open_id}", web::delete().to(revoke_grant));
+}
+
+/// A running HTTP front.
+pub struct HttpFront {
+    /// The address actually bound (port 0 resolved).
+    pub local_addr: SocketAddr,
+    /// Stops the server.
+    pub handle: actix_web::dev::ServerHandle,
+}
+
+/// Binds `listen` and serves the control API on 2 worker threads, inside the current
+/// actix System.
+///
+/// # Errors
+/// The bind error (address in use, permission), naming nothing secret.
+pub fn start(listen: SocketAddr, state: ControlState) -> std::io::Result<HttpFront> {
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(state.clone()))
+            .configure(routes)
+    })
+    .workers(2)
+    .disable_signals()
+    .shutdown_timeout(2)
+    .bind(listen)?;
+    let local_addr = server.addrs().first().copied().unwrap_or(listen);
+    let server = server.run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    Ok(HttpFront { local_addr, handle })
+}
