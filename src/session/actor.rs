@@ -177,6 +177,8 @@ pub struct AuthSessionActor {
     poll_timer: Option<SpawnHandle>,
     in_flight: u32,
     finished: bool,
+    /// Replies waiting for the current transition to be stored.
+    on_stored: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 enum Done {
@@ -205,6 +207,7 @@ impl AuthSessionActor {
             poll_timer: None,
             in_flight: 0,
             finished: false,
+            on_stored: Vec::new(),
         }
     }
 
@@ -236,12 +239,29 @@ impl AuthSessionActor {
                     }
                 }
                 act.visible = SessionView::of(&act.record);
+                for tx in act.on_stored.drain(..) {
+                    let _ = tx.send(());
+                }
                 act.perform(todo, ctx);
             }));
         } else {
             self.perform(actions.clone(), ctx);
         }
         actions
+    }
+
+    /// Resolves once the transition just fed is stored (at once when nothing changed or it
+    /// is already stored), so replies never show an unstored state.
+    fn stored(&mut self) -> impl Future<Output = ()> + 'static {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.visible == SessionView::of(&self.record) {
+            let _ = tx.send(());
+        } else {
+            self.on_stored.push(tx);
+        }
+        async move {
+            let _ = rx.await;
+        }
     }
 
     fn perform(&mut self, actions: Vec<Action>, ctx: &mut Context<Self>) {
@@ -619,7 +639,7 @@ impl Actor for AuthSessionActor {
 }
 
 impl Handler<Click> for AuthSessionActor {
-    type Result = AtomicResponse<Self, CardActionResponse>;
+    type Result = ResponseActFuture<Self, CardActionResponse>;
 
     fn handle(&mut self, msg: Click, ctx: &mut Context<Self>) -> Self::Result {
         let by_user = msg.operator_open_id == self.record.open_id;
@@ -641,13 +661,13 @@ impl Handler<Click> for AuthSessionActor {
             toast: toast.map(|t| self.toast(t)),
             card: None,
         };
-        // `feed` queued the store write with `ctx.wait`; answer once it is done.
-        AtomicResponse::new(Box::pin(fut::ready(response)))
+        // Answer once the transition is stored.
+        Box::pin(self.stored().into_actor(self).map(move |(), _, _| response))
     }
 }
 
 impl Handler<CodeRedirect> for AuthSessionActor {
-    type Result = AtomicResponse<Self, SessionView>;
+    type Result = ResponseActFuture<Self, SessionView>;
 
     fn handle(&mut self, msg: CodeRedirect, ctx: &mut Context<Self>) -> Self::Result {
         let input = match msg.code {
@@ -655,9 +675,11 @@ impl Handler<CodeRedirect> for AuthSessionActor {
             None => Input::AuthorizationDenied,
         };
         self.feed(input, ctx);
-        AtomicResponse::new(Box::pin(
-            fut::ready(()).map(|(), act: &mut Self, _| act.visible.clone()),
-        ))
+        Box::pin(
+            self.stored()
+                .into_actor(self)
+                .map(|(), act, _| act.visible.clone()),
+        )
     }
 }
 

@@ -463,6 +463,19 @@ pub fn step_with(
         return (next, actions);
     }
 
+    // A late send_card answer (the redirect overtook it): keep the id so the final card
+    // can replace it, and show the final card now if the session already ended.
+    if let Input::CardDelivered { message_id } = &input
+        && record.card_message_id.is_none()
+        && (state.is_terminal() || state == SessionState::Exchanging)
+    {
+        next.card_message_id = Some(message_id.clone());
+        if state.is_terminal() {
+            actions.push(Action::ShowCard(final_card_kind(state)));
+        }
+        return (next, actions);
+    }
+
     if state.is_terminal() {
         return (next, actions);
     }
@@ -612,14 +625,19 @@ pub fn step_with(
                 }
             }
         }
-        (SessionState::CardSent | SessionState::AwaitingUser, Input::CodeReceived { code })
-            if record.flow == AuthFlow::AuthorizationCode =>
-        {
+        // The redirect may overtake the send_card answer: the card evidently arrived.
+        (
+            SessionState::Created | SessionState::CardSent | SessionState::AwaitingUser,
+            Input::CodeReceived { code },
+        ) if record.flow == AuthFlow::AuthorizationCode => {
             next.state = SessionState::Exchanging;
             next.updated_at_ms = now_ms;
             actions.push(Action::ExchangeCode(code));
         }
-        (SessionState::CardSent | SessionState::AwaitingUser, Input::AuthorizationDenied) => {
+        (
+            SessionState::Created | SessionState::CardSent | SessionState::AwaitingUser,
+            Input::AuthorizationDenied,
+        ) => {
             finish(
                 &mut next,
                 &mut actions,
@@ -733,14 +751,17 @@ fn finish(
     next.platform_code = code;
     next.updated_at_ms = now_ms;
     next.next_poll_at_ms = None;
-    let card = match state {
+    if next.card_message_id.is_some() {
+        actions.push(Action::ShowCard(final_card_kind(state)));
+    }
+}
+
+fn final_card_kind(state: SessionState) -> CardKind {
+    match state {
         SessionState::Authorized => CardKind::Authorized,
         SessionState::Denied => CardKind::Declined,
         SessionState::Expired => CardKind::Expired,
         _ => CardKind::Failed,
-    };
-    if next.card_message_id.is_some() {
-        actions.push(Action::ShowCard(card));
     }
 }
 

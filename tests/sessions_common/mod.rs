@@ -233,7 +233,14 @@ impl Harness {
     pub async fn restart(&mut self) {
         self.router.send(StopRouter).await.unwrap();
         self.vault = None;
-        self.store = None;
+        // The stopped actors release the store on the System's thread: wait for that
+        // before reopening (the open blocks this thread).
+        let store = self.store.take().unwrap();
+        eventually("the old actors to release the store", || async {
+            (Arc::strong_count(&store) == 1).then_some(())
+        })
+        .await;
+        drop(store);
         let (store, vault) = open_parts(self.dir.path(), &self.keyring);
         self.vault = Some(vault.clone());
         self.router = start_router(
