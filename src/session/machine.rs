@@ -37,6 +37,31 @@ pub const IDLE_POLL_MIN_SECS: u64 = 15;
 /// Delay before retrying a poll that failed with a retryable error, seconds.
 pub const RETRY_POLL_SECS: u64 = 10;
 
+/// The poll cadence that is this service's choice (the server's `interval` and the
+/// `slow_down` step are the platform's): how much slower a session polls before the user
+/// clicked Authorize, and how long it waits after a retryable failure. [`step`] uses
+/// [`Cadence::default`]; tests and benches shorten it through [`step_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cadence {
+    /// Idle interval = server `interval` × this factor (before the click).
+    pub idle_factor: u64,
+    /// Smallest idle interval, milliseconds.
+    pub idle_min_ms: u64,
+    /// Wait after a retryable poll failure, milliseconds.
+    pub retry_ms: u64,
+}
+
+impl Default for Cadence {
+    /// [`IDLE_POLL_FACTOR`], [`IDLE_POLL_MIN_SECS`], [`RETRY_POLL_SECS`].
+    fn default() -> Self {
+        Cadence {
+            idle_factor: IDLE_POLL_FACTOR,
+            idle_min_ms: IDLE_POLL_MIN_SECS * 1000,
+            retry_ms: RETRY_POLL_SECS * 1000,
+        }
+    }
+}
+
 /// The state of a session, as the control API reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -317,6 +342,9 @@ pub enum Input {
     GrantStored,
     /// The vault could not store the grant.
     GrantStoreFailed,
+    /// The user refused on the authorization page (code flow redirect with
+    /// `error=access_denied`, `lark-openapi-auth.md` §1.2).
+    AuthorizationDenied,
 }
 
 /// Which card to show.
@@ -374,6 +402,16 @@ pub enum Action {
 /// One transition. Inputs that do not apply to the current state leave the record
 /// unchanged and produce no action (except clicks, which are always answered).
 pub fn step(record: &SessionRecord, input: Input, now_ms: u64) -> (SessionRecord, Vec<Action>) {
+    step_with(record, input, now_ms, &Cadence::default())
+}
+
+/// [`step`] with an explicit poll [`Cadence`].
+pub fn step_with(
+    record: &SessionRecord,
+    input: Input,
+    now_ms: u64,
+    cadence: &Cadence,
+) -> (SessionRecord, Vec<Action>) {
     let mut next = record.clone();
     let mut actions = Vec::new();
     let state = record.state;
@@ -410,15 +448,30 @@ pub fn step(record: &SessionRecord, input: Input, now_ms: u64) -> (SessionRecord
                     next.state = SessionState::AwaitingUser;
                     next.updated_at_ms = now_ms;
                     if record.device.is_some() {
-                        // Poll at the server's interval from now on.
-                        let at = now_ms + poll_interval_ms(&next);
-                        if next.next_poll_at_ms.is_none_or(|t| t > at) {
+                        // Poll at the server's interval from now on. When no poll is
+                        // scheduled one is in flight: its answer arms the next at the new
+                        // cadence (a second poll in parallel could spend the device code).
+                        let at = now_ms + poll_interval_ms(&next, cadence);
+                        if next.next_poll_at_ms.is_some_and(|t| t > at) {
                             next.next_poll_at_ms = Some(at);
                             actions.push(Action::WakeAt(at));
                         }
                     }
                 }
             }
+        }
+        return (next, actions);
+    }
+
+    // A late send_card answer (the redirect overtook it): keep the id so the final card
+    // can replace it, and show the final card now if the session already ended.
+    if let Input::CardDelivered { message_id } = &input
+        && record.card_message_id.is_none()
+        && (state.is_terminal() || state == SessionState::Exchanging)
+    {
+        next.card_message_id = Some(message_id.clone());
+        if state.is_terminal() {
+            actions.push(Action::ShowCard(final_card_kind(state)));
         }
         return (next, actions);
     }
@@ -493,7 +546,7 @@ pub fn step(record: &SessionRecord, input: Input, now_ms: u64) -> (SessionRecord
             next.updated_at_ms = now_ms;
             actions.push(Action::WakeAt(next.deadline_ms));
             if next.device.is_some() {
-                let at = now_ms + poll_interval_ms(&next);
+                let at = now_ms + poll_interval_ms(&next, cadence);
                 next.next_poll_at_ms = Some(at);
                 actions.push(Action::WakeAt(at));
             }
@@ -533,9 +586,9 @@ pub fn step(record: &SessionRecord, input: Input, now_ms: u64) -> (SessionRecord
                         next.updated_at_ms = now_ms;
                     }
                     let delay = if answer == PollAnswer::RetryableError {
-                        RETRY_POLL_SECS * 1000
+                        cadence.retry_ms
                     } else {
-                        poll_interval_ms(&next)
+                        poll_interval_ms(&next, cadence)
                     };
                     let at = now_ms + delay;
                     next.next_poll_at_ms = Some(at);
@@ -572,12 +625,27 @@ pub fn step(record: &SessionRecord, input: Input, now_ms: u64) -> (SessionRecord
                 }
             }
         }
-        (SessionState::CardSent | SessionState::AwaitingUser, Input::CodeReceived { code })
-            if record.flow == AuthFlow::AuthorizationCode =>
-        {
+        // The redirect may overtake the send_card answer: the card evidently arrived.
+        (
+            SessionState::Created | SessionState::CardSent | SessionState::AwaitingUser,
+            Input::CodeReceived { code },
+        ) if record.flow == AuthFlow::AuthorizationCode => {
             next.state = SessionState::Exchanging;
             next.updated_at_ms = now_ms;
             actions.push(Action::ExchangeCode(code));
+        }
+        (
+            SessionState::Created | SessionState::CardSent | SessionState::AwaitingUser,
+            Input::AuthorizationDenied,
+        ) => {
+            finish(
+                &mut next,
+                &mut actions,
+                SessionState::Denied,
+                None,
+                None,
+                now_ms,
+            );
         }
         (SessionState::CardSent | SessionState::AwaitingUser, Input::TokenIssued)
             if record.flow == AuthFlow::Device =>
@@ -658,16 +726,16 @@ pub fn step(record: &SessionRecord, input: Input, now_ms: u64) -> (SessionRecord
 
 /// The poll interval in force: the server's while the user has clicked Authorize (or the
 /// platform reported the code pending), a slower cadence before.
-fn poll_interval_ms(record: &SessionRecord) -> u64 {
+fn poll_interval_ms(record: &SessionRecord, cadence: &Cadence) -> u64 {
     let Some(device) = &record.device else {
-        return RETRY_POLL_SECS * 1000;
+        return cadence.retry_ms;
     };
-    let secs = if record.user_clicked || record.state == SessionState::AwaitingUser {
-        device.interval_secs
+    let server_ms = device.interval_secs * 1000;
+    if record.user_clicked || record.state == SessionState::AwaitingUser {
+        server_ms
     } else {
-        (device.interval_secs * IDLE_POLL_FACTOR).max(IDLE_POLL_MIN_SECS)
-    };
-    secs * 1000
+        (server_ms * cadence.idle_factor).max(cadence.idle_min_ms)
+    }
 }
 
 fn finish(
@@ -683,14 +751,17 @@ fn finish(
     next.platform_code = code;
     next.updated_at_ms = now_ms;
     next.next_poll_at_ms = None;
-    let card = match state {
+    if next.card_message_id.is_some() {
+        actions.push(Action::ShowCard(final_card_kind(state)));
+    }
+}
+
+fn final_card_kind(state: SessionState) -> CardKind {
+    match state {
         SessionState::Authorized => CardKind::Authorized,
         SessionState::Denied => CardKind::Declined,
         SessionState::Expired => CardKind::Expired,
         _ => CardKind::Failed,
-    };
-    if next.card_message_id.is_some() {
-        actions.push(Action::ShowCard(card));
     }
 }
 
@@ -822,6 +893,33 @@ mod tests {
         assert_eq!(actions[5], vec![Action::ShowCard(CardKind::Authorized)]);
         assert_eq!(r.state, SessionState::Authorized);
         assert_eq!(r.updated_at_ms, T0 + 11_400);
+    }
+
+    #[test]
+    fn a_click_while_a_poll_is_in_flight_does_not_start_a_second_poll() {
+        let (r, _) = run(
+            new_device(),
+            vec![
+                (T0, Input::Begin),
+                (T0, granted(5)),
+                (
+                    T0,
+                    Input::CardDelivered {
+                        message_id: "om".into(),
+                    },
+                ),
+                (T0 + 15_000, Input::Wake),
+            ],
+        );
+        assert_eq!(r.next_poll_at_ms, None, "poll in flight");
+        let (r, actions) = step(&r, click(USER, Choice::Authorize), T0 + 15_100);
+        assert_eq!(actions, vec![Action::AnswerClick(ClickToast::Opening)]);
+        let (_, actions) = step(&r, Input::Polled(PollAnswer::Pending), T0 + 15_200);
+        assert_eq!(
+            actions,
+            vec![Action::WakeAt(T0 + 15_200 + 5_000)],
+            "the answer arms the next poll at the server's interval"
+        );
     }
 
     #[test]
@@ -1076,6 +1174,56 @@ mod tests {
         assert_eq!(actions[2], vec![Action::ExchangeCode(code)]);
         assert_eq!(actions[3], vec![Action::CheckIdentity]);
         assert_eq!(r.state, SessionState::Authorized);
+    }
+
+    #[test]
+    fn a_refusal_on_the_authorization_page_ends_denied_and_cadence_is_tunable() {
+        let record = SessionRecord::new(
+            "sess_3".into(),
+            USER.into(),
+            vec!["offline_access".into()],
+            Some(CodeFlowProgress {
+                oauth_state: "st".into(),
+                code_verifier: Secret::new("verifier".into()),
+            }),
+            T0,
+            600_000,
+        );
+        let (r, actions) = run(
+            record,
+            vec![
+                (T0, Input::Begin),
+                (
+                    T0,
+                    Input::CardDelivered {
+                        message_id: "om".into(),
+                    },
+                ),
+                (T0 + 5, Input::AuthorizationDenied),
+            ],
+        );
+        assert_eq!(r.state, SessionState::Denied);
+        assert_eq!(actions[2], vec![Action::ShowCard(CardKind::Declined)]);
+
+        let fast = Cadence {
+            idle_factor: 1,
+            idle_min_ms: 0,
+            retry_ms: 100,
+        };
+        let (r, _) = run(new_device(), vec![(T0, Input::Begin), (T0, granted(1))]);
+        let (_, actions) = step_with(
+            &r,
+            Input::CardDelivered {
+                message_id: "om".into(),
+            },
+            T0,
+            &fast,
+        );
+        assert_eq!(
+            actions[1],
+            Action::WakeAt(T0 + 1_000),
+            "idle = server interval"
+        );
     }
 
     #[test]

@@ -1,5 +1,91 @@
-//! Authorization sessions. Today: the pure state machine ([`machine`]); the
-//! AuthSessionActor and RouterActor that drive it come next (issue 4).
+//! Authorization sessions: the pure state machine ([`machine`]), the typed cards
+//! ([`cards`]), the sealed session codec and its store actor ([`store`]), the shared
+//! token-endpoint pacer ([`pacer`]), the AuthSessionActor ([`actor`]) and the RouterActor
+//! ([`router`]) that owns them and consumes the long connection's output.
 
+pub mod actor;
 pub mod cards;
 pub mod machine;
+pub mod pacer;
+pub mod router;
+pub mod store;
+
+use std::time::Duration;
+
+use crate::config::{AuthFlow, Config};
+
+pub use self::actor::SessionView;
+pub use self::router::{
+    CountRunningSessions, GetPollPacerStatus, GetSession, OAuthRedirect, RedirectError,
+    RouterActor, RouterParts, StartAuthorization, StartError, StopRouter, Subscribe,
+};
+
+/// Everything the router and the sessions need to know from the configuration.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// The app id the grants belong to (`cli_…`).
+    pub app_id: String,
+    /// The app's name as the cards show it.
+    pub app_name: String,
+    /// Device (default) or authorization-code flow.
+    pub flow: AuthFlow,
+    /// Scopes requested when the caller names none (`offline_access` is always added).
+    pub default_scopes: Vec<String>,
+    /// How long a user has to decide.
+    pub session_timeout: Duration,
+    /// Registered redirect URI (authorization-code flow).
+    pub redirect_uri: String,
+    /// Language of cards and toasts.
+    pub locale: cards::CardLocale,
+    /// Open the authorize page inside Feishu through the AppLink wrapper.
+    pub use_applink: bool,
+    /// Let the Authorize button also report the click (polling speeds up).
+    pub report_authorize_click: bool,
+    /// The idle / retry poll cadence.
+    pub cadence: machine::Cadence,
+    /// New authorizations allowed per user within [`per_user_window`](Self::per_user_window).
+    /// Default 5.
+    pub per_user_limit: usize,
+    /// The window of the per-user limit. Default 60 s.
+    pub per_user_window: Duration,
+    /// Terminal sessions stay readable this long, then are pruned. Default 24 h.
+    pub terminal_ttl: Duration,
+    /// Lifetime of an event-id dedup mark: at least 7 h, since the platform redelivers an
+    /// unacked event after 15 s, 5 min, 1 h and 6 h. Default 7 h 30 min.
+    pub dedup_ttl: Duration,
+    /// How often expired marks and old terminal sessions are pruned. Default 10 min.
+    pub prune_period: Duration,
+    /// Token-endpoint requests per second shared by all sessions (`refresh.budget_per_sec`).
+    pub poll_budget_per_sec: u32,
+}
+
+impl SessionSettings {
+    /// Settings from the configuration's `[auth]` and `[refresh]` sections, defaults for
+    /// the rest. `app_id` comes from the resolved credentials (empty when unresolved).
+    pub fn from_config(config: &Config) -> SessionSettings {
+        let app_id = config
+            .app
+            .credentials
+            .as_ref()
+            .map(|c| c.app_id.clone())
+            .unwrap_or_default();
+        SessionSettings {
+            app_name: "lark-auth".into(),
+            app_id,
+            flow: config.auth.flow,
+            default_scopes: config.auth.default_scopes.clone(),
+            session_timeout: config.auth.session_timeout,
+            redirect_uri: config.auth.redirect_uri.clone(),
+            locale: cards::CardLocale::default(),
+            use_applink: true,
+            report_authorize_click: true,
+            cadence: machine::Cadence::default(),
+            per_user_limit: 5,
+            per_user_window: Duration::from_secs(60),
+            terminal_ttl: Duration::from_secs(24 * 3600),
+            dedup_ttl: Duration::from_secs(7 * 3600 + 1800),
+            prune_period: Duration::from_secs(600),
+            poll_budget_per_sec: config.refresh.budget_per_sec,
+        }
+    }
+}

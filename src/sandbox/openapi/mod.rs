@@ -164,6 +164,9 @@ pub enum OpenApiFault {
     /// answer is held back this long: a slow platform, or a lost answer when the client
     /// gives up first.
     Delay(Duration),
+    /// Device-code polls only: answer `slow_down` (RFC 8628 §3.5) as if polled too fast,
+    /// adding 5 s to that device code's interval like a real too-fast poll does.
+    SlowDown,
 }
 
 /// One request to the user token endpoint.
@@ -404,7 +407,7 @@ pub(crate) fn fault_answer(
                     .body("upstream unavailable"),
             );
         }
-        OpenApiFault::Delay(_) => return None,
+        OpenApiFault::Delay(_) | OpenApiFault::SlowDown => return None,
     };
     let body = if token_style {
         serde_json::json!({"code": code, "error": error, "error_description": text})

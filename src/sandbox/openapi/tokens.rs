@@ -277,7 +277,22 @@ async fn user_token(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared
     }
     let outcome = {
         let mut state = shared.lock();
-        let outcome = token_outcome(&shared, &mut state.openapi, &req, &p);
+        let outcome = if fault == Some(super::OpenApiFault::SlowDown) {
+            let now = state.openapi.now();
+            if let Some(grant) = p
+                .get("device_code")
+                .and_then(|c| state.openapi.devices.get_mut(c))
+            {
+                grant.interval += Duration::from_secs(5);
+                grant.last_poll = Some(now);
+            }
+            TokenOutcome::device(
+                "slow_down",
+                "Polling too fast; add 5 seconds to the interval.",
+            )
+        } else {
+            token_outcome(&shared, &mut state.openapi, &req, &p)
+        };
         record.code = outcome.body["code"].as_i64();
         record.error = outcome.body["error"].as_str().map(str::to_string);
         state.openapi.token_requests.push(record);

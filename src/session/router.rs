@@ -1,0 +1,712 @@
+//! The RouterActor: owns the authorization sessions and consumes the long connection.
+//!
+//! Accepts: [`StartAuthorization`], [`OAuthRedirect`], [`GetSession`], [`Subscribe`],
+//! [`StopRouter`]; from the ConnectionActor [`EventReceived`], [`CardActionReceived`],
+//! [`ConnectionStateChanged`] (plug [`RouterActor::outputs`] into it); from sessions
+//! [`SessionFinished`].
+//! Sends: [`Click`], [`CodeRedirect`], [`GetSessionView`], [`StopSession`] to
+//! AuthSessionActors; [`EventReceived`] to subscribers.
+//!
+//! - Keeps `session_id → Addr<AuthSessionActor>` for running sessions. A click or redirect
+//!   for a session that is not running reloads it from the store when it is not terminal;
+//!   a click on a finished session is answered with a toast, never replayed.
+//! - On start, resumes every non-terminal stored session (deadline and poll time kept);
+//!   messages wait until that is done.
+//! - Deduplicates redeliveries by `event_id` with store marks that survive restarts and
+//!   live [`SessionSettings::dedup_ttl`] (≥ 7 h); a redelivered click gets the first
+//!   answer again while it is remembered in memory. Expired marks and terminal sessions
+//!   older than [`SessionSettings::terminal_ttl`] are pruned every
+//!   [`SessionSettings::prune_period`].
+//! - Per user: at most [`SessionSettings::per_user_limit`] new sessions per window
+//!   ([`StartError::RateLimited`]); while one is in flight, a new request returns it.
+//! - Events other than card callbacks go to the subscribers of their `event_type`; events
+//!   nobody subscribed to are logged at debug (they were acked by the connection).
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::future::Either;
+use tracing::{debug, info, warn};
+
+use crate::config::AuthFlow;
+use crate::connection::{
+    CallbackFailed, CardActionReceived, ConnectionOutputs, ConnectionStateChanged, EventReceived,
+};
+use crate::openapi::oauth::OFFLINE_ACCESS;
+use crate::openapi::{OpenApiClient, PkcePair};
+use crate::protocol::event::{CardActionResponse, ToastKind};
+use crate::secret::Secret;
+use crate::store::Store;
+use crate::vault::{Keyring, TokenVaultActor, unix_now_ms};
+
+use super::SessionSettings;
+use super::actor::{
+    AuthSessionActor, Click, CodeRedirect, GetSessionView, SessionDeps, SessionFinished,
+    SessionView, StopSession, click_toast, finished_toast,
+};
+use super::cards::{ACTION_AUTHORIZE, ACTION_DECLINE, VALUE_SESSION_ID};
+use super::machine::{Choice, CodeFlowProgress, SessionRecord, SessionState};
+use super::pacer::{GetPacerStatus, PacerStatus, PollPacer};
+use super::store::{
+    FlushSessions, LoadSession, LoadSessions, MarkOnce, PruneSessions, PurgeMarks, PutSession,
+    SessionCodec, SessionStoreActor, SessionStoreError,
+};
+
+/// How many click answers are remembered for redeliveries.
+const ANSWERS_REMEMBERED: usize = 4096;
+/// Expired marks deleted per prune round.
+const MARKS_PER_PRUNE: usize = 10_000;
+
+// ----- messages ------------------------------------------------------------------------
+
+/// Starts an authorization of `open_id` (control API `POST /v1/authorizations`, CLI,
+/// library). Replies once the session is stored, with its view (`created`), or with the
+/// session already in flight for that user.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<SessionView, StartError>")]
+pub struct StartAuthorization {
+    /// The user (`ou_…`).
+    pub open_id: String,
+    /// Scopes; empty means the configured default. `offline_access` is always added.
+    pub scopes: Vec<String>,
+}
+
+/// Why [`StartAuthorization`] was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The user reached the per-user limit of new authorizations (`429`): retry after
+    /// `retry_after`.
+    #[error("too many authorizations for this user; retry in {} s", retry_after.as_secs().max(1))]
+    RateLimited {
+        /// When the oldest counted request leaves the window.
+        retry_after: Duration,
+    },
+    /// `open_id` is empty or contains a NUL byte (`400`).
+    #[error("invalid open_id")]
+    InvalidOpenId,
+    /// The session could not be stored (`503`); nothing was sent to the user.
+    #[error("cannot store the session: {0}")]
+    Store(#[from] SessionStoreError),
+    /// The router or its store is gone (service stopping).
+    #[error("the session router is stopping")]
+    Stopping,
+}
+
+/// The authorization-code redirect (`GET /oauth/callback?code&state` or
+/// `?error=access_denied&state`). Replies the session's view after the code was handed
+/// to it (the exchange continues in the background).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<SessionView, RedirectError>")]
+pub struct OAuthRedirect {
+    /// `state` as received.
+    pub state: String,
+    /// `code`, when the user consented.
+    pub code: Option<Secret<String>>,
+    /// `error`, e.g. `access_denied`, when the user refused.
+    pub error: Option<String>,
+}
+
+/// Why a redirect was not accepted. The landing page shows the message; no exchange was
+/// made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedirectError {
+    /// No session issued this `state` (forged, or the session was pruned).
+    #[error("unknown authorization request: start again from the card")]
+    UnknownState,
+    /// This `state` was already used: a redirect is accepted once.
+    #[error("this authorization link was already used")]
+    StateAlreadyUsed,
+    /// The session has ended (expired, declined, failed, authorized).
+    #[error("this authorization has already ended ({0})")]
+    SessionEnded(&'static str),
+    /// Neither `code` nor `error` was given.
+    #[error("the redirect carries no code")]
+    MissingCode,
+    /// The router or the session is stopping.
+    #[error("the service is stopping")]
+    Stopping,
+}
+
+/// Reads a session's view: the running session's last stored state, or the stored
+/// record. `Ok(None)`: no such session (never existed or pruned).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Option<SessionView>, SessionStoreError>")]
+pub struct GetSession {
+    /// The session.
+    pub session_id: String,
+}
+
+/// Registers `recipient` for every event of `event_type` (e.g. `im.message.receive_v1`)
+/// received over the long connection (after dedup).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    /// `header.event_type`.
+    pub event_type: String,
+    /// Receives each event.
+    pub recipient: Recipient<EventReceived>,
+}
+
+/// Stops every session actor (their records stay, so they resume on the next start),
+/// flushes the store and stops the router. Replies when flushed.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct StopRouter;
+
+/// Asks the shared pacer's status (queue length for metrics).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<PacerStatus, MailboxError>")]
+pub struct GetPollPacerStatus;
+
+/// How many sessions are running.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "usize")]
+pub struct CountRunningSessions;
+
+// ----- the actor -----------------------------------------------------------------------
+
+/// Where a session was found.
+enum Found {
+    Running(Addr<AuthSessionActor>),
+    Finished(SessionState),
+    Unknown,
+}
+
+/// What the router is built from.
+pub struct RouterParts {
+    /// The OpenAPI client (built on this System's thread).
+    pub client: OpenApiClient,
+    /// The store holding sessions and dedup marks (the vault's store).
+    pub store: Arc<dyn Store>,
+    /// The vault keyring: session secrets are sealed with its current key.
+    pub keyring: Keyring,
+    /// Where grants go.
+    pub vault: Addr<TokenVaultActor>,
+    /// Settings.
+    pub settings: SessionSettings,
+}
+
+/// The router; see the module docs.
+pub struct RouterActor {
+    deps: SessionDeps,
+    sessions: HashMap<String, Addr<AuthSessionActor>>,
+    in_flight_by_user: HashMap<String, String>,
+    starts: HashMap<String, VecDeque<u64>>,
+    oauth_states: HashMap<String, String>,
+    used_states: HashMap<String, String>,
+    subscribers: HashMap<String, Vec<Recipient<EventReceived>>>,
+    answers: HashMap<String, CardActionResponse>,
+    answer_order: VecDeque<String>,
+}
+
+impl RouterActor {
+    /// Starts the router (with its session store thread and the poll pacer) on the
+    /// current System; it first resumes the stored non-terminal sessions.
+    ///
+    /// # Errors
+    /// [`SessionStoreError::BadKeyring`] when the keyring lists a key id twice.
+    pub fn start(parts: RouterParts) -> Result<Addr<RouterActor>, SessionStoreError> {
+        let codec = SessionCodec::new(&parts.keyring)?;
+        let store = SessionStoreActor::start(parts.store, codec);
+        let pacer = PollPacer::new(parts.settings.poll_budget_per_sec).start();
+        let settings = Rc::new(parts.settings);
+        Ok(RouterActor::create(move |ctx| RouterActor {
+            deps: SessionDeps {
+                client: parts.client,
+                store,
+                vault: parts.vault,
+                pacer,
+                finished: ctx.address().recipient(),
+                settings,
+            },
+            sessions: HashMap::new(),
+            in_flight_by_user: HashMap::new(),
+            starts: HashMap::new(),
+            oauth_states: HashMap::new(),
+            used_states: HashMap::new(),
+            subscribers: HashMap::new(),
+            answers: HashMap::new(),
+            answer_order: VecDeque::new(),
+        }))
+    }
+
+    /// The recipients bundle to give the ConnectionActor.
+    pub fn outputs(addr: &Addr<RouterActor>) -> ConnectionOutputs {
+        ConnectionOutputs {
+            events: addr.clone().recipient(),
+            card_actions: addr.clone().recipient(),
+            states: addr.clone().recipient(),
+        }
+    }
+
+    fn spawn_session(&mut self, record: SessionRecord, resumed: bool) -> Addr<AuthSessionActor> {
+        let id = record.session_id.clone();
+        self.in_flight_by_user
+            .insert(record.open_id.clone(), id.clone());
+        if let Some(flow) = &record.code_flow {
+            self.oauth_states
+                .insert(flow.oauth_state.clone(), id.clone());
+        }
+        let addr = AuthSessionActor::new(record, resumed, self.deps.clone()).start();
+        self.sessions.insert(id, addr.clone());
+        addr
+    }
+
+    fn remember_answer(&mut self, event_id: String, answer: CardActionResponse) {
+        if self.answers.insert(event_id.clone(), answer).is_none() {
+            self.answer_order.push_back(event_id);
+        }
+        while self.answer_order.len() > ANSWERS_REMEMBERED {
+            if let Some(old) = self.answer_order.pop_front() {
+                self.answers.remove(&old);
+            }
+        }
+    }
+
+    /// The running actor of `session_id`, reloading it from the store when it is not
+    /// terminal.
+    fn find_session(
+        &mut self,
+        session_id: String,
+    ) -> ResponseActFuture<Self, Result<Found, SessionStoreError>> {
+        if let Some(addr) = self.sessions.get(&session_id) {
+            return Box::pin(fut::ready(Ok(Found::Running(addr.clone()))));
+        }
+        let load = self.deps.store.send(LoadSession { session_id });
+        Box::pin(load.into_actor(self).map(|res, act, _| {
+            let Ok(record) = res else {
+                return Ok(Found::Unknown);
+            };
+            let Some(record) = record? else {
+                return Ok(Found::Unknown);
+            };
+            if let Some(addr) = act.sessions.get(&record.session_id) {
+                return Ok(Found::Running(addr.clone()));
+            }
+            if record.state.is_terminal() {
+                return Ok(Found::Finished(record.state));
+            }
+            info!(session_id = %record.session_id, "session reloaded from the store");
+            Ok(Found::Running(act.spawn_session(record, true)))
+        }))
+    }
+
+    fn prune(&mut self, ctx: &mut Context<Self>) {
+        let now = unix_now_ms();
+        let settings = &self.deps.settings;
+        let cutoff = now.saturating_sub(settings.terminal_ttl.as_millis() as u64);
+        let store = self.deps.store.clone();
+        ctx.spawn(
+            async move {
+                if let Ok(Ok(n)) = store
+                    .send(PruneSessions {
+                        terminal_before_ms: cutoff,
+                    })
+                    .await
+                    && n > 0
+                {
+                    info!(pruned = n, "terminal sessions pruned");
+                }
+                if let Ok(Ok(n)) = store
+                    .send(PurgeMarks {
+                        now_ms: now,
+                        limit: MARKS_PER_PRUNE,
+                    })
+                    .await
+                    && n > 0
+                {
+                    debug!(purged = n, "expired dedup marks purged");
+                }
+            }
+            .into_actor(self),
+        );
+        let used: Vec<String> = self
+            .used_states
+            .iter()
+            .filter(|(_, id)| !self.sessions.contains_key(*id))
+            .map(|(s, _)| s.clone())
+            .collect();
+        for state in used {
+            self.used_states.remove(&state);
+        }
+    }
+}
+
+impl Actor for RouterActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let load = self.deps.store.send(LoadSessions);
+        ctx.wait(load.into_actor(self).map(|res, act, _| {
+            let records = match res {
+                Ok(Ok(records)) => records,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "stored sessions could not be listed; none resumed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let mut resumed = 0;
+            for record in records {
+                if !record.state.is_terminal() {
+                    act.spawn_session(record, true);
+                    resumed += 1;
+                }
+            }
+            if resumed > 0 {
+                info!(resumed, "authorization sessions resumed");
+            }
+        }));
+        let period = self.deps.settings.prune_period;
+        ctx.run_interval(period, |act, ctx| act.prune(ctx));
+    }
+}
+
+impl Handler<StartAuthorization> for RouterActor {
+    type Result = AtomicResponse<Self, Result<SessionView, StartError>>;
+
+    fn handle(&mut self, msg: StartAuthorization, _: &mut Context<Self>) -> Self::Result {
+        if msg.open_id.is_empty() || msg.open_id.contains('\0') {
+            return AtomicResponse::new(Box::pin(fut::ready(Err(StartError::InvalidOpenId))));
+        }
+        if let Some(addr) = self
+            .in_flight_by_user
+            .get(&msg.open_id)
+            .and_then(|id| self.sessions.get(id))
+        {
+            let view = addr.send(GetSessionView);
+            return AtomicResponse::new(Box::pin(
+                view.into_actor(self)
+                    .map(|res, _, _| res.map_err(|_| StartError::Stopping)),
+            ));
+        }
+        let now = unix_now_ms();
+        let settings = self.deps.settings.clone();
+        let window = settings.per_user_window.as_millis() as u64;
+        let starts = self.starts.entry(msg.open_id.clone()).or_default();
+        while starts.front().is_some_and(|t| t + window <= now) {
+            starts.pop_front();
+        }
+        if starts.len() >= settings.per_user_limit {
+            let oldest = starts.front().copied().unwrap_or(now);
+            return AtomicResponse::new(Box::pin(fut::ready(Err(StartError::RateLimited {
+                retry_after: Duration::from_millis((oldest + window).saturating_sub(now)),
+            }))));
+        }
+        starts.push_back(now);
+
+        let mut scopes = if msg.scopes.is_empty() {
+            settings.default_scopes.clone()
+        } else {
+            msg.scopes
+        };
+        if !scopes.iter().any(|s| s == OFFLINE_ACCESS) {
+            scopes.push(OFFLINE_ACCESS.to_string());
+        }
+        let code_flow = (settings.flow == AuthFlow::AuthorizationCode).then(|| CodeFlowProgress {
+            oauth_state: uuid::Uuid::new_v4().simple().to_string(),
+            code_verifier: PkcePair::generate().verifier,
+        });
+        let session_id = format!("as_{}", uuid::Uuid::new_v4().simple());
+        let record = SessionRecord::new(
+            session_id,
+            msg.open_id,
+            scopes,
+            code_flow,
+            now,
+            settings.session_timeout.as_millis() as u64,
+        );
+        let write = self.deps.store.send(PutSession {
+            record: record.clone(),
+        });
+        AtomicResponse::new(Box::pin(write.into_actor(self).map(move |res, act, _| {
+            match res {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(StartError::Store(e)),
+                Err(_) => return Err(StartError::Stopping),
+            }
+            let view = SessionView::of(&record);
+            info!(session_id = %record.session_id, open_id = %record.open_id, "authorization session started");
+            act.spawn_session(record, false);
+            Ok(view)
+        })))
+    }
+}
+
+impl Handler<OAuthRedirect> for RouterActor {
+    type Result = ResponseActFuture<Self, Result<SessionView, RedirectError>>;
+
+    fn handle(&mut self, msg: OAuthRedirect, _: &mut Context<Self>) -> Self::Result {
+        let Some(session_id) = self.oauth_states.get(&msg.state).cloned() else {
+            let err = if self.used_states.contains_key(&msg.state) {
+                RedirectError::StateAlreadyUsed
+            } else {
+                RedirectError::UnknownState
+            };
+            return Box::pin(fut::ready(Err(err)));
+        };
+        let code = match (msg.code, msg.error.as_deref()) {
+            (Some(code), _) => Some(code),
+            (None, Some(error)) => {
+                info!(session_id, error, "authorization refused on the page");
+                None
+            }
+            (None, None) => return Box::pin(fut::ready(Err(RedirectError::MissingCode))),
+        };
+        // One use per state: the next redirect with it is refused.
+        self.oauth_states.remove(&msg.state);
+        self.used_states.insert(msg.state, session_id.clone());
+        Box::pin(
+            self.find_session(session_id)
+                .then(move |found, act, _| {
+                    let addr = match found {
+                        Ok(Found::Running(addr)) => addr,
+                        Ok(Found::Finished(state)) => {
+                            return Either::Left(fut::ready(Err(RedirectError::SessionEnded(
+                                state.as_str(),
+                            ))));
+                        }
+                        Ok(Found::Unknown) => {
+                            return Either::Left(fut::ready(Err(RedirectError::UnknownState)));
+                        }
+                        Err(_) => return Either::Left(fut::ready(Err(RedirectError::Stopping))),
+                    };
+                    Either::Right(
+                        addr.send(CodeRedirect { code })
+                            .into_actor(act)
+                            .map(|res, _, _| res.map_err(|_| RedirectError::Stopping)),
+                    )
+                })
+                .map(|res, _, _| {
+                    let view = res?;
+                    if view.state.is_terminal() && view.state != SessionState::Denied {
+                        return Err(RedirectError::SessionEnded(view.state.as_str()));
+                    }
+                    Ok(view)
+                }),
+        )
+    }
+}
+
+impl Handler<GetSession> for RouterActor {
+    type Result = ResponseFuture<Result<Option<SessionView>, SessionStoreError>>;
+
+    fn handle(&mut self, msg: GetSession, _: &mut Context<Self>) -> Self::Result {
+        if let Some(addr) = self.sessions.get(&msg.session_id) {
+            let addr = addr.clone();
+            let store = self.deps.store.clone();
+            return Box::pin(async move {
+                match addr.send(GetSessionView).await {
+                    Ok(view) => Ok(Some(view)),
+                    // Stopped in between: read what it stored.
+                    Err(_) => Ok(store
+                        .send(LoadSession {
+                            session_id: msg.session_id,
+                        })
+                        .await
+                        .map_err(|_| SessionStoreError::BadKeyring)??
+                        .map(|r| SessionView::of(&r))),
+                }
+            });
+        }
+        let store = self.deps.store.clone();
+        Box::pin(async move {
+            match store
+                .send(LoadSession {
+                    session_id: msg.session_id,
+                })
+                .await
+            {
+                Ok(res) => Ok(res?.map(|r| SessionView::of(&r))),
+                Err(_) => Ok(None),
+            }
+        })
+    }
+}
+
+impl Handler<Subscribe> for RouterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
+        self.subscribers
+            .entry(msg.event_type)
+            .or_default()
+            .push(msg.recipient);
+    }
+}
+
+impl Handler<StopRouter> for RouterActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: StopRouter, _: &mut Context<Self>) -> Self::Result {
+        for (_, addr) in self.sessions.drain() {
+            addr.do_send(StopSession);
+        }
+        self.in_flight_by_user.clear();
+        let flush = self.deps.store.send(FlushSessions);
+        Box::pin(flush.into_actor(self).map(|res, _, ctx| {
+            if let Ok(Err(e)) = res {
+                warn!(error = %e, "session store flush failed on stop");
+            }
+            ctx.stop();
+        }))
+    }
+}
+
+impl Handler<GetPollPacerStatus> for RouterActor {
+    type Result = ResponseFuture<Result<PacerStatus, MailboxError>>;
+
+    fn handle(&mut self, _: GetPollPacerStatus, _: &mut Context<Self>) -> Self::Result {
+        let pacer = self.deps.pacer.clone();
+        Box::pin(async move { pacer.send(GetPacerStatus).await })
+    }
+}
+
+impl Handler<CountRunningSessions> for RouterActor {
+    type Result = usize;
+
+    fn handle(&mut self, _: CountRunningSessions, _: &mut Context<Self>) -> usize {
+        self.sessions.len()
+    }
+}
+
+impl Handler<SessionFinished> for RouterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionFinished, _: &mut Context<Self>) {
+        self.sessions.remove(&msg.session_id);
+        if self.in_flight_by_user.get(&msg.open_id) == Some(&msg.session_id) {
+            self.in_flight_by_user.remove(&msg.open_id);
+        }
+        self.oauth_states.retain(|_, id| *id != msg.session_id);
+        debug!(session_id = %msg.session_id, state = msg.state.as_str(), "session actor finished");
+    }
+}
+
+fn dedup_mark(event_id: &str) -> Vec<u8> {
+    let mut mark = b"event/".to_vec();
+    mark.extend_from_slice(event_id.as_bytes());
+    mark
+}
+
+impl Handler<EventReceived> for RouterActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: EventReceived, _: &mut Context<Self>) -> Self::Result {
+        let now = unix_now_ms();
+        let mark = self.deps.store.send(MarkOnce {
+            mark: dedup_mark(&msg.event_id),
+            expires_at_ms: now + self.deps.settings.dedup_ttl.as_millis() as u64,
+            now_ms: now,
+        });
+        Box::pin(mark.into_actor(self).map(move |res, act, _| {
+            match res {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => {
+                    debug!(event_id = %msg.event_id, "redelivered event dropped");
+                    return;
+                }
+                // A failing store must not drop events: forward (maybe twice).
+                _ => warn!(event_id = %msg.event_id, "dedup mark not set"),
+            }
+            match act.subscribers.get_mut(&msg.event_type) {
+                Some(list) => {
+                    list.retain(|r| r.connected());
+                    for r in list.iter() {
+                        r.do_send(msg.clone());
+                    }
+                }
+                None => debug!(event_id = %msg.event_id, event_type = %msg.event_type, "event without subscriber"),
+            }
+        }))
+    }
+}
+
+impl Handler<CardActionReceived> for RouterActor {
+    type Result = ResponseActFuture<Self, Result<CardActionResponse, CallbackFailed>>;
+
+    fn handle(&mut self, msg: CardActionReceived, _: &mut Context<Self>) -> Self::Result {
+        if let Some(answer) = self.answers.get(&msg.event_id) {
+            debug!(event_id = %msg.event_id, "redelivered click answered again");
+            return Box::pin(fut::ready(Ok(answer.clone())));
+        }
+        let value = &msg.trigger.action.value;
+        let session_id = value.get_str(VALUE_SESSION_ID).map(str::to_string);
+        let choice = match value.get_str("action") {
+            Some(ACTION_AUTHORIZE) => Some(Choice::Authorize),
+            Some(ACTION_DECLINE) => Some(Choice::Decline),
+            _ => None,
+        };
+        let (Some(session_id), Some(choice)) = (session_id, choice) else {
+            debug!(event_id = %msg.event_id, "card callback of another feature");
+            return Box::pin(fut::ready(Ok(CardActionResponse::default())));
+        };
+        let now = unix_now_ms();
+        let mark = self.deps.store.send(MarkOnce {
+            mark: dedup_mark(&msg.event_id),
+            expires_at_ms: now + self.deps.settings.dedup_ttl.as_millis() as u64,
+            now_ms: now,
+        });
+        let event_id = msg.event_id.clone();
+        let locale = self.deps.settings.locale;
+        let click = Click {
+            operator_open_id: msg.trigger.operator.open_id.clone(),
+            choice,
+            card_token: msg.trigger.token.clone(),
+        };
+        Box::pin(
+            mark.into_actor(self)
+                .then(move |res, act, _| {
+                    if let Ok(Ok(false)) = res {
+                        debug!(event_id = %event_id, "redelivered click after restart: not replayed");
+                        return Either::Left(fut::ready(Ok(None)));
+                    }
+                    Either::Right(act.find_session(session_id).map(|found, _, _| Ok(Some(found))))
+                })
+                .then(move |found: Result<Option<_>, CallbackFailed>, act, _| {
+                    let unknown = || CardActionResponse {
+                        toast: Some(click_toast(
+                            ToastKind::Warning,
+                            "此授权请求已失效".into(),
+                            "This authorization request is no longer valid".into(),
+                            locale,
+                        )),
+                        card: None,
+                    };
+                    let answer = match found {
+                        Ok(None) => Ok(CardActionResponse::default()),
+                        Ok(Some(Ok(Found::Running(addr)))) => {
+                            return Either::Right(addr.send(click).into_actor(act).map(
+                                |res, _, _| res.map_err(|e| CallbackFailed(e.to_string())),
+                            ));
+                        }
+                        Ok(Some(Ok(Found::Unknown))) => Ok(unknown()),
+                        Ok(Some(Ok(Found::Finished(state)))) => Ok(CardActionResponse {
+                            toast: Some(finished_toast(state, locale)),
+                            card: None,
+                        }),
+                        Ok(Some(Err(e))) => Err(CallbackFailed(e.to_string())),
+                        Err(e) => Err(e),
+                    };
+                    Either::Left(fut::ready(answer))
+                })
+                .map(move |answer, act, _| {
+                    if let Ok(a) = &answer {
+                        act.remember_answer(msg.event_id, a.clone());
+                    }
+                    answer
+                }),
+        )
+    }
+}
+
+impl Handler<ConnectionStateChanged> for RouterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ConnectionStateChanged, _: &mut Context<Self>) {
+        debug!(state = msg.state.as_str(), "long connection state");
+    }
+}

@@ -1,0 +1,435 @@
+//! Session persistence: the sealed codec of a [`SessionRecord`] and the SessionStoreActor
+//! that writes records, dedup marks and prunes through the [`Store`] trait.
+//!
+//! Accepts: [`PutSession`], [`LoadSession`], [`LoadSessions`], [`PruneSessions`],
+//! [`MarkOnce`], [`PurgeMarks`], [`FlushSessions`]. Sends nothing.
+//!
+//! Encoding (format 1): `0x01 ‖ u32 len ‖ clear JSON ‖ flag` and, when the record holds a
+//! secret (device code, PKCE `code_verifier`), `‖ u32 key id ‖ sealed JSON` sealed with
+//! the vault keyring's current key (XChaCha20-Poly1305, [`crate::vault::seal`]), bound to
+//! the session id and the clear part. The clear part is the record's serde form, whose
+//! secrets are redacted, so nothing secret is ever written in clear.
+//!
+//! Threading: the store blocks, so the actor runs on a one-thread `SyncArbiter`. One
+//! thread also keeps writes in the order they were sent: a session's transitions reach the
+//! store in the order the session made them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::secret::Secret;
+use crate::store::{Store, StoreError};
+use crate::vault::seal::{self, KeyId, Keyring, VaultKey};
+
+use super::machine::SessionRecord;
+
+/// Format byte of an encoded session record.
+pub const SESSION_FORMAT_V1: u8 = 1;
+
+/// Errors of session persistence.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionStoreError {
+    /// The store failed (I/O, disk full): the transition was not recorded; the session
+    /// keeps its previous state.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored record cannot be read (damaged bytes, unknown format, tag mismatch). It is
+    /// skipped; delete it by id once inspected.
+    #[error("session {session_id} unreadable: {reason}")]
+    Corrupt {
+        /// The record's id.
+        session_id: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The record was sealed with a key id that the keyring does not hold: add the old key
+    /// to the keyring's `old` keys.
+    #[error("session {session_id} sealed with key {key_id}, not in the keyring")]
+    UnknownKey {
+        /// The record's id.
+        session_id: String,
+        /// The key id named by the record.
+        key_id: KeyId,
+    },
+    /// The keyring lists a key id twice.
+    #[error("the keyring lists a key id twice")]
+    BadKeyring,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Sealed {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    code_verifier: Option<String>,
+}
+
+fn aad(session_id: &str, clear: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(24 + session_id.len() + clear.len());
+    aad.extend_from_slice(b"lark-auth/session/v1\0");
+    aad.extend_from_slice(session_id.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(clear);
+    aad
+}
+
+/// Encodes and decodes session records with their secrets sealed.
+#[derive(Debug, Clone)]
+pub struct SessionCodec {
+    current: (KeyId, VaultKey),
+    keys: Arc<BTreeMap<KeyId, VaultKey>>,
+}
+
+impl SessionCodec {
+    /// A codec sealing with `keyring.current` and opening with any keyring key.
+    ///
+    /// # Errors
+    /// [`SessionStoreError::BadKeyring`] when a key id is listed twice.
+    pub fn new(keyring: &Keyring) -> Result<SessionCodec, SessionStoreError> {
+        let keys = keyring.index().map_err(|_| SessionStoreError::BadKeyring)?;
+        Ok(SessionCodec {
+            current: keyring.current.clone(),
+            keys: Arc::new(keys),
+        })
+    }
+
+    /// The stored bytes of `record`.
+    pub fn encode(&self, record: &SessionRecord) -> Vec<u8> {
+        let clear = serde_json::to_vec(record).expect("a session record always serializes");
+        let secrets = Sealed {
+            device_code: record
+                .device
+                .as_ref()
+                .map(|d| d.device_code.expose().clone()),
+            code_verifier: record
+                .code_flow
+                .as_ref()
+                .map(|c| c.code_verifier.expose().clone()),
+        };
+        let mut out = Vec::with_capacity(96 + clear.len());
+        out.push(SESSION_FORMAT_V1);
+        out.extend_from_slice(&(clear.len() as u32).to_be_bytes());
+        out.extend_from_slice(&clear);
+        if secrets.device_code.is_none() && secrets.code_verifier.is_none() {
+            out.push(0);
+            return out;
+        }
+        out.push(1);
+        let plaintext = serde_json::to_vec(&secrets).expect("secrets serialize");
+        let (key_id, key) = &self.current;
+        out.extend_from_slice(&key_id.to_be_bytes());
+        out.extend_from_slice(&seal::seal(
+            key,
+            &aad(&record.session_id, &clear),
+            &plaintext,
+        ));
+        out
+    }
+
+    /// Reads the clear part only (no key needed): for listings and pruning.
+    ///
+    /// # Errors
+    /// [`SessionStoreError::Corrupt`].
+    pub fn decode_clear(
+        session_id: &str,
+        bytes: &[u8],
+    ) -> Result<SessionRecord, SessionStoreError> {
+        let (clear, _) = split(session_id, bytes)?;
+        serde_json::from_slice(clear).map_err(|e| corrupt(session_id, &e.to_string()))
+    }
+
+    /// Decodes a stored record with its secrets.
+    ///
+    /// # Errors
+    /// [`SessionStoreError::Corrupt`], [`SessionStoreError::UnknownKey`].
+    pub fn decode(
+        &self,
+        session_id: &str,
+        bytes: &[u8],
+    ) -> Result<SessionRecord, SessionStoreError> {
+        let (clear, rest) = split(session_id, bytes)?;
+        let mut record: SessionRecord =
+            serde_json::from_slice(clear).map_err(|e| corrupt(session_id, &e.to_string()))?;
+        if record.session_id != session_id {
+            return Err(corrupt(session_id, "stored under another id"));
+        }
+        let secrets = match rest.split_first() {
+            Some((0, [])) => Sealed::default(),
+            Some((1, sealed)) => {
+                let (id, sealed) = sealed
+                    .split_first_chunk::<4>()
+                    .ok_or_else(|| corrupt(session_id, "truncated key id"))?;
+                let key_id = KeyId::from_be_bytes(*id);
+                let key = self
+                    .keys
+                    .get(&key_id)
+                    .ok_or_else(|| SessionStoreError::UnknownKey {
+                        session_id: session_id.to_string(),
+                        key_id,
+                    })?;
+                let plain = seal::open(key, &aad(session_id, clear), sealed)
+                    .ok_or_else(|| corrupt(session_id, "sealed part does not verify"))?;
+                serde_json::from_slice(&plain).map_err(|e| corrupt(session_id, &e.to_string()))?
+            }
+            _ => return Err(corrupt(session_id, "bad secrets flag")),
+        };
+        if let Some(device) = record.device.as_mut() {
+            let code = secrets
+                .device_code
+                .ok_or_else(|| corrupt(session_id, "device code missing"))?;
+            device.device_code = Secret::new(code);
+        }
+        if let Some(flow) = record.code_flow.as_mut() {
+            let verifier = secrets
+                .code_verifier
+                .ok_or_else(|| corrupt(session_id, "code_verifier missing"))?;
+            flow.code_verifier = Secret::new(verifier);
+        }
+        Ok(record)
+    }
+}
+
+fn corrupt(session_id: &str, reason: &str) -> SessionStoreError {
+    SessionStoreError::Corrupt {
+        session_id: session_id.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn split<'a>(session_id: &str, bytes: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), SessionStoreError> {
+    let Some((&SESSION_FORMAT_V1, rest)) = bytes.split_first() else {
+        return Err(corrupt(session_id, "unknown format"));
+    };
+    let (len, rest) = rest
+        .split_first_chunk::<4>()
+        .ok_or_else(|| corrupt(session_id, "truncated"))?;
+    let len = u32::from_be_bytes(*len) as usize;
+    if rest.len() < len {
+        return Err(corrupt(session_id, "truncated"));
+    }
+    Ok(rest.split_at(len))
+}
+
+// ----- messages ------------------------------------------------------------------------
+
+/// Writes a session record (the session actor, before it performs a transition's actions;
+/// the router, before it answers a new session). Not flushed: sled writes it out within
+/// its flush interval, and [`FlushSessions`] forces it.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), SessionStoreError>")]
+pub struct PutSession {
+    /// The record (secrets are sealed on the store thread).
+    pub record: SessionRecord,
+}
+
+/// Reads one session record with its secrets. `Ok(None)`: no such session.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Option<SessionRecord>, SessionStoreError>")]
+pub struct LoadSession {
+    /// The session.
+    pub session_id: String,
+}
+
+/// Reads every session record (on start, to resume). Unreadable records are logged and
+/// skipped.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Vec<SessionRecord>, SessionStoreError>")]
+pub struct LoadSessions;
+
+/// Deletes terminal sessions last changed before `terminal_before_ms` (unix ms). Replies
+/// how many were deleted.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<usize, SessionStoreError>")]
+pub struct PruneSessions {
+    /// Cut-off, unix ms.
+    pub terminal_before_ms: u64,
+}
+
+/// Sets a dedup mark unless set ([`Store::mark_once`]). Replies true on first sighting.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<bool, SessionStoreError>")]
+pub struct MarkOnce {
+    /// The mark's key.
+    pub mark: Vec<u8>,
+    /// Expiry, unix ms.
+    pub expires_at_ms: u64,
+    /// Now, unix ms.
+    pub now_ms: u64,
+}
+
+/// Deletes up to `limit` expired marks ([`Store::purge_marks`]); replies how many.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<usize, SessionStoreError>")]
+pub struct PurgeMarks {
+    /// Now, unix ms.
+    pub now_ms: u64,
+    /// Most marks deleted by this call.
+    pub limit: usize,
+}
+
+/// Makes every write so far durable (fsync).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<(), SessionStoreError>")]
+pub struct FlushSessions;
+
+/// The session store actor; see the module docs.
+pub struct SessionStoreActor {
+    store: Arc<dyn Store>,
+    codec: SessionCodec,
+}
+
+impl SessionStoreActor {
+    /// Starts the actor on its own thread.
+    pub fn start(store: Arc<dyn Store>, codec: SessionCodec) -> Addr<SessionStoreActor> {
+        SyncArbiter::start(1, move || SessionStoreActor {
+            store: store.clone(),
+            codec: codec.clone(),
+        })
+    }
+}
+
+impl Actor for SessionStoreActor {
+    type Context = SyncContext<Self>;
+}
+
+impl Handler<PutSession> for SessionStoreActor {
+    type Result = Result<(), SessionStoreError>;
+
+    fn handle(&mut self, msg: PutSession, _: &mut Self::Context) -> Self::Result {
+        let bytes = self.codec.encode(&msg.record);
+        self.store.put_session(&msg.record.session_id, &bytes)?;
+        Ok(())
+    }
+}
+
+impl Handler<LoadSession> for SessionStoreActor {
+    type Result = Result<Option<SessionRecord>, SessionStoreError>;
+
+    fn handle(&mut self, msg: LoadSession, _: &mut Self::Context) -> Self::Result {
+        match self.store.get_session(&msg.session_id)? {
+            Some(bytes) => self.codec.decode(&msg.session_id, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Handler<LoadSessions> for SessionStoreActor {
+    type Result = Result<Vec<SessionRecord>, SessionStoreError>;
+
+    fn handle(&mut self, _: LoadSessions, _: &mut Self::Context) -> Self::Result {
+        let mut out = Vec::new();
+        for (id, bytes) in self.store.list_sessions()? {
+            match self.codec.decode(&id, &bytes) {
+                Ok(record) => out.push(record),
+                Err(e) => warn!(session_id = %id, error = %e, "session record skipped"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Handler<PruneSessions> for SessionStoreActor {
+    type Result = Result<usize, SessionStoreError>;
+
+    fn handle(&mut self, msg: PruneSessions, _: &mut Self::Context) -> Self::Result {
+        let mut pruned = 0;
+        for (id, bytes) in self.store.list_sessions()? {
+            let Ok(record) = SessionCodec::decode_clear(&id, &bytes) else {
+                continue;
+            };
+            if record.state.is_terminal()
+                && record.updated_at_ms < msg.terminal_before_ms
+                && self.store.delete_session(&id)?
+            {
+                pruned += 1;
+            }
+        }
+        Ok(pruned)
+    }
+}
+
+impl Handler<MarkOnce> for SessionStoreActor {
+    type Result = Result<bool, SessionStoreError>;
+
+    fn handle(&mut self, msg: MarkOnce, _: &mut Self::Context) -> Self::Result {
+        Ok(self
+            .store
+            .mark_once(&msg.mark, msg.expires_at_ms, msg.now_ms)?)
+    }
+}
+
+impl Handler<PurgeMarks> for SessionStoreActor {
+    type Result = Result<usize, SessionStoreError>;
+
+    fn handle(&mut self, msg: PurgeMarks, _: &mut Self::Context) -> Self::Result {
+        Ok(self.store.purge_marks(msg.now_ms, msg.limit)?)
+    }
+}
+
+impl Handler<FlushSessions> for SessionStoreActor {
+    type Result = Result<(), SessionStoreError>;
+
+    fn handle(&mut self, _: FlushSessions, _: &mut Self::Context) -> Self::Result {
+        Ok(self.store.flush()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::machine::{CodeFlowProgress, DeviceProgress};
+
+    fn record() -> SessionRecord {
+        let mut r = SessionRecord::new(
+            "as_1".into(),
+            "ou_1".into(),
+            vec!["offline_access".into()],
+            Some(CodeFlowProgress {
+                oauth_state: "st".into(),
+                code_verifier: Secret::new("verifier-secret-value".into()),
+            }),
+            1,
+            1000,
+        );
+        r.device = Some(DeviceProgress {
+            device_code: Secret::new("device-secret-value".into()),
+            verification_uri_complete: "https://x.test/v?user_code=AB".into(),
+            interval_secs: 5,
+            expires_at_ms: 9,
+        });
+        r
+    }
+
+    #[test]
+    fn secrets_are_sealed_and_round_trip() {
+        let keyring = Keyring::single(1, VaultKey::generate());
+        let codec = SessionCodec::new(&keyring).unwrap();
+        let r = record();
+        let bytes = codec.encode(&r);
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("device-secret-value"));
+        assert!(!text.contains("verifier-secret-value"));
+        assert_eq!(codec.decode("as_1", &bytes).unwrap(), r);
+        let clear = SessionCodec::decode_clear("as_1", &bytes).unwrap();
+        assert_eq!(clear.state, r.state);
+
+        let other = SessionCodec::new(&Keyring::single(1, VaultKey::generate())).unwrap();
+        assert!(matches!(
+            other.decode("as_1", &bytes),
+            Err(SessionStoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            codec.decode("as_2", &bytes),
+            Err(SessionStoreError::Corrupt { .. })
+        ));
+        let rotated = SessionCodec::new(&Keyring::single(2, VaultKey::generate())).unwrap();
+        assert!(matches!(
+            rotated.decode("as_1", &bytes),
+            Err(SessionStoreError::UnknownKey { key_id: 1, .. })
+        ));
+    }
+}
