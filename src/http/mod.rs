@@ -21,6 +21,8 @@ use subtle::ConstantTimeEq;
 use crate::connection::{ConnectionActor, ConnectionState, GetConnectionStatus};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
+use crate::session::router::{GetSession, OAuthRedirect, RedirectError, StartAuthorization, StartError};
+use crate::session::{RouterActor, SessionView};
 use crate::vault::actor::{ListGrants, Revoke};
 use crate::vault::{GrantSummary, TokenVaultActor};
 
@@ -80,6 +82,8 @@ pub struct ControlState {
     pub connection: Option<Addr<ConnectionActor>>,
     /// The vault, for grants.
     pub vault: Option<Addr<TokenVaultActor>>,
+    /// The session router, for authorizations and the OAuth landing.
+    pub router: Option<Addr<RouterActor>>,
     /// The metrics rendered by `/metrics`.
     pub metrics: Metrics,
 }
@@ -93,6 +97,7 @@ impl ControlState {
                 .map(|t| Sha256::digest(t.expose().as_bytes()).into()),
             connection: None,
             vault: None,
+            router: None,
             metrics,
         }
     }
@@ -257,10 +262,210 @@ async fn revoke_grant(
     }
 }
 
+/// The body of `POST /v1/authorizations`.
+#[derive(Debug, serde::Deserialize)]
+pub struct AuthorizationRequest {
+    /// The user to authorize.
+    pub open_id: String,
+    /// Scopes; the configured defaults when absent (`offline_access` is always added).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// A session as `GET /v1/authorizations/{session_id}` shows it.
+#[derive(Debug, Serialize)]
+pub struct SessionResource {
+    /// Session id.
+    pub session_id: String,
+    /// The user.
+    pub open_id: String,
+    /// `created`, `card_sent`, `awaiting_user`, `exchanging`, `authorized`, `expired`,
+    /// `denied` or `failed`.
+    pub state: &'static str,
+    /// Why it failed, when `failed` (e.g. `wrong_user`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// The platform's error code behind a failure, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform_code: Option<i64>,
+    /// Creation time, RFC 3339 UTC.
+    pub created_at: String,
+    /// Last transition, RFC 3339 UTC.
+    pub updated_at: String,
+    /// Expiry of the session, RFC 3339 UTC.
+    pub expires_at: String,
+}
+
+impl From<&SessionView> for SessionResource {
+    fn from(v: &SessionView) -> Self {
+        SessionResource {
+            session_id: v.session_id.clone(),
+            open_id: v.open_id.clone(),
+            state: v.state.as_str(),
+            reason: v.reason.map(|r| r.as_str()),
+            platform_code: v.platform_code,
+            created_at: rfc3339_ms(v.created_at_ms),
+            updated_at: rfc3339_ms(v.updated_at_ms),
+            expires_at: rfc3339_ms(v.deadline_ms),
+        }
+    }
+}
+
+async fn start_authorization(
+    req: HttpRequest,
+    body: web::Json<AuthorizationRequest>,
+    state: web::Data<ControlState>,
+) -> Result<HttpResponse, ApiError> {
+    state.authorize(&req)?;
+    let router = state.router.as_ref().ok_or_else(|| ApiError::unavailable("the session router"))?;
+    let body = body.into_inner();
+    let result = router
+        .send(StartAuthorization {
+            open_id: body.open_id,
+            scopes: body.scopes,
+        })
+        .await
+        .map_err(|_| ApiError::unavailable("the session router"))?;
+    match result {
+        Ok(view) => Ok(HttpResponse::Accepted().json(serde_json::json!({
+            "session_id": view.session_id,
+            "state": view.state.as_str(),
+        }))),
+        Err(StartError::RateLimited { retry_after }) => {
+            let secs = retry_after.as_secs().max(1);
+            Ok(HttpResponse::TooManyRequests()
+                .insert_header(("Retry-After", secs.to_string()))
+                .json(serde_json::json!({
+                    "error": "rate_limited",
+                    "message": format!("too many authorizations for this user; retry in {secs} s"),
+                    "retry_after_secs": secs,
+                })))
+        }
+        Err(StartError::InvalidOpenId) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_open_id",
+            "open_id must be a non-empty user id such as ou_…",
+        )),
+        Err(e @ StartError::Store(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            e.to_string(),
+        )),
+        Err(StartError::Stopping) => Err(ApiError::unavailable("the session router")),
+    }
+}
+
+async fn get_authorization(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<ControlState>,
+) -> Result<HttpResponse, ApiError> {
+    state.authorize(&req)?;
+    let router = state.router.as_ref().ok_or_else(|| ApiError::unavailable("the session router"))?;
+    let session_id = path.into_inner();
+    match router.send(GetSession { session_id: session_id.clone() }).await {
+        Ok(Ok(Some(view))) => Ok(HttpResponse::Ok().json(SessionResource::from(&view))),
+        Ok(Ok(None)) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_session",
+            format!("no session {session_id} (never existed, or pruned after its TTL)"),
+        )),
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            e.to_string(),
+        )),
+        Err(_) => Err(ApiError::unavailable("the session router")),
+    }
+}
+
+/// Query of the OAuth redirect landing.
+#[derive(Debug, serde::Deserialize)]
+struct CallbackQuery {
+    state: Option<String>,
+    code: Option<String>,
+    error: Option<String>,
+}
+
+fn landing_page(status: StatusCode, title: &str, text: &str) -> HttpResponse {
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Cache-Control", "no-store"))
+        .insert_header(("Referrer-Policy", "no-referrer"))
+        .body(format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>{t}</title></head><body style=\"font-family:sans-serif;max-width:32em;margin:3em auto\"><h1>{t}</h1><p>{x}</p></body></html>",
+            t = escape(title),
+            x = escape(text)
+        ))
+}
+
+async fn oauth_callback(
+    query: web::Query<CallbackQuery>,
+    state: web::Data<ControlState>,
+) -> HttpResponse {
+    let Some(router) = state.router.as_ref() else {
+        return landing_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service unavailable",
+            "The authorization service is not running. Try again later.",
+        );
+    };
+    let query = query.into_inner();
+    let Some(oauth_state) = query.state.filter(|s| !s.is_empty()) else {
+        return landing_page(
+            StatusCode::BAD_REQUEST,
+            "Invalid link",
+            "This page expects the redirect from the Feishu authorization page (state missing). Start again from the card.",
+        );
+    };
+    let result = router
+        .send(OAuthRedirect {
+            state: oauth_state,
+            code: query.code.filter(|c| !c.is_empty()).map(Secret::new),
+            error: query.error,
+        })
+        .await;
+    match result {
+        Ok(Ok(view)) if view.state.as_str() == "denied" => landing_page(
+            StatusCode::OK,
+            "Authorization declined",
+            "You declined. You can close this page.",
+        ),
+        Ok(Ok(_)) => landing_page(
+            StatusCode::OK,
+            "Authorization received",
+            "Thank you. The authorization is being completed; the card in Feishu will show the result. You can close this page.",
+        ),
+        Ok(Err(e @ (RedirectError::UnknownState | RedirectError::StateAlreadyUsed | RedirectError::MissingCode))) => {
+            landing_page(StatusCode::BAD_REQUEST, "Link not valid", &e.to_string())
+        }
+        Ok(Err(e @ RedirectError::SessionEnded(_))) => {
+            landing_page(StatusCode::GONE, "Authorization ended", &e.to_string())
+        }
+        Ok(Err(RedirectError::Stopping)) | Err(_) => landing_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service unavailable",
+            "The authorization service is restarting. Open the link from the card again in a minute.",
+        ),
+    }
+}
+
 /// Registers the routes on an actix-web `App` (used by [`start`] and by tests).
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/metrics", web::get().to(metrics))
+        .route("/oauth/callback", web::get().to(oauth_callback))
+        .route("/v1/authorizations", web::post().to(start_authorization))
+        .route(
+            "/v1/authorizations/{session_id}",
+            web::get().to(get_authorization),
+        )
         .route("/v1/grants", web::get().to(list_grants))
         .route("/v1/grants/{open_id}", web::delete().to(revoke_grant));
 }
