@@ -5,7 +5,8 @@
 //! - [`TokenVaultActor`](actor::TokenVaultActor): the actor shell that runs the core on a
 //!   `SyncArbiter` (see [`actor`] for the messages).
 //! - [`TokenSource`](token::TokenSource): `get_token` with single-flight refresh against the
-//!   [`RefreshGrant`](token::RefreshGrant) seam.
+//!   [`RefreshGrant`](token::RefreshGrant) seam, implemented for the platform by
+//!   [`OpenApiRefresher`](refresher::OpenApiRefresher).
 //!
 //! Secrets (access and refresh tokens) are only ever stored sealed (see [`record`] for the
 //! format and [`seal`] for keys and rotation); identity and other non-secret fields are in
@@ -23,6 +24,7 @@
 
 pub mod actor;
 pub mod record;
+pub mod refresher;
 pub mod seal;
 pub mod token;
 
@@ -38,9 +40,11 @@ use crate::store::{
 
 pub use self::actor::TokenVaultActor;
 pub use self::record::{GrantRecord, GrantStatus, GrantSummary, UserIdentity};
+pub use self::refresher::{OpenApiRefresher, refresh_failure_of};
 pub use self::seal::{KeyId, Keyring, VaultKey};
 pub use self::token::{
-    AccessToken, GetTokenError, NewTokens, RefreshFailure, RefreshGrant, TokenSource,
+    AccessToken, GetTokenError, NewTokens, RefreshCounts, RefreshFailure, RefreshGrant, TokenEvent,
+    TokenObserver, TokenSource,
 };
 
 use self::record::Unreadable;
