@@ -181,8 +181,25 @@ pub enum AuthFlow {
 pub struct VaultConfig {
     /// sled directory. Default `data/lark-auth`.
     pub path: PathBuf,
-    /// Environment variable holding the 32-byte vault key, base64.
+    /// Environment variable holding the current 32-byte vault key, base64
+    /// (`openssl rand -base64 32`). Default `LARK_AUTH_VAULT_KEY`.
     pub key_env: String,
+    /// Id of the current key, stored with every record it seals. Default 1. Give a new
+    /// key a new id when rotating.
+    pub key_id: u32,
+    /// Keys from before a rotation, still accepted for reading: `[{ key_id = 1, env =
+    /// "LARK_AUTH_VAULT_KEY_OLD" }]`. Default none. Drop one only when no record names it.
+    pub old_keys: Vec<OldVaultKey>,
+}
+
+/// One entry of `vault.old_keys`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OldVaultKey {
+    /// The id the key had while it was current.
+    pub key_id: u32,
+    /// Environment variable holding that key, base64.
+    pub env: String,
 }
 
 impl Default for VaultConfig {
@@ -190,6 +207,8 @@ impl Default for VaultConfig {
         VaultConfig {
             path: PathBuf::from("data/lark-auth"),
             key_env: "LARK_AUTH_VAULT_KEY".into(),
+            key_id: 1,
+            old_keys: Vec::new(),
         }
     }
 }

@@ -71,6 +71,29 @@ pub enum VaultError {
         /// The length given, bytes.
         len: usize,
     },
+    /// The environment variable that should hold a vault key is not set. Set it (32
+    /// random bytes, base64: `openssl rand -base64 32`).
+    #[error(
+        "missing vault key: set the environment variable `{env}` (named by config key `{key}`)"
+    )]
+    KeyMissing {
+        /// The variable.
+        env: String,
+        /// The config key naming it (`vault.key_env` or `vault.old_keys`).
+        key: &'static str,
+    },
+    /// A vault key from the environment is not 32 bytes of standard base64. Fix the
+    /// variable's value.
+    #[error("the vault key in `{env}` is invalid: {reason}")]
+    KeyInvalid {
+        /// The variable.
+        env: String,
+        /// What is wrong (never the value).
+        reason: String,
+    },
+    /// A vault key is not valid base64 ([`VaultKey::from_base64`]).
+    #[error("the vault key is not valid base64")]
+    KeyNotBase64,
     /// The keyring names one key id twice. Give each key its own id.
     #[error("key id {key_id} appears twice in the keyring")]
     DuplicateKeyId {
