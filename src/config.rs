@@ -223,6 +223,28 @@ pub struct RefreshConfig {
     /// Token-endpoint calls per second allowed for refreshes and polls. Default 40
     /// (platform limit about 50).
     pub budget_per_sec: u32,
+    /// The scheduler refreshes a hot grant's access token when less than this is left,
+    /// seconds (at least `margin_secs`). Default 600.
+    #[serde(with = "duration_secs", rename = "ahead_secs")]
+    pub ahead: Duration,
+    /// The scheduler refreshes any grant when its refresh token has less than this left,
+    /// so an idle user stays authorized, seconds. Default 86400 (1 day).
+    #[serde(with = "duration_secs", rename = "keepalive_secs")]
+    pub keepalive: Duration,
+    /// A grant used within this long is hot (its access token is refreshed ahead of
+    /// expiry), seconds. Default 7200.
+    #[serde(with = "duration_secs", rename = "hot_secs")]
+    pub hot: Duration,
+    /// First retry delay after a retryable refresh failure (20050/20072/network), doubling
+    /// per failure, seconds. Default 5.
+    #[serde(with = "duration_secs", rename = "retry_initial_secs")]
+    pub retry_initial: Duration,
+    /// Largest retry delay, seconds. Default 300.
+    #[serde(with = "duration_secs", rename = "retry_max_secs")]
+    pub retry_max: Duration,
+    /// When a grant becomes `needs_reauth`, ask the user once to authorize again (the
+    /// scheduler emits `ReauthNeeded`; the session actors send the card). Default false.
+    pub reauth_card: bool,
 }
 
 impl Default for RefreshConfig {
@@ -230,6 +252,12 @@ impl Default for RefreshConfig {
         RefreshConfig {
             margin: Duration::from_secs(300),
             budget_per_sec: 40,
+            ahead: Duration::from_secs(600),
+            keepalive: Duration::from_secs(86_400),
+            hot: Duration::from_secs(7200),
+            retry_initial: Duration::from_secs(5),
+            retry_max: Duration::from_secs(300),
+            reauth_card: false,
         }
     }
 }
@@ -490,6 +518,27 @@ impl Config {
             return Err(invalid(
                 "refresh.budget_per_sec",
                 "must be 1..=50 (the platform allows about 50 token requests/s per app)",
+            ));
+        }
+        let r = &self.refresh;
+        if r.ahead < r.margin {
+            return Err(invalid(
+                "refresh.ahead_secs",
+                "must be at least refresh.margin_secs",
+            ));
+        }
+        for (key, d) in [
+            ("refresh.keepalive_secs", r.keepalive),
+            ("refresh.retry_initial_secs", r.retry_initial),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if r.retry_max < r.retry_initial {
+            return Err(invalid(
+                "refresh.retry_max_secs",
+                "must be at least refresh.retry_initial_secs",
             ));
         }
         let c = &self.connection;
