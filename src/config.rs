@@ -181,8 +181,25 @@ pub enum AuthFlow {
 pub struct VaultConfig {
     /// sled directory. Default `data/lark-auth`.
     pub path: PathBuf,
-    /// Environment variable holding the 32-byte vault key, base64.
+    /// Environment variable holding the current 32-byte vault key, base64
+    /// (`openssl rand -base64 32`). Default `LARK_AUTH_VAULT_KEY`.
     pub key_env: String,
+    /// Id of the current key, stored with every record it seals. Default 1. Give a new
+    /// key a new id when rotating.
+    pub key_id: u32,
+    /// Keys from before a rotation, still accepted for reading: `[{ key_id = 1, env =
+    /// "LARK_AUTH_VAULT_KEY_OLD" }]`. Default none. Drop one only when no record names it.
+    pub old_keys: Vec<OldVaultKey>,
+}
+
+/// One entry of `vault.old_keys`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OldVaultKey {
+    /// The id the key had while it was current.
+    pub key_id: u32,
+    /// Environment variable holding that key, base64.
+    pub env: String,
 }
 
 impl Default for VaultConfig {
@@ -190,6 +207,8 @@ impl Default for VaultConfig {
         VaultConfig {
             path: PathBuf::from("data/lark-auth"),
             key_env: "LARK_AUTH_VAULT_KEY".into(),
+            key_id: 1,
+            old_keys: Vec::new(),
         }
     }
 }
@@ -204,6 +223,28 @@ pub struct RefreshConfig {
     /// Token-endpoint calls per second allowed for refreshes and polls. Default 40
     /// (platform limit about 50).
     pub budget_per_sec: u32,
+    /// The scheduler refreshes a hot grant's access token when less than this is left,
+    /// seconds (at least `margin_secs`). Default 600.
+    #[serde(with = "duration_secs", rename = "ahead_secs")]
+    pub ahead: Duration,
+    /// The scheduler refreshes any grant when its refresh token has less than this left,
+    /// so an idle user stays authorized, seconds. Default 86400 (1 day).
+    #[serde(with = "duration_secs", rename = "keepalive_secs")]
+    pub keepalive: Duration,
+    /// A grant used within this long is hot (its access token is refreshed ahead of
+    /// expiry), seconds. Default 7200.
+    #[serde(with = "duration_secs", rename = "hot_secs")]
+    pub hot: Duration,
+    /// First retry delay after a retryable refresh failure (20050/20072/network), doubling
+    /// per failure, seconds. Default 5.
+    #[serde(with = "duration_secs", rename = "retry_initial_secs")]
+    pub retry_initial: Duration,
+    /// Largest retry delay, seconds. Default 300.
+    #[serde(with = "duration_secs", rename = "retry_max_secs")]
+    pub retry_max: Duration,
+    /// When a grant becomes `needs_reauth`, ask the user once to authorize again (the
+    /// scheduler emits `ReauthNeeded`; the session actors send the card). Default false.
+    pub reauth_card: bool,
 }
 
 impl Default for RefreshConfig {
@@ -211,6 +252,12 @@ impl Default for RefreshConfig {
         RefreshConfig {
             margin: Duration::from_secs(300),
             budget_per_sec: 40,
+            ahead: Duration::from_secs(600),
+            keepalive: Duration::from_secs(86_400),
+            hot: Duration::from_secs(7200),
+            retry_initial: Duration::from_secs(5),
+            retry_max: Duration::from_secs(300),
+            reauth_card: false,
         }
     }
 }
@@ -471,6 +518,27 @@ impl Config {
             return Err(invalid(
                 "refresh.budget_per_sec",
                 "must be 1..=50 (the platform allows about 50 token requests/s per app)",
+            ));
+        }
+        let r = &self.refresh;
+        if r.ahead < r.margin {
+            return Err(invalid(
+                "refresh.ahead_secs",
+                "must be at least refresh.margin_secs",
+            ));
+        }
+        for (key, d) in [
+            ("refresh.keepalive_secs", r.keepalive),
+            ("refresh.retry_initial_secs", r.retry_initial),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if r.retry_max < r.retry_initial {
+            return Err(invalid(
+                "refresh.retry_max_secs",
+                "must be at least refresh.retry_initial_secs",
             ));
         }
         let c = &self.connection;

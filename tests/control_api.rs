@@ -38,6 +38,7 @@ fn grant(open_id: &str) -> GrantRecord {
         status: GrantStatus::Active,
         status_code: None,
         refresh_started_ms: None,
+        reauth_requested_ms: None,
         version: 0,
     }
 }

@@ -1,137 +1,63 @@
-//! `get_token` on the TokenVaultActor over real sled files: single-flight refresh,
-//! outcome-unknown handling, crash leftovers, and answers that arrive after the grant was
-//! replaced.
-//!
-//! The refresh endpoint is the only part not real here: [`ScriptedRefresh`] is a test
-//! implementation of the `RefreshGrant` seam (the OpenAPI client and the sandbox's token
-//! endpoint are built on another branch). Everything stored goes through the real vault on
-//! sled in a temporary directory.
+//! `get_token` on the TokenVaultActor over real sled files, refreshing through the
+//! production [`OpenApiRefresher`] against the in-process sandbox's token endpoint (which
+//! rotates refresh tokens, makes them single use and counts reuse as a violation):
+//! single-flight refresh, lost answers, platform revocation, retryable failures, crash
+//! leftovers, and answers that arrive after the grant was replaced.
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
-use std::path::Path;
-use std::rc::Rc;
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use actix::Addr;
-use lark_auth::secret::Secret;
-use lark_auth::store::{SledStore, Store};
+use common::*;
+use lark_auth::sandbox::{OpenApiFault, OpenApiRoute, Sandbox, SandboxConfig};
 use lark_auth::vault::actor::{GetGrant, ListQuarantined, StoreGrant};
 use lark_auth::vault::{
-    DuePolicy, GetTokenError, GrantRecord, GrantStatus, Keyring, NewTokens, RefreshFailure,
-    RefreshGrant, TokenSource, TokenVaultActor, UserIdentity, Vault, VaultKey, unix_now_ms,
+    GetTokenError, GrantRecord, GrantStatus, OpenApiRefresher, TokenSource, TokenVaultActor,
+    VaultKey, unix_now_ms,
 };
 
-const APP: &str = "cli_single_flight";
+const APP: &str = "cli_sandbox_app";
+const USER: &str = "ou_test_user_1";
 const MARGIN: Duration = Duration::from_secs(300);
-
-/// Test implementation of the `RefreshGrant` seam (only this seam is scripted): records
-/// every refresh token it is sent, yields to the other tasks a while (so concurrent
-/// callers pile up while the refresh is in flight), runs an optional hook, then answers
-/// from its script.
-#[derive(Default)]
-struct ScriptedRefresh {
-    sent: RefCell<Vec<String>>,
-    answers: RefCell<VecDeque<Result<NewTokens, RefreshFailure>>>,
-    #[allow(clippy::type_complexity)]
-    during: RefCell<Option<Box<dyn FnOnce() -> futures_util::future::LocalBoxFuture<'static, ()>>>>,
-}
-
-/// The handle the source owns; the test keeps another to inspect and script it.
-#[derive(Clone, Default)]
-struct Scripted(Rc<ScriptedRefresh>);
-
-impl std::ops::Deref for Scripted {
-    type Target = ScriptedRefresh;
-    fn deref(&self) -> &ScriptedRefresh {
-        &self.0
-    }
-}
-
-impl RefreshGrant for Scripted {
-    async fn refresh(&self, refresh_token: Secret<String>) -> Result<NewTokens, RefreshFailure> {
-        self.sent.borrow_mut().push(refresh_token.expose().clone());
-        for _ in 0..200 {
-            tokio::task::yield_now().await;
-        }
-        let hook = self.during.borrow_mut().take();
-        if let Some(hook) = hook {
-            hook().await;
-        }
-        self.answers
-            .borrow_mut()
-            .pop_front()
-            .expect("the test scripted no more refresh answers")
-    }
-}
-
-fn new_tokens(n: u32) -> NewTokens {
-    NewTokens {
-        access_token: Secret::new(format!("u-new-{n}")),
-        access_expires_in: Duration::from_secs(7200),
-        refresh_token: Secret::new(format!("ur-new-{n}")),
-        refresh_expires_in: Duration::from_secs(7 * 24 * 3600),
-        scopes: None,
-    }
-}
-
-/// A grant whose access token is inside the margin (expires in 60 s).
-fn expiring_grant(open_id: &str) -> GrantRecord {
-    let now = unix_now_ms();
-    GrantRecord {
-        app_id: APP.into(),
-        identity: UserIdentity {
-            open_id: open_id.into(),
-            ..Default::default()
-        },
-        access_token: Secret::new("u-old".into()),
-        refresh_token: Secret::new("ur-old".into()),
-        access_expires_ms: now + 60_000,
-        refresh_expires_ms: now + 6 * 24 * 3600 * 1000,
-        scopes: vec!["offline_access".into()],
-        consent_ms: now - 1000,
-        last_used_ms: now - 1000,
-        status: GrantStatus::Active,
-        status_code: None,
-        refresh_started_ms: None,
-        version: 0,
-    }
-}
-
-fn open_vault(path: &Path, key: &VaultKey) -> Vault {
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(path).unwrap());
-    Vault::open(
-        store,
-        APP,
-        Keyring::single(1, key.clone()),
-        DuePolicy::default(),
-    )
-    .unwrap()
-}
 
 struct Harness {
     _dir: tempfile::TempDir,
+    sandbox: Sandbox,
     addr: Addr<TokenVaultActor>,
-    refresher: Scripted,
-    source: TokenSource<Scripted>,
+    refresher: OpenApiRefresher,
+    source: TokenSource<OpenApiRefresher>,
+    /// The grant as first stored.
+    first: GrantRecord,
 }
 
-async fn harness(grant: GrantRecord) -> Harness {
+/// A sandbox, a grant of [`USER`] authorized through it and stored with an access token
+/// that is inside the margin (60 s left on our clock), and a source on it. The client
+/// gives up on an answer after `timeout`.
+async fn harness(timeout: Duration) -> Harness {
+    let (sandbox, client) = openapi_with(SandboxConfig::default(), |c| {
+        c.openapi.request_timeout = timeout;
+    })
+    .await;
+    let grant = code_flow_grant(&sandbox, &client, USER).await;
     let dir = tempfile::tempdir().unwrap();
-    let vault = open_vault(dir.path(), &VaultKey::generate());
-    let addr = TokenVaultActor::start(vault, 2);
-    addr.send(StoreGrant { record: grant })
+    let addr = TokenVaultActor::start(open_vault(dir.path(), APP, &VaultKey::generate()), 2);
+    let first = addr
+        .send(StoreGrant {
+            record: grant_record(APP, USER, &grant, Duration::from_secs(60)),
+        })
         .await
         .unwrap()
         .unwrap();
-    let refresher = Scripted::default();
+    let refresher = OpenApiRefresher::new(client);
     let source = TokenSource::new(addr.clone(), refresher.clone(), MARGIN);
     Harness {
         _dir: dir,
+        sandbox,
         addr,
         refresher,
         source,
+        first,
     }
 }
 
@@ -147,26 +73,17 @@ async fn stored(addr: &Addr<TokenVaultActor>, open_id: &str) -> GrantRecord {
 
 #[actix_rt::test]
 async fn fifty_concurrent_callers_on_an_expiring_grant_cause_exactly_one_refresh() {
-    let h = harness(expiring_grant("ou_1")).await;
-    h.refresher
-        .answers
-        .borrow_mut()
-        .push_back(Ok(new_tokens(1)));
-
-    let calls = (0..50).map(|_| h.source.get_token("ou_1"));
+    let h = harness(Duration::from_secs(2)).await;
+    let calls = (0..50).map(|_| h.source.get_token(USER));
     let results = futures_util::future::join_all(calls).await;
 
-    assert_eq!(
-        *h.refresher.sent.borrow(),
-        ["ur-old"],
-        "exactly one refresh"
-    );
+    assert_eq!(refresh_requests(&h.sandbox), 1, "exactly one refresh");
+    let record = stored(&h.addr, USER).await;
     for r in &results {
         let token = r.as_ref().expect("every caller gets the new token");
-        assert_eq!(token.token.expose(), "u-new-1");
+        assert_eq!(token.token, record.access_token);
     }
-    let record = stored(&h.addr, "ou_1").await;
-    assert_eq!(record.refresh_token.expose(), "ur-new-1");
+    assert_ne!(record.refresh_token, h.first.refresh_token, "rotated");
     assert_eq!(record.status, GrantStatus::Active);
     assert_eq!(record.refresh_started_ms, None);
     assert_eq!(
@@ -174,171 +91,211 @@ async fn fifty_concurrent_callers_on_an_expiring_grant_cause_exactly_one_refresh
         "stored, marked before sending, answer stored"
     );
     assert_eq!(h.source.flights_in_progress(), 0);
+    assert_eq!(h.source.refresh_counts().sent, 1);
+    // The new access token works on the platform.
+    h.refresher
+        .client()
+        .user_info(&record.access_token)
+        .await
+        .unwrap();
 
     // Fresh now: no further refresh.
-    let again = h.source.get_token("ou_1").await.unwrap();
-    assert_eq!(again.token.expose(), "u-new-1");
-    assert_eq!(h.refresher.sent.borrow().len(), 1);
+    h.source.get_token(USER).await.unwrap();
+    assert_eq!(refresh_requests(&h.sandbox), 1);
+    assert_eq!(h.sandbox.refresh_token_reuse_violations(), 0);
 }
 
+/// The sandbox processes the refresh (the token is consumed) but answers only after the
+/// client's timeout.
 #[actix_rt::test]
-async fn a_lost_answer_marks_the_grant_uncertain_and_its_token_is_never_resent() {
-    let h = harness(expiring_grant("ou_1")).await;
-    h.refresher
-        .answers
-        .borrow_mut()
-        .push_back(Err(RefreshFailure::OutcomeUnknown));
-
-    let err = h.source.get_token("ou_1").await.unwrap_err();
+async fn a_timeout_marks_the_grant_uncertain_and_its_token_is_never_resent() {
+    let h = harness(Duration::from_millis(300)).await;
+    h.sandbox.inject_openapi_fault(
+        OpenApiRoute::UserToken,
+        OpenApiFault::Delay(Duration::from_secs(1)),
+    );
+    let err = h.source.get_token(USER).await.unwrap_err();
     assert!(
         matches!(err, GetTokenError::RefreshOutcomeUnknown),
         "{err:?}"
     );
-    let record = stored(&h.addr, "ou_1").await;
+    let record = stored(&h.addr, USER).await;
     assert_eq!(record.status, GrantStatus::RefreshUncertain);
-    assert_eq!(record.refresh_token.expose(), "ur-old");
+    assert_eq!(record.refresh_token, h.first.refresh_token);
 
-    // The next use settles it without sending anything (no answer is scripted: a second
-    // send would panic the refresher).
-    let err = h.source.get_token("ou_1").await.unwrap_err();
+    // The next use settles it without sending anything.
+    let err = h.source.get_token(USER).await.unwrap_err();
     assert!(
         matches!(err, GetTokenError::NeedsReauth { code: None }),
         "{err:?}"
     );
-    assert_eq!(*h.refresher.sent.borrow(), ["ur-old"]);
     assert_eq!(
-        stored(&h.addr, "ou_1").await.status,
-        GrantStatus::NeedsReauth
+        h.sandbox.refresh_token_uses(h.first.refresh_token.expose()),
+        1,
+        "the sandbox saw one use"
     );
+    assert_eq!(stored(&h.addr, USER).await.status, GrantStatus::NeedsReauth);
+    assert_eq!(h.sandbox.refresh_token_reuse_violations(), 0);
 }
 
 #[actix_rt::test]
-async fn a_dead_refresh_token_needs_reauth_and_is_not_retried() {
-    let h = harness(expiring_grant("ou_1")).await;
-    h.refresher
-        .answers
-        .borrow_mut()
-        .push_back(Err(RefreshFailure::from_error_code(20073)));
-    let err = h.source.get_token("ou_1").await.unwrap_err();
+async fn a_grant_revoked_on_the_platform_needs_reauth_and_is_not_retried() {
+    let h = harness(Duration::from_secs(2)).await;
+    h.sandbox.revoke_user_grants(USER);
+    let err = h.source.get_token(USER).await.unwrap_err();
     assert!(
-        matches!(err, GetTokenError::NeedsReauth { code: Some(20073) }),
+        matches!(err, GetTokenError::NeedsReauth { code: Some(20064) }),
         "{err:?}"
     );
-    let record = stored(&h.addr, "ou_1").await;
+    let record = stored(&h.addr, USER).await;
     assert_eq!(
         (record.status, record.status_code),
-        (GrantStatus::NeedsReauth, Some(20073))
+        (GrantStatus::NeedsReauth, Some(20064))
     );
-    let err = h.source.get_token("ou_1").await.unwrap_err();
+    let err = h.source.get_token(USER).await.unwrap_err();
     assert!(
-        matches!(err, GetTokenError::NeedsReauth { code: Some(20073) }),
+        matches!(err, GetTokenError::NeedsReauth { code: Some(20064) }),
         "{err:?}"
     );
-    assert_eq!(h.refresher.sent.borrow().len(), 1);
+    assert_eq!(refresh_requests(&h.sandbox), 1);
 }
 
 #[actix_rt::test]
 async fn a_retryable_failure_keeps_the_token_and_the_next_call_refreshes() {
-    let h = harness(expiring_grant("ou_1")).await;
-    h.refresher.answers.borrow_mut().extend([
-        Err(RefreshFailure::from_error_code(20050)),
-        Ok(new_tokens(2)),
-    ]);
-    let err = h.source.get_token("ou_1").await.unwrap_err();
+    let h = harness(Duration::from_secs(2)).await;
+    h.sandbox
+        .inject_openapi_fault(OpenApiRoute::UserToken, OpenApiFault::ServerError);
+    let err = h.source.get_token(USER).await.unwrap_err();
     assert!(
         matches!(err, GetTokenError::RefreshFailed { code: Some(20050) }),
         "{err:?}"
     );
     assert_eq!(
-        stored(&h.addr, "ou_1").await.status,
+        stored(&h.addr, USER).await.status,
         GrantStatus::RefreshFailed
     );
-    let token = h.source.get_token("ou_1").await.unwrap();
-    assert_eq!(token.token.expose(), "u-new-2");
-    assert_eq!(*h.refresher.sent.borrow(), ["ur-old", "ur-old"]);
-    assert_eq!(stored(&h.addr, "ou_1").await.status, GrantStatus::Active);
+    h.source.get_token(USER).await.unwrap();
+    assert_eq!(refresh_requests(&h.sandbox), 2);
+    assert_eq!(stored(&h.addr, USER).await.status, GrantStatus::Active);
+    assert_eq!(h.sandbox.refresh_token_reuse_violations(), 0);
 }
 
-/// A crash after the refresh was sent and before its answer was stored leaves the
-/// write-ahead marker on disk; after a restart the token is not sent again.
+/// The refresh reaches the platform (which rotates the token) and the process dies before
+/// the answer is stored. The restarted process finds the write-ahead marker and never
+/// sends the consumed token.
 #[actix_rt::test]
-async fn a_restart_between_sending_and_storing_cannot_cause_reuse() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = VaultKey::generate();
+async fn a_restart_between_the_refresh_answer_and_its_flush_cannot_cause_reuse() {
+    let h = harness(Duration::from_secs(5)).await;
+    h.sandbox.inject_openapi_fault(
+        OpenApiRoute::UserToken,
+        OpenApiFault::Delay(Duration::from_millis(500)),
+    );
     {
-        let vault = open_vault(dir.path(), &key);
-        let mut record = vault.store_grant(expiring_grant("ou_1")).unwrap();
-        record.refresh_started_ms = Some(unix_now_ms());
-        vault.compare_and_swap(&record, true).unwrap();
-        // "Crash": the vault is dropped without the answer being stored.
+        let flight = std::pin::pin!(h.source.get_token(USER));
+        let seen = std::pin::pin!(h.sandbox.wait_for_token_requests(2, WAIT));
+        match futures_util::future::select(flight, seen).await {
+            futures_util::future::Either::Right((seen, _)) => {
+                seen.expect("the refresh reached the sandbox");
+            }
+            futures_util::future::Either::Left((r, _)) => panic!("finished early: {r:?}"),
+        }
+        // "Crash": the flight is abandoned with its answer still on the way.
     }
-    let addr = TokenVaultActor::start(open_vault(dir.path(), &key), 1);
-    let refresher = Scripted::default();
-    let source = TokenSource::new(addr.clone(), refresher.clone(), MARGIN);
-    let err = source.get_token("ou_1").await.unwrap_err();
+    let restarted = TokenSource::new(h.addr.clone(), h.refresher.clone(), MARGIN);
+    let err = restarted.get_token(USER).await.unwrap_err();
     assert!(
         matches!(err, GetTokenError::RefreshOutcomeUnknown),
         "{err:?}"
     );
-    assert!(refresher.sent.borrow().is_empty(), "nothing sent");
+    let err = restarted.get_token(USER).await.unwrap_err();
+    assert!(matches!(err, GetTokenError::NeedsReauth { .. }), "{err:?}");
     assert_eq!(
-        stored(&addr, "ou_1").await.status,
+        h.sandbox.refresh_token_uses(h.first.refresh_token.expose()),
+        1
+    );
+    assert_eq!(h.sandbox.refresh_token_reuse_violations(), 0);
+    assert_eq!(restarted.refresh_counts().sent, 0);
+}
+
+/// The same crash with the vault reopened from disk.
+#[actix_rt::test]
+async fn a_marker_found_on_disk_after_reopening_is_never_sent() {
+    let (sandbox, client) = openapi().await;
+    let grant = code_flow_grant(&sandbox, &client, USER).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = VaultKey::generate();
+    {
+        let vault = open_vault(dir.path(), APP, &key);
+        let mut record = vault
+            .store_grant(grant_record(APP, USER, &grant, Duration::from_secs(60)))
+            .unwrap();
+        record.refresh_started_ms = Some(unix_now_ms());
+        vault.compare_and_swap(&record, true).unwrap();
+    }
+    let addr = TokenVaultActor::start(open_vault(dir.path(), APP, &key), 1);
+    let source = TokenSource::new(addr.clone(), OpenApiRefresher::new(client), MARGIN);
+    let err = source.get_token(USER).await.unwrap_err();
+    assert!(
+        matches!(err, GetTokenError::RefreshOutcomeUnknown),
+        "{err:?}"
+    );
+    assert_eq!(
+        stored(&addr, USER).await.status,
         GrantStatus::RefreshUncertain
     );
-    let err = source.get_token("ou_1").await.unwrap_err();
+    let err = source.get_token(USER).await.unwrap_err();
     assert!(matches!(err, GetTokenError::NeedsReauth { .. }), "{err:?}");
-    assert!(refresher.sent.borrow().is_empty(), "nothing sent");
+    assert_eq!(refresh_requests(&sandbox), 0, "nothing sent");
 }
 
 /// The user authorizes again while a refresh is in flight: the refresh's answer must not
 /// overwrite the new grant.
 #[actix_rt::test]
 async fn an_answer_for_a_replaced_grant_does_not_overwrite_it() {
-    let h = harness(expiring_grant("ou_1")).await;
-    h.refresher
-        .answers
-        .borrow_mut()
-        .push_back(Ok(new_tokens(3)));
-    let addr = h.addr.clone();
-    *h.refresher.during.borrow_mut() = Some(Box::new(move || {
-        Box::pin(async move {
-            let mut fresh = expiring_grant("ou_1");
-            fresh.access_token = Secret::new("u-reauthorized".into());
-            fresh.refresh_token = Secret::new("ur-reauthorized".into());
-            fresh.access_expires_ms = unix_now_ms() + 7_200_000;
-            addr.send(StoreGrant { record: fresh })
-                .await
-                .unwrap()
-                .unwrap();
-        })
-    }));
-    let token = h.source.get_token("ou_1").await.unwrap();
-    assert_eq!(token.token.expose(), "u-reauthorized");
-    let record = stored(&h.addr, "ou_1").await;
-    assert_eq!(record.refresh_token.expose(), "ur-reauthorized");
-    assert_eq!(h.refresher.sent.borrow().len(), 1);
+    let h = harness(Duration::from_secs(5)).await;
+    h.sandbox.inject_openapi_fault(
+        OpenApiRoute::UserToken,
+        OpenApiFault::Delay(Duration::from_millis(300)),
+    );
+    let reauthorized = code_flow_grant(&h.sandbox, h.refresher.client(), USER).await;
+    let fresh = grant_record(APP, USER, &reauthorized, Duration::from_secs(7000));
+    let replace = async {
+        h.sandbox.wait_for_token_requests(3, WAIT).await.unwrap();
+        h.addr
+            .send(StoreGrant {
+                record: fresh.clone(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+    };
+    let (token, ()) = futures_util::future::join(h.source.get_token(USER), replace).await;
+    assert_eq!(token.unwrap().token, fresh.access_token);
+    let record = stored(&h.addr, USER).await;
+    assert_eq!(record.refresh_token, fresh.refresh_token);
+    assert_eq!(refresh_requests(&h.sandbox), 1);
 }
 
 #[actix_rt::test]
 async fn missing_and_revoked_grants_are_typed_errors() {
-    let h = harness(expiring_grant("ou_1")).await;
+    let h = harness(Duration::from_secs(2)).await;
     assert!(matches!(
         h.source.get_token("ou_nobody").await,
         Err(GetTokenError::NoGrant)
     ));
     h.addr
         .send(lark_auth::vault::actor::Revoke {
-            open_id: "ou_1".into(),
+            open_id: USER.into(),
         })
         .await
         .unwrap()
         .unwrap()
         .unwrap();
     assert!(matches!(
-        h.source.get_token("ou_1").await,
+        h.source.get_token(USER).await,
         Err(GetTokenError::Revoked)
     ));
-    assert!(h.refresher.sent.borrow().is_empty());
+    assert_eq!(refresh_requests(&h.sandbox), 0);
     assert!(
         h.addr
             .send(ListQuarantined)

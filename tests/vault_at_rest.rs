@@ -34,6 +34,7 @@ fn record(open_id: &str, n: u32) -> GrantRecord {
         status: GrantStatus::Active,
         status_code: None,
         refresh_started_ms: None,
+        reauth_requested_ms: None,
         version: 0,
     }
 }

@@ -21,7 +21,9 @@ use subtle::ConstantTimeEq;
 use crate::connection::{ConnectionActor, ConnectionState, GetConnectionStatus};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
-use crate::session::router::{GetSession, OAuthRedirect, RedirectError, StartAuthorization, StartError};
+use crate::session::router::{
+    GetSession, OAuthRedirect, RedirectError, StartAuthorization, StartError,
+};
 use crate::session::{RouterActor, SessionView};
 use crate::vault::actor::{ListGrants, Revoke};
 use crate::vault::{GrantSummary, TokenVaultActor};
@@ -317,7 +319,10 @@ async fn start_authorization(
     state: web::Data<ControlState>,
 ) -> Result<HttpResponse, ApiError> {
     state.authorize(&req)?;
-    let router = state.router.as_ref().ok_or_else(|| ApiError::unavailable("the session router"))?;
+    let router = state
+        .router
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("the session router"))?;
     let body = body.into_inner();
     let result = router
         .send(StartAuthorization {
@@ -361,9 +366,17 @@ async fn get_authorization(
     state: web::Data<ControlState>,
 ) -> Result<HttpResponse, ApiError> {
     state.authorize(&req)?;
-    let router = state.router.as_ref().ok_or_else(|| ApiError::unavailable("the session router"))?;
+    let router = state
+        .router
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("the session router"))?;
     let session_id = path.into_inner();
-    match router.send(GetSession { session_id: session_id.clone() }).await {
+    match router
+        .send(GetSession {
+            session_id: session_id.clone(),
+        })
+        .await
+    {
         Ok(Ok(Some(view))) => Ok(HttpResponse::Ok().json(SessionResource::from(&view))),
         Ok(Ok(None)) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -442,9 +455,11 @@ async fn oauth_callback(
             "Authorization received",
             "Thank you. The authorization is being completed; the card in Feishu will show the result. You can close this page.",
         ),
-        Ok(Err(e @ (RedirectError::UnknownState | RedirectError::StateAlreadyUsed | RedirectError::MissingCode))) => {
-            landing_page(StatusCode::BAD_REQUEST, "Link not valid", &e.to_string())
-        }
+        Ok(Err(
+            e @ (RedirectError::UnknownState
+            | RedirectError::StateAlreadyUsed
+            | RedirectError::MissingCode),
+        )) => landing_page(StatusCode::BAD_REQUEST, "Link not valid", &e.to_string()),
         Ok(Err(e @ RedirectError::SessionEnded(_))) => {
             landing_page(StatusCode::GONE, "Authorization ended", &e.to_string())
         }

@@ -111,6 +111,24 @@ impl RefreshIndex {
         self.order.first().map(|(due, _, _)| *due)
     }
 
+    /// The nearest deadline if it is due at or before `now_ms` (not removed). O(1)
+    /// amortized.
+    pub fn first_due(&self, now_ms: u64) -> Option<Due> {
+        self.order
+            .first()
+            .filter(|(due_ms, _, _)| *due_ms <= now_ms)
+            .map(|&(due_ms, grant, kind)| Due {
+                grant,
+                kind: DeadlineKind::from_u8(kind),
+                due_ms,
+            })
+    }
+
+    /// How many deadlines are due at or before `now_ms` (the backlog). O(k) for k due.
+    pub fn count_due(&self, now_ms: u64) -> usize {
+        self.order.range(..=(now_ms, u32::MAX, u8::MAX)).count()
+    }
+
     /// Removes and returns up to `max` deadlines due at or before `now_ms`, nearest first.
     /// O(k log n) for k returned. The caller sets the next deadlines after refreshing.
     pub fn pop_due(&mut self, now_ms: u64, max: usize) -> Vec<Due> {

@@ -552,6 +552,7 @@ impl AuthSessionActor {
             status: GrantStatus::Active,
             status_code: None,
             refresh_started_ms: None,
+            reauth_requested_ms: None,
             version: 0,
         };
         let vault = self.deps.vault.clone();

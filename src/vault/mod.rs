@@ -5,7 +5,8 @@
 //! - [`TokenVaultActor`](actor::TokenVaultActor): the actor shell that runs the core on a
 //!   `SyncArbiter` (see [`actor`] for the messages).
 //! - [`TokenSource`](token::TokenSource): `get_token` with single-flight refresh against the
-//!   [`RefreshGrant`](token::RefreshGrant) seam.
+//!   [`RefreshGrant`](token::RefreshGrant) seam, implemented for the platform by
+//!   [`OpenApiRefresher`](refresher::OpenApiRefresher).
 //!
 //! Secrets (access and refresh tokens) are only ever stored sealed (see [`record`] for the
 //! format and [`seal`] for keys and rotation); identity and other non-secret fields are in
@@ -23,6 +24,7 @@
 
 pub mod actor;
 pub mod record;
+pub mod refresher;
 pub mod seal;
 pub mod token;
 
@@ -38,9 +40,11 @@ use crate::store::{
 
 pub use self::actor::TokenVaultActor;
 pub use self::record::{GrantRecord, GrantStatus, GrantSummary, UserIdentity};
+pub use self::refresher::{OpenApiRefresher, refresh_failure_of};
 pub use self::seal::{KeyId, Keyring, VaultKey};
 pub use self::token::{
-    AccessToken, GetTokenError, NewTokens, RefreshFailure, RefreshGrant, TokenSource,
+    AccessToken, GetTokenError, NewTokens, RefreshCounts, RefreshFailure, RefreshGrant, TokenEvent,
+    TokenObserver, TokenSource,
 };
 
 use self::record::Unreadable;
@@ -67,6 +71,29 @@ pub enum VaultError {
         /// The length given, bytes.
         len: usize,
     },
+    /// The environment variable that should hold a vault key is not set. Set it (32
+    /// random bytes, base64: `openssl rand -base64 32`).
+    #[error(
+        "missing vault key: set the environment variable `{env}` (named by config key `{key}`)"
+    )]
+    KeyMissing {
+        /// The variable.
+        env: String,
+        /// The config key naming it (`vault.key_env` or `vault.old_keys`).
+        key: &'static str,
+    },
+    /// A vault key from the environment is not 32 bytes of standard base64. Fix the
+    /// variable's value.
+    #[error("the vault key in `{env}` is invalid: {reason}")]
+    KeyInvalid {
+        /// The variable.
+        env: String,
+        /// What is wrong (never the value).
+        reason: String,
+    },
+    /// A vault key is not valid base64 ([`VaultKey::from_base64`]).
+    #[error("the vault key is not valid base64")]
+    KeyNotBase64,
     /// The keyring names one key id twice. Give each key its own id.
     #[error("key id {key_id} appears twice in the keyring")]
     DuplicateKeyId {

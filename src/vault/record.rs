@@ -111,6 +111,11 @@ pub struct GrantRecord {
     /// (and flushed) before the refresh is sent, so a record found with it set after a
     /// restart means the answer may have been lost: the token is not sent again.
     pub refresh_started_ms: Option<u64>,
+    /// When this grant's user was sent a fresh authorization request after it became
+    /// `needs_reauth`, unix ms (`refresh.reauth_card`). Set, durably, before the request
+    /// is emitted, so a grant triggers at most one; a new authorization stores a new
+    /// record without it.
+    pub reauth_requested_ms: Option<u64>,
     /// The store's version of this record (0: not stored yet). A compare-and-swap succeeds
     /// only if the stored version still equals it.
     pub version: u64,
@@ -137,6 +142,8 @@ pub struct GrantSummary {
     pub status: GrantStatus,
     /// The platform error code that ended the grant, if any.
     pub status_code: Option<u32>,
+    /// When a fresh authorization request was emitted for it, unix ms, if one was.
+    pub reauth_requested_ms: Option<u64>,
     /// Store version.
     pub version: u64,
 }
@@ -155,6 +162,8 @@ struct Clear {
     status_code: Option<u32>,
     #[serde(default)]
     refresh_started_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reauth_requested_ms: Option<u64>,
 }
 
 /// Why a stored payload could not be read.
@@ -211,6 +220,7 @@ impl GrantRecord {
             last_used_ms: self.last_used_ms,
             status: self.status,
             status_code: self.status_code,
+            reauth_requested_ms: self.reauth_requested_ms,
             version: self.version,
         }
     }
@@ -233,6 +243,7 @@ impl GrantRecord {
             status: self.status,
             status_code: self.status_code,
             refresh_started_ms: self.refresh_started_ms,
+            reauth_requested_ms: self.reauth_requested_ms,
         }
     }
 
@@ -299,6 +310,7 @@ impl GrantRecord {
             last_used_ms: c.last_used_ms,
             status: c.status,
             status_code: c.status_code,
+            reauth_requested_ms: c.reauth_requested_ms,
             version,
         })
     }
@@ -353,6 +365,7 @@ impl GrantRecord {
             status: c.status,
             status_code: c.status_code,
             refresh_started_ms: c.refresh_started_ms,
+            reauth_requested_ms: c.reauth_requested_ms,
             version,
         })
     }
@@ -389,6 +402,7 @@ mod tests {
             status: GrantStatus::Active,
             status_code: None,
             refresh_started_ms: None,
+            reauth_requested_ms: None,
             version: 0,
         }
     }

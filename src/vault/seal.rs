@@ -44,6 +44,27 @@ impl VaultKey {
         Ok(VaultKey(Secret::new(key)))
     }
 
+    /// Decodes a key from standard base64 (padding optional; surrounding whitespace is
+    /// ignored), as `openssl rand -base64 32` prints it.
+    ///
+    /// # Errors
+    /// [`VaultError::KeyNotBase64`]; [`VaultError::KeyLength`] when it does not decode to
+    /// 32 bytes.
+    pub fn from_base64(encoded: &str) -> Result<VaultKey, VaultError> {
+        use base64::Engine as _;
+        let engine = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        let bytes = Secret::new(
+            engine
+                .decode(encoded.trim())
+                .map_err(|_| VaultError::KeyNotBase64)?,
+        );
+        VaultKey::from_bytes(bytes.expose())
+    }
+
     /// A fresh random key (for tests and for generating a key to give an operator).
     pub fn generate() -> VaultKey {
         let key = XChaCha20Poly1305::generate_key(&mut OsRng);
@@ -88,6 +109,44 @@ impl Keyring {
             current: (key_id, key),
             old: Vec::new(),
         }
+    }
+
+    /// The keyring `config` describes: the current key from `vault.key_env` under
+    /// `vault.key_id`, and each of `vault.old_keys`. `env` looks a variable up (a binary
+    /// passes `|k| std::env::var(k).ok()`; the library never reads the environment).
+    ///
+    /// # Errors
+    /// [`VaultError::KeyMissing`] or [`VaultError::KeyInvalid`], naming the variable;
+    /// [`VaultError::DuplicateKeyId`].
+    pub fn from_config(
+        config: &crate::config::VaultConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Keyring, VaultError> {
+        let load = |var: &str, key: &'static str| -> Result<VaultKey, VaultError> {
+            let value = Secret::new(env(var).ok_or_else(|| VaultError::KeyMissing {
+                env: var.to_string(),
+                key,
+            })?);
+            VaultKey::from_base64(value.expose()).map_err(|e| VaultError::KeyInvalid {
+                env: var.to_string(),
+                reason: match e {
+                    VaultError::KeyLength { len } => {
+                        format!("it decodes to {len} bytes, 32 are needed")
+                    }
+                    _ => "it is not base64".to_string(),
+                },
+            })
+        };
+        let ring = Keyring {
+            current: (config.key_id, load(&config.key_env, "vault.key_env")?),
+            old: config
+                .old_keys
+                .iter()
+                .map(|old| Ok((old.key_id, load(&old.env, "vault.old_keys")?)))
+                .collect::<Result<_, VaultError>>()?,
+        };
+        ring.index()?;
+        Ok(ring)
     }
 
     /// Checks that key ids are unique.
@@ -213,6 +272,57 @@ mod tests {
             ring.index(),
             Err(VaultError::DuplicateKeyId { key_id: 1 })
         ));
+    }
+
+    #[test]
+    fn keys_come_from_base64_in_the_named_variables() {
+        use base64::Engine as _;
+        let raw = [9u8; 32];
+        let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+        assert_eq!(
+            VaultKey::from_base64(&format!(" {b64}\n"))
+                .unwrap()
+                .expose(),
+            &raw
+        );
+        assert!(matches!(
+            VaultKey::from_base64("not base64!"),
+            Err(VaultError::KeyNotBase64)
+        ));
+        assert!(matches!(
+            VaultKey::from_base64("AAAA"),
+            Err(VaultError::KeyLength { len: 3 })
+        ));
+
+        let mut config = crate::config::VaultConfig::default();
+        config.key_id = 2;
+        config.old_keys = vec![crate::config::OldVaultKey {
+            key_id: 1,
+            env: "OLD_KEY".into(),
+        }];
+        let old = base64::engine::general_purpose::STANDARD.encode([1u8; 32]);
+        let ring = Keyring::from_config(&config, |k| match k {
+            "LARK_AUTH_VAULT_KEY" => Some(b64.clone()),
+            "OLD_KEY" => Some(old.clone()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(ring.current.0, 2);
+        assert_eq!(ring.old[0].0, 1);
+        assert_eq!(ring.old[0].1.expose(), &[1u8; 32]);
+
+        let err = Keyring::from_config(&config, |_| None).unwrap_err();
+        assert!(err.to_string().contains("LARK_AUTH_VAULT_KEY"), "{err}");
+        let err = Keyring::from_config(&config, |k| {
+            (k == "LARK_AUTH_VAULT_KEY").then(|| "c2hvcnQ=".to_string())
+        })
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("LARK_AUTH_VAULT_KEY") && text.contains("5 bytes"),
+            "{text}"
+        );
+        assert!(!text.contains("c2hvcnQ"), "{text}");
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //!   [`RefreshFailure::OutcomeUnknown`] → `refresh_uncertain`, and the next use settles it
 //!   as `needs_reauth` without sending anything.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::rc::Rc;
@@ -159,6 +159,52 @@ impl From<actix::MailboxError> for GetTokenError {
     }
 }
 
+/// Counts of refresh requests sent through a [`TokenSource`] since it was made, by
+/// outcome (one per request that left the process; callers that joined a flight are not
+/// counted again).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RefreshCounts {
+    /// Refresh requests sent.
+    pub sent: u64,
+    /// Answered with a new pair (stored).
+    pub refreshed: u64,
+    /// Failed with a retryable error (`refresh_failed`).
+    pub retryable: u64,
+    /// Refused: the grant needs re-authorization.
+    pub needs_reauth: u64,
+    /// No answer: the grant became `refresh_uncertain`.
+    pub outcome_unknown: u64,
+}
+
+/// What a [`TokenSource`] tells its observer (the refresh scheduler).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenEvent<'a> {
+    /// `get_token` was called for this user (the grant is in use: "hot").
+    Used(&'a str),
+    /// The stored grant of this user changed (refreshed, failed, settled): re-read it.
+    Changed(&'a str),
+}
+
+/// The observer callback; see [`TokenSource::set_observer`].
+pub type TokenObserver = Box<dyn Fn(TokenEvent<'_>)>;
+
+/// How stale a grant may be before a flight refreshes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Need {
+    /// Refresh when the access token has less than this left, ms.
+    access_ms: u64,
+    /// When non-zero: refresh when the refresh token has less than this left, ms.
+    refresh_ms: u64,
+}
+
+impl Need {
+    fn satisfied_by(&self, record: &GrantRecord, now_ms: u64) -> bool {
+        record.access_fresh(now_ms, self.access_ms)
+            && (self.refresh_ms == 0
+                || record.refresh_expires_ms >= now_ms.saturating_add(self.refresh_ms))
+    }
+}
+
 type Flight = Shared<LocalBoxFuture<'static, Result<AccessToken, GetTokenError>>>;
 
 /// How many times a flight re-reads after a compare-and-swap conflict before giving up
@@ -171,6 +217,8 @@ struct Inner<R> {
     margin_ms: u64,
     clock: fn() -> u64,
     flights: RefCell<HashMap<String, Flight>>,
+    counts: Cell<RefreshCounts>,
+    observer: RefCell<Option<TokenObserver>>,
 }
 
 /// Serves access tokens with single-flight refresh. Lives on the System's thread (not
@@ -214,6 +262,8 @@ impl<R: RefreshGrant> TokenSource<R> {
                 margin_ms: margin.as_millis() as u64,
                 clock,
                 flights: RefCell::new(HashMap::new()),
+                counts: Cell::new(RefreshCounts::default()),
+                observer: RefCell::new(None),
             }),
         }
     }
@@ -228,12 +278,52 @@ impl<R: RefreshGrant> TokenSource<R> {
         self.inner.flights.borrow().len()
     }
 
+    /// Refresh requests sent so far, by outcome.
+    pub fn refresh_counts(&self) -> RefreshCounts {
+        self.inner.counts.get()
+    }
+
+    /// The access-token margin of `get_token`, ms.
+    pub fn margin_ms(&self) -> u64 {
+        self.inner.margin_ms
+    }
+
+    /// Installs the observer told about every use and every stored change (the
+    /// [`RefreshScheduler`](crate::refresh::RefreshScheduler) installs one that sends itself
+    /// `GrantUsed` / `GrantChanged`). Replaces any previous observer. The callback runs on
+    /// the System's thread inside `get_token`: keep it to a non-blocking send.
+    pub fn set_observer(&self, observer: TokenObserver) {
+        *self.inner.observer.borrow_mut() = Some(observer);
+    }
+
+    /// Refreshes `open_id` now if its access token has less than `access_lead` left or
+    /// (when `refresh_lead` is non-zero) its refresh token has less than `refresh_lead`
+    /// left; otherwise returns the stored access token. Same single flight as
+    /// [`TokenSource::get_token`] (joins a flight in progress, whatever started it), so a
+    /// scheduled refresh and a caller never race. Does not count as a use.
+    ///
+    /// # Errors
+    /// Every [`GetTokenError`] variant, as for `get_token`.
+    pub async fn refresh_ahead(
+        &self,
+        open_id: &str,
+        access_lead: Duration,
+        refresh_lead: Duration,
+    ) -> Result<AccessToken, GetTokenError> {
+        let need = Need {
+            access_ms: (access_lead.as_millis() as u64).max(self.inner.margin_ms),
+            refresh_ms: refresh_lead.as_millis() as u64,
+        };
+        self.join_flight(open_id, need).await
+    }
+
     /// Returns an access token of `open_id` valid for at least the margin, refreshing
     /// first when needed (joining the refresh in flight, if any).
     ///
     /// # Errors
     /// Every [`GetTokenError`] variant; each says what to do.
     pub async fn get_token(&self, open_id: &str) -> Result<AccessToken, GetTokenError> {
+        self.inner.notify(TokenEvent::Used(open_id));
         let now = (self.inner.clock)();
         if let Some(record) = self
             .inner
@@ -250,6 +340,14 @@ impl<R: RefreshGrant> TokenSource<R> {
                 expires_ms: record.access_expires_ms,
             });
         }
+        let need = Need {
+            access_ms: self.inner.margin_ms,
+            refresh_ms: 0,
+        };
+        self.join_flight(open_id, need).await
+    }
+
+    async fn join_flight(&self, open_id: &str, need: Need) -> Result<AccessToken, GetTokenError> {
         let flight = {
             let mut flights = self.inner.flights.borrow_mut();
             match flights.get(open_id) {
@@ -258,7 +356,7 @@ impl<R: RefreshGrant> TokenSource<R> {
                     let inner = self.inner.clone();
                     let id = open_id.to_string();
                     let flight = async move {
-                        let result = Inner::fly(&inner, &id).await;
+                        let result = Inner::fly(&inner, &id, need).await;
                         inner.flights.borrow_mut().remove(&id);
                         result
                     }
@@ -274,6 +372,17 @@ impl<R: RefreshGrant> TokenSource<R> {
 }
 
 impl<R: RefreshGrant> Inner<R> {
+    fn notify(&self, event: TokenEvent<'_>) {
+        if let Some(observer) = self.observer.borrow().as_ref() {
+            observer(event);
+        }
+    }
+
+    fn count(&self, f: impl FnOnce(&mut RefreshCounts)) {
+        let mut c = self.counts.get();
+        f(&mut c);
+        self.counts.set(c);
+    }
     async fn get(&self, open_id: &str) -> Result<Option<GrantRecord>, GetTokenError> {
         Ok(self
             .vault
@@ -303,11 +412,16 @@ impl<R: RefreshGrant> Inner<R> {
         record.status = status;
         record.status_code = code;
         record.refresh_started_ms = None;
-        Ok(matches!(self.swap(record).await?, SwapOutcome::Swapped(_)))
+        let open_id = record.identity.open_id.clone();
+        let stored = matches!(self.swap(record).await?, SwapOutcome::Swapped(_));
+        if stored {
+            self.notify(TokenEvent::Changed(&open_id));
+        }
+        Ok(stored)
     }
 
     /// One flight: re-read under the gate, refresh if still needed, store the answer.
-    async fn fly(this: &Rc<Self>, open_id: &str) -> Result<AccessToken, GetTokenError> {
+    async fn fly(this: &Rc<Self>, open_id: &str, need: Need) -> Result<AccessToken, GetTokenError> {
         for _ in 0..MAX_CONFLICTS {
             let now = (this.clock)();
             let Some(record) = this.get(open_id).await? else {
@@ -348,7 +462,7 @@ impl<R: RefreshGrant> Inner<R> {
                 }
                 continue;
             }
-            if record.access_fresh(now, this.margin_ms) {
+            if need.satisfied_by(&record, now) {
                 return Ok(AccessToken {
                     token: record.access_token,
                     expires_ms: record.access_expires_ms,
@@ -371,7 +485,14 @@ impl<R: RefreshGrant> Inner<R> {
                 SwapOutcome::Conflict => continue,
             };
             let sent_at = (this.clock)();
+            this.count(|c| c.sent += 1);
             let answer = this.refresher.refresh(marked.refresh_token.clone()).await;
+            this.count(|c| match &answer {
+                Ok(_) => c.refreshed += 1,
+                Err(RefreshFailure::Retryable { .. }) => c.retryable += 1,
+                Err(RefreshFailure::NeedsReauth { .. }) => c.needs_reauth += 1,
+                Err(RefreshFailure::OutcomeUnknown) => c.outcome_unknown += 1,
+            });
             match this
                 .settle(open_id, &marked.refresh_token, sent_at, answer)
                 .await?
@@ -439,7 +560,10 @@ impl<R: RefreshGrant> Inner<R> {
                 }
             };
             match self.swap(record).await? {
-                SwapOutcome::Swapped(_) => return Ok(Settled::Done(result)),
+                SwapOutcome::Swapped(_) => {
+                    self.notify(TokenEvent::Changed(open_id));
+                    return Ok(Settled::Done(result));
+                }
                 SwapOutcome::Conflict => continue,
             }
         }

@@ -350,3 +350,81 @@ pub async fn code_flow_grant(
         .await
         .expect("code exchange succeeds")
 }
+
+// ----- vault side --------------------------------------------------------------------------
+
+/// A grant record for `open_id` from a token answer of the sandbox, whose access token
+/// expires `access_left` from now on our clock (shorter than the sandbox's lifetime, to
+/// put it inside the margin).
+pub fn grant_record(
+    app_id: &str,
+    open_id: &str,
+    grant: &lark_auth::openapi::UserTokenGrant,
+    access_left: Duration,
+) -> lark_auth::vault::GrantRecord {
+    let now = lark_auth::vault::unix_now_ms();
+    lark_auth::vault::GrantRecord {
+        app_id: app_id.into(),
+        identity: lark_auth::vault::UserIdentity {
+            open_id: open_id.into(),
+            ..Default::default()
+        },
+        access_token: grant.access_token.clone(),
+        refresh_token: grant.refresh_token.clone().expect("offline_access"),
+        access_expires_ms: now + access_left.as_millis() as u64,
+        refresh_expires_ms: now
+            + grant
+                .refresh_token_expires_in
+                .expect("offline_access")
+                .as_millis() as u64,
+        scopes: grant.scope.split_whitespace().map(str::to_string).collect(),
+        consent_ms: now,
+        last_used_ms: now,
+        status: lark_auth::vault::GrantStatus::Active,
+        status_code: None,
+        refresh_started_ms: None,
+        reauth_requested_ms: None,
+        version: 0,
+    }
+}
+
+/// Opens the vault of `app_id` in `path` with one key (id 1).
+pub fn open_vault(
+    path: &std::path::Path,
+    app_id: &str,
+    key: &lark_auth::vault::VaultKey,
+) -> lark_auth::vault::Vault {
+    let store: Arc<dyn lark_auth::store::Store> =
+        Arc::new(lark_auth::store::SledStore::open(path).expect("sled opens"));
+    lark_auth::vault::Vault::open(
+        store,
+        app_id,
+        lark_auth::vault::Keyring::single(1, key.clone()),
+        lark_auth::vault::DuePolicy::default(),
+    )
+    .expect("vault opens")
+}
+
+/// Refresh-grant requests the sandbox received.
+pub fn refresh_requests(sandbox: &Sandbox) -> usize {
+    sandbox
+        .token_requests()
+        .iter()
+        .filter(|r| r.grant_type.as_deref() == Some("refresh_token"))
+        .count()
+}
+
+/// Polls `check` every 10 ms until it holds, or panics after [`WAIT`] naming `what`.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,172 @@
+//! [`OpenApiRefresher`]: the production [`RefreshGrant`], the OpenAPI client's refresh
+//! grant with its errors mapped onto [`RefreshFailure`].
+//!
+//! Mapping (`lark-openapi-auth.md` §2.4, §2.5), see [`refresh_failure_of`]:
+//!
+//! | OpenAPI error | RefreshFailure |
+//! |---|---|
+//! | code 20026 / 20037 / 20064 / 20073 / 20074 (or any other platform code) | `NeedsReauth { code }` |
+//! | code 20050 / 20072, rate limited (429 / 99991400) | `Retryable { code }` |
+//! | network error before anything was sent, HTTP 4xx without a code, invalid request | `Retryable { code: None }` |
+//! | `RefreshOutcomeUnknown`, timeout, HTTP 5xx without a code, malformed 2xx answer | `OutcomeUnknown` |
+//!
+//! The last row is the conservative one: whenever the platform may have consumed the
+//! refresh token, the token is never sent again.
+
+use crate::openapi::{OpenApiClient, OpenApiError};
+use crate::secret::Secret;
+
+use super::token::{NewTokens, RefreshFailure, RefreshGrant};
+
+/// Platform `code` of rate limiting (§7): nothing was processed.
+const CODE_RATE_LIMITED: i64 = 99_991_400;
+
+/// Refreshes through [`OpenApiClient::refresh_user_token`]. Lives on the System's thread
+/// (the client is not `Send`). Each call is bounded by the client's
+/// `openapi.request_timeout_secs`.
+#[derive(Clone)]
+pub struct OpenApiRefresher {
+    client: OpenApiClient,
+}
+
+impl OpenApiRefresher {
+    /// A refresher sending through `client`.
+    pub fn new(client: OpenApiClient) -> OpenApiRefresher {
+        OpenApiRefresher { client }
+    }
+
+    /// The client underneath.
+    pub fn client(&self) -> &OpenApiClient {
+        &self.client
+    }
+}
+
+/// Classifies a failed refresh grant; see the module docs for the table.
+pub fn refresh_failure_of(error: &OpenApiError) -> RefreshFailure {
+    match error {
+        OpenApiError::Api(f) => match f.code {
+            Some(CODE_RATE_LIMITED) => RefreshFailure::Retryable {
+                code: Some(99_991_400),
+            },
+            Some(code) => match u32::try_from(code) {
+                Ok(code) => RefreshFailure::from_error_code(code),
+                // A code outside the documented range: the platform refused the request.
+                Err(_) => RefreshFailure::NeedsReauth { code: 0 },
+            },
+            None if f.status == 429 => RefreshFailure::Retryable { code: None },
+            None if f.status >= 500 => RefreshFailure::OutcomeUnknown,
+            None => RefreshFailure::Retryable { code: None },
+        },
+        OpenApiError::Transport { sent: false, .. } | OpenApiError::InvalidRequest { .. } => {
+            RefreshFailure::Retryable { code: None }
+        }
+        OpenApiError::Transport { sent: true, .. }
+        | OpenApiError::Timeout { .. }
+        | OpenApiError::RefreshOutcomeUnknown { .. }
+        | OpenApiError::InvalidResponse { .. } => RefreshFailure::OutcomeUnknown,
+    }
+}
+
+impl RefreshGrant for OpenApiRefresher {
+    /// Sends one refresh grant. An answer without a refresh token (`offline_access` no
+    /// longer granted) keeps the new access token and stores an empty refresh token with
+    /// a lifetime of 0 s, so the grant needs re-authorization once the access token runs
+    /// out.
+    async fn refresh(&self, refresh_token: Secret<String>) -> Result<NewTokens, RefreshFailure> {
+        match self.client.refresh_user_token(&refresh_token).await {
+            Ok(grant) => {
+                let scopes = (!grant.scope.is_empty())
+                    .then(|| grant.scope.split_whitespace().map(str::to_string).collect());
+                Ok(NewTokens {
+                    access_token: grant.access_token,
+                    access_expires_in: grant.expires_in,
+                    refresh_expires_in: grant.refresh_token_expires_in.unwrap_or_default(),
+                    refresh_token: grant.refresh_token.unwrap_or_default(),
+                    scopes,
+                })
+            }
+            Err(e) => {
+                let failure = refresh_failure_of(&e);
+                tracing::info!(error = %e, ?failure, "refresh grant failed");
+                Err(failure)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::openapi::ApiFailure;
+
+    fn api(status: u16, code: Option<i64>) -> OpenApiError {
+        OpenApiError::Api(Box::new(ApiFailure {
+            call: "refresh_token grant",
+            idempotent: false,
+            status,
+            code,
+            msg: None,
+            error: None,
+            error_description: None,
+            log_id: None,
+            rate_limit_reset: None,
+        }))
+    }
+
+    #[test]
+    fn the_issue_table() {
+        for code in [20073, 20064, 20037, 20026, 20074] {
+            assert_eq!(
+                refresh_failure_of(&api(400, Some(code))),
+                RefreshFailure::NeedsReauth { code: code as u32 }
+            );
+        }
+        for code in [20050, 20072] {
+            assert_eq!(
+                refresh_failure_of(&api(503, Some(code))),
+                RefreshFailure::Retryable {
+                    code: Some(code as u32)
+                }
+            );
+        }
+        assert_eq!(
+            refresh_failure_of(&api(429, Some(99_991_400))),
+            RefreshFailure::Retryable {
+                code: Some(99_991_400)
+            }
+        );
+        assert_eq!(
+            refresh_failure_of(&OpenApiError::Transport {
+                call: "x",
+                idempotent: false,
+                sent: false,
+                detail: "refused".into()
+            }),
+            RefreshFailure::Retryable { code: None }
+        );
+        assert_eq!(
+            refresh_failure_of(&OpenApiError::RefreshOutcomeUnknown {
+                detail: "timeout".into()
+            }),
+            RefreshFailure::OutcomeUnknown
+        );
+        assert_eq!(
+            refresh_failure_of(&OpenApiError::Timeout {
+                call: "x",
+                idempotent: false,
+                after: Duration::from_secs(1)
+            }),
+            RefreshFailure::OutcomeUnknown
+        );
+        assert_eq!(
+            refresh_failure_of(&api(502, None)),
+            RefreshFailure::OutcomeUnknown
+        );
+        assert_eq!(
+            refresh_failure_of(&api(404, None)),
+            RefreshFailure::Retryable { code: None }
+        );
+    }
+}
