@@ -2,7 +2,8 @@
 //!
 //! [`TokenSource::get_token`] returns an access token valid for at least the margin,
 //! refreshing first when needed. The refresh itself goes through the [`RefreshGrant`] seam
-//! (the OpenAPI client implements it; tests plug in a scripted one).
+//! ([`OpenApiRefresher`](super::OpenApiRefresher) implements it for the platform; the seam
+//! stays so other token endpoints or test harnesses can be plugged in).
 //!
 //! Rules, per grant:
 //! - **Single flight** (in this process): at most one refresh is in flight; every caller
