@@ -19,13 +19,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the service: the long connection, and (as they land) sessions, vault, refresh
-    /// and the HTTP front.
+    /// Run the service: the long connection, authorization sessions, the encrypted token
+    /// vault, proactive refresh and the control API.
     ///
-    /// Reads the app id and secret from the environment variables the config names
-    /// (LARK_APP_ID / LARK_APP_SECRET by default). Logs one JSON object per line on stdout.
-    /// Stops gracefully on SIGINT/SIGTERM. Exits 1 on a fatal error (bad credentials,
-    /// connection limit, invalid config) with one line naming the cause.
+    /// Reads from the environment variables the config names: the app id and secret
+    /// (LARK_APP_ID / LARK_APP_SECRET), the 32-byte base64 vault key (LARK_AUTH_VAULT_KEY)
+    /// and the control API bearer token (LARK_AUTH_API_TOKEN). Logs one JSON object per line
+    /// on stdout. Stops gracefully on SIGINT/SIGTERM. Exits 2 on invalid configuration or
+    /// environment, 1 on a fatal runtime error (bad credentials, connection limit, vault
+    /// locked or wrong key), each with one line naming the cause.
     ///
     /// Example: LARK_APP_ID=cli_xxx LARK_APP_SECRET=yyy lark-auth serve --config config.toml
     Serve {
@@ -68,12 +70,31 @@ fn load_config(path: &std::path::Path) -> Result<Config, lark_auth::config::Conf
 }
 
 fn check_config(path: &std::path::Path) -> ExitCode {
-    match load_config(path) {
+    let checked = load_config(path)
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            let env = |k: &str| std::env::var(k).ok();
+            if let Err(e) = lark_auth::vault::Keyring::from_config(&config.vault, env) {
+                return Err(e.to_string());
+            }
+            if env(&config.http.api_token_env).is_none_or(|t| t.is_empty()) {
+                return Err(lark_auth::config::ConfigError::MissingEnv {
+                    what: "control API token",
+                    env: config.http.api_token_env.clone(),
+                    key: "http.api_token_env",
+                }
+                .to_string());
+            }
+            Ok(config)
+        });
+    match checked {
         Ok(config) => {
             let shown = serde_json::json!({
                 "config_file": path.display().to_string(),
                 "app_id": config.app.credentials.as_ref().map(|c| c.app_id.clone()),
                 "app_secret": "[redacted]",
+                "vault_key": "[redacted]",
+                "api_token": "[redacted]",
                 "open_base_url": config.open_base_url(),
                 "accounts_base_url": config.accounts_base_url(),
                 "settings": config,
@@ -142,9 +163,34 @@ fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let env = |k: &str| std::env::var(k).ok();
+    let keyring = match lark_auth::vault::Keyring::from_config(&config.vault, env) {
+        Ok(keyring) => keyring,
+        Err(e) => {
+            eprintln!(
+                "lark-auth: {e} (generate a key with `openssl rand -base64 32` and keep it safe: it decrypts the vault)"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let api_token = env(&config.http.api_token_env)
+        .filter(|t| !t.is_empty())
+        .map(lark_auth::secret::Secret::new);
+    if api_token.is_none() {
+        eprintln!(
+            "lark-auth: missing control API token: set the environment variable `{}` (named by config key `http.api_token_env`)",
+            config.http.api_token_env
+        );
+        return ExitCode::from(2);
+    }
     init_logging(&config);
+    let options = lark_auth::app::StartOptions {
+        keyring,
+        api_token,
+        http: true,
+    };
     let system = actix::System::new();
-    let result = system.block_on(lark_auth::service::run_until_signal(config));
+    let result = system.block_on(lark_auth::service::run_until_signal(config, options));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,7 +1,8 @@
 //! Assembly of the running service: the supervised ConnectionActor and its consumer, a
 //! watch on the connection state, and the wait for a stop signal or a fatal failure.
 //!
-//! This grows into `LarkAuth::start` as the router, sessions, vault and HTTP front land.
+//! [`Service`] is the connection alone (used by the demo); [`run_until_signal`] runs the
+//! whole service through [`crate::app::LarkAuth`].
 
 use std::time::Duration;
 
@@ -26,6 +27,9 @@ pub enum ServeError {
     /// what to check: credentials, app type, connection limit, network).
     #[error("long connection failed: {0}")]
     ConnectionFailed(String),
+    /// The service could not start (store, vault key, HTTP address, …).
+    #[error(transparent)]
+    App(#[from] crate::app::StartError),
     /// Installing the signal handlers failed.
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
@@ -123,16 +127,19 @@ impl Service {
     }
 }
 
-/// Runs the service until SIGINT/SIGTERM (graceful stop, `Ok`) or a fatal connection
-/// failure (`Err`).
+/// Runs the whole service ([`crate::app::LarkAuth::start`]) until SIGINT/SIGTERM
+/// (graceful stop, `Ok`) or a fatal connection failure (`Err`).
 ///
 /// # Errors
-/// [`ServeError`] as above.
-pub async fn run_until_signal(config: Config) -> Result<(), ServeError> {
-    let mut service = Service::start(&config)?;
+/// [`ServeError`] as above; [`ServeError::App`] when the service cannot start.
+pub async fn run_until_signal(
+    config: Config,
+    options: crate::app::StartOptions,
+) -> Result<(), ServeError> {
+    let handle = crate::app::LarkAuth::start(config, options)?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(ServeError::Signals)?;
-    let mut states = service.states.clone();
+    let mut states = handle.connection_states();
     let outcome = tokio::select! {
         _ = tokio::signal::ctrl_c() => { info!(signal = "SIGINT", "stopping"); Ok(()) }
         _ = sigterm.recv() => { info!(signal = "SIGTERM", "stopping"); Ok(()) }
@@ -143,7 +150,7 @@ pub async fn run_until_signal(config: Config) -> Result<(), ServeError> {
             Err(ServeError::ConnectionFailed(cause))
         }
     };
-    service.shutdown(Duration::from_secs(3)).await;
+    handle.shutdown(Duration::from_secs(3)).await;
     info!("stopped");
     outcome
 }

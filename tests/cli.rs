@@ -5,6 +5,8 @@ use std::process::{Command, Output};
 use lark_auth::sandbox::{Sandbox, SandboxConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lark-auth");
+/// 32 bytes, base64.
+const VAULT_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(BIN);
@@ -12,6 +14,8 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("LARK_APP_ID")
         .env_remove("LARK_APP_SECRET")
+        .env_remove("LARK_AUTH_VAULT_KEY")
+        .env_remove("LARK_AUTH_API_TOKEN")
         .env_remove("RUST_LOG");
     for (k, v) in env {
         cmd.env(k, v);
@@ -30,6 +34,8 @@ fn check_config_prints_effective_settings_with_the_secret_redacted() {
         &[
             ("LARK_APP_ID", "cli_check"),
             ("LARK_APP_SECRET", "very-secret-value"),
+            ("LARK_AUTH_VAULT_KEY", VAULT_KEY),
+            ("LARK_AUTH_API_TOKEN", "api-token-value"),
         ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -37,7 +43,9 @@ fn check_config_prints_effective_settings_with_the_secret_redacted() {
     assert!(stdout.contains("cli_check"));
     assert!(stdout.contains("https://open.feishu.cn"));
     assert!(stdout.contains("[redacted]"));
-    assert!(!stdout.contains("very-secret-value"), "{stdout}");
+    for secret in ["very-secret-value", VAULT_KEY, "api-token-value"] {
+        assert!(!stdout.contains(secret), "{stdout}");
+    }
 }
 
 #[test]
@@ -49,6 +57,49 @@ fn check_config_names_what_is_missing_or_wrong() {
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("LARK_APP_SECRET"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(
+        &["check-config", "--config", "config.toml"],
+        &[("LARK_APP_ID", "cli_check"), ("LARK_APP_SECRET", "s")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("LARK_AUTH_VAULT_KEY"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(
+        &["check-config", "--config", "config.toml"],
+        &[
+            ("LARK_APP_ID", "cli_check"),
+            ("LARK_APP_SECRET", "s"),
+            ("LARK_AUTH_VAULT_KEY", "too-short"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("LARK_AUTH_VAULT_KEY"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !text(&out.stderr).contains("too-short"),
+        "the key value is never echoed"
+    );
+    let out = run(
+        &["check-config", "--config", "config.toml"],
+        &[
+            ("LARK_APP_ID", "cli_check"),
+            ("LARK_APP_SECRET", "s"),
+            ("LARK_AUTH_VAULT_KEY", VAULT_KEY),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("LARK_AUTH_API_TOKEN"),
         "{}",
         text(&out.stderr)
     );
@@ -92,9 +143,10 @@ async fn serve_exits_non_zero_with_the_cause_on_bad_credentials() {
     std::fs::write(
         &path,
         format!(
-            "[endpoints]\nopen_base_url = \"{}\"\naccounts_base_url = \"{}\"\n",
+            "[endpoints]\nopen_base_url = \"{}\"\naccounts_base_url = \"{}\"\n[vault]\npath = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
             sandbox.base_url(),
-            sandbox.base_url()
+            sandbox.base_url(),
+            dir.path().join("vault").display()
         ),
     )
     .unwrap();
@@ -105,6 +157,8 @@ async fn serve_exits_non_zero_with_the_cause_on_bad_credentials() {
             &[
                 ("LARK_APP_ID", "cli_sandbox_app"),
                 ("LARK_APP_SECRET", "not-the-secret"),
+                ("LARK_AUTH_VAULT_KEY", VAULT_KEY),
+                ("LARK_AUTH_API_TOKEN", "api-token-value"),
             ],
         )
     })
@@ -122,5 +176,76 @@ async fn serve_exits_non_zero_with_the_cause_on_bad_credentials() {
     // stdout is JSON lines.
     for line in text(&out.stdout).lines() {
         serde_json::from_str::<serde_json::Value>(line).expect("JSON log line");
+    }
+}
+
+#[actix_rt::test]
+async fn serve_answers_health_and_stops_gracefully_on_sigterm() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[endpoints]\nopen_base_url = \"{0}\"\naccounts_base_url = \"{0}\"\n[vault]\npath = \"{1}\"\n[http]\nlisten = \"127.0.0.1:{2}\"\n",
+            sandbox.base_url(),
+            dir.path().join("vault").display(),
+            port
+        ),
+    )
+    .unwrap();
+    let child = Command::new(BIN)
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .env("LARK_APP_ID", "cli_sandbox_app")
+        .env("LARK_APP_SECRET", "sandbox-secret")
+        .env("LARK_AUTH_VAULT_KEY", VAULT_KEY)
+        .env("LARK_AUTH_API_TOKEN", "api-token-value")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = awc::Client::default();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let mut healthy = None;
+    for _ in 0..200 {
+        if let Ok(mut res) = client.get(&url).send().await {
+            let body: serde_json::Value = res.json().await.unwrap_or_default();
+            if res.status().as_u16() == 200 && body["connection"] == "connected" {
+                healthy = Some(body);
+                break;
+            }
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let healthy = healthy.expect("serve became healthy and connected");
+    assert_eq!(healthy["vault"], "ok");
+    let res = client
+        .get(format!("http://127.0.0.1:{port}/v1/grants"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status().as_u16(),
+        401,
+        "the control API needs the token"
+    );
+
+    let pid = child.id().to_string();
+    let out = actix_rt::task::spawn_blocking(move || {
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("\"stopping\""), "logs the stop: {stdout}");
+    for secret in ["sandbox-secret", VAULT_KEY, "api-token-value"] {
+        assert!(!stdout.contains(secret));
     }
 }

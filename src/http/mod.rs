@@ -86,6 +86,8 @@ pub struct ControlState {
     pub vault: Option<Addr<TokenVaultActor>>,
     /// The session router, for authorizations and the OAuth landing.
     pub router: Option<Addr<RouterActor>>,
+    /// The token service, for `GET /v1/grants/{open_id}/token`.
+    pub tokens: Option<Addr<crate::app::TokenService>>,
     /// The metrics rendered by `/metrics`.
     pub metrics: Metrics,
 }
@@ -100,6 +102,7 @@ impl ControlState {
             connection: None,
             vault: None,
             router: None,
+            tokens: None,
             metrics,
         }
     }
@@ -230,6 +233,56 @@ async fn list_grants(
         })?;
     let views: Vec<GrantView> = grants.iter().map(GrantView::from).collect();
     Ok(HttpResponse::Ok().json(views))
+}
+
+async fn grant_token(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<ControlState>,
+) -> Result<HttpResponse, ApiError> {
+    use crate::vault::GetTokenError as E;
+    state.authorize(&req)?;
+    let tokens = state
+        .tokens
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("the token service"))?;
+    let open_id = path.into_inner();
+    let result = tokens
+        .send(crate::app::GetToken {
+            open_id: open_id.clone(),
+        })
+        .await
+        .map_err(|_| ApiError::unavailable("the token service"))?;
+    match result {
+        Ok(token) => Ok(HttpResponse::Ok()
+            .insert_header(("Cache-Control", "no-store"))
+            .json(serde_json::json!({
+                "access_token": token.token.expose(),
+                "expires_at": rfc3339_ms(token.expires_ms),
+            }))),
+        Err(E::NoGrant) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_grant",
+            format!("no grant for {open_id}: start an authorization"),
+        )),
+        Err(e @ (E::NeedsReauth { .. } | E::Revoked | E::RefreshOutcomeUnknown)) => {
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "needs_reauth",
+                format!("{e}: start a new authorization for {open_id}"),
+            ))
+        }
+        Err(e @ (E::RefreshFailed { .. } | E::Contended)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "refresh_failed",
+            format!("{e}; retry later"),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "vault_unavailable",
+            e.to_string(),
+        )),
+    }
 }
 
 async fn revoke_grant(
@@ -482,7 +535,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::get().to(get_authorization),
         )
         .route("/v1/grants", web::get().to(list_grants))
-        .route("/v1/grants/{open_id}", web::delete().to(revoke_grant));
+        .route("/v1/grants/{open_id}", web::delete().to(revoke_grant))
+        .route("/v1/grants/{open_id}/token", web::get().to(grant_token));
 }
 
 /// A running HTTP front.

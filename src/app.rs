@@ -1,0 +1,369 @@
+//! `LarkAuth::start`: the whole actor tree on the caller's actix System, and the
+//! [`Handle`] to use it.
+//!
+//! Started here, in order: the sled store and the sealed vault (`TokenVaultActor` on a
+//! `SyncArbiter`), the OpenAPI client, the `TokenSource` (single-flight `get_token`) with
+//! its `TokenService` actor, the `RefreshScheduler`, the `RouterActor` (sessions), the
+//! supervised `ConnectionActor` feeding the router, and the HTTP front. No globals: two
+//! instances (different stores and ports) live side by side in one process.
+//!
+//! The library never reads the environment: the caller resolves the app credentials
+//! (`Config::resolve_credentials`), the vault keyring (`Keyring::from_config`) and the
+//! control API token, and passes them in.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::connection::{
+    ConnectionActor, ConnectionError, ConnectionOutputs, ConnectionState, EventReceived, Shutdown,
+};
+use crate::http::{self, ControlState, HttpFront};
+use crate::metrics::Metrics;
+use crate::openapi::OpenApiClient;
+use crate::refresh::scheduler::{RefreshScheduler, SchedulerSettings};
+use crate::secret::Secret;
+use crate::service::StateReport;
+use crate::session::router::{
+    GetSession, StartAuthorization, StartError as SessionStartError, StopRouter, Subscribe,
+};
+use crate::session::store::SessionStoreError;
+use crate::session::{RouterActor, RouterParts, SessionSettings, SessionView};
+use crate::store::{SledStore, Store, StoreError};
+use crate::vault::actor::Revoke;
+use crate::vault::{
+    AccessToken, DuePolicy, GetTokenError, GrantSummary, Keyring, OpenApiRefresher, TokenSource,
+    TokenVaultActor, Vault, VaultError,
+};
+
+/// Threads of the vault's `SyncArbiter` (sled reads, sealing, fsync).
+const VAULT_THREADS: usize = 2;
+
+/// What [`LarkAuth::start`] needs besides the configuration: resolved secrets.
+pub struct StartOptions {
+    /// The vault keyring (`Keyring::from_config` with an environment lookup).
+    pub keyring: Keyring,
+    /// The control API's bearer token; `None` makes every protected route answer 401.
+    pub api_token: Option<Secret<String>>,
+    /// Start the HTTP front on `config.http.listen`. Default true.
+    pub http: bool,
+}
+
+/// Why the service could not start. Each names the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid (the message names the key).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The app id / secret were not resolved: call `Config::resolve_credentials` first.
+    #[error("no app credentials: set the app id and secret (see [app] in config.toml)")]
+    MissingCredentials,
+    /// The store directory cannot be opened (another lark-auth holds it, permissions).
+    #[error("cannot open the vault store: {0}")]
+    Store(#[from] StoreError),
+    /// The vault refused the key or the data (wrong key: nothing was written).
+    #[error("cannot open the vault: {0}")]
+    Vault(#[from] VaultError),
+    /// The session store could not be read.
+    #[error("cannot load sessions: {0}")]
+    Sessions(#[from] SessionStoreError),
+    /// TLS setup failed.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    /// The HTTP front could not bind `http.listen`.
+    #[error("cannot listen on {addr}: {source} (change http.listen or stop what uses it)")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// The bind error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a [`Handle`] call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// The service is stopping or stopped.
+    #[error("lark-auth is not running")]
+    Stopped,
+    /// The vault refused the operation.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+}
+
+/// Answers `get_token` through the shared single-flight [`TokenSource`], for callers on
+/// other threads (the HTTP workers).
+pub struct TokenService {
+    source: TokenSource<OpenApiRefresher>,
+}
+
+impl Actor for TokenService {
+    type Context = Context<Self>;
+}
+
+/// Asks for a valid access token of `open_id` (refreshing first when inside the margin).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<AccessToken, GetTokenError>")]
+pub struct GetToken {
+    /// The user.
+    pub open_id: String,
+}
+
+impl Handler<GetToken> for TokenService {
+    type Result = ResponseFuture<Result<AccessToken, GetTokenError>>;
+
+    fn handle(&mut self, msg: GetToken, _: &mut Context<Self>) -> Self::Result {
+        let source = self.source.clone();
+        Box::pin(async move { source.get_token(&msg.open_id).await })
+    }
+}
+
+/// Forwards connection state changes into a watch channel, then to the router.
+struct StateWatch {
+    sender: watch::Sender<StateReport>,
+    forward: Recipient<crate::connection::ConnectionStateChanged>,
+}
+
+impl Actor for StateWatch {
+    type Context = Context<Self>;
+}
+
+impl Handler<crate::connection::ConnectionStateChanged> for StateWatch {
+    type Result = ();
+
+    fn handle(&mut self, msg: crate::connection::ConnectionStateChanged, _: &mut Context<Self>) {
+        self.sender.send_replace(StateReport {
+            state: msg.state,
+            cause: msg.cause.clone(),
+        });
+        self.forward.do_send(msg);
+    }
+}
+
+/// Entry point of the library.
+pub struct LarkAuth;
+
+impl LarkAuth {
+    /// Starts everything on the current actix System (call it inside `System::block_on`,
+    /// `#[actix_rt::main]` or `#[actix_web::main]`).
+    ///
+    /// # Errors
+    /// [`StartError`]: invalid config, missing credentials, the store locked or
+    /// unreadable, a wrong vault key (nothing is overwritten), the HTTP address in use.
+    pub fn start(config: Config, options: StartOptions) -> Result<Handle, StartError> {
+        config.validate()?;
+        let credentials = config
+            .app
+            .credentials
+            .clone()
+            .ok_or(StartError::MissingCredentials)?;
+        let metrics = Metrics::new();
+
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.vault.path)?);
+        let vault = Vault::open(
+            store.clone(),
+            credentials.app_id.clone(),
+            options.keyring.clone(),
+            DuePolicy {
+                keepalive_lead: config.refresh.keepalive,
+            },
+        )?;
+        let vault = TokenVaultActor::start(vault, VAULT_THREADS);
+        let client = OpenApiClient::new(&config)?;
+        let source = TokenSource::new(
+            vault.clone(),
+            OpenApiRefresher::new(client.clone()),
+            config.refresh.margin,
+        );
+        let scheduler = RefreshScheduler::new(
+            source.clone(),
+            vault.clone(),
+            SchedulerSettings::from_config(&config.refresh),
+        )
+        .start();
+        let tokens = TokenService { source }.start();
+        let router = RouterActor::start(RouterParts {
+            client,
+            store,
+            keyring: options.keyring,
+            vault: vault.clone(),
+            settings: SessionSettings::from_config(&config),
+        })?;
+
+        let (sender, states) = watch::channel(StateReport {
+            state: ConnectionState::Connecting,
+            cause: None,
+        });
+        let router_outputs = RouterActor::outputs(&router);
+        let watcher = StateWatch {
+            sender,
+            forward: router_outputs.states.clone(),
+        }
+        .start();
+        let outputs = ConnectionOutputs {
+            states: watcher.recipient(),
+            ..router_outputs
+        };
+        let connection = ConnectionActor::new(
+            credentials,
+            config.open_base_url(),
+            config.connection.clone(),
+            outputs,
+        )?
+        .with_metrics(metrics.clone())
+        .start_supervised();
+
+        let http = if options.http {
+            let mut state = ControlState::new(options.api_token.as_ref(), metrics.clone());
+            state.connection = Some(connection.clone());
+            state.vault = Some(vault.clone());
+            state.router = Some(router.clone());
+            state.tokens = Some(tokens.clone());
+            let front =
+                http::start(config.http.listen, state).map_err(|source| StartError::Http {
+                    addr: config.http.listen,
+                    source,
+                })?;
+            tracing::info!(listen = %front.local_addr, "control API listening");
+            Some(front)
+        } else {
+            None
+        };
+        Ok(Handle {
+            connection,
+            router,
+            vault,
+            tokens,
+            _scheduler: scheduler.recipient(),
+            states,
+            http,
+            metrics,
+        })
+    }
+}
+
+/// The running service. Cheap to clone parts of; `shutdown` stops it.
+pub struct Handle {
+    connection: Addr<ConnectionActor>,
+    router: Addr<RouterActor>,
+    vault: Addr<TokenVaultActor>,
+    tokens: Addr<TokenService>,
+    _scheduler: Recipient<crate::refresh::scheduler::GetRefreshStats>,
+    states: watch::Receiver<StateReport>,
+    http: Option<HttpFront>,
+    metrics: Metrics,
+}
+
+impl Handle {
+    /// Starts (or returns the in-flight) authorization of `open_id` for `scopes` (the
+    /// configured defaults when empty; `offline_access` is always added).
+    ///
+    /// # Errors
+    /// [`SessionStartError::RateLimited`] past the per-user limit (5 a minute by default),
+    /// `InvalidOpenId`, `Store`, `Stopping`.
+    pub async fn authorize(
+        &self,
+        open_id: &str,
+        scopes: Vec<String>,
+    ) -> Result<SessionView, SessionStartError> {
+        self.router
+            .send(StartAuthorization {
+                open_id: open_id.to_string(),
+                scopes,
+            })
+            .await
+            .map_err(|_| SessionStartError::Stopping)?
+    }
+
+    /// The session's current view; `Ok(None)` when unknown or pruned.
+    ///
+    /// # Errors
+    /// The session store's error; [`SessionStoreError`] when stopped.
+    pub async fn session(&self, session_id: &str) -> Result<Option<SessionView>, HandleError> {
+        match self
+            .router
+            .send(GetSession {
+                session_id: session_id.to_string(),
+            })
+            .await
+        {
+            Ok(Ok(view)) => Ok(view),
+            Ok(Err(_)) | Err(_) => Err(HandleError::Stopped),
+        }
+    }
+
+    /// A valid `user_access_token` for `open_id` (at least `refresh.margin_secs` left),
+    /// refreshing first when needed; at most one refresh per grant runs at a time.
+    ///
+    /// # Errors
+    /// [`GetTokenError`]: `NoGrant` (authorize first), `NeedsReauth`, `Revoked`,
+    /// `RefreshOutcomeUnknown`, `RefreshFailed` (retry later), vault errors.
+    pub async fn token(&self, open_id: &str) -> Result<AccessToken, GetTokenError> {
+        self.tokens
+            .send(GetToken {
+                open_id: open_id.to_string(),
+            })
+            .await
+            .map_err(|_| GetTokenError::VaultUnavailable)?
+    }
+
+    /// Deletes the grant's tokens and records the revocation. `Ok(None)`: no grant.
+    ///
+    /// # Errors
+    /// [`HandleError`].
+    pub async fn revoke(&self, open_id: &str) -> Result<Option<GrantSummary>, HandleError> {
+        Ok(self
+            .vault
+            .send(Revoke {
+                open_id: open_id.to_string(),
+            })
+            .await
+            .map_err(|_| HandleError::Stopped)??)
+    }
+
+    /// Delivers every long-connection event of `event_type` (e.g. `im.message.receive_v1`)
+    /// to `recipient`, after it was acked and deduplicated.
+    pub fn subscribe(&self, event_type: &str, recipient: Recipient<EventReceived>) {
+        self.router.do_send(Subscribe {
+            event_type: event_type.to_string(),
+            recipient,
+        });
+    }
+
+    /// The connection state as it changes.
+    pub fn connection_states(&self) -> watch::Receiver<StateReport> {
+        self.states.clone()
+    }
+
+    /// The address the control API listens on, when started.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|h| h.local_addr)
+    }
+
+    /// This instance's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Stops gracefully within about `grace`: the connection closes after its queued
+    /// acks, sessions are persisted (they resume on the next start), the store is flushed,
+    /// the HTTP front stops.
+    pub async fn shutdown(mut self, grace: Duration) {
+        self.connection.do_send(Shutdown);
+        let stopped = self
+            .states
+            .wait_for(|r| matches!(r.state, ConnectionState::Stopped | ConnectionState::Failed));
+        let _ = tokio::time::timeout(grace, stopped).await;
+        let _ = tokio::time::timeout(grace, self.router.send(StopRouter)).await;
+        if let Some(http) = self.http.take() {
+            http.handle.stop(true).await;
+        }
+        // Let the Close frame and the last acks leave the socket.
+        actix_rt::time::sleep(Duration::from_millis(300)).await;
+    }
+}
