@@ -1,0 +1,187 @@
+//! The library as an embedding app uses it: `LarkAuth::start` on the app's System, then
+//! the `Handle` (and the control API it serves) for a whole authorization, token lookups
+//! and revocation; and two instances side by side in one process.
+
+mod sessions_common;
+
+use std::time::Duration;
+
+use lark_auth::app::{LarkAuth, StartOptions};
+use lark_auth::config::Config;
+use lark_auth::connection::ConnectionState;
+use lark_auth::sandbox::Sandbox;
+use lark_auth::secret::Secret;
+use lark_auth::session::machine::SessionState;
+use lark_auth::vault::{GetTokenError, Keyring, VaultKey};
+use sessions_common::{USER, WAIT, authorize_url, click_json, eventually, query_param};
+
+const API_TOKEN: &str = "library-test-api-token";
+
+struct Instance {
+    sandbox: Sandbox,
+    handle: lark_auth::app::Handle,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_instance() -> Instance {
+    let sandbox = Sandbox::start(sessions_common::sandbox_config())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(&sandbox.base_url());
+    config.vault.path = dir.path().join("vault");
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    let handle = LarkAuth::start(
+        config,
+        StartOptions {
+            keyring: Keyring::single(1, VaultKey::generate()),
+            api_token: Some(Secret::new(API_TOKEN.into())),
+            http: true,
+        },
+    )
+    .expect("starts");
+    let mut states = handle.connection_states();
+    tokio::time::timeout(
+        WAIT,
+        states.wait_for(|r| r.state == ConnectionState::Connected),
+    )
+    .await
+    .expect("connects in time")
+    .unwrap();
+    Instance {
+        sandbox,
+        handle,
+        _dir: dir,
+    }
+}
+
+/// Runs one device-flow authorization of `USER` to the end: the card arrives, the user
+/// clicks Authorize (reported over the long connection) and approves on the device page.
+async fn authorize_user(i: &Instance) -> String {
+    let view = i.handle.authorize(USER, vec![]).await.expect("started");
+    let cards = i.sandbox.wait_for_sent_cards(1, WAIT).await.unwrap();
+    let url = authorize_url(&cards[0].card);
+    let user_code = query_param(&url, "user_code").expect("user code");
+    let card_token = i.sandbox.issue_card_update_token(&cards[0].message_id);
+    i.sandbox
+        .push_event(&click_json(
+            "ev_click_authorize",
+            &view.session_id,
+            USER,
+            "authorize",
+            card_token.expose(),
+            &cards[0].message_id,
+        ))
+        .unwrap();
+    i.sandbox.approve_device(&user_code, USER).unwrap();
+    let handle = &i.handle;
+    let session_id = view.session_id.clone();
+    eventually("the session is authorized", || {
+        let session_id = session_id.clone();
+        async move {
+            handle
+                .session(&session_id)
+                .await
+                .ok()
+                .flatten()
+                .filter(|v| v.state == SessionState::Authorized)
+        }
+    })
+    .await;
+    view.session_id
+}
+
+#[actix_rt::test]
+async fn the_handle_authorizes_serves_tokens_and_revokes() {
+    let i = start_instance().await;
+    authorize_user(&i).await;
+
+    let token = i.handle.token(USER).await.expect("a token after consent");
+    assert!(!token.token.expose().is_empty());
+
+    // The same token through the control API.
+    let client = awc::Client::default();
+    let base = format!("http://{}", i.handle.http_addr().unwrap());
+    let mut res = client
+        .get(format!("{base}/v1/grants/{USER}/token"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["access_token"], token.token.expose().as_str());
+    assert!(body["expires_at"].as_str().unwrap().ends_with('Z'));
+
+    // A second user through the control API: 202 with a session id.
+    let mut res = client
+        .post(format!("{base}/v1/authorizations"))
+        .bearer_auth(API_TOKEN)
+        .send_json(&serde_json::json!({"open_id": "ou_test_user_2"}))
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 202);
+    let started: serde_json::Value = res.json().await.unwrap();
+    let session_id = started["session_id"].as_str().unwrap();
+    let mut res = client
+        .get(format!("{base}/v1/authorizations/{session_id}"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let session: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(session["open_id"], "ou_test_user_2");
+    assert!(session["created_at"].as_str().unwrap().ends_with('Z'));
+
+    // Revoke: the token is refused afterwards, 409 through the API.
+    assert!(i.handle.revoke(USER).await.unwrap().is_some());
+    assert!(matches!(
+        i.handle.token(USER).await,
+        Err(GetTokenError::Revoked)
+    ));
+    let res = client
+        .get(format!("{base}/v1/grants/{USER}/token"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 409);
+    let res = client
+        .get(format!("{base}/v1/grants/ou_nobody/token"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 404);
+    assert_eq!(i.sandbox.refresh_token_reuse_violations(), 0);
+    i.handle.shutdown(Duration::from_secs(3)).await;
+}
+
+#[actix_rt::test]
+async fn two_instances_in_one_process_do_not_interfere() {
+    let a = start_instance().await;
+    let b = start_instance().await;
+    assert_ne!(a.handle.http_addr(), b.handle.http_addr());
+    let session_id = authorize_user(&a).await;
+
+    assert!(a.handle.token(USER).await.is_ok());
+    assert!(matches!(
+        b.handle.token(USER).await,
+        Err(GetTokenError::NoGrant)
+    ));
+    assert!(b.handle.session(&session_id).await.unwrap().is_none());
+    assert_eq!(a.sandbox.connections_accepted(), 1);
+    assert_eq!(b.sandbox.connections_accepted(), 1);
+    assert!(b.sandbox.sent_cards().is_empty(), "B sent no card");
+    let events = |m: &lark_auth::metrics::Metrics| {
+        m.encode()
+            .lines()
+            .filter(|l| l.starts_with("lark_auth_events_total{"))
+            .count()
+    };
+    assert!(events(a.handle.metrics()) > 0, "A counted the click");
+    assert_eq!(events(b.handle.metrics()), 0, "B counted nothing");
+    a.handle.shutdown(Duration::from_secs(3)).await;
+    b.handle.shutdown(Duration::from_secs(3)).await;
+}
