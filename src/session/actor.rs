@@ -176,6 +176,9 @@ pub struct AuthSessionActor {
     deadline_timer: Option<SpawnHandle>,
     poll_timer: Option<SpawnHandle>,
     in_flight: u32,
+    /// Transitions whose store write (and then actions) are still pending; the actor must
+    /// not finish before their actions ran (a late card send would lose its final card).
+    writes_pending: u32,
     finished: bool,
     /// Replies waiting for the current transition to be stored.
     on_stored: Vec<tokio::sync::oneshot::Sender<()>>,
@@ -206,6 +209,7 @@ impl AuthSessionActor {
             deadline_timer: None,
             poll_timer: None,
             in_flight: 0,
+            writes_pending: 0,
             finished: false,
             on_stored: Vec::new(),
         }
@@ -228,7 +232,9 @@ impl AuthSessionActor {
                 record: self.record.clone(),
             });
             let todo = actions.clone();
+            self.writes_pending += 1;
             ctx.wait(write.into_actor(self).map(move |res, act, ctx| {
+                act.writes_pending -= 1;
                 match res {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
@@ -311,7 +317,11 @@ impl AuthSessionActor {
     }
 
     fn maybe_finish(&mut self, ctx: &mut Context<Self>) {
-        if self.finished || self.in_flight > 0 || !self.visible.state.is_terminal() {
+        if self.finished
+            || self.in_flight > 0
+            || self.writes_pending > 0
+            || !self.visible.state.is_terminal()
+        {
             return;
         }
         self.finished = true;
