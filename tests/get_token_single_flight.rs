@@ -253,11 +253,14 @@ async fn a_marker_found_on_disk_after_reopening_is_never_sent() {
 #[actix_rt::test]
 async fn an_answer_for_a_replaced_grant_does_not_overwrite_it() {
     let h = harness(Duration::from_secs(5)).await;
+    let reauthorized = code_flow_grant(&h.sandbox, h.refresher.client(), USER).await;
+    // The refresh answer is held back 2 s, so the new authorization (a flushed vault
+    // write) lands before it. Injected after the code exchange above, which would
+    // otherwise consume the fault and leave the refresh racing the write.
     h.sandbox.inject_openapi_fault(
         OpenApiRoute::UserToken,
-        OpenApiFault::Delay(Duration::from_millis(300)),
+        OpenApiFault::Delay(Duration::from_secs(2)),
     );
-    let reauthorized = code_flow_grant(&h.sandbox, h.refresher.client(), USER).await;
     let fresh = grant_record(APP, USER, &reauthorized, Duration::from_secs(7000));
     let replace = async {
         h.sandbox.wait_for_token_requests(3, WAIT).await.unwrap();
