@@ -25,7 +25,7 @@ use crate::connection::{
 use crate::http::{self, ControlState, HttpFront};
 use crate::metrics::Metrics;
 use crate::openapi::OpenApiClient;
-use crate::refresh::scheduler::{RefreshScheduler, SchedulerSettings};
+use crate::refresh::scheduler::{GrantChanged, RefreshScheduler, SchedulerSettings};
 use crate::secret::Secret;
 use crate::service::StateReport;
 use crate::session::router::{
@@ -173,6 +173,7 @@ impl LarkAuth {
                 keepalive_lead: config.refresh.keepalive,
             },
         )?;
+        let vault_core = vault.clone();
         let vault = TokenVaultActor::start(vault, VAULT_THREADS);
         let client = OpenApiClient::new(&config)?;
         let source = TokenSource::new(
@@ -186,6 +187,14 @@ impl LarkAuth {
             SchedulerSettings::from_config(&config.refresh),
         )
         .start();
+        // New grants (from sessions) and revocations reach the scheduler, so a grant is
+        // kept alive even if nobody asks for its token before the refresh token lapses.
+        let changes = scheduler.clone().recipient::<GrantChanged>();
+        vault_core.on_grant_changed(Box::new(move |open_id| {
+            changes.do_send(GrantChanged {
+                open_id: open_id.to_string(),
+            })
+        }));
         let tokens = TokenService { source }.start();
         let router = RouterActor::start(RouterParts {
             client,
@@ -239,7 +248,7 @@ impl LarkAuth {
             router,
             vault,
             tokens,
-            _scheduler: scheduler.recipient(),
+            scheduler: scheduler.recipient(),
             states,
             http,
             metrics,
@@ -253,7 +262,7 @@ pub struct Handle {
     router: Addr<RouterActor>,
     vault: Addr<TokenVaultActor>,
     tokens: Addr<TokenService>,
-    _scheduler: Recipient<crate::refresh::scheduler::GetRefreshStats>,
+    scheduler: Recipient<crate::refresh::scheduler::GetRefreshStats>,
     states: watch::Receiver<StateReport>,
     http: Option<HttpFront>,
     metrics: Metrics,
@@ -333,6 +342,20 @@ impl Handle {
             event_type: event_type.to_string(),
             recipient,
         });
+    }
+
+    /// The refresh scheduler's counters: grants and deadlines tracked, backlog, oldest
+    /// overdue deadline, refresh attempts by outcome, grants by status.
+    ///
+    /// # Errors
+    /// [`HandleError::Stopped`].
+    pub async fn refresh_stats(
+        &self,
+    ) -> Result<crate::refresh::scheduler::RefreshStats, HandleError> {
+        self.scheduler
+            .send(crate::refresh::scheduler::GetRefreshStats)
+            .await
+            .map_err(|_| HandleError::Stopped)
     }
 
     /// The connection state as it changes.

@@ -95,6 +95,17 @@ async fn authorize_user(i: &Instance) -> String {
 async fn the_handle_authorizes_serves_tokens_and_revokes() {
     let i = start_instance().await;
     authorize_user(&i).await;
+    // The new grant reaches the refresh scheduler at once (keep-alive deadline), before
+    // anybody asked for its token.
+    let handle = &i.handle;
+    eventually("the scheduler tracks the new grant", || async move {
+        handle
+            .refresh_stats()
+            .await
+            .ok()
+            .filter(|s| s.grants == 1 && s.deadlines >= 1)
+    })
+    .await;
 
     let token = i.handle.token(USER).await.expect("a token after consent");
     assert!(!token.token.expose().is_empty());

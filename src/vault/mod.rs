@@ -191,7 +191,13 @@ struct Inner {
     keyring: Keyring,
     keys: BTreeMap<KeyId, VaultKey>,
     policy: DuePolicy,
+    /// Told the `open_id` after a new grant is stored or a grant is revoked (the refresh
+    /// scheduler schedules or drops its deadlines). Set once, after start.
+    on_grant_changed: std::sync::OnceLock<GrantChangedHook>,
 }
+
+/// A callback told the `open_id` of a grant that was stored or revoked.
+pub type GrantChangedHook = Box<dyn Fn(&str) + Send + Sync>;
 
 /// The blocking vault core. Cheap to clone (shared). Every method blocks on disk I/O;
 /// call from a thread that may block (the actor's `SyncArbiter` threads).
@@ -263,8 +269,22 @@ impl Vault {
                 keyring,
                 keys,
                 policy,
+                on_grant_changed: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Registers the callback told the `open_id` after [`store_grant`](Self::store_grant)
+    /// or [`revoke`](Self::revoke) changed a grant (shared by every clone of this vault).
+    /// Only the first registration counts; returns false when one was already set.
+    pub fn on_grant_changed(&self, hook: GrantChangedHook) -> bool {
+        self.inner.on_grant_changed.set(hook).is_ok()
+    }
+
+    fn grant_changed(&self, open_id: &str) {
+        if let Some(hook) = self.inner.on_grant_changed.get() {
+            hook(open_id);
+        }
     }
 
     /// The app whose grants this vault holds.
@@ -388,7 +408,10 @@ impl Vault {
                 ..record.clone()
             };
             match self.compare_and_swap(&attempt, true)? {
-                SwapOutcome::Swapped(stored) => return Ok(*stored),
+                SwapOutcome::Swapped(stored) => {
+                    self.grant_changed(&stored.identity.open_id);
+                    return Ok(*stored);
+                }
                 SwapOutcome::Conflict => continue,
             }
         }
@@ -456,6 +479,7 @@ impl Vault {
             record.refresh_started_ms = None;
             record.last_used_ms = record.last_used_ms.max(at_ms);
             if let SwapOutcome::Swapped(stored) = self.compare_and_swap(&record, true)? {
+                self.grant_changed(open_id);
                 return Ok(Some(stored.summary()));
             }
         }
