@@ -25,7 +25,7 @@ use crate::connection::{
 use crate::http::{self, ControlState, HttpFront};
 use crate::metrics::Metrics;
 use crate::openapi::OpenApiClient;
-use crate::refresh::scheduler::{GrantChanged, RefreshScheduler, SchedulerSettings};
+use crate::refresh::scheduler::{GrantChanged, ReauthNeeded, RefreshScheduler, SchedulerSettings};
 use crate::secret::Secret;
 use crate::service::StateReport;
 use crate::session::router::{
@@ -123,6 +123,32 @@ impl Handler<GetToken> for TokenService {
     }
 }
 
+/// Turns the scheduler's [`ReauthNeeded`] (sent once per grant, only when
+/// `refresh.reauth_card` is on) into a fresh authorization: one new card to the user.
+struct ReauthRelay {
+    router: Addr<RouterActor>,
+}
+
+impl Actor for ReauthRelay {
+    type Context = Context<Self>;
+}
+
+impl Handler<ReauthNeeded> for ReauthRelay {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReauthNeeded, _: &mut Context<Self>) {
+        tracing::info!(
+            open_id = %msg.open_id,
+            code = msg.code,
+            "grant needs re-authorization; sending the user a new authorization card"
+        );
+        self.router.do_send(StartAuthorization {
+            open_id: msg.open_id,
+            scopes: Vec::new(),
+        });
+    }
+}
+
 /// Forwards connection state changes into a watch channel, then to the router.
 struct StateWatch {
     sender: watch::Sender<StateReport>,
@@ -181,11 +207,23 @@ impl LarkAuth {
             OpenApiRefresher::new(client.clone()),
             config.refresh.margin,
         );
+        let router = RouterActor::start(RouterParts {
+            client,
+            store,
+            keyring: options.keyring,
+            vault: vault.clone(),
+            settings: SessionSettings::from_config(&config),
+        })?;
+        let reauth = ReauthRelay {
+            router: router.clone(),
+        }
+        .start();
         let scheduler = RefreshScheduler::new(
             source.clone(),
             vault.clone(),
             SchedulerSettings::from_config(&config.refresh),
         )
+        .with_reauth_recipient(reauth.recipient())
         .start();
         // New grants (from sessions) and revocations reach the scheduler, so a grant is
         // kept alive even if nobody asks for its token before the refresh token lapses.
@@ -196,13 +234,6 @@ impl LarkAuth {
             })
         }));
         let tokens = TokenService { source }.start();
-        let router = RouterActor::start(RouterParts {
-            client,
-            store,
-            keyring: options.keyring,
-            vault: vault.clone(),
-            settings: SessionSettings::from_config(&config),
-        })?;
 
         let (sender, states) = watch::channel(StateReport {
             state: ConnectionState::Connecting,

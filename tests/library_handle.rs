@@ -24,11 +24,20 @@ struct Instance {
 }
 
 async fn start_instance() -> Instance {
-    let sandbox = Sandbox::start(sessions_common::sandbox_config())
-        .await
-        .unwrap();
+    start_instance_with(|_, _| {}).await
+}
+
+async fn start_instance_with(
+    adjust: impl FnOnce(&mut lark_auth::sandbox::SandboxConfig, &mut Config),
+) -> Instance {
+    let mut sandbox_config = sessions_common::sandbox_config();
+    let mut config = Config::default();
+    adjust(&mut sandbox_config, &mut config);
+    let sandbox = Sandbox::start(sandbox_config).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let refresh = config.refresh.clone();
     let mut config = Config::for_tests(&sandbox.base_url());
+    config.refresh = refresh;
     config.vault.path = dir.path().join("vault");
     config.http.listen = "127.0.0.1:0".parse().unwrap();
     let handle = LarkAuth::start(
@@ -195,4 +204,27 @@ async fn two_instances_in_one_process_do_not_interfere() {
     assert_eq!(events(b.handle.metrics()), 0, "B counted nothing");
     a.handle.shutdown(Duration::from_secs(3)).await;
     b.handle.shutdown(Duration::from_secs(3)).await;
+}
+
+#[actix_rt::test]
+async fn a_grant_revoked_on_the_platform_sends_one_new_authorization_card() {
+    let i = start_instance_with(|sandbox, config| {
+        // Every token is inside the refresh margin, so the next use refreshes.
+        sandbox.openapi.access_token_lifetime = Duration::from_secs(60);
+        config.refresh.reauth_card = true;
+    })
+    .await;
+    authorize_user(&i).await;
+    i.sandbox.revoke_user_grants(USER);
+    assert!(matches!(
+        i.handle.token(USER).await,
+        Err(GetTokenError::NeedsReauth { .. })
+    ));
+    let cards = i.sandbox.wait_for_sent_cards(2, WAIT).await.unwrap();
+    assert_eq!(cards[1].receive_id, USER, "a fresh authorization card");
+    // Asking again does not send another card: one card, never a loop.
+    assert!(i.handle.token(USER).await.is_err());
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(i.sandbox.sent_cards().len(), 2);
+    assert_eq!(i.sandbox.refresh_token_reuse_violations(), 0);
 }
