@@ -199,6 +199,17 @@ impl Metrics {
             .inc();
     }
 
+    /// The counter of complete events of `event_type`, to keep and increment without a
+    /// label lookup (or an allocation) per event.
+    pub fn event_counter(&self, event_type: &str) -> Counter {
+        self.inner
+            .events
+            .get_or_create(&EventTypeLabel {
+                event_type: event_type.to_string(),
+            })
+            .clone()
+    }
+
     /// Counts a callback answer (`answered`, `late`, `failed`) and its latency in seconds.
     pub fn callback_answered(&self, outcome: &str, latency_secs: f64) {
         self.inner

@@ -229,6 +229,10 @@ pub struct ConnectionActor {
     recent: RecentMessages,
     counters: Counters,
     metrics: Option<Metrics>,
+    /// Per-event-type counters taken from `metrics` once, so the frame path neither
+    /// allocates a label nor looks one up in the registry.
+    event_counters:
+        std::collections::HashMap<Box<str>, prometheus_client::metrics::counter::Counter>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -276,6 +280,7 @@ impl ConnectionActor {
             assembler: ChunkAssembler::new(limits),
             counters: Counters::default(),
             metrics: None,
+            event_counters: std::collections::HashMap::new(),
         })
     }
 
@@ -597,7 +602,19 @@ impl ConnectionActor {
             .map(|l| l.conn_id.clone())
             .unwrap_or_else(|| Arc::from(""));
         if let Some(m) = &self.metrics {
-            m.event(&envelope.event_type);
+            match self.event_counters.get(envelope.event_type.as_ref()) {
+                Some(counter) => {
+                    counter.inc();
+                }
+                // Event types are few; past 256 distinct ones, count through the registry.
+                None if self.event_counters.len() >= 256 => m.event(&envelope.event_type),
+                None => {
+                    let counter = m.event_counter(&envelope.event_type);
+                    counter.inc();
+                    self.event_counters
+                        .insert(Box::from(envelope.event_type.as_ref()), counter);
+                }
+            }
         }
         if envelope.event_type == EVENT_TYPE_CARD_ACTION_TRIGGER {
             let trigger = match envelope.deserialize_event::<CardActionTrigger>() {
