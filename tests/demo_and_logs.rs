@@ -61,6 +61,25 @@ async fn the_demo_completes_and_its_logs_hold_no_secret() {
             "secret `{secret}` appears in the logs"
         );
     }
+    // Tokens, codes and verifiers: a field of that name may appear only redacted.
+    for field in [
+        "access_token",
+        "refresh_token",
+        "device_code",
+        "code_verifier",
+        "app_secret",
+    ] {
+        for pattern in [format!("\"{field}\":\""), format!("{field}=")] {
+            for (i, _) in logs.match_indices(&pattern) {
+                let rest = &logs[i + pattern.len()..];
+                assert!(
+                    rest.starts_with("[redacted]"),
+                    "unredacted {field} in logs: {}",
+                    &logs[i..(i + 60).min(logs.len())]
+                );
+            }
+        }
+    }
     // The wss URL's credentials: any mention must be redacted.
     for key in ["access_key=", "ticket="] {
         for (i, _) in logs.match_indices(key) {
