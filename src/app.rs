@@ -7,9 +7,29 @@
 //! supervised `ConnectionActor` feeding the router, and the HTTP front. No globals: two
 //! instances (different stores and ports) live side by side in one process.
 //!
-//! The library never reads the environment: the caller resolves the app credentials
-//! (`Config::resolve_credentials`), the vault keyring (`Keyring::from_config`) and the
-//! control API token, and passes them in.
+//! Two ways in: [`LarkAuth::start`] reads the secrets from the environment variables the
+//! configuration names (as `lark-auth serve` does); [`LarkAuth::start_with`] takes them
+//! resolved by the caller (from a secret manager, or generated in tests) and never reads
+//! the environment.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use lark_auth::{Config, LarkAuth};
+//!
+//! #[actix_web::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // LARK_APP_ID, LARK_APP_SECRET, LARK_AUTH_VAULT_KEY (and LARK_AUTH_API_TOKEN for
+//!     // the control API) come from the environment, as config.toml names them.
+//!     let config = Config::from_file("config.toml".as_ref())?;
+//!     let handle = LarkAuth::start(config)?;
+//!     match handle.token("ou_7d8a6e6df7621556ce0d21922b676706ccs").await {
+//!         Ok(token) => println!("token valid until {} (unix ms)", token.expires_ms),
+//!         Err(e) => eprintln!("no token: {e}"),
+//!     }
+//!     handle.shutdown(Duration::from_secs(5)).await;
+//!     Ok(())
+//! }
+//! ```
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,7 +63,7 @@ use crate::vault::{
 /// Threads of the vault's `SyncArbiter` (sled reads, sealing, fsync).
 const VAULT_THREADS: usize = 2;
 
-/// What [`LarkAuth::start`] needs besides the configuration: resolved secrets.
+/// What [`LarkAuth::start_with`] needs besides the configuration: resolved secrets.
 pub struct StartOptions {
     /// The vault keyring (`Keyring::from_config` with an environment lookup).
     pub keyring: Keyring,
@@ -56,7 +76,8 @@ pub struct StartOptions {
 /// Why the service could not start. Each names the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The configuration is invalid (the message names the key).
+    /// The configuration is invalid or a variable it names is unset (the message names
+    /// the key and the variable).
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     /// The app id / secret were not resolved: call `Config::resolve_credentials` first.
@@ -176,12 +197,49 @@ pub struct LarkAuth;
 
 impl LarkAuth {
     /// Starts everything on the current actix System (call it inside `System::block_on`,
-    /// `#[actix_rt::main]` or `#[actix_web::main]`).
+    /// `#[actix_rt::main]` or `#[actix_web::main]`), reading the secrets from the
+    /// environment variables `config` names: the app id and secret (`[app]`, unless
+    /// already resolved), the vault key(s) (`[vault] key_env`, `old_keys`) and the control
+    /// API bearer token (`[http] api_token_env`; when unset, the control API still starts
+    /// but every protected route answers 401, and a warning is logged).
+    ///
+    /// # Errors
+    /// [`StartError::Config`] for an invalid config or an unset id/secret variable,
+    /// [`StartError::Vault`] for a missing or malformed vault key, and everything
+    /// [`LarkAuth::start_with`] returns.
+    pub fn start(mut config: Config) -> Result<Handle, StartError> {
+        let env = |k: &str| std::env::var(k).ok();
+        config.validate()?;
+        if config.app.credentials.is_none() {
+            config.resolve_credentials(env)?;
+        }
+        let keyring = Keyring::from_config(&config.vault, env)?;
+        let api_token = env(&config.http.api_token_env)
+            .filter(|t| !t.is_empty())
+            .map(Secret::new);
+        if api_token.is_none() {
+            tracing::warn!(
+                env = %config.http.api_token_env,
+                "no control API token in the environment: protected routes answer 401"
+            );
+        }
+        LarkAuth::start_with(
+            config,
+            StartOptions {
+                keyring,
+                api_token,
+                http: true,
+            },
+        )
+    }
+
+    /// Starts everything on the current actix System with secrets the caller resolved;
+    /// never reads the environment.
     ///
     /// # Errors
     /// [`StartError`]: invalid config, missing credentials, the store locked or
     /// unreadable, a wrong vault key (nothing is overwritten), the HTTP address in use.
-    pub fn start(config: Config, options: StartOptions) -> Result<Handle, StartError> {
+    pub fn start_with(config: Config, options: StartOptions) -> Result<Handle, StartError> {
         config.validate()?;
         let credentials = config
             .app

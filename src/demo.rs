@@ -154,7 +154,7 @@ async fn run_with(
     config.refresh.margin = Duration::from_secs(5);
     config.refresh.ahead = Duration::from_secs(5);
     let api_token = format!("demo-{}", uuid::Uuid::new_v4());
-    let handle = LarkAuth::start(
+    let handle = LarkAuth::start_with(
         config,
         StartOptions {
             keyring: Keyring::single(1, VaultKey::generate()),

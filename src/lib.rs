@@ -5,6 +5,8 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod connection;
 pub mod demo;
@@ -20,3 +22,6 @@ pub mod service;
 pub mod session;
 pub mod store;
 pub mod vault;
+
+pub use app::{Handle, LarkAuth, StartError, StartOptions};
+pub use config::Config;

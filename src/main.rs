@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use lark_auth::cli::ServerArgs;
 use lark_auth::config::{Config, LogFormat};
 
 /// Gets, stores and keeps fresh the user_access_token of Feishu/Lark users for one
@@ -51,7 +52,95 @@ enum Command {
         #[arg(long, short, default_value = "config.toml")]
         config: PathBuf,
     },
+    /// Ask a running server to start an authorization: the user gets a card in
+    /// Feishu/Lark and approves there. Prints the session; with --wait, shows its progress
+    /// until it ends.
+    ///
+    /// Exits 0 when started (with --wait: only when authorized), 5 when the session ended
+    /// denied, expired or failed, 1 when refused (e.g. rate_limited: 5 a minute per user)
+    /// or the server is unreachable, 2 on bad arguments or no API token.
+    ///
+    /// Example: lark-auth authorize ou_7d8a6e6df7621556ce0d21922b676706ccs --wait
+    #[command(after_help = CLIENT_HELP)]
+    Authorize {
+        /// The user's open_id (ou_…).
+        open_id: String,
+        /// A scope to request (repeat for several). Default: the server's
+        /// auth.default_scopes; offline_access is always added.
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// Follow the session until it ends, with a live progress line on stderr.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Print a valid user_access_token of a user (the server refreshes it first when it is
+    /// about to expire). Prints only the token, for use in scripts.
+    ///
+    /// Exits 0 with the token, 3 when the user has no grant (run `authorize`), 4 when the
+    /// grant needs re-authorization (revoked or lapsed), 1 when the server is unreachable
+    /// or the refresh failed (retry later), 2 on bad arguments or no API token.
+    ///
+    /// Example: curl -H "Authorization: Bearer $(lark-auth token ou_7d8a…)" https://open.feishu.cn/open-apis/authen/v1/user_info
+    #[command(after_help = CLIENT_HELP)]
+    Token {
+        /// The user's open_id (ou_…).
+        open_id: String,
+        /// Print {"access_token", "expires_at"} as JSON instead of the bare token.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List authorization sessions, most recently changed first: running ones and ended
+    /// ones until pruned. No secrets.
+    ///
+    /// Example: lark-auth sessions --state awaiting_user
+    #[command(after_help = CLIENT_HELP)]
+    Sessions {
+        /// Only sessions in this state: created, card_sent, awaiting_user, exchanging,
+        /// authorized, expired, denied, failed.
+        #[arg(long, value_parser = lark_auth::cli::parse_state)]
+        state: Option<String>,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List the stored grants: user, status, expiry of both tokens, scopes. No secrets.
+    ///
+    /// Example: lark-auth grants
+    #[command(after_help = CLIENT_HELP)]
+    Grants {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Delete a user's stored tokens (the revocation is recorded). The user must
+    /// authorize again before a token can be served.
+    ///
+    /// Exits 0 when revoked, 3 when the user has no grant, 1 when the server is
+    /// unreachable, 2 on bad arguments or no API token.
+    ///
+    /// Example: lark-auth revoke ou_7d8a6e6df7621556ce0d21922b676706ccs
+    #[command(after_help = CLIENT_HELP)]
+    Revoke {
+        /// The user's open_id (ou_…).
+        open_id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
+
+/// Shown after the help of every client subcommand.
+const CLIENT_HELP: &str = "The server is reached at --server URL (or LARK_AUTH_SERVER), \
+else at http:// + [http] listen of --config (default ./config.toml when present, else \
+127.0.0.1:8787). The bearer token is read from the environment variable named by \
+[http] api_token_env (default LARK_AUTH_API_TOKEN).";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -59,6 +148,64 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(&config),
         Command::CheckConfig { config } => check_config(&config),
         Command::Demo => demo(),
+        Command::Authorize {
+            open_id,
+            scopes,
+            wait,
+            server,
+        } => client_command(&server, |client| async move {
+            let mut stderr = std::io::stderr();
+            lark_auth::cli::authorize(
+                &client,
+                &open_id,
+                &scopes,
+                wait,
+                &mut std::io::stdout(),
+                &mut stderr,
+            )
+            .await
+        }),
+        Command::Token {
+            open_id,
+            json,
+            server,
+        } => client_command(&server, |client| async move {
+            lark_auth::cli::token(&client, &open_id, json, &mut std::io::stdout()).await
+        }),
+        Command::Sessions {
+            state,
+            json,
+            server,
+        } => client_command(&server, |client| async move {
+            lark_auth::cli::sessions(&client, state.as_deref(), json, &mut std::io::stdout()).await
+        }),
+        Command::Grants { json, server } => client_command(&server, |client| async move {
+            lark_auth::cli::grants(&client, json, &mut std::io::stdout()).await
+        }),
+        Command::Revoke { open_id, server } => client_command(&server, |client| async move {
+            lark_auth::cli::revoke(&client, &open_id, &mut std::io::stdout()).await
+        }),
+    }
+}
+
+/// Runs one client subcommand on a fresh actix System; prints a failure on stderr and
+/// returns its exit code.
+fn client_command<F, Fut>(server: &ServerArgs, run: F) -> ExitCode
+where
+    F: FnOnce(lark_auth::client::ControlClient) -> Fut,
+    Fut: std::future::Future<Output = lark_auth::cli::CommandResult>,
+{
+    let system = actix::System::new();
+    let result = system.block_on(async {
+        let client = server.connect(|k| std::env::var(k).ok())?;
+        run(client).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("lark-auth: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
     }
 }
 

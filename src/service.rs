@@ -127,7 +127,7 @@ impl Service {
     }
 }
 
-/// Runs the whole service ([`crate::app::LarkAuth::start`]) until SIGINT/SIGTERM
+/// Runs the whole service ([`crate::app::LarkAuth::start_with`]) until SIGINT/SIGTERM
 /// (graceful stop, `Ok`) or a fatal connection failure (`Err`).
 ///
 /// # Errors
@@ -136,7 +136,7 @@ pub async fn run_until_signal(
     config: Config,
     options: crate::app::StartOptions,
 ) -> Result<(), ServeError> {
-    let handle = crate::app::LarkAuth::start(config, options)?;
+    let handle = crate::app::LarkAuth::start_with(config, options)?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(ServeError::Signals)?;
     let mut states = handle.connection_states();

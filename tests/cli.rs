@@ -125,7 +125,30 @@ fn check_config_names_what_is_missing_or_wrong() {
 
 #[test]
 fn every_subcommand_has_help_with_an_example() {
-    for sub in ["serve", "check-config", "demo"] {
+    // The subcommands as `--help` lists them, so a new one cannot be forgotten here.
+    let top = run(&["--help"], &[]);
+    let listing = text(&top.stdout);
+    let subs: Vec<&str> = listing
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|s| *s != "help")
+        .collect();
+    for expected in [
+        "serve",
+        "demo",
+        "check-config",
+        "authorize",
+        "token",
+        "sessions",
+        "grants",
+        "revoke",
+    ] {
+        assert!(subs.contains(&expected), "{expected} missing from {subs:?}");
+    }
+    for sub in subs {
         let out = run(&[sub, "--help"], &[]);
         assert!(out.status.success());
         assert!(

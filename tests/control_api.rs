@@ -191,12 +191,24 @@ async fn healthz_is_503_once_the_connection_failed_for_good() {
 }
 
 #[actix_rt::test]
-async fn metrics_are_open_and_in_the_text_format() {
+async fn metrics_need_the_token_and_are_in_the_text_format() {
     let h = start_connected().await;
     let metrics = Metrics::new();
     metrics.connection_state("connected");
     let api = start_api(&h, metrics).await;
-    let mut res = api.client.get(api.url("/metrics")).send().await.unwrap();
+    let res = api.client.get(api.url("/metrics")).send().await.unwrap();
+    assert_eq!(
+        res.status().as_u16(),
+        401,
+        "INTERFACE.md: only /healthz and /oauth/callback are open"
+    );
+    let mut res = api
+        .client
+        .get(api.url("/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status().as_u16(), 200);
     let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
     assert!(

@@ -2,103 +2,14 @@
 //! the `Handle` (and the control API it serves) for a whole authorization, token lookups
 //! and revocation; and two instances side by side in one process.
 
-mod sessions_common;
+mod service_common;
 
 use std::time::Duration;
 
-use lark_auth::app::{LarkAuth, StartOptions};
-use lark_auth::config::Config;
-use lark_auth::connection::ConnectionState;
-use lark_auth::sandbox::Sandbox;
-use lark_auth::secret::Secret;
-use lark_auth::session::machine::SessionState;
-use lark_auth::vault::{GetTokenError, Keyring, VaultKey};
-use sessions_common::{USER, WAIT, authorize_url, click_json, eventually, query_param};
-
-const API_TOKEN: &str = "library-test-api-token";
-
-struct Instance {
-    sandbox: Sandbox,
-    handle: lark_auth::app::Handle,
-    _dir: tempfile::TempDir,
-}
-
-async fn start_instance() -> Instance {
-    start_instance_with(|_, _| {}).await
-}
-
-async fn start_instance_with(
-    adjust: impl FnOnce(&mut lark_auth::sandbox::SandboxConfig, &mut Config),
-) -> Instance {
-    let mut sandbox_config = sessions_common::sandbox_config();
-    let mut config = Config::default();
-    adjust(&mut sandbox_config, &mut config);
-    let sandbox = Sandbox::start(sandbox_config).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let refresh = config.refresh.clone();
-    let mut config = Config::for_tests(&sandbox.base_url());
-    config.refresh = refresh;
-    config.vault.path = dir.path().join("vault");
-    config.http.listen = "127.0.0.1:0".parse().unwrap();
-    let handle = LarkAuth::start(
-        config,
-        StartOptions {
-            keyring: Keyring::single(1, VaultKey::generate()),
-            api_token: Some(Secret::new(API_TOKEN.into())),
-            http: true,
-        },
-    )
-    .expect("starts");
-    let mut states = handle.connection_states();
-    tokio::time::timeout(
-        WAIT,
-        states.wait_for(|r| r.state == ConnectionState::Connected),
-    )
-    .await
-    .expect("connects in time")
-    .unwrap();
-    Instance {
-        sandbox,
-        handle,
-        _dir: dir,
-    }
-}
-
-/// Runs one device-flow authorization of `USER` to the end: the card arrives, the user
-/// clicks Authorize (reported over the long connection) and approves on the device page.
-async fn authorize_user(i: &Instance) -> String {
-    let view = i.handle.authorize(USER, vec![]).await.expect("started");
-    let cards = i.sandbox.wait_for_sent_cards(1, WAIT).await.unwrap();
-    let url = authorize_url(&cards[0].card);
-    let user_code = query_param(&url, "user_code").expect("user code");
-    let card_token = i.sandbox.issue_card_update_token(&cards[0].message_id);
-    i.sandbox
-        .push_event(&click_json(
-            "ev_click_authorize",
-            &view.session_id,
-            USER,
-            "authorize",
-            card_token.expose(),
-            &cards[0].message_id,
-        ))
-        .unwrap();
-    i.sandbox.approve_device(&user_code, USER).unwrap();
-    let handle = &i.handle;
-    let session_id = view.session_id.clone();
-    eventually("the session is authorized", || {
-        let session_id = session_id.clone();
-        async move {
-            handle
-                .session(&session_id)
-                .await
-                .ok()
-                .flatten()
-                .filter(|v| v.state == SessionState::Authorized)
-        }
-    })
-    .await;
-    view.session_id
-}
+use lark_auth::vault::GetTokenError;
+use service_common::{
+    API_TOKEN, USER, WAIT, authorize_user, eventually, start_instance, start_instance_with,
+};
 
 #[actix_rt::test]
 async fn the_handle_authorizes_serves_tokens_and_revokes() {

@@ -1,12 +1,15 @@
 //! The HTTP front (actix-web): control API, `/healthz`, `/metrics`.
 //!
-//! Contract: `INTERFACE.md` ("Control API"). Every route except `/healthz`,
-//! `/oauth/callback` and `/metrics` needs `Authorization: Bearer <token>`; the token is
+//! Contract: `INTERFACE.md` ("Control API"). Every route except `/healthz` and
+//! `/oauth/callback` needs `Authorization: Bearer <token>` (`/metrics` too: Prometheus
+//! sends it with `authorization: {credentials_file: ...}` in the scrape config); the token is
 //! compared in constant time (SHA-256 digests compared with `subtle`). Errors are JSON
 //! `{"error": "<stable code>", "message": "<human text>"}`. Timestamps are RFC 3339 UTC.
 //!
 //! The server runs on its own worker threads; handlers reach the actors only through
 //! their addresses (`Addr` is `Send`), never through shared state.
+
+pub mod resources;
 
 use std::net::SocketAddr;
 use std::time::{Duration, UNIX_EPOCH};
@@ -14,15 +17,16 @@ use std::time::{Duration, UNIX_EPOCH};
 use actix::Addr;
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
-use serde::Serialize;
+use resources::{AuthorizationRequest, GrantResource, SessionResource};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::connection::{ConnectionActor, ConnectionState, GetConnectionStatus};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
+use crate::session::machine::SessionState;
 use crate::session::router::{
-    GetSession, OAuthRedirect, RedirectError, StartAuthorization, StartError,
+    GetSession, ListSessionViews, OAuthRedirect, RedirectError, StartAuthorization, StartError,
 };
 use crate::session::{RouterActor, SessionView};
 use crate::vault::actor::{ListGrants, Revoke};
@@ -140,26 +144,11 @@ pub fn rfc3339_ms(unix_ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
 }
 
-/// One entry of `GET /v1/grants` (no secrets).
-#[derive(Debug, Serialize)]
-pub struct GrantView {
-    /// The user.
-    pub open_id: String,
-    /// `active`, `refresh_failed`, `refresh_uncertain`, `needs_reauth` or `revoked`.
-    pub status: &'static str,
-    /// Granted scopes.
-    pub scopes: Vec<String>,
-    /// Access token expiry, RFC 3339 UTC.
-    pub access_expires_at: String,
-    /// Refresh token expiry, RFC 3339 UTC.
-    pub refresh_expires_at: String,
-}
-
-impl From<&GrantSummary> for GrantView {
+impl From<&GrantSummary> for GrantResource {
     fn from(g: &GrantSummary) -> Self {
-        GrantView {
+        GrantResource {
             open_id: g.identity.open_id.clone(),
-            status: g.status.as_str(),
+            status: g.status.as_str().to_string(),
             scopes: g.scopes.clone(),
             access_expires_at: rfc3339_ms(g.access_expires_ms),
             refresh_expires_at: rfc3339_ms(g.refresh_expires_ms),
@@ -202,10 +191,14 @@ async fn healthz(state: web::Data<ControlState>) -> HttpResponse {
     }
 }
 
-async fn metrics(state: web::Data<ControlState>) -> HttpResponse {
-    HttpResponse::Ok()
+async fn metrics(
+    req: HttpRequest,
+    state: web::Data<ControlState>,
+) -> Result<HttpResponse, ApiError> {
+    state.authorize(&req)?;
+    Ok(HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(state.metrics.encode())
+        .body(state.metrics.encode()))
 }
 
 async fn list_grants(
@@ -231,7 +224,7 @@ async fn list_grants(
                 e.to_string(),
             )
         })?;
-    let views: Vec<GrantView> = grants.iter().map(GrantView::from).collect();
+    let views: Vec<GrantResource> = grants.iter().map(GrantResource::from).collect();
     Ok(HttpResponse::Ok().json(views))
 }
 
@@ -317,47 +310,13 @@ async fn revoke_grant(
     }
 }
 
-/// The body of `POST /v1/authorizations`.
-#[derive(Debug, serde::Deserialize)]
-pub struct AuthorizationRequest {
-    /// The user to authorize.
-    pub open_id: String,
-    /// Scopes; the configured defaults when absent (`offline_access` is always added).
-    #[serde(default)]
-    pub scopes: Vec<String>,
-}
-
-/// A session as `GET /v1/authorizations/{session_id}` shows it.
-#[derive(Debug, Serialize)]
-pub struct SessionResource {
-    /// Session id.
-    pub session_id: String,
-    /// The user.
-    pub open_id: String,
-    /// `created`, `card_sent`, `awaiting_user`, `exchanging`, `authorized`, `expired`,
-    /// `denied` or `failed`.
-    pub state: &'static str,
-    /// Why it failed, when `failed` (e.g. `wrong_user`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'static str>,
-    /// The platform's error code behind a failure, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub platform_code: Option<i64>,
-    /// Creation time, RFC 3339 UTC.
-    pub created_at: String,
-    /// Last transition, RFC 3339 UTC.
-    pub updated_at: String,
-    /// Expiry of the session, RFC 3339 UTC.
-    pub expires_at: String,
-}
-
 impl From<&SessionView> for SessionResource {
     fn from(v: &SessionView) -> Self {
         SessionResource {
             session_id: v.session_id.clone(),
             open_id: v.open_id.clone(),
-            state: v.state.as_str(),
-            reason: v.reason.map(|r| r.as_str()),
+            state: v.state.as_str().to_string(),
+            reason: v.reason.map(|r| r.as_str().to_string()),
             platform_code: v.platform_code,
             created_at: rfc3339_ms(v.created_at_ms),
             updated_at: rfc3339_ms(v.updated_at_ms),
@@ -410,6 +369,65 @@ async fn start_authorization(
             e.to_string(),
         )),
         Err(StartError::Stopping) => Err(ApiError::unavailable("the session router")),
+    }
+}
+
+/// Most sessions one `GET /v1/authorizations` answer holds unless `limit` asks for fewer.
+pub const SESSIONS_PAGE_LIMIT: usize = 1000;
+
+/// Query of `GET /v1/authorizations`.
+#[derive(Debug, serde::Deserialize)]
+struct ListSessionsQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/authorizations[?state=S][&limit=N]`: sessions, most recently changed first.
+async fn list_authorizations(
+    req: HttpRequest,
+    query: web::Query<ListSessionsQuery>,
+    state: web::Data<ControlState>,
+) -> Result<HttpResponse, ApiError> {
+    state.authorize(&req)?;
+    let router = state
+        .router
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("the session router"))?;
+    let query = query.into_inner();
+    let wanted = match query.state.as_deref() {
+        None | Some("") => None,
+        Some(name) => Some(SessionState::parse(name).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_state",
+                format!(
+                    "unknown session state `{name}`: use one of {}",
+                    SessionState::ALL.map(|s| s.as_str()).join(", ")
+                ),
+            )
+        })?),
+    };
+    let limit = query
+        .limit
+        .unwrap_or(SESSIONS_PAGE_LIMIT)
+        .min(SESSIONS_PAGE_LIMIT);
+    match router
+        .send(ListSessionViews {
+            state: wanted,
+            limit,
+        })
+        .await
+    {
+        Ok(Ok(views)) => {
+            let body: Vec<SessionResource> = views.iter().map(SessionResource::from).collect();
+            Ok(HttpResponse::Ok().json(body))
+        }
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            e.to_string(),
+        )),
+        Err(_) => Err(ApiError::unavailable("the session router")),
     }
 }
 
@@ -530,6 +548,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics))
         .route("/oauth/callback", web::get().to(oauth_callback))
         .route("/v1/authorizations", web::post().to(start_authorization))
+        .route("/v1/authorizations", web::get().to(list_authorizations))
         .route(
             "/v1/authorizations/{session_id}",
             web::get().to(get_authorization),

@@ -85,6 +85,24 @@ pub enum SessionState {
 }
 
 impl SessionState {
+    /// Every state, in the order of the flow.
+    pub const ALL: [SessionState; 8] = [
+        SessionState::Created,
+        SessionState::CardSent,
+        SessionState::AwaitingUser,
+        SessionState::Exchanging,
+        SessionState::Authorized,
+        SessionState::Expired,
+        SessionState::Denied,
+        SessionState::Failed,
+    ];
+
+    /// The state named `name` (as [`SessionState::as_str`] writes it); `None` when
+    /// unknown.
+    pub fn parse(name: &str) -> Option<SessionState> {
+        SessionState::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
     /// True for `authorized`, `expired`, `denied` and `failed`.
     pub fn is_terminal(self) -> bool {
         matches!(

@@ -51,8 +51,8 @@ use super::cards::{ACTION_AUTHORIZE, ACTION_DECLINE, VALUE_SESSION_ID};
 use super::machine::{Choice, CodeFlowProgress, SessionRecord, SessionState};
 use super::pacer::{GetPacerStatus, PacerStatus, PollPacer};
 use super::store::{
-    FlushSessions, LoadSession, LoadSessions, MarkOnce, PruneSessions, PurgeMarks, PutSession,
-    SessionCodec, SessionStoreActor, SessionStoreError,
+    FlushSessions, ListSessions, LoadSession, LoadSessions, MarkOnce, PruneSessions, PurgeMarks,
+    PutSession, SessionCodec, SessionStoreActor, SessionStoreError,
 };
 
 /// How many click answers are remembered for redeliveries.
@@ -507,7 +507,7 @@ impl Handler<GetSession> for RouterActor {
                             session_id: msg.session_id,
                         })
                         .await
-                        .map_err(|_| SessionStoreError::BadKeyring)??
+                        .map_err(|_| SessionStoreError::Stopped)??
                         .map(|r| SessionView::of(&r))),
                 }
             });
@@ -523,6 +523,36 @@ impl Handler<GetSession> for RouterActor {
                 Ok(res) => Ok(res?.map(|r| SessionView::of(&r))),
                 Err(_) => Ok(None),
             }
+        })
+    }
+}
+
+/// Lists sessions (running and terminal until pruned), most recently changed first, as
+/// `GET /v1/authorizations` and `lark-auth sessions` show them. Reads the store, where
+/// every transition is written before it becomes visible.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Vec<SessionView>, SessionStoreError>")]
+pub struct ListSessionViews {
+    /// Only sessions in this state; `None`: all.
+    pub state: Option<SessionState>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl Handler<ListSessionViews> for RouterActor {
+    type Result = ResponseFuture<Result<Vec<SessionView>, SessionStoreError>>;
+
+    fn handle(&mut self, msg: ListSessionViews, _: &mut Context<Self>) -> Self::Result {
+        let store = self.deps.store.clone();
+        Box::pin(async move {
+            let records = store
+                .send(ListSessions {
+                    state: msg.state,
+                    limit: msg.limit,
+                })
+                .await
+                .map_err(|_| SessionStoreError::Stopped)??;
+            Ok(records.iter().map(SessionView::of).collect())
         })
     }
 }

@@ -58,6 +58,9 @@ pub enum SessionStoreError {
     /// The keyring lists a key id twice.
     #[error("the keyring lists a key id twice")]
     BadKeyring,
+    /// The session store's thread is gone (the service is stopping).
+    #[error("the session store is stopped")]
+    Stopped,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -375,6 +378,41 @@ impl Handler<FlushSessions> for SessionStoreActor {
 
     fn handle(&mut self, _: FlushSessions, _: &mut Self::Context) -> Self::Result {
         Ok(self.store.flush()?)
+    }
+}
+
+/// Lists sessions from the store without opening their secrets, most recently changed
+/// first: every stored session (running ones included, since each transition is stored
+/// before it becomes visible; terminal ones until pruned). Unreadable records are skipped
+/// with a warning.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Vec<SessionRecord>, SessionStoreError>")]
+pub struct ListSessions {
+    /// Only sessions in this state; `None`: all.
+    pub state: Option<super::machine::SessionState>,
+    /// At most this many (the most recently changed).
+    pub limit: usize,
+}
+
+impl Handler<ListSessions> for SessionStoreActor {
+    type Result = Result<Vec<SessionRecord>, SessionStoreError>;
+
+    fn handle(&mut self, msg: ListSessions, _: &mut Self::Context) -> Self::Result {
+        let mut out = Vec::new();
+        for (id, bytes) in self.store.list_sessions()? {
+            match SessionCodec::decode_clear(&id, &bytes) {
+                Ok(record) if msg.state.is_none_or(|s| s == record.state) => out.push(record),
+                Ok(_) => {}
+                Err(e) => warn!(session_id = %id, error = %e, "session record skipped"),
+            }
+        }
+        out.sort_unstable_by(|a, b| {
+            b.updated_at_ms
+                .cmp(&a.updated_at_ms)
+                .then_with(|| a.session_id.cmp(&b.session_id))
+        });
+        out.truncate(msg.limit);
+        Ok(out)
     }
 }
 

@@ -1,0 +1,113 @@
+//! The JSON bodies of the control API, shared by the server ([`crate::http`]) and the
+//! client ([`crate::client`]) so both sides agree on one shape.
+//!
+//! Contract: `INTERFACE.md` ("Control API"). Timestamps are RFC 3339 UTC strings with
+//! millisecond precision (`2026-11-30T07:27:18.123Z`). None of these types holds a secret
+//! except [`TokenResource`], the answer of the token route itself.
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+/// The body of `POST /v1/authorizations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizationRequest {
+    /// The user to authorize (`ou_…`).
+    pub open_id: String,
+    /// Scopes; the configured defaults when empty (`offline_access` is always added).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// The `202` answer of `POST /v1/authorizations`: the new session, or the one already in
+/// flight for this user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizationAccepted {
+    /// Session id (`as_…`).
+    pub session_id: String,
+    /// Its state now (see [`SessionResource::state`]).
+    pub state: String,
+}
+
+/// A session as `GET /v1/authorizations/{session_id}` and `GET /v1/authorizations` show
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionResource {
+    /// Session id.
+    pub session_id: String,
+    /// The user.
+    pub open_id: String,
+    /// `created`, `card_sent`, `awaiting_user`, `exchanging`, `authorized`, `expired`,
+    /// `denied` or `failed`.
+    pub state: String,
+    /// Why it failed, when `failed` (e.g. `wrong_user`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The platform's error code behind a failure, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_code: Option<i64>,
+    /// Creation time, RFC 3339 UTC.
+    pub created_at: String,
+    /// Last transition, RFC 3339 UTC.
+    pub updated_at: String,
+    /// Expiry of the session, RFC 3339 UTC.
+    pub expires_at: String,
+}
+
+impl SessionResource {
+    /// True for the end states `authorized`, `expired`, `denied` and `failed`.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "authorized" | "expired" | "denied" | "failed"
+        )
+    }
+}
+
+/// One entry of `GET /v1/grants` (no secrets).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantResource {
+    /// The user.
+    pub open_id: String,
+    /// `active`, `refresh_failed`, `refresh_uncertain`, `needs_reauth` or `revoked`.
+    pub status: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Access token expiry, RFC 3339 UTC.
+    pub access_expires_at: String,
+    /// Refresh token expiry, RFC 3339 UTC.
+    pub refresh_expires_at: String,
+}
+
+/// The answer of `GET /v1/grants/{open_id}/token`, as the client reads it. `Debug` and
+/// `Serialize` redact the token (the server writes it with [`Secret::expose`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenResource {
+    /// The `user_access_token`.
+    pub access_token: Secret<String>,
+    /// Its expiry, RFC 3339 UTC (at least `refresh.margin_secs` after the answer).
+    pub expires_at: String,
+}
+
+/// Every error answer: `{"error": "<stable code>", "message": "<human text>"}`, plus
+/// `retry_after_secs` on `429`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable machine-readable code: `unauthorized`, `no_grant`, `needs_reauth`,
+    /// `rate_limited`, `no_session`, `invalid_open_id`, `invalid_state`, …
+    pub error: String,
+    /// Human-readable explanation (never holds a secret).
+    pub message: String,
+    /// Seconds to wait before retrying (`429` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
+}
+
+/// The answer of `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthResource {
+    /// `connecting`, `connected`, `reconnecting`, `failed` or `stopped`.
+    pub connection: String,
+    /// `ok`, `unavailable` or `absent`.
+    pub vault: String,
+}
