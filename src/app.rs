@@ -398,6 +398,23 @@ impl Handle {
     /// A valid `user_access_token` for `open_id` (at least `refresh.margin_secs` left),
     /// refreshing first when needed; at most one refresh per grant runs at a time.
     ///
+    /// ```no_run
+    /// use lark_auth::vault::GetTokenError;
+    ///
+    /// # async fn example(handle: &lark_auth::Handle) {
+    /// let open_id = "ou_7d8a6e6df7621556ce0d21922b676706ccs";
+    /// match handle.token(open_id).await {
+    ///     Ok(token) => {
+    ///         // Call the OpenAPI with it; never log it.
+    ///         let _bearer = format!("Bearer {}", token.token.expose());
+    ///     }
+    ///     // No consent yet: send the user an authorization card.
+    ///     Err(GetTokenError::NoGrant) => drop(handle.authorize(open_id, vec![]).await),
+    ///     Err(e) => eprintln!("no token for {open_id}: {e}"),
+    /// }
+    /// # }
+    /// ```
+    ///
     /// # Errors
     /// [`GetTokenError`]: `NoGrant` (authorize first), `NeedsReauth`, `Revoked`,
     /// `RefreshOutcomeUnknown`, `RefreshFailed` (retry later), vault errors.
@@ -426,6 +443,30 @@ impl Handle {
 
     /// Delivers every long-connection event of `event_type` (e.g. `im.message.receive_v1`)
     /// to `recipient`, after it was acked and deduplicated.
+    ///
+    /// ```no_run
+    /// use actix::prelude::*;
+    /// use lark_auth::connection::EventReceived;
+    ///
+    /// struct Messages;
+    ///
+    /// impl Actor for Messages {
+    ///     type Context = Context<Self>;
+    /// }
+    ///
+    /// impl Handler<EventReceived> for Messages {
+    ///     type Result = ();
+    ///
+    ///     fn handle(&mut self, event: EventReceived, _: &mut Context<Self>) {
+    ///         // `payload` is the event's whole JSON envelope.
+    ///         println!("{} {} ({} bytes)", event.event_type, event.event_id, event.payload.len());
+    ///     }
+    /// }
+    ///
+    /// # fn example(handle: &lark_auth::Handle) {
+    /// handle.subscribe("im.message.receive_v1", Messages.start().recipient());
+    /// # }
+    /// ```
     pub fn subscribe(&self, event_type: &str, recipient: Recipient<EventReceived>) {
         self.router.do_send(Subscribe {
             event_type: event_type.to_string(),
