@@ -272,3 +272,93 @@ async fn serve_answers_health_and_stops_gracefully_on_sigterm() {
         assert!(!stdout.contains(secret));
     }
 }
+
+/// Writes a serve config for `sandbox` with the vault at `vault`.
+fn serve_config(dir: &std::path::Path, sandbox: &Sandbox, vault: &std::path::Path) -> String {
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[endpoints]\nopen_base_url = \"{0}\"\naccounts_base_url = \"{0}\"\n[vault]\npath = \"{1}\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+            sandbox.base_url(),
+            vault.display(),
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+async fn serve_with_key(config: String, key: &'static str) -> Output {
+    actix_rt::task::spawn_blocking(move || {
+        run(
+            &["serve", "--config", &config],
+            &[
+                ("LARK_APP_ID", "cli_sandbox_app"),
+                ("LARK_APP_SECRET", "sandbox-secret"),
+                ("LARK_AUTH_VAULT_KEY", key),
+                ("LARK_AUTH_API_TOKEN", "api-token-value"),
+            ],
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[actix_rt::test]
+async fn serve_refuses_a_wrong_vault_key_and_a_vault_in_use_with_one_clear_line() {
+    use std::sync::Arc;
+
+    use lark_auth::store::{SledStore, Store};
+    use lark_auth::vault::{DuePolicy, Keyring, Vault, VaultKey};
+
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let vault_dir = dir.path().join("vault");
+    let config = serve_config(dir.path(), &sandbox, &vault_dir);
+    {
+        // A vault written under VAULT_KEY.
+        let key = VaultKey::from_base64(VAULT_KEY).unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&vault_dir).unwrap());
+        Vault::open(
+            store.clone(),
+            "cli_sandbox_app",
+            Keyring::single(1, key),
+            DuePolicy::default(),
+        )
+        .unwrap();
+        store.flush().unwrap();
+    }
+
+    // Another 32-byte key.
+    let out = serve_with_key(
+        config.clone(),
+        "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=",
+    )
+    .await;
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("key"), "names the key: {stderr}");
+    assert!(!stderr.contains("ZmVkY2Jh"), "never the key itself");
+    {
+        // Nothing was rewritten under the wrong key: the right key still opens the vault.
+        let key = VaultKey::from_base64(VAULT_KEY).unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&vault_dir).unwrap());
+        Vault::open(
+            store,
+            "cli_sandbox_app",
+            Keyring::single(1, key),
+            DuePolicy::default(),
+        )
+        .expect("the right key still opens the vault");
+    }
+
+    // The right key while another process holds the store.
+    let held = SledStore::open(&vault_dir).unwrap();
+    let out = serve_with_key(config, VAULT_KEY).await;
+    drop(held);
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("locked"), "names the cause: {stderr}");
+}
