@@ -1,7 +1,7 @@
 //! The `lark-auth` binary: sets up logging, loads configuration, starts the library on an
 //! actix System and waits for a signal. All behaviour lives in the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -32,9 +32,11 @@ enum Command {
     ///
     /// Example: LARK_APP_ID=cli_xxx LARK_APP_SECRET=yyy lark-auth serve --config config.toml
     Serve {
-        /// Path of the TOML configuration (every key has a default; see config.toml).
-        #[arg(long, short, default_value = "config.toml")]
-        config: PathBuf,
+        /// Path of the TOML configuration. Default: ./config.toml when it exists, else the
+        /// built-in defaults (every key has one; the app credentials come from
+        /// LARK_APP_ID / LARK_APP_SECRET).
+        #[arg(long, short, value_name = "PATH")]
+        config: Option<PathBuf>,
     },
     /// Run the product end to end against the built-in sandbox (a fake Lark platform on
     /// loopback): no credentials, no network. Prints each step; exits 0 on success.
@@ -48,9 +50,10 @@ enum Command {
     ///
     /// Example: lark-auth check-config --config config.toml
     CheckConfig {
-        /// Path of the TOML configuration.
-        #[arg(long, short, default_value = "config.toml")]
-        config: PathBuf,
+        /// Path of the TOML configuration. Default: ./config.toml when it exists, else the
+        /// built-in defaults.
+        #[arg(long, short, value_name = "PATH")]
+        config: Option<PathBuf>,
     },
     /// Ask a running server to start an authorization: the user gets a card in
     /// Feishu/Lark and approves there. Prints the session; with --wait, shows its progress
@@ -136,6 +139,9 @@ enum Command {
     },
 }
 
+/// The configuration read when `--config` is not given and the file exists.
+const DEFAULT_CONFIG: &str = "config.toml";
+
 /// Shown after the help of every client subcommand.
 const CLIENT_HELP: &str = "The server is reached at --server URL (or LARK_AUTH_SERVER), \
 else at http:// + [http] listen of --config (default ./config.toml when present, else \
@@ -145,8 +151,8 @@ else at http:// + [http] listen of --config (default ./config.toml when present,
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => serve(&config),
-        Command::CheckConfig { config } => check_config(&config),
+        Command::Serve { config } => serve(config.as_deref()),
+        Command::CheckConfig { config } => check_config(config.as_deref()),
         Command::Demo => demo(),
         Command::Authorize {
             open_id,
@@ -209,14 +215,30 @@ where
     }
 }
 
-fn load_config(path: &std::path::Path) -> Result<Config, lark_auth::config::ConfigError> {
-    let mut config = Config::from_file(path)?;
+/// The configuration at `path`; without one, `./config.toml` when it exists, else the
+/// defaults. Validated, credentials resolved from the environment.
+fn load_config(path: Option<&Path>) -> Result<Config, lark_auth::config::ConfigError> {
+    let default = Path::new(DEFAULT_CONFIG);
+    let mut config = match path {
+        Some(path) => Config::from_file(path)?,
+        None if default.exists() => Config::from_file(default)?,
+        None => Config::default(),
+    };
     config.validate()?;
     config.resolve_credentials(|k| std::env::var(k).ok())?;
     Ok(config)
 }
 
-fn check_config(path: &std::path::Path) -> ExitCode {
+/// What `load_config` read, for messages.
+fn config_source(path: Option<&Path>) -> String {
+    match path {
+        Some(path) => path.display().to_string(),
+        None if Path::new(DEFAULT_CONFIG).exists() => DEFAULT_CONFIG.to_string(),
+        None => "(none: built-in defaults)".to_string(),
+    }
+}
+
+fn check_config(path: Option<&Path>) -> ExitCode {
     let checked = load_config(path)
         .map_err(|e| e.to_string())
         .and_then(|config| {
@@ -237,7 +259,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     match checked {
         Ok(config) => {
             let shown = serde_json::json!({
-                "config_file": path.display().to_string(),
+                "config_file": config_source(path),
                 "app_id": config.app.credentials.as_ref().map(|c| c.app_id.clone()),
                 "app_secret": "[redacted]",
                 "vault_key": "[redacted]",
@@ -302,7 +324,7 @@ fn demo() -> ExitCode {
     }
 }
 
-fn serve(path: &std::path::Path) -> ExitCode {
+fn serve(path: Option<&Path>) -> ExitCode {
     let config = match load_config(path) {
         Ok(config) => config,
         Err(e) => {

@@ -49,6 +49,36 @@ fn check_config_prints_effective_settings_with_the_secret_redacted() {
 }
 
 #[test]
+fn without_a_config_file_the_defaults_and_the_environment_suffice() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .current_dir(empty.path())
+        .env("LARK_APP_ID", "cli_check")
+        .env("LARK_APP_SECRET", "very-secret-value")
+        .env("LARK_AUTH_VAULT_KEY", VAULT_KEY)
+        .env("LARK_AUTH_API_TOKEN", "api-token-value")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("built-in defaults"), "{stdout}");
+    assert!(stdout.contains("127.0.0.1:8787"), "{stdout}");
+    // Given explicitly, a missing file is an error that names it.
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", "missing.toml"])
+        .current_dir(empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("missing.toml"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn check_config_names_what_is_missing_or_wrong() {
     let out = run(
         &["check-config", "--config", "config.toml"],
