@@ -146,3 +146,28 @@ async fn a_grant_revoked_on_the_platform_sends_one_new_authorization_card() {
     assert_eq!(i.sandbox.sent_cards().len(), 2);
     assert_eq!(i.sandbox.refresh_token_reuse_violations(), 0);
 }
+
+#[actix_rt::test]
+async fn start_reads_the_secrets_from_the_variables_the_config_names() {
+    let sandbox =
+        lark_auth::sandbox::Sandbox::start(service_common::sessions_common::sandbox_config())
+            .await
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = lark_auth::Config::for_tests(&sandbox.base_url());
+    config.vault.path = dir.path().join("vault");
+    config.vault.key_env = "LARK_AUTH_TEST_KEY_THAT_IS_NOT_SET".into();
+    let err = match lark_auth::LarkAuth::start(config) {
+        Err(e) => e,
+        Ok(_) => panic!("started without a vault key"),
+    };
+    assert!(
+        err.to_string()
+            .contains("LARK_AUTH_TEST_KEY_THAT_IS_NOT_SET"),
+        "names the variable: {err}"
+    );
+    assert!(
+        !dir.path().join("vault").exists(),
+        "nothing created without a key"
+    );
+}
