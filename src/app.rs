@@ -206,7 +206,8 @@ impl LarkAuth {
             vault.clone(),
             OpenApiRefresher::new(client.clone()),
             config.refresh.margin,
-        );
+        )
+        .with_token_cache(vault_core.token_cache(config.vault.token_cache_entries));
         let router = RouterActor::start(RouterParts {
             client,
             store,

@@ -21,6 +21,9 @@
 //!   with backoff); [`RefreshFailure::NeedsReauth`] → `needs_reauth` with the code;
 //!   [`RefreshFailure::OutcomeUnknown`] → `refresh_uncertain`, and the next use settles it
 //!   as `needs_reauth` without sending anything.
+//! - **Opened-token cache** (optional, [`TokenSource::with_token_cache`]): a fresh token
+//!   `get_token` already read is served from memory, without the vault actor, sled or the
+//!   AEAD; the vault drops it on every write of the grant (see [`super::cache`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -36,6 +39,7 @@ use tracing::{info, warn};
 use crate::secret::Secret;
 
 use super::actor::{CompareAndSwapGrant, GetGrant, TokenVaultActor};
+use super::cache::TokenCache;
 use super::{GrantRecord, GrantStatus, SwapOutcome, VaultError, unix_now_ms};
 
 /// The answer of a successful refresh (`grant_type=refresh_token`).
@@ -220,6 +224,7 @@ struct Inner<R> {
     flights: RefCell<HashMap<String, Flight>>,
     counts: Cell<RefreshCounts>,
     observer: RefCell<Option<TokenObserver>>,
+    cache: std::cell::OnceCell<Arc<TokenCache>>,
 }
 
 /// Serves access tokens with single-flight refresh. Lives on the System's thread (not
@@ -265,8 +270,22 @@ impl<R: RefreshGrant> TokenSource<R> {
                 flights: RefCell::new(HashMap::new()),
                 counts: Cell::new(RefreshCounts::default()),
                 observer: RefCell::new(None),
+                cache: std::cell::OnceCell::new(),
             }),
         }
+    }
+
+    /// Serves fresh tokens from `cache` (from [`Vault::token_cache`](super::Vault::token_cache)
+    /// of the vault behind this source's actor: only that vault's writes invalidate it).
+    /// Only the first cache given counts.
+    pub fn with_token_cache(self, cache: Arc<TokenCache>) -> Self {
+        let _ = self.inner.cache.set(cache);
+        self
+    }
+
+    /// The opened-token cache, if one was given.
+    pub fn token_cache(&self) -> Option<&Arc<TokenCache>> {
+        self.inner.cache.get()
     }
 
     /// The refresher (for tests and metrics).
@@ -326,6 +345,14 @@ impl<R: RefreshGrant> TokenSource<R> {
     pub async fn get_token(&self, open_id: &str) -> Result<AccessToken, GetTokenError> {
         self.inner.notify(TokenEvent::Used(open_id));
         let now = (self.inner.clock)();
+        let cache = self.inner.cache.get();
+        if let Some(cache) = cache
+            && let Some(token) = cache.fresh(open_id, now, self.inner.margin_ms)
+        {
+            return Ok(token);
+        }
+        // Taken before the read: an insert is refused if any write happened since.
+        let since = cache.map(|c| c.generation());
         if let Some(record) = self
             .inner
             .vault
@@ -336,6 +363,15 @@ impl<R: RefreshGrant> TokenSource<R> {
             && record.refresh_started_ms.is_none()
             && record.access_fresh(now, self.inner.margin_ms)
         {
+            if let (Some(cache), Some(since)) = (cache, since) {
+                cache.insert(
+                    since,
+                    open_id,
+                    &record.access_token,
+                    record.access_expires_ms,
+                    record.version,
+                );
+            }
             return Ok(AccessToken {
                 token: record.access_token,
                 expires_ms: record.access_expires_ms,
