@@ -202,6 +202,7 @@ impl LarkAuth {
         let vault_core = vault.clone();
         let vault = TokenVaultActor::start(vault, VAULT_THREADS);
         let client = OpenApiClient::new(&config)?;
+        client.set_metrics(metrics.clone());
         let source = TokenSource::new(
             vault.clone(),
             OpenApiRefresher::new(client.clone()),
