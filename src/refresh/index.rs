@@ -129,6 +129,15 @@ impl RefreshIndex {
         self.order.range(..=(now_ms, u32::MAX, u8::MAX)).count()
     }
 
+    /// How many deadlines are due at or before `now_ms`, counting at most `limit`.
+    /// O(min(k, limit)).
+    pub fn count_due_at_most(&self, now_ms: u64, limit: usize) -> usize {
+        self.order
+            .range(..=(now_ms, u32::MAX, u8::MAX))
+            .take(limit)
+            .count()
+    }
+
     /// Removes and returns up to `max` deadlines due at or before `now_ms`, nearest first.
     /// O(k log n) for k returned. The caller sets the next deadlines after refreshing.
     pub fn pop_due(&mut self, now_ms: u64, max: usize) -> Vec<Due> {

@@ -20,10 +20,15 @@
 //!   `needs_reauth` / `revoked` grants have no deadline.
 //!
 //! At start it loads every grant from the vault (pages of summaries, no secrets). Each tick
-//! (`run_interval`, plus a timer armed for the pacer's next slot or a deadline sooner than
-//! the next tick) pops only what is due, nearest first, one call per pacer slot
-//! (`refresh.budget_per_sec`, with jitter): a backlog after downtime drains at the budget,
-//! never in a burst. Refreshes go through [`TokenSource::refresh_ahead`], the same single
+//! (`run_interval`, plus a timer armed for a deadline sooner than the next tick) looks only
+//! at what is due. Every refresh first takes a slot from the token-endpoint pacer
+//! ([`PollPacer`], `refresh.budget_per_sec` with jitter) — the one shared with the
+//! sessions' device polls and code exchanges when `LarkAuth::start` hands it over with
+//! [`RefreshScheduler::with_token_endpoint_pacer`], else a private one. The scheduler asks
+//! for as many slots as deadlines are due (at most one second of budget at a time) and
+//! picks the nearest due deadline only when a slot arrives, so refreshes stay nearest
+//! first while they share the queue with polls; a backlog after downtime drains at the
+//! budget, never in a burst. Refreshes go through [`TokenSource::refresh_ahead`], the same single
 //! flight as `get_token`, so a scheduled refresh and a caller never race; after each one
 //! the grant is re-read and its deadlines set again.
 //!
@@ -42,13 +47,14 @@ use actix::prelude::*;
 use tracing::{debug, info, warn};
 
 use crate::config::RefreshConfig;
+use crate::session::pacer::{AcquirePollSlot, PollPacer};
 use crate::vault::actor::{CompareAndSwapGrant, GetGrant, ListGrants, TokenVaultActor};
 use crate::vault::{
     GetTokenError, GrantRecord, GrantStatus, GrantSummary, RefreshCounts, RefreshGrant,
     SwapOutcome, TokenEvent, TokenSource, VaultError, unix_now_ms,
 };
 
-use super::index::{DeadlineKind, Pacer, RefreshIndex};
+use super::index::{DeadlineKind, Due, RefreshIndex};
 
 // ----- messages --------------------------------------------------------------------------
 
@@ -115,7 +121,8 @@ pub struct ReauthNeeded {
 pub struct SchedulerSettings {
     /// Token-endpoint calls per second (`refresh.budget_per_sec`).
     pub budget_per_sec: u32,
-    /// Jitter added to each pacer slot, as a fraction (0.0–1.0) of the slot interval.
+    /// Jitter added to each pacer slot, as a fraction (0.0–1.0) of the slot interval
+    /// (only for the scheduler's private pacer; a shared pacer has its own).
     pub jitter: f64,
     /// Refresh a hot grant's access token when less than this is left (duration).
     pub ahead: Duration,
@@ -271,7 +278,10 @@ pub struct RefreshScheduler<R: RefreshGrant> {
     reauth: Option<Recipient<ReauthNeeded>>,
     clock: fn() -> u64,
     index: RefreshIndex,
-    pacer: Pacer,
+    /// The token-endpoint pacer (shared, or started privately in `started`).
+    pacer: Option<Addr<PollPacer>>,
+    /// Slot requests waiting at the pacer.
+    slot_requests: usize,
     ids: HashMap<Arc<str>, u32>,
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
@@ -291,7 +301,6 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
         vault: Addr<TokenVaultActor>,
         settings: SchedulerSettings,
     ) -> Self {
-        let pacer = Pacer::new(settings.budget_per_sec, settings.jitter, rand::random());
         RefreshScheduler {
             source,
             vault,
@@ -299,7 +308,8 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
             reauth: None,
             clock: unix_now_ms,
             index: RefreshIndex::new(),
-            pacer,
+            pacer: None,
+            slot_requests: 0,
             ids: HashMap::new(),
             slots: Vec::new(),
             free: Vec::new(),
@@ -317,6 +327,14 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
     /// exist). Without a recipient nothing is sent and nothing is recorded.
     pub fn with_reauth_recipient(mut self, recipient: Recipient<ReauthNeeded>) -> Self {
         self.reauth = Some(recipient);
+        self
+    }
+
+    /// Takes token-endpoint slots from `pacer` (the one the sessions' polls use), so
+    /// refreshes and polls share one budget. Without it the scheduler starts its own
+    /// pacer with `budget_per_sec`.
+    pub fn with_token_endpoint_pacer(mut self, pacer: Addr<PollPacer>) -> Self {
+        self.pacer = Some(pacer);
         self
     }
 
@@ -542,34 +560,77 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
         });
     }
 
-    /// Starts what is due, nearest first, one per pacer slot.
+    /// True when a due deadline needs no call: its grant is gone or in flight (the
+    /// completion plans it again), or it is an access deadline of a grant that went cold
+    /// (refreshed on its next use).
+    fn needs_no_call(&self, due: &Due, now: u64) -> bool {
+        match self.slots[due.grant as usize].as_ref() {
+            None => true,
+            Some(slot) => {
+                slot.in_flight || (due.kind == DeadlineKind::AccessRefresh && !self.hot(slot, now))
+            }
+        }
+    }
+
+    /// Most slot requests waiting at the pacer at once: one second of budget.
+    fn max_slot_requests(&self) -> usize {
+        self.settings.budget_per_sec.max(1) as usize
+    }
+
+    /// Drops due deadlines that need no call, asks the pacer for a slot per remaining due
+    /// deadline (up to [`max_slot_requests`](Self::max_slot_requests) waiting), and arms
+    /// a timer for a deadline sooner than the next tick.
     fn drain(&mut self, ctx: &mut Context<Self>) {
         let now = (self.clock)();
         while let Some(due) = self.index.first_due(now) {
-            let skip = match self.slots[due.grant as usize].as_ref() {
-                None => true,
-                Some(slot) => {
-                    slot.in_flight
-                        || (due.kind == DeadlineKind::AccessRefresh && !self.hot(slot, now))
-                }
-            };
-            if skip {
-                // In flight: its completion plans it again. Cold: refreshed on next use.
-                self.index.pop_due(now, 1);
-                continue;
-            }
-            if let Err(at) = self.pacer.try_acquire(now) {
-                self.arm(at, now, ctx);
-                return;
+            if !self.needs_no_call(&due, now) {
+                break;
             }
             self.index.pop_due(now, 1);
-            self.dispatch(due.grant, ctx);
+        }
+        let wanted = self.index.count_due_at_most(now, self.max_slot_requests());
+        while self.slot_requests < wanted {
+            self.request_slot(ctx);
         }
         if let Some(next) = self.index.next_due_ms()
+            && next > now
             && next < now + self.settings.tick.as_millis() as u64
         {
             self.arm(next, now, ctx);
         }
+    }
+
+    /// Asks the pacer for one slot; when it comes, the nearest due deadline is started.
+    fn request_slot(&mut self, ctx: &mut Context<Self>) {
+        let Some(pacer) = self.pacer.clone() else {
+            return;
+        };
+        self.slot_requests += 1;
+        ctx.spawn(
+            async move { pacer.send(AcquirePollSlot).await }
+                .into_actor(self)
+                .map(|granted, act, ctx| {
+                    act.slot_requests -= 1;
+                    match granted {
+                        Ok(()) => act.use_slot(ctx),
+                        Err(_) => warn!("token-endpoint pacer gone; refreshes stop"),
+                    }
+                }),
+        );
+    }
+
+    /// Starts the nearest due deadline that needs a call with the slot just granted (if
+    /// none is left the slot goes unused), then asks again for what is still due.
+    fn use_slot(&mut self, ctx: &mut Context<Self>) {
+        let now = (self.clock)();
+        while let Some(due) = self.index.first_due(now) {
+            self.index.pop_due(now, 1);
+            if !self.needs_no_call(&due, now) {
+                self.dispatch(due.grant, ctx);
+                break;
+            }
+        }
+        self.drain(ctx);
     }
 
     fn dispatch(&mut self, grant: u32, ctx: &mut Context<Self>) {
@@ -656,6 +717,11 @@ impl<R: RefreshGrant> Actor for RefreshScheduler<R> {
                 }),
             }
         }));
+        if self.pacer.is_none() {
+            self.pacer = Some(
+                PollPacer::with_jitter(self.settings.budget_per_sec, self.settings.jitter).start(),
+            );
+        }
         ctx.run_interval(self.settings.tick, |act, ctx| act.drain(ctx));
         self.load_page(None, ctx);
     }
