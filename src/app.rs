@@ -235,6 +235,7 @@ impl LarkAuth {
         )
         .with_reauth_recipient(reauth.recipient())
         .with_token_endpoint_pacer(endpoint_pacer)
+        .with_metrics(metrics.clone())
         .start();
         // New grants (from sessions) and revocations reach the scheduler, so a grant is
         // kept alive even if nobody asks for its token before the refresh token lapses.

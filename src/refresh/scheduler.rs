@@ -47,6 +47,7 @@ use actix::prelude::*;
 use tracing::{debug, info, warn};
 
 use crate::config::RefreshConfig;
+use crate::metrics::Metrics;
 use crate::session::pacer::{AcquirePollSlot, PollPacer};
 use crate::vault::actor::{CompareAndSwapGrant, GetGrant, ListGrants, TokenVaultActor};
 use crate::vault::{
@@ -282,6 +283,7 @@ pub struct RefreshScheduler<R: RefreshGrant> {
     pacer: Option<Addr<PollPacer>>,
     /// Slot requests waiting at the pacer.
     slot_requests: usize,
+    metrics: Option<Metrics>,
     ids: HashMap<Arc<str>, u32>,
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
@@ -310,6 +312,7 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
             index: RefreshIndex::new(),
             pacer: None,
             slot_requests: 0,
+            metrics: None,
             ids: HashMap::new(),
             slots: Vec::new(),
             free: Vec::new(),
@@ -335,6 +338,14 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
     /// pacer with `budget_per_sec`.
     pub fn with_token_endpoint_pacer(mut self, pacer: Addr<PollPacer>) -> Self {
         self.pacer = Some(pacer);
+        self
+    }
+
+    /// Publishes [`RefreshStats`] to `metrics` on every tick and after every scheduled
+    /// refresh (`lark_auth_refresh_backlog`, `lark_auth_refresh_oldest_overdue_seconds`,
+    /// `lark_auth_grants`, `lark_auth_refresh_attempts_total`).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -633,6 +644,12 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
         self.drain(ctx);
     }
 
+    fn publish(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.refresh_stats(&self.stats());
+        }
+    }
+
     fn dispatch(&mut self, grant: u32, ctx: &mut Context<Self>) {
         let now = (self.clock)();
         let slot = self.slots[grant as usize]
@@ -672,6 +689,7 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
                 debug!(open_id, error = %e, "scheduled refresh did not produce a token");
             }
             act.reload(open_id, ctx);
+            act.publish();
         }));
     }
 
@@ -722,7 +740,10 @@ impl<R: RefreshGrant> Actor for RefreshScheduler<R> {
                 PollPacer::with_jitter(self.settings.budget_per_sec, self.settings.jitter).start(),
             );
         }
-        ctx.run_interval(self.settings.tick, |act, ctx| act.drain(ctx));
+        ctx.run_interval(self.settings.tick, |act, ctx| {
+            act.drain(ctx);
+            act.publish();
+        });
         self.load_page(None, ctx);
     }
 }
