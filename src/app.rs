@@ -28,7 +28,7 @@ use crate::openapi::OpenApiClient;
 use crate::refresh::scheduler::{GrantChanged, ReauthNeeded, RefreshScheduler, SchedulerSettings};
 use crate::secret::Secret;
 use crate::service::StateReport;
-use crate::session::pacer::PollPacer;
+use crate::session::pacer::{AcquirePollSlot, PollPacer};
 use crate::session::router::{
     GetSession, StartAuthorization, StartError as SessionStartError, StopRouter, Subscribe,
 };
@@ -213,7 +213,16 @@ impl LarkAuth {
             OpenApiRefresher::new(client.clone()),
             config.refresh.margin,
         )
-        .with_token_cache(vault_core.token_cache(config.vault.token_cache_entries));
+        .with_token_cache(vault_core.token_cache(config.vault.token_cache_entries))
+        .with_slot_gate({
+            let pacer = endpoint_pacer.clone();
+            Box::new(move || {
+                let slot = pacer.send(AcquirePollSlot);
+                Box::pin(async move {
+                    let _ = slot.await;
+                })
+            })
+        });
         let router = RouterActor::start_with_pacer(
             RouterParts {
                 client,

@@ -45,8 +45,8 @@ pub use self::record::{GrantRecord, GrantStatus, GrantSummary, UserIdentity};
 pub use self::refresher::{OpenApiRefresher, refresh_failure_of};
 pub use self::seal::{KeyId, Keyring, VaultKey};
 pub use self::token::{
-    AccessToken, GetTokenError, NewTokens, RefreshCounts, RefreshFailure, RefreshGrant, TokenEvent,
-    TokenObserver, TokenSource,
+    AccessToken, GetTokenError, NewTokens, RefreshCounts, RefreshFailure, RefreshGrant, SlotGate,
+    TokenEvent, TokenObserver, TokenSource,
 };
 
 use self::record::Unreadable;

@@ -193,6 +193,10 @@ pub enum TokenEvent<'a> {
 /// The observer callback; see [`TokenSource::set_observer`].
 pub type TokenObserver = Box<dyn Fn(TokenEvent<'_>)>;
 
+/// Waits for a token-endpoint slot (resolves when a request may be sent); see
+/// [`TokenSource::with_slot_gate`].
+pub type SlotGate = Box<dyn Fn() -> LocalBoxFuture<'static, ()>>;
+
 /// How stale a grant may be before a flight refreshes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Need {
@@ -200,6 +204,9 @@ struct Need {
     access_ms: u64,
     /// When non-zero: refresh when the refresh token has less than this left, ms.
     refresh_ms: u64,
+    /// The caller already holds a token-endpoint slot (the scheduler); otherwise the
+    /// flight waits at the slot gate, if any, before sending.
+    paced: bool,
 }
 
 impl Need {
@@ -225,6 +232,7 @@ struct Inner<R> {
     counts: Cell<RefreshCounts>,
     observer: RefCell<Option<TokenObserver>>,
     cache: std::cell::OnceCell<Arc<TokenCache>>,
+    gate: std::cell::OnceCell<SlotGate>,
 }
 
 /// Serves access tokens with single-flight refresh. Lives on the System's thread (not
@@ -271,6 +279,7 @@ impl<R: RefreshGrant> TokenSource<R> {
                 counts: Cell::new(RefreshCounts::default()),
                 observer: RefCell::new(None),
                 cache: std::cell::OnceCell::new(),
+                gate: std::cell::OnceCell::new(),
             }),
         }
     }
@@ -280,6 +289,15 @@ impl<R: RefreshGrant> TokenSource<R> {
     /// Only the first cache given counts.
     pub fn with_token_cache(self, cache: Arc<TokenCache>) -> Self {
         let _ = self.inner.cache.set(cache);
+        self
+    }
+
+    /// Awaits `gate` (a slot of the shared token-endpoint pacer) before each refresh
+    /// request that `get_token` starts, before the write-ahead marker, then re-reads the
+    /// grant; refreshes through [`refresh_ahead`](Self::refresh_ahead) are paced by their
+    /// caller (the scheduler takes a slot first). Only the first gate given counts.
+    pub fn with_slot_gate(self, gate: SlotGate) -> Self {
+        let _ = self.inner.gate.set(gate);
         self
     }
 
@@ -320,7 +338,8 @@ impl<R: RefreshGrant> TokenSource<R> {
     /// (when `refresh_lead` is non-zero) its refresh token has less than `refresh_lead`
     /// left; otherwise returns the stored access token. Same single flight as
     /// [`TokenSource::get_token`] (joins a flight in progress, whatever started it), so a
-    /// scheduled refresh and a caller never race. Does not count as a use.
+    /// scheduled refresh and a caller never race. Does not count as a use. Not paced
+    /// here: the caller takes a token-endpoint slot first (the scheduler does).
     ///
     /// # Errors
     /// Every [`GetTokenError`] variant, as for `get_token`.
@@ -333,6 +352,7 @@ impl<R: RefreshGrant> TokenSource<R> {
         let need = Need {
             access_ms: (access_lead.as_millis() as u64).max(self.inner.margin_ms),
             refresh_ms: refresh_lead.as_millis() as u64,
+            paced: true,
         };
         self.join_flight(open_id, need).await
     }
@@ -380,6 +400,7 @@ impl<R: RefreshGrant> TokenSource<R> {
         let need = Need {
             access_ms: self.inner.margin_ms,
             refresh_ms: 0,
+            paced: false,
         };
         self.join_flight(open_id, need).await
     }
@@ -459,6 +480,7 @@ impl<R: RefreshGrant> Inner<R> {
 
     /// One flight: re-read under the gate, refresh if still needed, store the answer.
     async fn fly(this: &Rc<Self>, open_id: &str, need: Need) -> Result<AccessToken, GetTokenError> {
+        let mut paced = need.paced;
         for _ in 0..MAX_CONFLICTS {
             let now = (this.clock)();
             let Some(record) = this.get(open_id).await? else {
@@ -512,6 +534,13 @@ impl<R: RefreshGrant> Inner<R> {
                 {
                     return Err(GetTokenError::NeedsReauth { code: None });
                 }
+                continue;
+            }
+            if !paced && let Some(gate) = this.gate.get() {
+                // Wait for a slot before the marker (a crash while queued must not leave
+                // one), then decide again on the record as it is after the wait.
+                gate().await;
+                paced = true;
                 continue;
             }
             // Write-ahead marker, flushed before the token leaves the process.
