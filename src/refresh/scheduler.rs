@@ -80,6 +80,18 @@ pub struct GrantUsed {
 
 /// Marks a grant eager (kept hot whether used or not) or not. In memory only: lost on
 /// restart, the caller marks again.
+///
+/// Why memory-only marks are safe: an eager mark only adds the **access-refresh**
+/// deadline (refreshing the access token before it expires, so a caller never waits for
+/// a refresh). The deadline that keeps a grant alive — **keep-alive**, before the refresh
+/// token lapses — comes from the stored record (`refresh_expires_ms`), which the
+/// scheduler reloads at start whatever the marks were. So a lost mark never loses a
+/// grant or a refresh token; its only cost is that until the caller marks again (or uses
+/// the grant, which makes it hot), the first `get_token` after the access token enters
+/// the margin refreshes synchronously, single-flight and paced like any other. Making
+/// the mark durable would add a field to the record's clear part and a flushed vault
+/// write per mark change (which also drops the grant's opened token from the cache), for
+/// a latency benefit only on the first call after a restart; not worth it now.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct SetEager {
@@ -229,6 +241,7 @@ struct Slot {
     access_expires_ms: u64,
     refresh_expires_ms: u64,
     last_used_ms: u64,
+    /// Kept hot by [`SetEager`]; memory-only (see there why that is safe).
     eager: bool,
     in_flight: bool,
     reauth_requested: bool,
