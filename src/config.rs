@@ -190,7 +190,7 @@ pub struct VaultConfig {
     /// Keys from before a rotation, still accepted for reading: `[{ key_id = 1, env =
     /// "LARK_AUTH_VAULT_KEY_OLD" }]`. Default none. Drop one only when no record names it.
     pub old_keys: Vec<OldVaultKey>,
-    /// Most opened access tokens kept in memory for `get_token` (entries, about 110 B plus
+    /// Most opened access tokens kept in memory for `get_token` (entries, about 120 B plus
     /// the token's length each; 0 turns the cache off). Default 100,000.
     pub token_cache_entries: usize,
 }

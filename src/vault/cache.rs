@@ -21,11 +21,12 @@
 //! lookup finds it inside the margin, and the number of entries is capped
 //! (`vault.token_cache_entries`; at the cap an arbitrary entry is evicted).
 //!
-//! Memory per entry: the map slot (`Box<str>` key 16 B + entry 40 B + 1 control byte, at
-//! up to 7/8 load) ≈ 65 B, plus the heap copies of the `open_id` (≈ 48 B for an
-//! `ou_…` id) and of the access token itself (its length, 1–2 KB for real v2 tokens).
-//! So about 110 B + token length: ≈ 2 KB per entry with real tokens, ≈ 200 MB at the
-//! default cap of 100,000 entries; `benches/vault_scale.rs` measures it.
+//! Memory per entry: the map slot (`Box<str>` key 16 B + entry 40 B + 1 control byte,
+//! 57 B at a load between 7/16 and 7/8, so 65–130 B), plus the heap copies of the
+//! `open_id` and of the access token itself (its length: 1–2 KB for real v2 tokens).
+//! `benches/vault_scale.rs` measured 376 B per entry with 256-byte tokens, i.e. about
+//! 120 B + the token's length: ≈ 2 KB per entry with real tokens, ≈ 200 MB at the default
+//! cap of 100,000 entries.
 //!
 //! The cache is only correct while this process is the vault's only writer, which sled's
 //! one-open-per-path lock guarantees; a store shared by several processes would need a
@@ -169,6 +170,14 @@ impl TokenCache {
         state.entries.remove(open_id);
     }
 
+    /// Drops every entry and frees the map (e.g. to give memory back); the next lookups
+    /// read the vault again. Counts as an invalidation of every grant.
+    pub fn clear(&self) {
+        let mut state = self.lock();
+        state.generation = state.generation.wrapping_add(1);
+        state.entries = HashMap::new();
+    }
+
     /// Tokens cached now.
     pub fn len(&self) -> usize {
         self.lock().entries.len()
@@ -231,6 +240,11 @@ mod tests {
         assert!(cache.insert(since, "ou_3", &token("c"), 10_000, 1));
         assert_eq!(cache.len(), 2);
         assert!(cache.fresh("ou_3", 0, 0).is_some());
+
+        let since = cache.generation();
+        cache.clear();
+        assert!(cache.is_empty());
+        assert!(!cache.insert(since, "ou_4", &token("d"), 10_000, 1));
 
         let off = TokenCache::new(0);
         assert!(!off.insert(off.generation(), "ou_1", &token("a"), 10_000, 1));
