@@ -48,6 +48,7 @@ use crate::openapi::OpenApiClient;
 use crate::refresh::scheduler::{GrantChanged, ReauthNeeded, RefreshScheduler, SchedulerSettings};
 use crate::secret::Secret;
 use crate::service::StateReport;
+use crate::session::pacer::{AcquirePollSlot, PollPacer};
 use crate::session::router::{
     GetSession, StartAuthorization, StartError as SessionStartError, StopRouter, Subscribe,
 };
@@ -260,18 +261,36 @@ impl LarkAuth {
         let vault_core = vault.clone();
         let vault = TokenVaultActor::start(vault, VAULT_THREADS);
         let client = OpenApiClient::new(&config)?;
+        client.set_metrics(metrics.clone());
+        // One token-endpoint budget for device polls, code exchanges and refreshes.
+        let endpoint_pacer = PollPacer::new(config.refresh.budget_per_sec)
+            .with_queue_gauge(metrics.token_endpoint_queue_gauge())
+            .start();
         let source = TokenSource::new(
             vault.clone(),
             OpenApiRefresher::new(client.clone()),
             config.refresh.margin,
-        );
-        let router = RouterActor::start(RouterParts {
-            client,
-            store,
-            keyring: options.keyring,
-            vault: vault.clone(),
-            settings: SessionSettings::from_config(&config),
-        })?;
+        )
+        .with_token_cache(vault_core.token_cache(config.vault.token_cache_entries))
+        .with_slot_gate({
+            let pacer = endpoint_pacer.clone();
+            Box::new(move || {
+                let slot = pacer.send(AcquirePollSlot);
+                Box::pin(async move {
+                    let _ = slot.await;
+                })
+            })
+        });
+        let router = RouterActor::start_with_pacer(
+            RouterParts {
+                client,
+                store,
+                keyring: options.keyring,
+                vault: vault.clone(),
+                settings: SessionSettings::from_config(&config),
+            },
+            endpoint_pacer.clone(),
+        )?;
         let reauth = ReauthRelay {
             router: router.clone(),
         }
@@ -282,6 +301,8 @@ impl LarkAuth {
             SchedulerSettings::from_config(&config.refresh),
         )
         .with_reauth_recipient(reauth.recipient())
+        .with_token_endpoint_pacer(endpoint_pacer)
+        .with_metrics(metrics.clone())
         .start();
         // New grants (from sessions) and revocations reach the scheduler, so a grant is
         // kept alive even if nobody asks for its token before the refresh token lapses.

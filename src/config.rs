@@ -190,6 +190,9 @@ pub struct VaultConfig {
     /// Keys from before a rotation, still accepted for reading: `[{ key_id = 1, env =
     /// "LARK_AUTH_VAULT_KEY_OLD" }]`. Default none. Drop one only when no record names it.
     pub old_keys: Vec<OldVaultKey>,
+    /// Most opened access tokens kept in memory for `get_token` (entries, about 120 B plus
+    /// the token's length each; 0 turns the cache off). Default 100,000.
+    pub token_cache_entries: usize,
 }
 
 /// One entry of `vault.old_keys`.
@@ -209,6 +212,7 @@ impl Default for VaultConfig {
             key_env: "LARK_AUTH_VAULT_KEY".into(),
             key_id: 1,
             old_keys: Vec::new(),
+            token_cache_entries: crate::vault::DEFAULT_TOKEN_CACHE_ENTRIES,
         }
     }
 }

@@ -4,7 +4,8 @@
 //! process do not mix their numbers). Cheap to clone; every update is an atomic operation
 //! or a labelled-family lookup.
 
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -12,6 +13,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::refresh::RefreshStats;
+use crate::vault::RefreshCounts;
 
 /// Label set with one `state` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,6 +62,8 @@ struct Inner {
     events: Family<EventTypeLabel, Counter>,
     callback_answer: Family<OutcomeLabel, Counter>,
     callback_latency: Histogram,
+    /// Token endpoint, refresh and grants (issue 5).
+    refresh: RefreshMetrics,
 }
 
 const CONNECTION_STATES: [&str; 5] = [
@@ -131,6 +137,7 @@ impl Metrics {
             "Time to answer a card callback",
             callback_latency.clone(),
         );
+        let refresh = RefreshMetrics::register(&mut registry);
         let metrics = Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -142,6 +149,7 @@ impl Metrics {
                 events,
                 callback_answer,
                 callback_latency,
+                refresh,
             }),
         };
         metrics.connection_state("connecting");
@@ -222,6 +230,167 @@ impl Metrics {
     }
 }
 
+// ----- token endpoint, refresh scheduler and grants (issue 5) ---------------------------
+//
+// Kept in one block (its own struct, registered by one call in `Metrics::new`) so that
+// other families can be added above without touching these lines.
+
+/// Label set of `lark_auth_token_endpoint_calls_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenCallLabels {
+    /// `refresh`, `device_poll` or `code_exchange`.
+    pub kind: String,
+    /// `ok` (device polls: `granted`, `pending`, `slow_down`, `denied`, `expired`), or an
+    /// error class: `rate_limited`, `platform_error`, `transport_error`, `timeout`,
+    /// `outcome_unknown`, `invalid_response`, `invalid_request`.
+    pub outcome: String,
+}
+
+/// Label set with one `status` label (a grant status: `active`, `needs_reauth`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    /// The status name.
+    pub status: String,
+}
+
+const GRANT_STATUSES: [crate::vault::GrantStatus; 5] = [
+    crate::vault::GrantStatus::Active,
+    crate::vault::GrantStatus::RefreshFailed,
+    crate::vault::GrantStatus::RefreshUncertain,
+    crate::vault::GrantStatus::NeedsReauth,
+    crate::vault::GrantStatus::Revoked,
+];
+
+struct RefreshMetrics {
+    token_endpoint_calls: Family<TokenCallLabels, Counter>,
+    token_endpoint_queue: Gauge,
+    backlog: Gauge,
+    oldest_overdue: Gauge<f64, AtomicU64>,
+    grants: Family<StatusLabel, Gauge>,
+    attempts: Family<OutcomeLabel, Counter>,
+    /// The scheduler's cumulative attempt counts as last exported (counters move by the
+    /// difference).
+    exported: Mutex<RefreshCounts>,
+}
+
+impl RefreshMetrics {
+    fn register(registry: &mut Registry) -> RefreshMetrics {
+        let m = RefreshMetrics {
+            token_endpoint_calls: Family::default(),
+            token_endpoint_queue: Gauge::default(),
+            backlog: Gauge::default(),
+            oldest_overdue: Gauge::default(),
+            grants: Family::default(),
+            attempts: Family::default(),
+            exported: Mutex::new(RefreshCounts::default()),
+        };
+        registry.register(
+            "token_endpoint_calls",
+            "Requests to the user token endpoint, by kind (refresh, device_poll, \
+             code_exchange) and outcome",
+            m.token_endpoint_calls.clone(),
+        );
+        registry.register(
+            "token_endpoint_queue",
+            "Requests waiting for a slot of the shared token-endpoint pacer",
+            m.token_endpoint_queue.clone(),
+        );
+        registry.register(
+            "refresh_backlog",
+            "Refresh deadlines due now and not yet started",
+            m.backlog.clone(),
+        );
+        registry.register(
+            "refresh_oldest_overdue_seconds",
+            "How long the oldest due refresh deadline has been waiting (0: none overdue)",
+            m.oldest_overdue.clone(),
+        );
+        registry.register(
+            "grants",
+            "Grants known to the refresh scheduler, by status",
+            m.grants.clone(),
+        );
+        registry.register(
+            "refresh_attempts",
+            "Refresh requests sent (scheduled and by get_token), by outcome (ok, \
+             retryable_error, needs_reauth, outcome_unknown)",
+            m.attempts.clone(),
+        );
+        for status in GRANT_STATUSES {
+            let _ = m.grants.get_or_create(&StatusLabel {
+                status: status.as_str().to_string(),
+            });
+        }
+        m
+    }
+}
+
+impl Metrics {
+    /// Counts one request to the user token endpoint: `kind` is `refresh`, `device_poll`
+    /// or `code_exchange`; `outcome` as in [`TokenCallLabels`].
+    pub fn token_endpoint_call(&self, kind: &str, outcome: &str) {
+        self.inner
+            .refresh
+            .token_endpoint_calls
+            .get_or_create(&TokenCallLabels {
+                kind: kind.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// The gauge of requests waiting at the shared token-endpoint pacer, for the pacer to
+    /// keep up to date.
+    pub fn token_endpoint_queue_gauge(&self) -> Gauge {
+        self.inner.refresh.token_endpoint_queue.clone()
+    }
+
+    /// Publishes the refresh scheduler's numbers: backlog, oldest overdue deadline
+    /// (seconds), grants by status, and the attempt counters (moved by what was sent
+    /// since the last call). Cheap: a few atomic stores and one short lock.
+    pub fn refresh_stats(&self, stats: &RefreshStats) {
+        let m = &self.inner.refresh;
+        m.backlog.set(stats.backlog as i64);
+        m.oldest_overdue
+            .set(stats.oldest_overdue_ms as f64 / 1000.0);
+        for status in GRANT_STATUSES {
+            let count = match status {
+                crate::vault::GrantStatus::Active => stats.by_status.active,
+                crate::vault::GrantStatus::RefreshFailed => stats.by_status.refresh_failed,
+                crate::vault::GrantStatus::RefreshUncertain => stats.by_status.refresh_uncertain,
+                crate::vault::GrantStatus::NeedsReauth => stats.by_status.needs_reauth,
+                crate::vault::GrantStatus::Revoked => stats.by_status.revoked,
+            };
+            m.grants
+                .get_or_create(&StatusLabel {
+                    status: status.as_str().to_string(),
+                })
+                .set(count as i64);
+        }
+        let now = stats.attempts;
+        let mut exported = m.exported.lock().unwrap_or_else(|e| e.into_inner());
+        for (outcome, new, old) in [
+            ("ok", now.refreshed, exported.refreshed),
+            ("retryable_error", now.retryable, exported.retryable),
+            ("needs_reauth", now.needs_reauth, exported.needs_reauth),
+            (
+                "outcome_unknown",
+                now.outcome_unknown,
+                exported.outcome_unknown,
+            ),
+        ] {
+            if new > old {
+                m.attempts
+                    .get_or_create(&OutcomeLabel {
+                        outcome: outcome.to_string(),
+                    })
+                    .inc_by(new - old);
+            }
+        }
+        *exported = now;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +413,35 @@ mod tests {
         assert!(text.contains("lark_auth_frames_out_total 1"));
         assert!(text.contains("lark_auth_ack_latency_seconds_count 1"));
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn refresh_families_are_exported() {
+        let m = Metrics::new();
+        m.token_endpoint_call("refresh", "ok");
+        m.token_endpoint_queue_gauge().set(3);
+        let mut stats = RefreshStats {
+            backlog: 2,
+            oldest_overdue_ms: 1500,
+            ..RefreshStats::default()
+        };
+        stats.by_status.active = 7;
+        stats.attempts.refreshed = 4;
+        m.refresh_stats(&stats);
+        stats.attempts.refreshed = 5;
+        m.refresh_stats(&stats);
+        let text = m.encode();
+        for line in [
+            "lark_auth_token_endpoint_calls_total{kind=\"refresh\",outcome=\"ok\"} 1",
+            "lark_auth_token_endpoint_queue 3",
+            "lark_auth_refresh_backlog 2",
+            "lark_auth_refresh_oldest_overdue_seconds 1.5",
+            "lark_auth_grants{status=\"active\"} 7",
+            "lark_auth_grants{status=\"needs_reauth\"} 0",
+            "lark_auth_refresh_attempts_total{outcome=\"ok\"} 5",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
     }
 
     #[test]

@@ -354,3 +354,60 @@ async fn pacing_holds_the_budget_with_a_thousand_grants_due_at_once() {
     assert_eq!(s.by_status.active, GRANTS as u64);
     assert_eq!(s.backlog, 0);
 }
+
+/// Keep-alive alone: a grant nobody asks a token for (never hot, so no access deadline)
+/// is refreshed before each refresh token lapses — several lifetimes in a row — and no
+/// refresh token is ever sent twice.
+#[actix_rt::test]
+async fn an_unused_grant_is_kept_alive_before_its_refresh_token_lapses() {
+    const LIFETIMES: u64 = 3;
+    let config = SandboxConfig {
+        openapi: OpenApiSandboxConfig {
+            refresh_token_lifetime: Duration::from_secs(4),
+            ..OpenApiSandboxConfig::default()
+        },
+        ..SandboxConfig::default()
+    };
+    let h = harness(
+        config,
+        |_| {},
+        &[USER.to_string()],
+        None,
+        SchedulerSettings {
+            keepalive_lead: Duration::from_secs(2),
+            // Never hot: only the keep-alive deadline applies.
+            hot_window: Duration::ZERO,
+            ..settings()
+        },
+    )
+    .await;
+    let first = stored(&h, USER).await;
+    let mut lapses = vec![first.refresh_expires_ms];
+    let mut last = first;
+    while (lapses.len() as u64) <= LIFETIMES {
+        let s = stats(&h).await;
+        let a = s.attempts;
+        assert_eq!(
+            (a.retryable, a.needs_reauth, a.outcome_unknown),
+            (0, 0, 0),
+            "{s:?}"
+        );
+        let record = stored(&h, USER).await;
+        assert_eq!(record.status, GrantStatus::Active, "{s:?}");
+        if record.refresh_token != last.refresh_token && record.refresh_started_ms.is_none() {
+            lapses.push(record.refresh_expires_ms);
+            last = record;
+        }
+        assert!(
+            unix_now_ms() < last.refresh_expires_ms,
+            "the refresh token lapsed before the keep-alive refresh ({s:?})"
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(refresh_requests(&h.sandbox) as u64, LIFETIMES);
+    assert_eq!(h.sandbox.refresh_token_reuse_violations(), 0);
+    let s = stats(&h).await;
+    assert_eq!(s.attempts.refreshed, LIFETIMES);
+    assert_eq!(s.attempts.sent, LIFETIMES);
+    assert!(lapses.windows(2).all(|w| w[0] < w[1]), "{lapses:?}");
+}

@@ -77,6 +77,8 @@ pub struct OpenApiClient {
 struct Inner {
     transport: Transport,
     tenant: tenant::TenantTokenCache,
+    /// Where token-endpoint calls are counted, once set.
+    metrics: std::cell::OnceCell<crate::metrics::Metrics>,
 }
 
 /// What every call needs: the awc client, base URLs, app credentials, timeout.
@@ -161,6 +163,7 @@ impl OpenApiClient {
                     timeout,
                 },
                 tenant: tenant::TenantTokenCache::default(),
+                metrics: std::cell::OnceCell::new(),
             }),
         })
     }
@@ -172,6 +175,20 @@ impl OpenApiClient {
 
     pub(crate) fn transport(&self) -> &Transport {
         &self.inner.transport
+    }
+
+    /// Counts every user-token-endpoint call of this client and its clones (refresh,
+    /// device poll, code exchange) in `metrics` as
+    /// `lark_auth_token_endpoint_calls_total{kind, outcome}`. Only the first call counts.
+    pub fn set_metrics(&self, metrics: crate::metrics::Metrics) {
+        let _ = self.inner.metrics.set(metrics);
+    }
+
+    /// Counts one token-endpoint call (no-op without metrics).
+    pub(crate) fn count_token_call(&self, kind: &str, outcome: &str) {
+        if let Some(metrics) = self.inner.metrics.get() {
+            metrics.token_endpoint_call(kind, outcome);
+        }
     }
 }
 

@@ -319,22 +319,35 @@ impl OpenApiClient {
             ("client_id", c.app_id.as_str()),
             ("client_secret", c.app_secret.expose().as_str()),
         ]);
-        let answer = t.execute(DEVICE_POLL, request).await?;
-        let fields = answer.error_fields();
-        let outcome = match fields.error.as_deref() {
-            Some("authorization_pending") => Some(DevicePoll::Pending),
-            Some("slow_down") => Some(DevicePoll::SlowDown),
-            Some("access_denied") => Some(DevicePoll::Denied),
-            Some("expired_token" | "invalid_grant") if fields.code.is_none() => {
-                Some(DevicePoll::Expired)
+        let result: Result<DevicePoll, OpenApiError> = async {
+            let answer = t.execute(DEVICE_POLL, request).await?;
+            let fields = answer.error_fields();
+            let outcome = match fields.error.as_deref() {
+                Some("authorization_pending") => Some(DevicePoll::Pending),
+                Some("slow_down") => Some(DevicePoll::SlowDown),
+                Some("access_denied") => Some(DevicePoll::Denied),
+                Some("expired_token" | "invalid_grant") if fields.code.is_none() => {
+                    Some(DevicePoll::Expired)
+                }
+                _ => None,
+            };
+            if let Some(outcome) = outcome {
+                return Ok(outcome);
             }
-            _ => None,
-        };
-        if let Some(outcome) = outcome {
-            return Ok(outcome);
+            let grant: TokenAnswer = answer.decode(DEVICE_POLL)?;
+            Ok(DevicePoll::Granted(grant.into()))
         }
-        let grant: TokenAnswer = answer.decode(DEVICE_POLL)?;
-        Ok(DevicePoll::Granted(grant.into()))
+        .await;
+        let outcome = match &result {
+            Ok(DevicePoll::Granted(_)) => "granted",
+            Ok(DevicePoll::Pending) => "pending",
+            Ok(DevicePoll::SlowDown) => "slow_down",
+            Ok(DevicePoll::Denied) => "denied",
+            Ok(DevicePoll::Expired) => "expired",
+            Err(e) => error_outcome(e),
+        };
+        self.count_token_call("device_poll", outcome);
+        result
     }
 
     /// Exchanges an authorization `code` (5 minutes, single use, §1.2) for tokens (§2.1):
@@ -364,9 +377,17 @@ impl OpenApiClient {
             code_verifier: code_verifier.map(|v| v.expose().as_str()),
         };
         let request = t.http.post(t.open_url(TOKEN_PATH)).send_json(&body);
-        let answer = t.execute(CODE_EXCHANGE, request).await?;
-        let grant: TokenAnswer = answer.decode(CODE_EXCHANGE)?;
-        Ok(grant.into())
+        let result: Result<UserTokenGrant, OpenApiError> = async {
+            let answer = t.execute(CODE_EXCHANGE, request).await?;
+            let grant: TokenAnswer = answer.decode(CODE_EXCHANGE)?;
+            Ok(grant.into())
+        }
+        .await;
+        self.count_token_call(
+            "code_exchange",
+            result.as_ref().map_or_else(error_outcome, |_| "ok"),
+        );
+        result
     }
 
     /// Exchanges a refresh token for a new pair (§2.2). The old refresh token is dead as
@@ -394,9 +415,35 @@ impl OpenApiClient {
             refresh_token: refresh_token.expose(),
         };
         let request = t.http.post(t.open_url(TOKEN_PATH)).send_json(&body);
-        let answer = t.execute(REFRESH, request).await?;
-        let grant: TokenAnswer = answer.decode(REFRESH)?;
-        Ok(grant.into())
+        let result: Result<UserTokenGrant, OpenApiError> = async {
+            let answer = t.execute(REFRESH, request).await?;
+            let grant: TokenAnswer = answer.decode(REFRESH)?;
+            Ok(grant.into())
+        }
+        .await;
+        self.count_token_call(
+            "refresh",
+            result.as_ref().map_or_else(error_outcome, |_| "ok"),
+        );
+        result
+    }
+}
+
+/// The `outcome` label of a failed token-endpoint call
+/// (`lark_auth_token_endpoint_calls_total`).
+fn error_outcome(error: &OpenApiError) -> &'static str {
+    match error {
+        OpenApiError::Api(f)
+            if f.status == 429 || f.code == Some(super::error::CODE_RATE_LIMITED) =>
+        {
+            "rate_limited"
+        }
+        OpenApiError::Api(_) => "platform_error",
+        OpenApiError::Transport { .. } => "transport_error",
+        OpenApiError::Timeout { .. } => "timeout",
+        OpenApiError::RefreshOutcomeUnknown { .. } => "outcome_unknown",
+        OpenApiError::InvalidResponse { .. } => "invalid_response",
+        OpenApiError::InvalidRequest { .. } => "invalid_request",
     }
 }
 

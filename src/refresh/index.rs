@@ -9,13 +9,15 @@
 //!
 //! Costs: [`RefreshIndex::set`] and [`RefreshIndex::remove`] are O(log n);
 //! [`RefreshIndex::pop_due`] is O(k log n) for k entries popped, independent of the
-//! number of grants.
+//! number of grants; [`RefreshIndex::count_due`] (the backlog, read on every tick for the
+//! metrics) is O(1) amortized: it counts each deadline once, when time passes it.
 //!
 //! [`Pacer`] spreads refreshes under one budget (requests per second, default 40, below
 //! the platform's ~50/s): a token bucket of capacity one, so a backlog (e.g. after
 //! downtime) drains at the budget rate and never in a burst; each slot is pushed back by a
 //! random jitter (up to a fraction of the interval), which only ever lowers the rate.
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
 
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
@@ -59,6 +61,10 @@ pub struct RefreshIndex {
     order: BTreeSet<(u64, u32, u8)>,
     /// Per slot, the deadline of each kind (`u64::MAX`: none).
     slots: Vec<[u64; 2]>,
+    /// Deadlines at or before `due_cursor` are counted in `due_count` (the backlog as of
+    /// the last [`count_due`](Self::count_due)); kept up to date by every change.
+    due_cursor: Cell<u64>,
+    due_count: Cell<usize>,
 }
 
 impl RefreshIndex {
@@ -81,10 +87,14 @@ impl RefreshIndex {
         let old = self.slots[slot][k];
         if old != NONE {
             self.order.remove(&(old, grant, kind as u8));
+            self.uncount(old);
         }
         let new = due_ms.unwrap_or(NONE).min(NONE - 1);
         if due_ms.is_some() {
             self.order.insert((new, grant, kind as u8));
+            if new <= self.due_cursor.get() {
+                self.due_count.set(self.due_count.get() + 1);
+            }
             self.slots[slot][k] = new;
         } else {
             self.slots[slot][k] = NONE;
@@ -124,9 +134,42 @@ impl RefreshIndex {
             })
     }
 
-    /// How many deadlines are due at or before `now_ms` (the backlog). O(k) for k due.
+    /// How many deadlines are due at or before `now_ms` (the backlog). O(1) amortized:
+    /// only deadlines that came due since the previous call are visited (a clock that
+    /// went back recounts, O(k) for k due).
     pub fn count_due(&self, now_ms: u64) -> usize {
-        self.order.range(..=(now_ms, u32::MAX, u8::MAX)).count()
+        let cursor = self.due_cursor.get();
+        let count = if now_ms >= cursor {
+            let newly_due = if now_ms == cursor {
+                0
+            } else {
+                self.order
+                    .range((cursor + 1, 0, 0)..=(now_ms, u32::MAX, u8::MAX))
+                    .count()
+            };
+            self.due_count.get() + newly_due
+        } else {
+            self.order.range(..=(now_ms, u32::MAX, u8::MAX)).count()
+        };
+        self.due_cursor.set(now_ms);
+        self.due_count.set(count);
+        count
+    }
+
+    /// Takes a removed deadline out of the backlog count if it was counted.
+    fn uncount(&self, due_ms: u64) {
+        if due_ms <= self.due_cursor.get() {
+            self.due_count.set(self.due_count.get() - 1);
+        }
+    }
+
+    /// How many deadlines are due at or before `now_ms`, counting at most `limit`.
+    /// O(min(k, limit)).
+    pub fn count_due_at_most(&self, now_ms: u64, limit: usize) -> usize {
+        self.order
+            .range(..=(now_ms, u32::MAX, u8::MAX))
+            .take(limit)
+            .count()
     }
 
     /// Removes and returns up to `max` deadlines due at or before `now_ms`, nearest first.
@@ -141,6 +184,7 @@ impl RefreshIndex {
                 break;
             }
             self.order.pop_first();
+            self.uncount(due_ms);
             self.slots[grant as usize][kind as usize] = NONE;
             out.push(Due {
                 grant,
@@ -303,6 +347,37 @@ mod tests {
                 (ideal_ms..=slowest_ms).contains(&span_ms),
                 "1000 calls took {span_ms} ms (budget {budget}, ideal {ideal_ms})"
             );
+        }
+    }
+
+    /// The incrementally kept backlog count equals a full count after any mix of sets,
+    /// removals, pops and clock moves (including backwards).
+    #[test]
+    fn the_backlog_count_matches_a_full_count() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut index = RefreshIndex::new();
+        let mut now = 1_000u64;
+        for _ in 0..20_000 {
+            let grant = rng.gen_range(0..200u32);
+            let kind = if rng.gen_bool(0.5) {
+                DeadlineKind::AccessRefresh
+            } else {
+                DeadlineKind::KeepAlive
+            };
+            match rng.gen_range(0..10) {
+                0..=4 => index.set(grant, kind, Some(now - 500 + rng.gen_range(0..1_000))),
+                5 => index.set(grant, kind, None),
+                6 => index.remove(grant),
+                7 => {
+                    index.pop_due(now, rng.gen_range(0..5));
+                }
+                8 => now += rng.gen_range(0..300),
+                _ => now = now.saturating_sub(rng.gen_range(0..100)).max(500),
+            }
+            if rng.gen_bool(0.3) {
+                let full = index.order.range(..=(now, u32::MAX, u8::MAX)).count();
+                assert_eq!(index.count_due(now), full);
+            }
         }
     }
 

@@ -20,10 +20,15 @@
 //!   `needs_reauth` / `revoked` grants have no deadline.
 //!
 //! At start it loads every grant from the vault (pages of summaries, no secrets). Each tick
-//! (`run_interval`, plus a timer armed for the pacer's next slot or a deadline sooner than
-//! the next tick) pops only what is due, nearest first, one call per pacer slot
-//! (`refresh.budget_per_sec`, with jitter): a backlog after downtime drains at the budget,
-//! never in a burst. Refreshes go through [`TokenSource::refresh_ahead`], the same single
+//! (`run_interval`, plus a timer armed for a deadline sooner than the next tick) looks only
+//! at what is due. Every refresh first takes a slot from the token-endpoint pacer
+//! ([`PollPacer`], `refresh.budget_per_sec` with jitter) — the one shared with the
+//! sessions' device polls and code exchanges when `LarkAuth::start` hands it over with
+//! [`RefreshScheduler::with_token_endpoint_pacer`], else a private one. The scheduler asks
+//! for as many slots as deadlines are due (at most one second of budget at a time) and
+//! picks the nearest due deadline only when a slot arrives, so refreshes stay nearest
+//! first while they share the queue with polls; a backlog after downtime drains at the
+//! budget, never in a burst. Refreshes go through [`TokenSource::refresh_ahead`], the same single
 //! flight as `get_token`, so a scheduled refresh and a caller never race; after each one
 //! the grant is re-read and its deadlines set again.
 //!
@@ -42,13 +47,15 @@ use actix::prelude::*;
 use tracing::{debug, info, warn};
 
 use crate::config::RefreshConfig;
+use crate::metrics::Metrics;
+use crate::session::pacer::{AcquirePollSlot, PollPacer};
 use crate::vault::actor::{CompareAndSwapGrant, GetGrant, ListGrants, TokenVaultActor};
 use crate::vault::{
     GetTokenError, GrantRecord, GrantStatus, GrantSummary, RefreshCounts, RefreshGrant,
     SwapOutcome, TokenEvent, TokenSource, VaultError, unix_now_ms,
 };
 
-use super::index::{DeadlineKind, Pacer, RefreshIndex};
+use super::index::{DeadlineKind, Due, RefreshIndex};
 
 // ----- messages --------------------------------------------------------------------------
 
@@ -73,6 +80,18 @@ pub struct GrantUsed {
 
 /// Marks a grant eager (kept hot whether used or not) or not. In memory only: lost on
 /// restart, the caller marks again.
+///
+/// Why memory-only marks are safe: an eager mark only adds the **access-refresh**
+/// deadline (refreshing the access token before it expires, so a caller never waits for
+/// a refresh). The deadline that keeps a grant alive — **keep-alive**, before the refresh
+/// token lapses — comes from the stored record (`refresh_expires_ms`), which the
+/// scheduler reloads at start whatever the marks were. So a lost mark never loses a
+/// grant or a refresh token; its only cost is that until the caller marks again (or uses
+/// the grant, which makes it hot), the first `get_token` after the access token enters
+/// the margin refreshes synchronously, single-flight and paced like any other. Making
+/// the mark durable would add a field to the record's clear part and a flushed vault
+/// write per mark change (which also drops the grant's opened token from the cache), for
+/// a latency benefit only on the first call after a restart; not worth it now.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct SetEager {
@@ -115,7 +134,8 @@ pub struct ReauthNeeded {
 pub struct SchedulerSettings {
     /// Token-endpoint calls per second (`refresh.budget_per_sec`).
     pub budget_per_sec: u32,
-    /// Jitter added to each pacer slot, as a fraction (0.0–1.0) of the slot interval.
+    /// Jitter added to each pacer slot, as a fraction (0.0–1.0) of the slot interval
+    /// (only for the scheduler's private pacer; a shared pacer has its own).
     pub jitter: f64,
     /// Refresh a hot grant's access token when less than this is left (duration).
     pub ahead: Duration,
@@ -221,6 +241,7 @@ struct Slot {
     access_expires_ms: u64,
     refresh_expires_ms: u64,
     last_used_ms: u64,
+    /// Kept hot by [`SetEager`]; memory-only (see there why that is safe).
     eager: bool,
     in_flight: bool,
     reauth_requested: bool,
@@ -271,7 +292,11 @@ pub struct RefreshScheduler<R: RefreshGrant> {
     reauth: Option<Recipient<ReauthNeeded>>,
     clock: fn() -> u64,
     index: RefreshIndex,
-    pacer: Pacer,
+    /// The token-endpoint pacer (shared, or started privately in `started`).
+    pacer: Option<Addr<PollPacer>>,
+    /// Slot requests waiting at the pacer.
+    slot_requests: usize,
+    metrics: Option<Metrics>,
     ids: HashMap<Arc<str>, u32>,
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
@@ -291,7 +316,6 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
         vault: Addr<TokenVaultActor>,
         settings: SchedulerSettings,
     ) -> Self {
-        let pacer = Pacer::new(settings.budget_per_sec, settings.jitter, rand::random());
         RefreshScheduler {
             source,
             vault,
@@ -299,7 +323,9 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
             reauth: None,
             clock: unix_now_ms,
             index: RefreshIndex::new(),
-            pacer,
+            pacer: None,
+            slot_requests: 0,
+            metrics: None,
             ids: HashMap::new(),
             slots: Vec::new(),
             free: Vec::new(),
@@ -317,6 +343,22 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
     /// exist). Without a recipient nothing is sent and nothing is recorded.
     pub fn with_reauth_recipient(mut self, recipient: Recipient<ReauthNeeded>) -> Self {
         self.reauth = Some(recipient);
+        self
+    }
+
+    /// Takes token-endpoint slots from `pacer` (the one the sessions' polls use), so
+    /// refreshes and polls share one budget. Without it the scheduler starts its own
+    /// pacer with `budget_per_sec`.
+    pub fn with_token_endpoint_pacer(mut self, pacer: Addr<PollPacer>) -> Self {
+        self.pacer = Some(pacer);
+        self
+    }
+
+    /// Publishes [`RefreshStats`] to `metrics` on every tick and after every scheduled
+    /// refresh (`lark_auth_refresh_backlog`, `lark_auth_refresh_oldest_overdue_seconds`,
+    /// `lark_auth_grants`, `lark_auth_refresh_attempts_total`).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -542,33 +584,82 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
         });
     }
 
-    /// Starts what is due, nearest first, one per pacer slot.
+    /// True when a due deadline needs no call: its grant is gone or in flight (the
+    /// completion plans it again), or it is an access deadline of a grant that went cold
+    /// (refreshed on its next use).
+    fn needs_no_call(&self, due: &Due, now: u64) -> bool {
+        match self.slots[due.grant as usize].as_ref() {
+            None => true,
+            Some(slot) => {
+                slot.in_flight || (due.kind == DeadlineKind::AccessRefresh && !self.hot(slot, now))
+            }
+        }
+    }
+
+    /// Most slot requests waiting at the pacer at once: one second of budget.
+    fn max_slot_requests(&self) -> usize {
+        self.settings.budget_per_sec.max(1) as usize
+    }
+
+    /// Drops due deadlines that need no call, asks the pacer for a slot per remaining due
+    /// deadline (up to [`max_slot_requests`](Self::max_slot_requests) waiting), and arms
+    /// a timer for a deadline sooner than the next tick.
     fn drain(&mut self, ctx: &mut Context<Self>) {
         let now = (self.clock)();
         while let Some(due) = self.index.first_due(now) {
-            let skip = match self.slots[due.grant as usize].as_ref() {
-                None => true,
-                Some(slot) => {
-                    slot.in_flight
-                        || (due.kind == DeadlineKind::AccessRefresh && !self.hot(slot, now))
-                }
-            };
-            if skip {
-                // In flight: its completion plans it again. Cold: refreshed on next use.
-                self.index.pop_due(now, 1);
-                continue;
-            }
-            if let Err(at) = self.pacer.try_acquire(now) {
-                self.arm(at, now, ctx);
-                return;
+            if !self.needs_no_call(&due, now) {
+                break;
             }
             self.index.pop_due(now, 1);
-            self.dispatch(due.grant, ctx);
+        }
+        let wanted = self.index.count_due_at_most(now, self.max_slot_requests());
+        while self.slot_requests < wanted {
+            self.request_slot(ctx);
         }
         if let Some(next) = self.index.next_due_ms()
+            && next > now
             && next < now + self.settings.tick.as_millis() as u64
         {
             self.arm(next, now, ctx);
+        }
+    }
+
+    /// Asks the pacer for one slot; when it comes, the nearest due deadline is started.
+    fn request_slot(&mut self, ctx: &mut Context<Self>) {
+        let Some(pacer) = self.pacer.clone() else {
+            return;
+        };
+        self.slot_requests += 1;
+        ctx.spawn(
+            async move { pacer.send(AcquirePollSlot).await }
+                .into_actor(self)
+                .map(|granted, act, ctx| {
+                    act.slot_requests -= 1;
+                    match granted {
+                        Ok(()) => act.use_slot(ctx),
+                        Err(_) => warn!("token-endpoint pacer gone; refreshes stop"),
+                    }
+                }),
+        );
+    }
+
+    /// Starts the nearest due deadline that needs a call with the slot just granted (if
+    /// none is left the slot goes unused), then asks again for what is still due.
+    fn use_slot(&mut self, ctx: &mut Context<Self>) {
+        let now = (self.clock)();
+        while let Some(due) = self.index.first_due(now) {
+            self.index.pop_due(now, 1);
+            if !self.needs_no_call(&due, now) {
+                self.dispatch(due.grant, ctx);
+                break;
+            }
+        }
+        self.drain(ctx);
+    }
+
+    fn publish(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.refresh_stats(&self.stats());
         }
     }
 
@@ -611,6 +702,7 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
                 debug!(open_id, error = %e, "scheduled refresh did not produce a token");
             }
             act.reload(open_id, ctx);
+            act.publish();
         }));
     }
 
@@ -656,7 +748,15 @@ impl<R: RefreshGrant> Actor for RefreshScheduler<R> {
                 }),
             }
         }));
-        ctx.run_interval(self.settings.tick, |act, ctx| act.drain(ctx));
+        if self.pacer.is_none() {
+            self.pacer = Some(
+                PollPacer::with_jitter(self.settings.budget_per_sec, self.settings.jitter).start(),
+            );
+        }
+        ctx.run_interval(self.settings.tick, |act, ctx| {
+            act.drain(ctx);
+            act.publish();
+        });
         self.load_page(None, ctx);
     }
 }

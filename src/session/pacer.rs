@@ -1,6 +1,9 @@
 //! The PollPacer actor: one queue in front of the token endpoint for every session's
 //! device poll and code exchange, so thousands of sessions in flight stay under the app's
 //! budget (`refresh.budget_per_sec`, default 40/s; the platform allows about 50/s).
+//! `LarkAuth::start` creates one and hands it to the RouterActor's sessions and to the
+//! RefreshScheduler, so polls and refreshes together stay under that one budget (the
+//! scheduler asks for a slot first and picks the nearest due refresh when it gets one).
 //!
 //! Accepts: [`AcquirePollSlot`] (replies when the caller may send one request),
 //! [`GetPacerStatus`]. Sends nothing.
@@ -14,6 +17,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use actix::prelude::*;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::oneshot;
 
 use crate::refresh::Pacer;
@@ -48,22 +52,44 @@ pub struct PollPacer {
     waiting: VecDeque<oneshot::Sender<()>>,
     timer_armed: bool,
     granted: u64,
+    queue_gauge: Option<Gauge>,
 }
 
 impl PollPacer {
     /// A pacer allowing `budget_per_sec` token-endpoint requests per second (at least 1),
     /// with up to 10 % jitter per slot.
     pub fn new(budget_per_sec: u32) -> PollPacer {
+        PollPacer::with_jitter(budget_per_sec, 0.1)
+    }
+
+    /// As [`PollPacer::new`] with up to `jitter_fraction` (0.0–1.0) of the slot interval
+    /// as jitter per slot.
+    pub fn with_jitter(budget_per_sec: u32, jitter_fraction: f64) -> PollPacer {
         PollPacer {
-            pacer: Pacer::new(budget_per_sec, 0.1, rand::random()),
+            pacer: Pacer::new(budget_per_sec, jitter_fraction, rand::random()),
             budget_per_sec: budget_per_sec.max(1),
             waiting: VecDeque::new(),
             timer_armed: false,
             granted: 0,
+            queue_gauge: None,
         }
     }
 
+    /// Keeps `gauge` set to the number of callers waiting for a slot (the
+    /// `lark_auth_token_endpoint_queue` metric).
+    pub fn with_queue_gauge(mut self, gauge: Gauge) -> PollPacer {
+        self.queue_gauge = Some(gauge);
+        self
+    }
+
     fn drain(&mut self, ctx: &mut Context<Self>) {
+        self.grant_free_slots(ctx);
+        if let Some(gauge) = &self.queue_gauge {
+            gauge.set(self.waiting.len() as i64);
+        }
+    }
+
+    fn grant_free_slots(&mut self, ctx: &mut Context<Self>) {
         while let Some(front) = self.waiting.front() {
             if front.is_closed() {
                 self.waiting.pop_front();

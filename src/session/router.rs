@@ -209,9 +209,21 @@ impl RouterActor {
     /// # Errors
     /// [`SessionStoreError::BadKeyring`] when the keyring lists a key id twice.
     pub fn start(parts: RouterParts) -> Result<Addr<RouterActor>, SessionStoreError> {
+        let pacer = PollPacer::new(parts.settings.poll_budget_per_sec).start();
+        RouterActor::start_with_pacer(parts, pacer)
+    }
+
+    /// As [`RouterActor::start`], with the token-endpoint `pacer` shared with others (the
+    /// refresh scheduler), so polls, exchanges and refreshes draw from one budget.
+    ///
+    /// # Errors
+    /// [`SessionStoreError::BadKeyring`] when the keyring lists a key id twice.
+    pub fn start_with_pacer(
+        parts: RouterParts,
+        pacer: Addr<PollPacer>,
+    ) -> Result<Addr<RouterActor>, SessionStoreError> {
         let codec = SessionCodec::new(&parts.keyring)?;
         let store = SessionStoreActor::start(parts.store, codec);
-        let pacer = PollPacer::new(parts.settings.poll_budget_per_sec).start();
         let settings = Rc::new(parts.settings);
         Ok(RouterActor::create(move |ctx| RouterActor {
             deps: SessionDeps {

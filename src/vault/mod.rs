@@ -23,6 +23,7 @@
 //! Instants are unix epoch milliseconds (UTC).
 
 pub mod actor;
+pub mod cache;
 pub mod record;
 pub mod refresher;
 pub mod seal;
@@ -39,12 +40,13 @@ use crate::store::{
 };
 
 pub use self::actor::TokenVaultActor;
+pub use self::cache::{DEFAULT_TOKEN_CACHE_ENTRIES, TokenCache};
 pub use self::record::{GrantRecord, GrantStatus, GrantSummary, UserIdentity};
 pub use self::refresher::{OpenApiRefresher, refresh_failure_of};
 pub use self::seal::{KeyId, Keyring, VaultKey};
 pub use self::token::{
-    AccessToken, GetTokenError, NewTokens, RefreshCounts, RefreshFailure, RefreshGrant, TokenEvent,
-    TokenObserver, TokenSource,
+    AccessToken, GetTokenError, NewTokens, RefreshCounts, RefreshFailure, RefreshGrant, SlotGate,
+    TokenEvent, TokenObserver, TokenSource,
 };
 
 use self::record::Unreadable;
@@ -194,6 +196,9 @@ struct Inner {
     /// Told the `open_id` after a new grant is stored or a grant is revoked (the refresh
     /// scheduler schedules or drops its deadlines). Set once, after start.
     on_grant_changed: std::sync::OnceLock<GrantChangedHook>,
+    /// Opened access tokens, invalidated by every grant write (see [`cache`]). Created
+    /// by the first [`Vault::token_cache`] call.
+    token_cache: std::sync::OnceLock<Arc<TokenCache>>,
 }
 
 /// A callback told the `open_id` of a grant that was stored or revoked.
@@ -270,6 +275,7 @@ impl Vault {
                 keys,
                 policy,
                 on_grant_changed: std::sync::OnceLock::new(),
+                token_cache: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -279,6 +285,25 @@ impl Vault {
     /// Only the first registration counts; returns false when one was already set.
     pub fn on_grant_changed(&self, hook: GrantChangedHook) -> bool {
         self.inner.on_grant_changed.set(hook).is_ok()
+    }
+
+    /// The cache of opened access tokens that this vault invalidates on every write of a
+    /// grant (see [`cache`]), created with room for `capacity` entries on the first call;
+    /// later calls return the same cache whatever `capacity` they give. Hand it to
+    /// [`TokenSource::with_token_cache`].
+    pub fn token_cache(&self, capacity: usize) -> Arc<TokenCache> {
+        self.inner
+            .token_cache
+            .get_or_init(|| Arc::new(TokenCache::new(capacity)))
+            .clone()
+    }
+
+    /// Drops `open_id`'s opened token from the cache, if there is one. Runs after every
+    /// write of the grant, before the writer is answered.
+    fn invalidate(&self, open_id: &str) {
+        if let Some(cache) = self.inner.token_cache.get() {
+            cache.invalidate(open_id);
+        }
     }
 
     fn grant_changed(&self, open_id: &str) {
@@ -303,11 +328,12 @@ impl Vault {
 
     fn quarantine(&self, open_id: &str, reason: String) -> VaultError {
         let key = self.key(open_id);
-        match self
+        let quarantined = self
             .inner
             .store
-            .quarantine_grant(&key, &reason, unix_now_ms())
-        {
+            .quarantine_grant(&key, &reason, unix_now_ms());
+        self.invalidate(open_id);
+        match quarantined {
             Ok(_) => error!(open_id, %reason, "corrupt grant record quarantined"),
             Err(e) => {
                 error!(open_id, %reason, error = %e, "corrupt grant record could not be quarantined")
@@ -368,11 +394,17 @@ impl Vault {
             due_ms: self.inner.policy.due_ms(record),
         };
         let expected = (record.version != 0).then_some(record.version);
-        match self
+        let outcome = self
             .inner
             .store
-            .compare_and_swap_grant(&key, expected, Some(write))?
-        {
+            .compare_and_swap_grant(&key, expected, Some(write));
+        // Before the flush and the reply (and also when the store failed, since the write
+        // may have landed): a completed write never leaves the token it replaced in the
+        // cache.
+        if !matches!(outcome, Ok(CasOutcome::Conflict { .. })) {
+            self.invalidate(&record.identity.open_id);
+        }
+        match outcome? {
             CasOutcome::Swapped { version } => {
                 if durable {
                     self.inner.store.flush()?;

@@ -21,6 +21,9 @@
 //!   with backoff); [`RefreshFailure::NeedsReauth`] → `needs_reauth` with the code;
 //!   [`RefreshFailure::OutcomeUnknown`] → `refresh_uncertain`, and the next use settles it
 //!   as `needs_reauth` without sending anything.
+//! - **Opened-token cache** (optional, [`TokenSource::with_token_cache`]): a fresh token
+//!   `get_token` already read is served from memory, without the vault actor, sled or the
+//!   AEAD; the vault drops it on every write of the grant (see [`super::cache`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -36,6 +39,7 @@ use tracing::{info, warn};
 use crate::secret::Secret;
 
 use super::actor::{CompareAndSwapGrant, GetGrant, TokenVaultActor};
+use super::cache::TokenCache;
 use super::{GrantRecord, GrantStatus, SwapOutcome, VaultError, unix_now_ms};
 
 /// The answer of a successful refresh (`grant_type=refresh_token`).
@@ -189,6 +193,10 @@ pub enum TokenEvent<'a> {
 /// The observer callback; see [`TokenSource::set_observer`].
 pub type TokenObserver = Box<dyn Fn(TokenEvent<'_>)>;
 
+/// Waits for a token-endpoint slot (resolves when a request may be sent); see
+/// [`TokenSource::with_slot_gate`].
+pub type SlotGate = Box<dyn Fn() -> LocalBoxFuture<'static, ()>>;
+
 /// How stale a grant may be before a flight refreshes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Need {
@@ -196,6 +204,9 @@ struct Need {
     access_ms: u64,
     /// When non-zero: refresh when the refresh token has less than this left, ms.
     refresh_ms: u64,
+    /// The caller already holds a token-endpoint slot (the scheduler); otherwise the
+    /// flight waits at the slot gate, if any, before sending.
+    paced: bool,
 }
 
 impl Need {
@@ -220,6 +231,8 @@ struct Inner<R> {
     flights: RefCell<HashMap<String, Flight>>,
     counts: Cell<RefreshCounts>,
     observer: RefCell<Option<TokenObserver>>,
+    cache: std::cell::OnceCell<Arc<TokenCache>>,
+    gate: std::cell::OnceCell<SlotGate>,
 }
 
 /// Serves access tokens with single-flight refresh. Lives on the System's thread (not
@@ -265,8 +278,32 @@ impl<R: RefreshGrant> TokenSource<R> {
                 flights: RefCell::new(HashMap::new()),
                 counts: Cell::new(RefreshCounts::default()),
                 observer: RefCell::new(None),
+                cache: std::cell::OnceCell::new(),
+                gate: std::cell::OnceCell::new(),
             }),
         }
+    }
+
+    /// Serves fresh tokens from `cache` (from [`Vault::token_cache`](super::Vault::token_cache)
+    /// of the vault behind this source's actor: only that vault's writes invalidate it).
+    /// Only the first cache given counts.
+    pub fn with_token_cache(self, cache: Arc<TokenCache>) -> Self {
+        let _ = self.inner.cache.set(cache);
+        self
+    }
+
+    /// Awaits `gate` (a slot of the shared token-endpoint pacer) before each refresh
+    /// request that `get_token` starts, before the write-ahead marker, then re-reads the
+    /// grant; refreshes through [`refresh_ahead`](Self::refresh_ahead) are paced by their
+    /// caller (the scheduler takes a slot first). Only the first gate given counts.
+    pub fn with_slot_gate(self, gate: SlotGate) -> Self {
+        let _ = self.inner.gate.set(gate);
+        self
+    }
+
+    /// The opened-token cache, if one was given.
+    pub fn token_cache(&self) -> Option<&Arc<TokenCache>> {
+        self.inner.cache.get()
     }
 
     /// The refresher (for tests and metrics).
@@ -301,7 +338,8 @@ impl<R: RefreshGrant> TokenSource<R> {
     /// (when `refresh_lead` is non-zero) its refresh token has less than `refresh_lead`
     /// left; otherwise returns the stored access token. Same single flight as
     /// [`TokenSource::get_token`] (joins a flight in progress, whatever started it), so a
-    /// scheduled refresh and a caller never race. Does not count as a use.
+    /// scheduled refresh and a caller never race. Does not count as a use. Not paced
+    /// here: the caller takes a token-endpoint slot first (the scheduler does).
     ///
     /// # Errors
     /// Every [`GetTokenError`] variant, as for `get_token`.
@@ -314,6 +352,7 @@ impl<R: RefreshGrant> TokenSource<R> {
         let need = Need {
             access_ms: (access_lead.as_millis() as u64).max(self.inner.margin_ms),
             refresh_ms: refresh_lead.as_millis() as u64,
+            paced: true,
         };
         self.join_flight(open_id, need).await
     }
@@ -326,6 +365,14 @@ impl<R: RefreshGrant> TokenSource<R> {
     pub async fn get_token(&self, open_id: &str) -> Result<AccessToken, GetTokenError> {
         self.inner.notify(TokenEvent::Used(open_id));
         let now = (self.inner.clock)();
+        let cache = self.inner.cache.get();
+        if let Some(cache) = cache
+            && let Some(token) = cache.fresh(open_id, now, self.inner.margin_ms)
+        {
+            return Ok(token);
+        }
+        // Taken before the read: an insert is refused if any write happened since.
+        let since = cache.map(|c| c.generation());
         if let Some(record) = self
             .inner
             .vault
@@ -336,6 +383,15 @@ impl<R: RefreshGrant> TokenSource<R> {
             && record.refresh_started_ms.is_none()
             && record.access_fresh(now, self.inner.margin_ms)
         {
+            if let (Some(cache), Some(since)) = (cache, since) {
+                cache.insert(
+                    since,
+                    open_id,
+                    &record.access_token,
+                    record.access_expires_ms,
+                    record.version,
+                );
+            }
             return Ok(AccessToken {
                 token: record.access_token,
                 expires_ms: record.access_expires_ms,
@@ -344,6 +400,7 @@ impl<R: RefreshGrant> TokenSource<R> {
         let need = Need {
             access_ms: self.inner.margin_ms,
             refresh_ms: 0,
+            paced: false,
         };
         self.join_flight(open_id, need).await
     }
@@ -423,6 +480,7 @@ impl<R: RefreshGrant> Inner<R> {
 
     /// One flight: re-read under the gate, refresh if still needed, store the answer.
     async fn fly(this: &Rc<Self>, open_id: &str, need: Need) -> Result<AccessToken, GetTokenError> {
+        let mut paced = need.paced;
         for _ in 0..MAX_CONFLICTS {
             let now = (this.clock)();
             let Some(record) = this.get(open_id).await? else {
@@ -476,6 +534,13 @@ impl<R: RefreshGrant> Inner<R> {
                 {
                     return Err(GetTokenError::NeedsReauth { code: None });
                 }
+                continue;
+            }
+            if !paced && let Some(gate) = this.gate.get() {
+                // Wait for a slot before the marker (a crash while queued must not leave
+                // one), then decide again on the record as it is after the wait.
+                gate().await;
+                paced = true;
                 continue;
             }
             // Write-ahead marker, flushed before the token leaves the process.

@@ -184,6 +184,8 @@ pub struct RecordedTokenRequest {
     pub code: Option<i64>,
     /// The OAuth `error` answered, if any.
     pub error: Option<String>,
+    /// When the request arrived (monotonic clock), to count requests per second.
+    pub received_at: std::time::Instant,
 }
 
 /// A card sent through `POST /im/v1/messages`, parsed.

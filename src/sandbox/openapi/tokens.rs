@@ -252,6 +252,7 @@ impl TokenOutcome {
 
 /// `POST /open-apis/authen/v2/oauth/token` (§2).
 async fn user_token(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
+    let received_at = std::time::Instant::now();
     let p = params(&req, &body);
     let grant_type = p.get("grant_type").cloned();
     let mut record = RecordedTokenRequest {
@@ -267,6 +268,7 @@ async fn user_token(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared
         fault: None,
         code: None,
         error: None,
+        received_at,
     };
     let fault = shared.lock().openapi.take_fault(OpenApiRoute::UserToken);
     record.fault = fault.clone();
