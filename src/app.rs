@@ -213,6 +213,7 @@ impl LarkAuth {
             keyring: options.keyring,
             vault: vault.clone(),
             settings: SessionSettings::from_config(&config),
+            metrics: metrics.clone(),
         })?;
         let reauth = ReauthRelay {
             router: router.clone(),

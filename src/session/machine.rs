@@ -22,6 +22,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::cards::CardLocale;
 use crate::config::AuthFlow;
 use crate::secret::Secret;
 
@@ -206,6 +207,12 @@ pub struct SessionRecord {
     pub code_flow: Option<CodeFlowProgress>,
     /// When the next device poll is due (kept so a restart resumes the cadence).
     pub next_poll_at_ms: Option<u64>,
+    /// Language of this session's cards and toasts, when the caller named one; `None`
+    /// uses the configured default. The platform tells no user's locale before the user
+    /// authorized (neither the card callback nor any API this app may call with a tenant
+    /// token carries it), so it only comes from the authorization request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<CardLocale>,
 }
 
 impl SessionRecord {
@@ -239,6 +246,7 @@ impl SessionRecord {
             device: None,
             code_flow,
             next_poll_at_ms: None,
+            locale: None,
         }
     }
 }

@@ -35,6 +35,7 @@ use crate::config::AuthFlow;
 use crate::connection::{
     CallbackFailed, CardActionReceived, ConnectionOutputs, ConnectionStateChanged, EventReceived,
 };
+use crate::metrics::Metrics;
 use crate::openapi::oauth::OFFLINE_ACCESS;
 use crate::openapi::{OpenApiClient, PkcePair};
 use crate::protocol::event::{CardActionResponse, ToastKind};
@@ -47,12 +48,12 @@ use super::actor::{
     AuthSessionActor, Click, CodeRedirect, GetSessionView, SessionDeps, SessionFinished,
     SessionView, StopSession, click_toast, finished_toast,
 };
-use super::cards::{ACTION_AUTHORIZE, ACTION_DECLINE, VALUE_SESSION_ID};
+use super::cards::{ACTION_AUTHORIZE, ACTION_DECLINE, CardLocale, VALUE_SESSION_ID};
 use super::machine::{Choice, CodeFlowProgress, SessionRecord, SessionState};
 use super::pacer::{GetPacerStatus, PacerStatus, PollPacer};
 use super::store::{
-    FlushSessions, LoadSession, LoadSessions, MarkOnce, PruneSessions, PurgeMarks, PutSession,
-    SessionCodec, SessionStoreActor, SessionStoreError,
+    FlushSessions, FlushThrough, LoadSession, LoadSessions, MarkOnce, PruneSessions, PurgeMarks,
+    PutSession, SessionCodec, SessionStoreActor, SessionStoreError,
 };
 
 /// How many click answers are remembered for redeliveries.
@@ -72,6 +73,35 @@ pub struct StartAuthorization {
     pub open_id: String,
     /// Scopes; empty means the configured default. `offline_access` is always added.
     pub scopes: Vec<String>,
+}
+
+impl StartAuthorization {
+    /// The same request with the language of the user's cards and toasts.
+    pub fn with_locale(self, locale: Option<CardLocale>) -> StartAuthorizationWithLocale {
+        StartAuthorizationWithLocale {
+            open_id: self.open_id,
+            scopes: self.scopes,
+            locale,
+        }
+    }
+}
+
+/// [`StartAuthorization`] naming the language of the user's cards and toasts. The platform
+/// does not tell a user's locale before the user authorized: the card callback
+/// (`card.action.trigger`) carries none, and `user_info` needs the user's own token (and
+/// has no language field either), so the caller who knows the user's language passes it
+/// here; `None` uses [`SessionSettings::locale`]. The locale is stored with the session,
+/// so a resumed session keeps it. Same replies and errors as [`StartAuthorization`]; a
+/// session already in flight for the user is returned unchanged (its language too).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<SessionView, StartError>")]
+pub struct StartAuthorizationWithLocale {
+    /// The user (`ou_…`).
+    pub open_id: String,
+    /// Scopes; empty means the configured default. `offline_access` is always added.
+    pub scopes: Vec<String>,
+    /// Language of the cards and toasts; `None` for the configured default.
+    pub locale: Option<CardLocale>,
 }
 
 /// Why [`StartAuthorization`] was refused.
@@ -166,12 +196,28 @@ pub struct GetPollPacerStatus;
 #[rtype(result = "usize")]
 pub struct CountRunningSessions;
 
+/// Asks what the periodic pruning removed since the router started.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "PruneStats")]
+pub struct GetPruneStats;
+
+/// Totals of the pruning rounds (every [`SessionSettings::prune_period`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, MessageResponse)]
+pub struct PruneStats {
+    /// Rounds completed.
+    pub rounds: u64,
+    /// Terminal sessions deleted after [`SessionSettings::terminal_ttl`].
+    pub sessions: u64,
+    /// Event-id dedup marks deleted after [`SessionSettings::dedup_ttl`].
+    pub marks: u64,
+}
+
 // ----- the actor -----------------------------------------------------------------------
 
 /// Where a session was found.
 enum Found {
     Running(Addr<AuthSessionActor>),
-    Finished(SessionState),
+    Finished(SessionState, Option<CardLocale>),
     Unknown,
 }
 
@@ -187,11 +233,14 @@ pub struct RouterParts {
     pub vault: Addr<TokenVaultActor>,
     /// Settings.
     pub settings: SessionSettings,
+    /// Where the session gauges and counters go (`lark_auth_sessions`,
+    /// `lark_auth_sessions_finished_total`).
+    pub metrics: Metrics,
 }
 
 /// The router; see the module docs.
 pub struct RouterActor {
-    deps: SessionDeps,
+    deps: Rc<SessionDeps>,
     sessions: HashMap<String, Addr<AuthSessionActor>>,
     in_flight_by_user: HashMap<String, String>,
     starts: HashMap<String, VecDeque<u64>>,
@@ -200,6 +249,7 @@ pub struct RouterActor {
     subscribers: HashMap<String, Vec<Recipient<EventReceived>>>,
     answers: HashMap<String, CardActionResponse>,
     answer_order: VecDeque<String>,
+    pruned: PruneStats,
 }
 
 impl RouterActor {
@@ -210,18 +260,20 @@ impl RouterActor {
     /// [`SessionStoreError::BadKeyring`] when the keyring lists a key id twice.
     pub fn start(parts: RouterParts) -> Result<Addr<RouterActor>, SessionStoreError> {
         let codec = SessionCodec::new(&parts.keyring)?;
-        let store = SessionStoreActor::start(parts.store, codec);
+        let (store, flusher) = SessionStoreActor::start_with_flusher(parts.store, codec);
         let pacer = PollPacer::new(parts.settings.poll_budget_per_sec).start();
         let settings = Rc::new(parts.settings);
         Ok(RouterActor::create(move |ctx| RouterActor {
-            deps: SessionDeps {
+            deps: Rc::new(SessionDeps {
                 client: parts.client,
                 store,
+                flusher,
+                metrics: parts.metrics,
                 vault: parts.vault,
                 pacer,
                 finished: ctx.address().recipient(),
                 settings,
-            },
+            }),
             sessions: HashMap::new(),
             in_flight_by_user: HashMap::new(),
             starts: HashMap::new(),
@@ -230,6 +282,7 @@ impl RouterActor {
             subscribers: HashMap::new(),
             answers: HashMap::new(),
             answer_order: VecDeque::new(),
+            pruned: PruneStats::default(),
         }))
     }
 
@@ -287,7 +340,7 @@ impl RouterActor {
                 return Ok(Found::Running(addr.clone()));
             }
             if record.state.is_terminal() {
-                return Ok(Found::Finished(record.state));
+                return Ok(Found::Finished(record.state, record.locale));
             }
             info!(session_id = %record.session_id, "session reloaded from the store");
             Ok(Found::Running(act.spawn_session(record, true)))
@@ -301,6 +354,7 @@ impl RouterActor {
         let store = self.deps.store.clone();
         ctx.spawn(
             async move {
+                let mut sessions = 0;
                 if let Ok(Ok(n)) = store
                     .send(PruneSessions {
                         terminal_before_ms: cutoff,
@@ -309,7 +363,9 @@ impl RouterActor {
                     && n > 0
                 {
                     info!(pruned = n, "terminal sessions pruned");
+                    sessions = n;
                 }
+                let mut marks = 0;
                 if let Ok(Ok(n)) = store
                     .send(PurgeMarks {
                         now_ms: now,
@@ -319,9 +375,16 @@ impl RouterActor {
                     && n > 0
                 {
                     debug!(purged = n, "expired dedup marks purged");
+                    marks = n;
                 }
+                (sessions as u64, marks as u64)
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(|(sessions, marks), act, _| {
+                act.pruned.rounds += 1;
+                act.pruned.sessions += sessions;
+                act.pruned.marks += marks;
+            }),
         );
         let used: Vec<String> = self
             .used_states
@@ -368,7 +431,15 @@ impl Actor for RouterActor {
 impl Handler<StartAuthorization> for RouterActor {
     type Result = AtomicResponse<Self, Result<SessionView, StartError>>;
 
-    fn handle(&mut self, msg: StartAuthorization, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: StartAuthorization, ctx: &mut Context<Self>) -> Self::Result {
+        self.handle(msg.with_locale(None), ctx)
+    }
+}
+
+impl Handler<StartAuthorizationWithLocale> for RouterActor {
+    type Result = AtomicResponse<Self, Result<SessionView, StartError>>;
+
+    fn handle(&mut self, msg: StartAuthorizationWithLocale, _: &mut Context<Self>) -> Self::Result {
         if msg.open_id.is_empty() || msg.open_id.contains('\0') {
             return AtomicResponse::new(Box::pin(fut::ready(Err(StartError::InvalidOpenId))));
         }
@@ -411,7 +482,7 @@ impl Handler<StartAuthorization> for RouterActor {
             code_verifier: PkcePair::generate().verifier,
         });
         let session_id = format!("as_{}", uuid::Uuid::new_v4().simple());
-        let record = SessionRecord::new(
+        let mut record = SessionRecord::new(
             session_id,
             msg.open_id,
             scopes,
@@ -419,15 +490,28 @@ impl Handler<StartAuthorization> for RouterActor {
             now,
             settings.session_timeout.as_millis() as u64,
         );
-        let write = self.deps.store.send(PutSession {
-            record: record.clone(),
-        });
-        AtomicResponse::new(Box::pin(write.into_actor(self).map(move |res, act, _| {
-            match res {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(StartError::Store(e)),
-                Err(_) => return Err(StartError::Stopping),
+        record.locale = msg.locale;
+        // A code-flow record carries the PKCE verifier the card's challenge is made from:
+        // durable before the session may send that card (see the actor's module docs).
+        let durable = record.code_flow.is_some();
+        let store = self.deps.store.clone();
+        let flusher = self.deps.flusher.clone();
+        let stored = record.clone();
+        let write = async move {
+            let seq = store
+                .send(PutSession { record: stored })
+                .await
+                .map_err(|_| StartError::Stopping)??;
+            if durable {
+                flusher
+                    .send(FlushThrough { seq })
+                    .await
+                    .map_err(|_| StartError::Stopping)??;
             }
+            Ok::<(), StartError>(())
+        };
+        AtomicResponse::new(Box::pin(write.into_actor(self).map(move |res, act, _| {
+            res?;
             let view = SessionView::of(&record);
             info!(session_id = %record.session_id, open_id = %record.open_id, "authorization session started");
             act.spawn_session(record, false);
@@ -464,7 +548,7 @@ impl Handler<OAuthRedirect> for RouterActor {
                 .then(move |found, act, _| {
                     let addr = match found {
                         Ok(Found::Running(addr)) => addr,
-                        Ok(Found::Finished(state)) => {
+                        Ok(Found::Finished(state, _)) => {
                             return Either::Left(fut::ready(Err(RedirectError::SessionEnded(
                                 state.as_str(),
                             ))));
@@ -570,6 +654,14 @@ impl Handler<CountRunningSessions> for RouterActor {
 
     fn handle(&mut self, _: CountRunningSessions, _: &mut Context<Self>) -> usize {
         self.sessions.len()
+    }
+}
+
+impl Handler<GetPruneStats> for RouterActor {
+    type Result = PruneStats;
+
+    fn handle(&mut self, _: GetPruneStats, _: &mut Context<Self>) -> PruneStats {
+        self.pruned
     }
 }
 
@@ -684,8 +776,8 @@ impl Handler<CardActionReceived> for RouterActor {
                             ));
                         }
                         Ok(Some(Ok(Found::Unknown))) => Ok(unknown()),
-                        Ok(Some(Ok(Found::Finished(state)))) => Ok(CardActionResponse {
-                            toast: Some(finished_toast(state, locale)),
+                        Ok(Some(Ok(Found::Finished(state, own)))) => Ok(CardActionResponse {
+                            toast: Some(finished_toast(state, own.unwrap_or(locale))),
                             card: None,
                         }),
                         Ok(Some(Err(e))) => Err(CallbackFailed(e.to_string())),
