@@ -323,12 +323,16 @@ pub struct AuthSessionActor {
     /// The state this session is counted under in `lark_auth_sessions{state}`.
     counted: Option<SessionState>,
     deps: Rc<SessionDeps>,
-    first_input: Option<Input>,
+    /// `Some(resumed)` until started: feeds [`Input::Resumed`] or [`Input::Begin`].
+    first_input: Option<bool>,
     held: Option<Box<Held>>,
     /// Card-update token of the user's Authorize click and when it arrived.
-    card_token: Option<(Secret<String>, u64)>,
-    deadline_timer: Option<SpawnHandle>,
-    poll_timer: Option<SpawnHandle>,
+    card_token: Option<Box<(Secret<String>, u64)>>,
+    /// The one timer of the session and the instant (unix ms) it is armed for: the
+    /// earliest of the deadline (once the machine asked for it) and the next poll.
+    timer: Option<(SpawnHandle, u64)>,
+    /// The machine asked for a wake at the deadline.
+    deadline_armed: bool,
     in_flight: u32,
     /// Transitions whose store write (and then actions) are still pending; the actor must
     /// not finish before their actions ran (a late card send would lose its final card).
@@ -354,15 +358,11 @@ impl AuthSessionActor {
             counted: None,
             record,
             deps,
-            first_input: Some(if resumed {
-                Input::Resumed
-            } else {
-                Input::Begin
-            }),
+            first_input: Some(resumed),
             held: None,
             card_token: None,
-            deadline_timer: None,
-            poll_timer: None,
+            timer: None,
+            deadline_armed: false,
             in_flight: 0,
             writes_pending: 0,
             finished: false,
@@ -526,25 +526,39 @@ impl AuthSessionActor {
         ctx.stop();
     }
 
+    /// [`Action::WakeAt`]. The machine asks for wakes at the deadline and at the next
+    /// poll (`record.next_poll_at_ms`); one timer serves both: it is armed for the earliest
+    /// and re-armed after each wake ([`Input::Wake`] is harmless when nothing is due).
     fn wake_at(&mut self, at: u64, ctx: &mut Context<Self>) {
-        let delay = Duration::from_millis(at.saturating_sub(unix_now_ms()) + TIMER_SLACK_MS);
-        let is_deadline = at == self.record.deadline_ms;
-        let handle = ctx.run_later(delay, move |act, ctx| {
-            if is_deadline {
-                act.deadline_timer = None;
-            } else {
-                act.poll_timer = None;
-            }
-            act.feed(Input::Wake, ctx);
-        });
-        let slot = if is_deadline {
-            &mut self.deadline_timer
-        } else {
-            &mut self.poll_timer
-        };
-        if let Some(old) = slot.replace(handle) {
+        if at == self.record.deadline_ms {
+            self.deadline_armed = true;
+        }
+        self.rearm(ctx);
+    }
+
+    fn rearm(&mut self, ctx: &mut Context<Self>) {
+        let deadline = Some(self.record.deadline_ms).filter(|_| self.deadline_armed);
+        let next = match (deadline, self.record.next_poll_at_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        .filter(|_| !self.record.state.is_terminal());
+        if self.timer.as_ref().map(|(_, at)| *at) == next {
+            return;
+        }
+        if let Some((old, _)) = self.timer.take() {
             ctx.cancel_future(old);
         }
+        let Some(at) = next else {
+            return;
+        };
+        let delay = Duration::from_millis(at.saturating_sub(unix_now_ms()) + TIMER_SLACK_MS);
+        let handle = ctx.run_later(delay, |act, ctx| {
+            act.timer = None;
+            act.feed(Input::Wake, ctx);
+            act.rearm(ctx);
+        });
+        self.timer = Some((handle, at));
     }
 
     fn request_device_authorization(&mut self, ctx: &mut Context<Self>) {
@@ -644,8 +658,8 @@ impl AuthSessionActor {
         let token = self
             .card_token
             .take()
-            .filter(|(_, at)| now.saturating_sub(*at) < CARD_TOKEN_USE_FOR_MS)
-            .map(|(t, _)| t);
+            .filter(|kept| now.saturating_sub(kept.1) < CARD_TOKEN_USE_FOR_MS)
+            .map(|kept| kept.0);
         self.spawn_io(ctx, async move {
             if let Some(token) = token {
                 match client.update_card_delayed(&token, &card).await {
@@ -848,7 +862,12 @@ impl Actor for AuthSessionActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.count_state();
-        if let Some(input) = self.first_input.take() {
+        if let Some(resumed) = self.first_input.take() {
+            let input = if resumed {
+                Input::Resumed
+            } else {
+                Input::Begin
+            };
             self.feed(input, ctx);
         }
     }
@@ -866,7 +885,7 @@ impl Handler<Click> for AuthSessionActor {
     fn handle(&mut self, msg: Click, ctx: &mut Context<Self>) -> Self::Result {
         let by_user = msg.operator_open_id == self.record.open_id;
         if by_user && msg.choice == Choice::Authorize && !msg.card_token.is_empty() {
-            self.card_token = Some((msg.card_token.clone(), unix_now_ms()));
+            self.card_token = Some(Box::new((msg.card_token.clone(), unix_now_ms())));
         }
         let actions = self.feed(
             Input::Clicked {
