@@ -999,10 +999,10 @@ mod tests {
         assert!(needs_flush(&granted, &with_device(created.clone(), "dc_2")));
 
         let mut code_flow = created.clone();
-        code_flow.code_flow = Some(CodeFlowProgress {
+        code_flow.code_flow = Some(Box::new(CodeFlowProgress {
             oauth_state: "st".into(),
             code_verifier: Secret::new("v".repeat(43)),
-        });
+        }));
         assert!(needs_flush(&created, &code_flow), "a new PKCE verifier");
     }
 

@@ -238,18 +238,38 @@ pub struct RouterParts {
     pub metrics: Metrics,
 }
 
+/// What the router keeps per user (one entry, so a pending session costs one key).
+#[derive(Default)]
+struct UserEntry {
+    /// The session in flight (shares the id with [`RouterActor::sessions`]).
+    in_flight: Option<Rc<str>>,
+    /// Start times (unix ms) within the per-user window.
+    starts: VecDeque<u64>,
+}
+
 /// The router; see the module docs.
 pub struct RouterActor {
     deps: Rc<SessionDeps>,
-    sessions: HashMap<String, Addr<AuthSessionActor>>,
-    in_flight_by_user: HashMap<String, String>,
-    starts: HashMap<String, VecDeque<u64>>,
+    /// Running sessions by id.
+    sessions: HashMap<Rc<str>, Addr<AuthSessionActor>>,
+    /// Per user: the session in flight and the recent starts.
+    users: HashMap<Box<str>, UserEntry>,
     oauth_states: HashMap<String, String>,
     used_states: HashMap<String, String>,
     subscribers: HashMap<String, Vec<Recipient<EventReceived>>>,
     answers: HashMap<String, CardActionResponse>,
     answer_order: VecDeque<String>,
     pruned: PruneStats,
+    /// The configured default scopes with `offline_access`, shared by the sessions.
+    default_scopes: Arc<[String]>,
+}
+
+/// `scopes` with `offline_access` added when missing.
+fn with_offline_access(mut scopes: Vec<String>) -> Vec<String> {
+    if !scopes.iter().any(|s| s == OFFLINE_ACCESS) {
+        scopes.push(OFFLINE_ACCESS.to_string());
+    }
+    scopes
 }
 
 impl RouterActor {
@@ -262,6 +282,8 @@ impl RouterActor {
         let codec = SessionCodec::new(&parts.keyring)?;
         let (store, flusher) = SessionStoreActor::start_with_flusher(parts.store, codec);
         let pacer = PollPacer::new(parts.settings.poll_budget_per_sec).start();
+        let default_scopes: Arc<[String]> =
+            with_offline_access(parts.settings.default_scopes.clone()).into();
         let settings = Rc::new(parts.settings);
         Ok(RouterActor::create(move |ctx| RouterActor {
             deps: Rc::new(SessionDeps {
@@ -275,14 +297,14 @@ impl RouterActor {
                 settings,
             }),
             sessions: HashMap::new(),
-            in_flight_by_user: HashMap::new(),
-            starts: HashMap::new(),
+            users: HashMap::new(),
             oauth_states: HashMap::new(),
             used_states: HashMap::new(),
             subscribers: HashMap::new(),
             answers: HashMap::new(),
             answer_order: VecDeque::new(),
             pruned: PruneStats::default(),
+            default_scopes,
         }))
     }
 
@@ -296,12 +318,14 @@ impl RouterActor {
     }
 
     fn spawn_session(&mut self, record: SessionRecord, resumed: bool) -> Addr<AuthSessionActor> {
-        let id = record.session_id.clone();
-        self.in_flight_by_user
-            .insert(record.open_id.clone(), id.clone());
+        let id: Rc<str> = Rc::from(record.session_id.as_str());
+        self.users
+            .entry(Box::from(record.open_id.as_str()))
+            .or_default()
+            .in_flight = Some(id.clone());
         if let Some(flow) = &record.code_flow {
             self.oauth_states
-                .insert(flow.oauth_state.clone(), id.clone());
+                .insert(flow.oauth_state.clone(), record.session_id.clone());
         }
         let addr = AuthSessionActor::new(record, resumed, self.deps.clone()).start();
         self.sessions.insert(id, addr.clone());
@@ -325,7 +349,7 @@ impl RouterActor {
         &mut self,
         session_id: String,
     ) -> ResponseActFuture<Self, Result<Found, SessionStoreError>> {
-        if let Some(addr) = self.sessions.get(&session_id) {
+        if let Some(addr) = self.sessions.get(session_id.as_str()) {
             return Box::pin(fut::ready(Ok(Found::Running(addr.clone()))));
         }
         let load = self.deps.store.send(LoadSession { session_id });
@@ -336,7 +360,7 @@ impl RouterActor {
             let Some(record) = record? else {
                 return Ok(Found::Unknown);
             };
-            if let Some(addr) = act.sessions.get(&record.session_id) {
+            if let Some(addr) = act.sessions.get(record.session_id.as_str()) {
                 return Ok(Found::Running(addr.clone()));
             }
             if record.state.is_terminal() {
@@ -386,10 +410,14 @@ impl RouterActor {
                 act.pruned.marks += marks;
             }),
         );
+        let window = settings.per_user_window.as_millis() as u64;
+        self.users.retain(|_, u| {
+            u.in_flight.is_some() || u.starts.back().is_some_and(|t| t + window > now)
+        });
         let used: Vec<String> = self
             .used_states
             .iter()
-            .filter(|(_, id)| !self.sessions.contains_key(*id))
+            .filter(|(_, id)| !self.sessions.contains_key(id.as_str()))
             .map(|(s, _)| s.clone())
             .collect();
         for state in used {
@@ -444,8 +472,9 @@ impl Handler<StartAuthorizationWithLocale> for RouterActor {
             return AtomicResponse::new(Box::pin(fut::ready(Err(StartError::InvalidOpenId))));
         }
         if let Some(addr) = self
-            .in_flight_by_user
-            .get(&msg.open_id)
+            .users
+            .get(msg.open_id.as_str())
+            .and_then(|u| u.in_flight.as_deref())
             .and_then(|id| self.sessions.get(id))
         {
             let view = addr.send(GetSessionView);
@@ -457,7 +486,11 @@ impl Handler<StartAuthorizationWithLocale> for RouterActor {
         let now = unix_now_ms();
         let settings = self.deps.settings.clone();
         let window = settings.per_user_window.as_millis() as u64;
-        let starts = self.starts.entry(msg.open_id.clone()).or_default();
+        let starts = &mut self
+            .users
+            .entry(Box::from(msg.open_id.as_str()))
+            .or_default()
+            .starts;
         while starts.front().is_some_and(|t| t + window <= now) {
             starts.pop_front();
         }
@@ -469,14 +502,11 @@ impl Handler<StartAuthorizationWithLocale> for RouterActor {
         }
         starts.push_back(now);
 
-        let mut scopes = if msg.scopes.is_empty() {
-            settings.default_scopes.clone()
+        let scopes = if msg.scopes.is_empty() {
+            self.default_scopes.clone()
         } else {
-            msg.scopes
+            with_offline_access(msg.scopes).into()
         };
-        if !scopes.iter().any(|s| s == OFFLINE_ACCESS) {
-            scopes.push(OFFLINE_ACCESS.to_string());
-        }
         let code_flow = (settings.flow == AuthFlow::AuthorizationCode).then(|| CodeFlowProgress {
             oauth_state: uuid::Uuid::new_v4().simple().to_string(),
             code_verifier: PkcePair::generate().verifier,
@@ -579,7 +609,7 @@ impl Handler<GetSession> for RouterActor {
     type Result = ResponseFuture<Result<Option<SessionView>, SessionStoreError>>;
 
     fn handle(&mut self, msg: GetSession, _: &mut Context<Self>) -> Self::Result {
-        if let Some(addr) = self.sessions.get(&msg.session_id) {
+        if let Some(addr) = self.sessions.get(msg.session_id.as_str()) {
             let addr = addr.clone();
             let store = self.deps.store.clone();
             return Box::pin(async move {
@@ -629,7 +659,9 @@ impl Handler<StopRouter> for RouterActor {
         for (_, addr) in self.sessions.drain() {
             addr.do_send(StopSession);
         }
-        self.in_flight_by_user.clear();
+        for user in self.users.values_mut() {
+            user.in_flight = None;
+        }
         let flush = self.deps.store.send(FlushSessions);
         Box::pin(flush.into_actor(self).map(|res, _, ctx| {
             if let Ok(Err(e)) = res {
@@ -669,9 +701,11 @@ impl Handler<SessionFinished> for RouterActor {
     type Result = ();
 
     fn handle(&mut self, msg: SessionFinished, _: &mut Context<Self>) {
-        self.sessions.remove(&msg.session_id);
-        if self.in_flight_by_user.get(&msg.open_id) == Some(&msg.session_id) {
-            self.in_flight_by_user.remove(&msg.open_id);
+        self.sessions.remove(msg.session_id.as_str());
+        if let Some(user) = self.users.get_mut(msg.open_id.as_str())
+            && user.in_flight.as_deref() == Some(msg.session_id.as_str())
+        {
+            user.in_flight = None;
         }
         self.oauth_states.retain(|_, id| *id != msg.session_id);
         debug!(session_id = %msg.session_id, state = msg.state.as_str(), "session actor finished");
