@@ -475,6 +475,50 @@ mod tests {
         r
     }
 
+    #[actix_rt::test]
+    async fn a_flush_through_one_write_covers_every_earlier_one_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(crate::store::SledStore::open(dir.path()).unwrap());
+        let codec = SessionCodec::new(&Keyring::single(1, VaultKey::generate())).unwrap();
+        let (actor, flusher) = SessionStoreActor::start_with_flusher(store, codec);
+        let mut seqs = Vec::new();
+        for i in 0..3 {
+            let mut r = record();
+            r.session_id = format!("as_{i}");
+            seqs.push(actor.send(PutSession { record: r }).await.unwrap().unwrap());
+        }
+        assert_eq!(seqs, [1, 2, 3], "numbered in store order");
+        flusher
+            .send(FlushThrough { seq: 2 })
+            .await
+            .unwrap()
+            .unwrap();
+        // The flush for write 2 started after write 3 was applied: it covered both.
+        assert!(flusher_position(&actor).await >= 3);
+        flusher
+            .send(FlushThrough { seq: 3 })
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// The flushed position, read through a probe message on the store thread.
+    async fn flusher_position(actor: &Addr<SessionStoreActor>) -> u64 {
+        actor.send(ProbeFlushed).await.unwrap()
+    }
+
+    #[derive(Message)]
+    #[rtype(result = "u64")]
+    struct ProbeFlushed;
+
+    impl Handler<ProbeFlushed> for SessionStoreActor {
+        type Result = u64;
+
+        fn handle(&mut self, _: ProbeFlushed, _: &mut Self::Context) -> u64 {
+            self.positions.flushed.load(Ordering::Acquire)
+        }
+    }
+
     #[test]
     fn secrets_are_sealed_and_round_trip() {
         let keyring = Keyring::single(1, VaultKey::generate());
