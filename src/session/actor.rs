@@ -42,8 +42,8 @@
 //!   after the device authorization (the card about to go out shows its user code; lost,
 //!   the user would approve a code nobody polls, and the re-sent card, deduplicated by
 //!   `uuid`, would show the old code again), and the PKCE `code_verifier` of a new
-//!   code-flow session (the router flushes it before the card with its challenge goes
-//!   out);
+//!   code-flow session (the router's write of the new record; the session flushes it,
+//!   [`AuthSessionActor::after_flush`], before the card with its challenge goes out);
 //! - the session became `authorized`: the grant is already in the vault (the vault flushes
 //!   it before [`Input::GrantStored`]); lost, the session would resume in `exchanging`,
 //!   fail `interrupted` and replace the user's card with a failure.
@@ -73,7 +73,7 @@ use super::machine::{
     SessionState,
 };
 use super::pacer::{AcquirePollSlot, PollPacer};
-use super::store::{FlushThrough, PutSession, SessionFlusher, SessionStoreActor};
+use super::store::{FlushThrough, PutSession, SessionFlusher, SessionStoreActor, WriteSeq};
 
 /// How long a callback's card-update token is used for the delayed update (it is valid
 /// 30 minutes, `lark-openapi-auth.md` §4.3; a margin is kept).
@@ -325,6 +325,8 @@ pub struct AuthSessionActor {
     deps: Rc<SessionDeps>,
     /// `Some(resumed)` until started: feeds [`Input::Resumed`] or [`Input::Begin`].
     first_input: Option<bool>,
+    /// A store write to see durable before the first input.
+    flush_first: Option<WriteSeq>,
     held: Option<Box<Held>>,
     /// Card-update token of the user's Authorize click and when it arrived.
     card_token: Option<Box<(Secret<String>, u64)>>,
@@ -359,6 +361,7 @@ impl AuthSessionActor {
             record,
             deps,
             first_input: Some(resumed),
+            flush_first: None,
             held: None,
             card_token: None,
             timer: None,
@@ -368,6 +371,14 @@ impl AuthSessionActor {
             finished: false,
             on_stored: Vec::new(),
         }
+    }
+
+    /// The session flushes the store through write `seq` (the router's write of its new
+    /// record) before it does anything: a code-flow record carries the PKCE verifier the
+    /// card's challenge is made from.
+    pub fn after_flush(mut self, seq: WriteSeq) -> AuthSessionActor {
+        self.flush_first = Some(seq);
+        self
     }
 
     /// Steps the machine. When the record changed, writes it (the mailbox waits), then
@@ -862,14 +873,25 @@ impl Actor for AuthSessionActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.count_state();
-        if let Some(resumed) = self.first_input.take() {
-            let input = if resumed {
-                Input::Resumed
-            } else {
-                Input::Begin
-            };
+        let Some(resumed) = self.first_input.take() else {
+            return;
+        };
+        let input = if resumed {
+            Input::Resumed
+        } else {
+            Input::Begin
+        };
+        let Some(seq) = self.flush_first.take() else {
             self.feed(input, ctx);
-        }
+            return;
+        };
+        let flush = self.deps.flusher.send(FlushThrough { seq });
+        ctx.wait(flush.into_actor(self).map(move |res, act, ctx| {
+            if !matches!(res, Ok(Ok(()))) {
+                warn!(session_id = %act.record.session_id, "new session record not flushed");
+            }
+            act.feed(input, ctx);
+        }));
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {

@@ -52,8 +52,8 @@ use super::cards::{ACTION_AUTHORIZE, ACTION_DECLINE, CardLocale, VALUE_SESSION_I
 use super::machine::{Choice, CodeFlowProgress, SessionRecord, SessionState};
 use super::pacer::{GetPacerStatus, PacerStatus, PollPacer};
 use super::store::{
-    FlushSessions, FlushThrough, LoadSession, LoadSessions, MarkOnce, PruneSessions, PurgeMarks,
-    PutSession, SessionCodec, SessionStoreActor, SessionStoreError,
+    FlushSessions, LoadSession, LoadSessions, MarkOnce, PruneSessions, PurgeMarks, PutSession,
+    SessionCodec, SessionStoreActor, SessionStoreError, WriteSeq,
 };
 
 /// How many click answers are remembered for redeliveries.
@@ -317,7 +317,14 @@ impl RouterActor {
         }
     }
 
-    fn spawn_session(&mut self, record: SessionRecord, resumed: bool) -> Addr<AuthSessionActor> {
+    /// Starts a session actor; `flush_first`: a store write it must see durable before it
+    /// acts.
+    fn spawn_session(
+        &mut self,
+        record: SessionRecord,
+        resumed: bool,
+        flush_first: Option<WriteSeq>,
+    ) -> Addr<AuthSessionActor> {
         let id: Rc<str> = Rc::from(record.session_id.as_str());
         self.users
             .entry(Box::from(record.open_id.as_str()))
@@ -327,7 +334,11 @@ impl RouterActor {
             self.oauth_states
                 .insert(flow.oauth_state.clone(), record.session_id.clone());
         }
-        let addr = AuthSessionActor::new(record, resumed, self.deps.clone()).start();
+        let mut actor = AuthSessionActor::new(record, resumed, self.deps.clone());
+        if let Some(seq) = flush_first {
+            actor = actor.after_flush(seq);
+        }
+        let addr = actor.start();
         self.sessions.insert(id, addr.clone());
         addr
     }
@@ -367,7 +378,7 @@ impl RouterActor {
                 return Ok(Found::Finished(record.state, record.locale));
             }
             info!(session_id = %record.session_id, "session reloaded from the store");
-            Ok(Found::Running(act.spawn_session(record, true)))
+            Ok(Found::Running(act.spawn_session(record, true, None)))
         }))
     }
 
@@ -443,7 +454,7 @@ impl Actor for RouterActor {
             let mut resumed = 0;
             for record in records {
                 if !record.state.is_terminal() {
-                    act.spawn_session(record, true);
+                    act.spawn_session(record, true, None);
                     resumed += 1;
                 }
             }
@@ -522,29 +533,17 @@ impl Handler<StartAuthorizationWithLocale> for RouterActor {
         );
         record.locale = msg.locale;
         // A code-flow record carries the PKCE verifier the card's challenge is made from:
-        // durable before the session may send that card (see the actor's module docs).
+        // the session flushes this write before it sends that card (see the actor's module
+        // docs), outside this atomic reply, so the router never waits for an fsync.
         let durable = record.code_flow.is_some();
-        let store = self.deps.store.clone();
-        let flusher = self.deps.flusher.clone();
-        let stored = record.clone();
-        let write = async move {
-            let seq = store
-                .send(PutSession { record: stored })
-                .await
-                .map_err(|_| StartError::Stopping)??;
-            if durable {
-                flusher
-                    .send(FlushThrough { seq })
-                    .await
-                    .map_err(|_| StartError::Stopping)??;
-            }
-            Ok::<(), StartError>(())
-        };
+        let write = self.deps.store.send(PutSession {
+            record: record.clone(),
+        });
         AtomicResponse::new(Box::pin(write.into_actor(self).map(move |res, act, _| {
-            res?;
+            let seq = res.map_err(|_| StartError::Stopping)??;
             let view = SessionView::of(&record);
             info!(session_id = %record.session_id, open_id = %record.open_id, "authorization session started");
-            act.spawn_session(record, false);
+            act.spawn_session(record, false, durable.then_some(seq));
             Ok(view)
         })))
     }
