@@ -1,7 +1,8 @@
 //! The RouterActor: owns the authorization sessions and consumes the long connection.
 //!
-//! Accepts: [`StartAuthorization`], [`OAuthRedirect`], [`GetSession`], [`Subscribe`],
-//! [`StopRouter`]; from the ConnectionActor [`EventReceived`], [`CardActionReceived`],
+//! Accepts: [`StartAuthorization`], [`StartAuthorizationWithLocale`], [`OAuthRedirect`],
+//! [`GetSession`], [`Subscribe`], [`StopRouter`], [`GetPollPacerStatus`],
+//! [`CountRunningSessions`], [`GetPruneStats`]; from the ConnectionActor [`EventReceived`], [`CardActionReceived`],
 //! [`ConnectionStateChanged`] (plug [`RouterActor::outputs`] into it); from sessions
 //! [`SessionFinished`].
 //! Sends: [`Click`], [`CodeRedirect`], [`GetSessionView`], [`StopSession`] to
