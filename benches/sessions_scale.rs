@@ -4,7 +4,8 @@
 //! - the time to create them (router replies) and to get every card out (sessions/s),
 //! - the resident memory per session beyond the session store.
 //!
-//! `cargo bench --bench sessions_scale` (`SESSIONS_SCALE_N=20000` for a quick run).
+//! `cargo bench --bench sessions_scale` (`SESSIONS_SCALE_N=20000` for a quick run,
+//! `SESSIONS_SCALE_WINDOW` authorizations requested at once, default 100).
 //!
 //! Method. Every part runs as its own process (this binary, chosen by
 //! `SESSIONS_SCALE_ROLE`), so a measured process holds only the service side (router,
@@ -153,8 +154,8 @@ impl Store for DropSessions {
         self.0.flush()
     }
 }
-/// Authorizations requested at once.
-const WINDOW: usize = 1_000;
+/// Authorizations requested at once, unless `SESSIONS_SCALE_WINDOW` says otherwise.
+const WINDOW: usize = 100;
 const APP: &str = "cli_sandbox_app";
 
 fn open_id(i: usize) -> String {
@@ -311,6 +312,11 @@ fn measure() {
         .and_then(|p| p.parse().ok())
         .expect("port");
 
+    let window: usize = std::env::var("SESSIONS_SCALE_WINDOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(WINDOW)
+        .max(1);
     actix_rt::System::new().block_on(async move {
         let mut config = Config::for_tests(&base_url);
         config.openapi.request_timeout = Duration::from_secs(60);
@@ -344,8 +350,8 @@ fn measure() {
 
         let before = snapshot(store.as_ref()).await;
         let started = Instant::now();
-        for first in (0..n).step_by(WINDOW) {
-            let sends = (first..(first + WINDOW).min(n)).map(|i| {
+        for first in (0..n).step_by(window) {
+            let sends = (first..(first + window).min(n)).map(|i| {
                 router.send(StartAuthorization {
                     open_id: open_id(first_user + i),
                     scopes: Vec::new(),
@@ -382,7 +388,7 @@ fn measure() {
         let all_sent = started.elapsed();
         let with_sessions = snapshot(store.as_ref()).await;
         println!(
-            "{n} pending device-flow sessions: router replies after {:.1} s ({:.0} sessions/s), every card delivered after {:.1} s ({:.0} sessions/s)",
+            "{n} pending device-flow sessions ({window} requested at once): router replies after {:.1} s ({:.0} sessions/s), every card delivered after {:.1} s ({:.0} sessions/s)",
             created.as_secs_f64(),
             n as f64 / created.as_secs_f64(),
             all_sent.as_secs_f64(),
