@@ -288,6 +288,7 @@ impl LarkAuth {
                 keyring: options.keyring,
                 vault: vault.clone(),
                 settings: SessionSettings::from_config(&config),
+                metrics: metrics.clone(),
             },
             endpoint_pacer.clone(),
         )?;

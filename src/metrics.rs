@@ -64,6 +64,7 @@ struct Inner {
     callback_latency: Histogram,
     /// Token endpoint, refresh and grants (issue 5).
     refresh: RefreshMetrics,
+    sessions: SessionMetrics,
 }
 
 const CONNECTION_STATES: [&str; 5] = [
@@ -138,6 +139,7 @@ impl Metrics {
             callback_latency.clone(),
         );
         let refresh = RefreshMetrics::register(&mut registry);
+        let sessions = SessionMetrics::register(&mut registry);
         let metrics = Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -150,6 +152,7 @@ impl Metrics {
                 callback_answer,
                 callback_latency,
                 refresh,
+                sessions,
             }),
         };
         metrics.connection_state("connecting");
@@ -391,6 +394,86 @@ impl Metrics {
     }
 }
 
+// ----- authorization sessions (issue 4) -------------------------------------------------
+
+/// Label set of `lark_auth_sessions_finished_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FinishedLabels {
+    /// `authorized`, `denied`, `expired` or `failed`.
+    pub outcome: String,
+    /// The failure reason (`card_not_sent`, `wrong_user`, …) for `failed`, else `none`.
+    pub reason: String,
+}
+
+/// The session families: `lark_auth_sessions{state}` (gauge) and
+/// `lark_auth_sessions_finished_total{outcome,reason}` (counter).
+struct SessionMetrics {
+    by_state: Family<StateLabel, Gauge>,
+    finished: Family<FinishedLabels, Counter>,
+}
+
+impl SessionMetrics {
+    fn register(registry: &mut Registry) -> SessionMetrics {
+        let by_state = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "sessions",
+            "Authorization sessions running in this process, by state (non-terminal states only)",
+            by_state.clone(),
+        );
+        let finished = Family::<FinishedLabels, Counter>::default();
+        registry.register(
+            "sessions_finished",
+            "Authorization sessions that reached a terminal state, by outcome and failure reason",
+            finished.clone(),
+        );
+        SessionMetrics { by_state, finished }
+    }
+}
+
+impl Metrics {
+    /// A running session entered `state` (`created`, `card_sent`, `awaiting_user`,
+    /// `exchanging`): `lark_auth_sessions{state}` + 1.
+    pub fn session_entered(&self, state: &str) {
+        self.session_gauge(state).inc();
+    }
+
+    /// A running session left `state` (a transition, its end, or a shutdown):
+    /// `lark_auth_sessions{state}` − 1.
+    pub fn session_left(&self, state: &str) {
+        self.session_gauge(state).dec();
+    }
+
+    /// Current value of `lark_auth_sessions{state}` (benches and tests).
+    pub fn sessions_in_state(&self, state: &str) -> i64 {
+        self.session_gauge(state).get()
+    }
+
+    /// Counts a session that ended with `outcome` (`authorized`, `denied`, `expired`,
+    /// `failed`) and `reason` (the failure reason, or `none`).
+    pub fn session_finished(&self, outcome: &str, reason: &str) {
+        self.inner
+            .sessions
+            .finished
+            .get_or_create(&FinishedLabels {
+                outcome: outcome.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    fn session_gauge(&self, state: &str) -> Gauge {
+        self.inner
+            .sessions
+            .by_state
+            .get_or_create(&StateLabel {
+                state: state.to_string(),
+            })
+            .clone()
+    }
+}
+
+// ----- end of authorization sessions ---------------------------------------------------
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,5 +534,23 @@ mod tests {
         a.frame_in();
         assert!(a.encode().contains("lark_auth_frames_in_total 1"));
         assert!(b.encode().contains("lark_auth_frames_in_total 0"));
+    }
+
+    #[test]
+    fn session_families_encode_by_state_and_outcome() {
+        let m = Metrics::new();
+        m.session_entered("created");
+        m.session_entered("created");
+        m.session_left("created");
+        m.session_finished("failed", "card_not_sent");
+        let text = m.encode();
+        assert!(
+            text.contains("lark_auth_sessions{state=\"created\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "lark_auth_sessions_finished_total{outcome=\"failed\",reason=\"card_not_sent\"} 1"
+        ));
+        assert_eq!(m.sessions_in_state("created"), 1);
     }
 }

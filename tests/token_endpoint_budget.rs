@@ -128,6 +128,7 @@ async fn polls_and_refreshes_together_stay_under_one_budget() {
             keyring,
             vault: addr.clone(),
             settings,
+            metrics: lark_auth::metrics::Metrics::new(),
         },
         pacer,
     )
@@ -238,6 +239,7 @@ async fn refreshes_started_by_get_token_wait_at_the_same_pacer() {
             keyring,
             vault: addr.clone(),
             settings,
+            metrics: lark_auth::metrics::Metrics::new(),
         },
         pacer,
     )

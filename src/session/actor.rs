@@ -17,6 +17,39 @@
 //! Tokens never enter the record: the token pair and the identity are held in memory
 //! between `TokenIssued` and `GrantStored`, then dropped. Every token-endpoint request
 //! (polls, exchanges) first takes a slot from the shared [`PollPacer`].
+//!
+//! # Durability of transitions
+//!
+//! A transition is written to sled before its actions run, but not flushed one by one:
+//! sled writes it out within its flush interval (500 ms by default), so a crash may lose
+//! the last half second of transitions. Losing one is acceptable when the session redoes
+//! it safely after the restart from the older record:
+//!
+//! - `card_sent` / `awaiting_user` (card delivered, click, poll, `slow_down`): the card is
+//!   re-sent with the same idempotency `uuid` (the platform answers the first message, no
+//!   second card), polling resumes, at worst at the older cadence;
+//! - `exchanging`: the token lives only in memory anyway; the session fails `interrupted`
+//!   or its next poll is refused (the device code was redeemed);
+//! - `denied`, `expired`, `failed`: reached again from the older state (the deadline
+//!   passed, the platform answers the same), or the user starts again;
+//! - `created` of a device-flow session: nothing was sent yet; the caller's session id
+//!   is unknown after the restart (404) and the user never saw a card.
+//!
+//! It is not acceptable, and the write is flushed (fsync, group-committed by the
+//! [`SessionFlusher`]) before any action runs, when ([`needs_flush`]):
+//!
+//! - the record newly carries a secret that cannot be had twice: the device code right
+//!   after the device authorization (the card about to go out shows its user code; lost,
+//!   the user would approve a code nobody polls, and the re-sent card, deduplicated by
+//!   `uuid`, would show the old code again), and the PKCE `code_verifier` of a new
+//!   code-flow session (the router's write of the new record; the session flushes it,
+//!   [`AuthSessionActor::after_flush`], before the card with its challenge goes out);
+//! - the session became `authorized`: the grant is already in the vault (the vault flushes
+//!   it before [`Input::GrantStored`]); lost, the session would resume in `exchanging`,
+//!   fail `interrupted` and replace the user's card with a failure.
+//!
+//! An exchanged token never enters the record: it goes to the vault, which flushes it,
+//! before the session records success.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -24,6 +57,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{debug, info, warn};
 
+use crate::metrics::Metrics;
 use crate::openapi::{
     DevicePoll, OpenApiClient, OpenApiError, PkcePair, RetryAdvice, UserInfo, UserTokenGrant,
 };
@@ -39,7 +73,7 @@ use super::machine::{
     SessionState,
 };
 use super::pacer::{AcquirePollSlot, PollPacer};
-use super::store::{PutSession, SessionStoreActor};
+use super::store::{FlushThrough, PutSession, SessionFlusher, SessionStoreActor, WriteSeq};
 
 /// How long a callback's card-update token is used for the delayed update (it is valid
 /// 30 minutes, `lark-openapi-auth.md` §4.3; a margin is kept).
@@ -137,15 +171,133 @@ impl SessionView {
     }
 }
 
+/// The parts of a [`SessionView`] that transitions change, as last stored (the ids and
+/// the creation time are the record's and never change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Visible {
+    state: SessionState,
+    reason: Option<FailureReason>,
+    platform_code: Option<i64>,
+    updated_at_ms: u64,
+    deadline_ms: u64,
+    poll_interval_secs: Option<u64>,
+}
+
+impl Visible {
+    fn of(record: &SessionRecord) -> Visible {
+        Visible {
+            state: record.state,
+            reason: record.reason,
+            platform_code: record.platform_code,
+            updated_at_ms: record.updated_at_ms,
+            deadline_ms: record.deadline_ms,
+            poll_interval_secs: record.device.as_ref().map(|d| d.interval_secs),
+        }
+    }
+
+    fn view(&self, record: &SessionRecord) -> SessionView {
+        SessionView {
+            session_id: record.session_id.clone(),
+            open_id: record.open_id.clone(),
+            state: self.state,
+            reason: self.reason,
+            platform_code: self.platform_code,
+            created_at_ms: record.created_at_ms,
+            updated_at_ms: self.updated_at_ms,
+            deadline_ms: self.deadline_ms,
+            poll_interval_secs: self.poll_interval_secs,
+        }
+    }
+}
+
+/// Whether the transition `prev → next` must be flushed to disk before its actions run
+/// (see the module docs, "Durability of transitions"): `next` newly carries a device code
+/// or a PKCE `code_verifier`, or it just became `authorized`.
+pub fn needs_flush(prev: &SessionRecord, next: &SessionRecord) -> bool {
+    let new_device_code = match (&prev.device, &next.device) {
+        (None, Some(_)) => true,
+        (Some(a), Some(b)) => a.device_code != b.device_code,
+        _ => false,
+    };
+    let new_verifier = match (&prev.code_flow, &next.code_flow) {
+        (None, Some(_)) => true,
+        (Some(a), Some(b)) => a.code_verifier != b.code_verifier,
+        _ => false,
+    };
+    let authorized =
+        next.state == SessionState::Authorized && prev.state != SessionState::Authorized;
+    new_device_code || new_verifier || authorized
+}
+
+/// How a failed card send is retried: retryable failures (network, 5xx, rate limits, per
+/// [`OpenApiError::retry_advice`]) are sent again after a backoff that doubles from
+/// `first_backoff` up to `max_backoff` (±20 % jitter; at least the platform's
+/// `x-ogw-ratelimit-reset` for a rate limit), at most `attempts` sends in all and never
+/// past the session's deadline. The send carries the session id as its idempotency
+/// `uuid`, so a resend never delivers a second card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendRetry {
+    /// Sends in all, the first included (1 = no retry). Default 5.
+    pub attempts: u32,
+    /// Wait before the second send. Default 1 s.
+    pub first_backoff: Duration,
+    /// Longest wait between two sends. Default 30 s.
+    pub max_backoff: Duration,
+}
+
+impl Default for SendRetry {
+    fn default() -> Self {
+        SendRetry {
+            attempts: 5,
+            first_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+impl SendRetry {
+    /// The wait before send number `attempt + 1` after send `attempt` (1-based) failed
+    /// with `error`, with `jitter` (clamped to ±0.2) as a fraction of the backoff; `None`
+    /// when it must not be sent again: a refusal, the attempts used up, or the wait would
+    /// end at or after `deadline_ms` (unix ms; `now_ms` is now).
+    pub fn next_wait(
+        &self,
+        attempt: u32,
+        error: &OpenApiError,
+        now_ms: u64,
+        deadline_ms: u64,
+        jitter: f64,
+    ) -> Option<Duration> {
+        if attempt >= self.attempts {
+            return None;
+        }
+        let doubled = self
+            .first_backoff
+            .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+            .min(self.max_backoff);
+        let backoff = doubled.mul_f64(1.0 + jitter.clamp(-0.2, 0.2));
+        let wait = match error.retry_advice() {
+            RetryAdvice::DoNotRetry => return None,
+            RetryAdvice::After(at_least) => backoff.max(at_least),
+            RetryAdvice::Backoff => backoff,
+        };
+        (now_ms.saturating_add(wait.as_millis() as u64) < deadline_ms).then_some(wait)
+    }
+}
+
 // ----- the actor -----------------------------------------------------------------------
 
-/// What every session shares (cheap clones).
+/// What every session shares; the sessions hold it behind one `Rc`.
 #[derive(Clone)]
 pub struct SessionDeps {
     /// OpenAPI client (same thread).
     pub client: OpenApiClient,
     /// Session persistence.
     pub store: Addr<SessionStoreActor>,
+    /// Flushes the store for the transitions that must be durable ([`needs_flush`]).
+    pub flusher: Addr<SessionFlusher>,
+    /// Session gauges and counters.
+    pub metrics: Metrics,
     /// Where grants go.
     pub vault: Addr<TokenVaultActor>,
     /// The shared token-endpoint pacer.
@@ -167,14 +319,22 @@ struct Held {
 pub struct AuthSessionActor {
     record: SessionRecord,
     /// The record as last stored (what [`GetSessionView`] shows).
-    visible: SessionView,
-    deps: SessionDeps,
-    first_input: Option<Input>,
+    visible: Visible,
+    /// The state this session is counted under in `lark_auth_sessions{state}`.
+    counted: Option<SessionState>,
+    deps: Rc<SessionDeps>,
+    /// `Some(resumed)` until started: feeds [`Input::Resumed`] or [`Input::Begin`].
+    first_input: Option<bool>,
+    /// A store write to see durable before the first input.
+    flush_first: Option<WriteSeq>,
     held: Option<Box<Held>>,
     /// Card-update token of the user's Authorize click and when it arrived.
-    card_token: Option<(Secret<String>, u64)>,
-    deadline_timer: Option<SpawnHandle>,
-    poll_timer: Option<SpawnHandle>,
+    card_token: Option<Box<(Secret<String>, u64)>>,
+    /// The one timer of the session and the instant (unix ms) it is armed for: the
+    /// earliest of the deadline (once the machine asked for it) and the next poll.
+    timer: Option<(SpawnHandle, u64)>,
+    /// The machine asked for a wake at the deadline.
+    deadline_armed: bool,
     in_flight: u32,
     /// Transitions whose store write (and then actions) are still pending; the actor must
     /// not finish before their actions ran (a late card send would lose its final card).
@@ -194,25 +354,31 @@ enum Done {
 impl AuthSessionActor {
     /// A session actor for a stored `record`; `resumed` feeds
     /// [`Input::Resumed`] on start (after a restart or a reload), else [`Input::Begin`].
-    pub fn new(record: SessionRecord, resumed: bool, deps: SessionDeps) -> AuthSessionActor {
+    pub fn new(record: SessionRecord, resumed: bool, deps: Rc<SessionDeps>) -> AuthSessionActor {
         AuthSessionActor {
-            visible: SessionView::of(&record),
+            visible: Visible::of(&record),
+            counted: None,
             record,
             deps,
-            first_input: Some(if resumed {
-                Input::Resumed
-            } else {
-                Input::Begin
-            }),
+            first_input: Some(resumed),
+            flush_first: None,
             held: None,
             card_token: None,
-            deadline_timer: None,
-            poll_timer: None,
+            timer: None,
+            deadline_armed: false,
             in_flight: 0,
             writes_pending: 0,
             finished: false,
             on_stored: Vec::new(),
         }
+    }
+
+    /// The session flushes the store through write `seq` (the router's write of its new
+    /// record) before it does anything: a code-flow record carries the PKCE verifier the
+    /// card's challenge is made from.
+    pub fn after_flush(mut self, seq: WriteSeq) -> AuthSessionActor {
+        self.flush_first = Some(seq);
+        self
     }
 
     /// Steps the machine. When the record changed, writes it (the mailbox waits), then
@@ -223,28 +389,39 @@ impl AuthSessionActor {
         let (next, actions) =
             machine::step_with(&self.record, input, now, &self.deps.settings.cadence);
         let changed = next != self.record;
+        let durable = changed && needs_flush(&self.record, &next);
         if changed {
-            debug!(session_id = %next.session_id, from = self.record.state.as_str(), to = next.state.as_str(), "session transition");
+            debug!(session_id = %next.session_id, from = self.record.state.as_str(), to = next.state.as_str(), durable, "session transition");
         }
         self.record = next;
         if changed {
-            let write = self.deps.store.send(PutSession {
-                record: self.record.clone(),
-            });
+            let store = self.deps.store.clone();
+            let flusher = self.deps.flusher.clone();
+            let record = self.record.clone();
+            let write = async move {
+                let seq = store
+                    .send(PutSession { record })
+                    .await
+                    .map_err(|e| format!("session store gone: {e}"))?
+                    .map_err(|e| format!("session record not stored: {e}"))?;
+                if durable {
+                    flusher
+                        .send(FlushThrough { seq })
+                        .await
+                        .map_err(|e| format!("session flusher gone: {e}"))?
+                        .map_err(|e| format!("session record not flushed: {e}"))?;
+                }
+                Ok::<(), String>(())
+            };
             let todo = actions.clone();
             self.writes_pending += 1;
             ctx.wait(write.into_actor(self).map(move |res, act, ctx| {
                 act.writes_pending -= 1;
-                match res {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        warn!(session_id = %act.record.session_id, error = %e, "session record not stored")
-                    }
-                    Err(e) => {
-                        warn!(session_id = %act.record.session_id, error = %e, "session store gone")
-                    }
+                if let Err(e) = res {
+                    warn!(session_id = %act.record.session_id, error = %e, "session transition not persisted");
                 }
-                act.visible = SessionView::of(&act.record);
+                act.visible = Visible::of(&act.record);
+                act.count_state();
                 for tx in act.on_stored.drain(..) {
                     let _ = tx.send(());
                 }
@@ -260,7 +437,7 @@ impl AuthSessionActor {
     /// is already stored), so replies never show an unstored state.
     fn stored(&mut self) -> impl Future<Output = ()> + 'static {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.visible == SessionView::of(&self.record) {
+        if self.visible == Visible::of(&self.record) {
             let _ = tx.send(());
         } else {
             self.on_stored.push(tx);
@@ -285,6 +462,22 @@ impl AuthSessionActor {
             }
         }
         self.maybe_finish(ctx);
+    }
+
+    /// Moves this session in `lark_auth_sessions{state}` to its visible state (out of it
+    /// when terminal).
+    fn count_state(&mut self) {
+        let now = Some(self.visible.state).filter(|s| !s.is_terminal());
+        if now == self.counted {
+            return;
+        }
+        if let Some(old) = self.counted {
+            self.deps.metrics.session_left(old.as_str());
+        }
+        if let Some(new) = now {
+            self.deps.metrics.session_entered(new.as_str());
+        }
+        self.counted = now;
     }
 
     fn spawn_io(&mut self, ctx: &mut Context<Self>, fut: impl Future<Output = Done> + 'static) {
@@ -332,6 +525,10 @@ impl AuthSessionActor {
             reason = self.record.reason.map(FailureReason::as_str),
             "authorization session finished"
         );
+        self.deps.metrics.session_finished(
+            self.visible.state.as_str(),
+            self.visible.reason.map_or("none", FailureReason::as_str),
+        );
         self.deps.finished.do_send(SessionFinished {
             session_id: self.record.session_id.clone(),
             open_id: self.record.open_id.clone(),
@@ -340,25 +537,39 @@ impl AuthSessionActor {
         ctx.stop();
     }
 
+    /// [`Action::WakeAt`]. The machine asks for wakes at the deadline and at the next
+    /// poll (`record.next_poll_at_ms`); one timer serves both: it is armed for the earliest
+    /// and re-armed after each wake ([`Input::Wake`] is harmless when nothing is due).
     fn wake_at(&mut self, at: u64, ctx: &mut Context<Self>) {
-        let delay = Duration::from_millis(at.saturating_sub(unix_now_ms()) + TIMER_SLACK_MS);
-        let is_deadline = at == self.record.deadline_ms;
-        let handle = ctx.run_later(delay, move |act, ctx| {
-            if is_deadline {
-                act.deadline_timer = None;
-            } else {
-                act.poll_timer = None;
-            }
-            act.feed(Input::Wake, ctx);
-        });
-        let slot = if is_deadline {
-            &mut self.deadline_timer
-        } else {
-            &mut self.poll_timer
-        };
-        if let Some(old) = slot.replace(handle) {
+        if at == self.record.deadline_ms {
+            self.deadline_armed = true;
+        }
+        self.rearm(ctx);
+    }
+
+    fn rearm(&mut self, ctx: &mut Context<Self>) {
+        let deadline = Some(self.record.deadline_ms).filter(|_| self.deadline_armed);
+        let next = match (deadline, self.record.next_poll_at_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        .filter(|_| !self.record.state.is_terminal());
+        if self.timer.as_ref().map(|(_, at)| *at) == next {
+            return;
+        }
+        if let Some((old, _)) = self.timer.take() {
             ctx.cancel_future(old);
         }
+        let Some(at) = next else {
+            return;
+        };
+        let delay = Duration::from_millis(at.saturating_sub(unix_now_ms()) + TIMER_SLACK_MS);
+        let handle = ctx.run_later(delay, |act, ctx| {
+            act.timer = None;
+            act.feed(Input::Wake, ctx);
+            act.rearm(ctx);
+        });
+        self.timer = Some((handle, at));
     }
 
     fn request_device_authorization(&mut self, ctx: &mut Context<Self>) {
@@ -381,8 +592,10 @@ impl AuthSessionActor {
         });
     }
 
+    /// The session's language: the one named in the authorization request, else the
+    /// configured default.
     fn locale(&self) -> CardLocale {
-        self.deps.settings.locale
+        self.record.locale.unwrap_or(self.deps.settings.locale)
     }
 
     fn show_card(&mut self, kind: CardKind, ctx: &mut Context<Self>) {
@@ -413,22 +626,38 @@ impl AuthSessionActor {
                 expires_in_minutes: minutes.max(1),
                 use_applink: settings.use_applink,
                 report_authorize_click: settings.report_authorize_click,
-                locale: settings.locale,
+                locale: r.locale.unwrap_or(settings.locale),
             }
             .build()
             .to_value();
             let open_id = r.open_id.clone();
             let uuid = r.session_id.clone();
+            let deadline_ms = r.deadline_ms;
+            let retry = settings.card_send_retry;
             self.spawn_io(ctx, async move {
-                Done::Input(match client.send_card(&open_id, &card, Some(&uuid)).await {
-                    Ok(sent) => Input::CardDelivered {
-                        message_id: sent.message_id,
-                    },
-                    Err(e) => {
-                        warn!(error = %e, "authorization card not sent");
-                        Input::CardFailed { code: e.code() }
+                let mut attempt = 1;
+                loop {
+                    let err = match client.send_card(&open_id, &card, Some(&uuid)).await {
+                        Ok(sent) => {
+                            return Done::Input(Input::CardDelivered {
+                                message_id: sent.message_id,
+                            });
+                        }
+                        Err(e) => e,
+                    };
+                    let jitter = rand::random::<f64>() * 0.4 - 0.2;
+                    match retry.next_wait(attempt, &err, unix_now_ms(), deadline_ms, jitter) {
+                        Some(wait) => {
+                            warn!(session_id = %uuid, attempt, retry_in_ms = wait.as_millis() as u64, error = %err, "authorization card not sent; retrying");
+                            actix_rt::time::sleep(wait).await;
+                            attempt += 1;
+                        }
+                        None => {
+                            warn!(session_id = %uuid, attempt, error = %err, "authorization card not sent; giving up");
+                            return Done::Input(Input::CardFailed { code: err.code() });
+                        }
                     }
-                })
+                }
             });
             return;
         }
@@ -440,8 +669,8 @@ impl AuthSessionActor {
         let token = self
             .card_token
             .take()
-            .filter(|(_, at)| now.saturating_sub(*at) < CARD_TOKEN_USE_FOR_MS)
-            .map(|(t, _)| t);
+            .filter(|kept| now.saturating_sub(kept.1) < CARD_TOKEN_USE_FOR_MS)
+            .map(|kept| kept.0);
         self.spawn_io(ctx, async move {
             if let Some(token) = token {
                 match client.update_card_delayed(&token, &card).await {
@@ -643,8 +872,31 @@ impl Actor for AuthSessionActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if let Some(input) = self.first_input.take() {
+        self.count_state();
+        let Some(resumed) = self.first_input.take() else {
+            return;
+        };
+        let input = if resumed {
+            Input::Resumed
+        } else {
+            Input::Begin
+        };
+        let Some(seq) = self.flush_first.take() else {
             self.feed(input, ctx);
+            return;
+        };
+        let flush = self.deps.flusher.send(FlushThrough { seq });
+        ctx.wait(flush.into_actor(self).map(move |res, act, ctx| {
+            if !matches!(res, Ok(Ok(()))) {
+                warn!(session_id = %act.record.session_id, "new session record not flushed");
+            }
+            act.feed(input, ctx);
+        }));
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Some(state) = self.counted.take() {
+            self.deps.metrics.session_left(state.as_str());
         }
     }
 }
@@ -655,7 +907,7 @@ impl Handler<Click> for AuthSessionActor {
     fn handle(&mut self, msg: Click, ctx: &mut Context<Self>) -> Self::Result {
         let by_user = msg.operator_open_id == self.record.open_id;
         if by_user && msg.choice == Choice::Authorize && !msg.card_token.is_empty() {
-            self.card_token = Some((msg.card_token.clone(), unix_now_ms()));
+            self.card_token = Some(Box::new((msg.card_token.clone(), unix_now_ms())));
         }
         let actions = self.feed(
             Input::Clicked {
@@ -689,7 +941,7 @@ impl Handler<CodeRedirect> for AuthSessionActor {
         Box::pin(
             self.stored()
                 .into_actor(self)
-                .map(|(), act, _| act.visible.clone()),
+                .map(|(), act, _| act.visible.view(&act.record)),
         )
     }
 }
@@ -698,7 +950,7 @@ impl Handler<GetSessionView> for AuthSessionActor {
     type Result = SessionView;
 
     fn handle(&mut self, _: GetSessionView, _: &mut Context<Self>) -> SessionView {
-        self.visible.clone()
+        self.visible.view(&self.record)
     }
 }
 
@@ -708,5 +960,124 @@ impl Handler<StopSession> for AuthSessionActor {
     fn handle(&mut self, _: StopSession, ctx: &mut Context<Self>) {
         self.finished = true;
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openapi::ApiFailure;
+    use crate::session::machine::{CodeFlowProgress, DeviceProgress};
+
+    fn record() -> SessionRecord {
+        SessionRecord::new(
+            "as_1".into(),
+            "ou_1".into(),
+            vec!["offline_access".into()],
+            None,
+            1_000,
+            600_000,
+        )
+    }
+
+    fn with_device(mut r: SessionRecord, code: &str) -> SessionRecord {
+        r.device = Some(DeviceProgress {
+            device_code: Secret::new(code.into()),
+            verification_uri_complete: "https://x.test/v?user_code=AB".into(),
+            interval_secs: 5,
+            expires_at_ms: 241_000,
+        });
+        r
+    }
+
+    #[test]
+    fn only_new_secrets_and_success_are_flushed() {
+        let created = record();
+        let granted = with_device(created.clone(), "dc_1");
+        assert!(needs_flush(&created, &granted), "a new device code");
+        let mut sent = granted.clone();
+        sent.state = SessionState::CardSent;
+        sent.card_message_id = Some("om_1".into());
+        assert!(!needs_flush(&granted, &sent), "card delivered");
+        let mut polled = sent.clone();
+        polled.next_poll_at_ms = Some(9_000);
+        polled.user_clicked = true;
+        assert!(!needs_flush(&sent, &polled), "click and poll cadence");
+        let mut exchanging = polled.clone();
+        exchanging.state = SessionState::Exchanging;
+        assert!(
+            !needs_flush(&polled, &exchanging),
+            "the token is not in the record"
+        );
+        let mut authorized = exchanging.clone();
+        authorized.state = SessionState::Authorized;
+        assert!(
+            needs_flush(&exchanging, &authorized),
+            "the grant is in the vault"
+        );
+        let mut denied = polled.clone();
+        denied.state = SessionState::Denied;
+        assert!(!needs_flush(&polled, &denied));
+        assert!(needs_flush(&granted, &with_device(created.clone(), "dc_2")));
+
+        let mut code_flow = created.clone();
+        code_flow.code_flow = Some(Box::new(CodeFlowProgress {
+            oauth_state: "st".into(),
+            code_verifier: Secret::new("v".repeat(43)),
+        }));
+        assert!(needs_flush(&created, &code_flow), "a new PKCE verifier");
+    }
+
+    fn api(status: u16, code: i64) -> OpenApiError {
+        OpenApiError::Api(Box::new(ApiFailure {
+            call: "send card",
+            idempotent: true,
+            status,
+            code: Some(code),
+            msg: None,
+            error: None,
+            error_description: None,
+            log_id: None,
+            rate_limit_reset: (code == 99_991_400).then(|| Duration::from_secs(7)),
+        }))
+    }
+
+    #[test]
+    fn card_sends_are_retried_with_doubling_backoff_within_attempts_and_deadline() {
+        let retry = SendRetry::default();
+        let server = api(500, 20_050);
+        let far = 10_000_000;
+        let waits: Vec<_> = (1..=5)
+            .map(|n| retry.next_wait(n, &server, 0, far, 0.0))
+            .collect();
+        assert_eq!(
+            waits,
+            [
+                Some(Duration::from_secs(1)),
+                Some(Duration::from_secs(2)),
+                Some(Duration::from_secs(4)),
+                Some(Duration::from_secs(8)),
+                None
+            ]
+        );
+        assert_eq!(
+            retry.next_wait(1, &server, 0, far, 1.0),
+            Some(Duration::from_millis(1200)),
+            "jitter is clamped to 20 %"
+        );
+        assert_eq!(
+            retry.next_wait(1, &api(429, 99_991_400), 0, far, 0.0),
+            Some(Duration::from_secs(7)),
+            "at least the rate limit's reset"
+        );
+        assert_eq!(retry.next_wait(1, &server, 0, 1_000, 0.0), None, "deadline");
+        assert_eq!(retry.next_wait(1, &api(400, 230_013), 0, far, 0.0), None);
+        let network = OpenApiError::Transport {
+            call: "send card",
+            idempotent: true,
+            sent: true,
+            detail: "reset".into(),
+        };
+        assert!(retry.next_wait(1, &network, 0, far, 0.0).is_some());
     }
 }

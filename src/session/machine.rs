@@ -20,8 +20,11 @@
 //! [`Input::TokenIssued`] and [`Input::GrantStored`]. A session found in `exchanging` after
 //! a restart therefore fails with reason `interrupted` (the user can start again).
 
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::cards::CardLocale;
 use crate::config::AuthFlow;
 use crate::secret::Secret;
 
@@ -170,7 +173,9 @@ impl FailureReason {
 pub struct DeviceProgress {
     /// The device code polled with (secret).
     pub device_code: Secret<String>,
-    /// The page the card's Authorize button opens (carries the user code).
+    /// The page the card's Authorize button opens (carries the user code). Emptied once
+    /// the card was delivered: the card is never sent again after that, and the user code
+    /// is kept no longer than needed (it also saves memory per pending session).
     pub verification_uri_complete: String,
     /// Current poll interval, seconds (server `interval`, plus 5 per `slow_down`).
     pub interval_secs: u64,
@@ -198,8 +203,10 @@ pub struct SessionRecord {
     pub session_id: String,
     /// The user who must authorize.
     pub open_id: String,
-    /// Requested scopes (always including `offline_access`).
-    pub scopes: Vec<String>,
+    /// Requested scopes (always including `offline_access`). Shared: the sessions asking
+    /// for the configured default scopes hold one list.
+    #[serde(with = "shared_list")]
+    pub scopes: Arc<[String]>,
     /// Device or authorization-code flow.
     pub flow: AuthFlow,
     /// Current state.
@@ -220,10 +227,16 @@ pub struct SessionRecord {
     pub card_message_id: Option<String>,
     /// Device-flow data, once the device authorization was granted.
     pub device: Option<DeviceProgress>,
-    /// Code-flow data.
-    pub code_flow: Option<CodeFlowProgress>,
+    /// Code-flow data (boxed: most sessions use the device flow and keep a null pointer).
+    pub code_flow: Option<Box<CodeFlowProgress>>,
     /// When the next device poll is due (kept so a restart resumes the cadence).
     pub next_poll_at_ms: Option<u64>,
+    /// Language of this session's cards and toasts, when the caller named one; `None`
+    /// uses the configured default. The platform tells no user's locale before the user
+    /// authorized (neither the card callback nor any API this app may call with a tenant
+    /// token carries it), so it only comes from the authorization request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<CardLocale>,
 }
 
 impl SessionRecord {
@@ -232,7 +245,7 @@ impl SessionRecord {
     pub fn new(
         session_id: String,
         open_id: String,
-        scopes: Vec<String>,
+        scopes: impl Into<Arc<[String]>>,
         code_flow: Option<CodeFlowProgress>,
         now_ms: u64,
         timeout_ms: u64,
@@ -240,7 +253,7 @@ impl SessionRecord {
         SessionRecord {
             session_id,
             open_id,
-            scopes,
+            scopes: scopes.into(),
             flow: if code_flow.is_some() {
                 AuthFlow::AuthorizationCode
             } else {
@@ -255,9 +268,23 @@ impl SessionRecord {
             user_clicked: false,
             card_message_id: None,
             device: None,
-            code_flow,
+            code_flow: code_flow.map(Box::new),
             next_poll_at_ms: None,
+            locale: None,
         }
+    }
+}
+
+/// Serde of a shared list: a JSON array.
+mod shared_list {
+    use super::*;
+
+    pub(super) fn serialize<S: Serializer>(list: &Arc<[String]>, s: S) -> Result<S::Ok, S::Error> {
+        list.as_ref().serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<[String]>, D::Error> {
+        Vec::<String>::deserialize(d).map(Into::into)
     }
 }
 
@@ -556,6 +583,9 @@ pub fn step_with(
         }
         (SessionState::Created, Input::CardDelivered { message_id }) => {
             next.card_message_id = Some(message_id);
+            if let Some(device) = next.device.as_mut() {
+                device.verification_uri_complete = String::new();
+            }
             next.state = if record.user_clicked {
                 SessionState::AwaitingUser
             } else {
@@ -869,6 +899,11 @@ mod tests {
         assert_eq!(actions[1], vec![Action::ShowCard(CardKind::Authorize)]);
         // Deadline capped by the device code's 240 s lifetime.
         assert_eq!(r.deadline_ms, T0 + 100 + 240_000);
+        assert_eq!(
+            r.device.as_ref().unwrap().verification_uri_complete,
+            "",
+            "the user code is forgotten once the card carries it"
+        );
         assert_eq!(
             actions[2],
             vec![

@@ -16,8 +16,9 @@ use crate::config::{AuthFlow, Config};
 
 pub use self::actor::SessionView;
 pub use self::router::{
-    CountRunningSessions, GetPollPacerStatus, GetSession, OAuthRedirect, RedirectError,
-    RouterActor, RouterParts, StartAuthorization, StartError, StopRouter, Subscribe,
+    CountRunningSessions, GetPollPacerStatus, GetPruneStats, GetSession, OAuthRedirect, PruneStats,
+    RedirectError, RouterActor, RouterParts, StartAuthorization, StartAuthorizationWithLocale,
+    StartError, StopRouter, Subscribe,
 };
 
 /// Everything the router and the sessions need to know from the configuration.
@@ -35,7 +36,8 @@ pub struct SessionSettings {
     pub session_timeout: Duration,
     /// Registered redirect URI (authorization-code flow).
     pub redirect_uri: String,
-    /// Language of cards and toasts.
+    /// Language of cards and toasts when the authorization request names none (the
+    /// platform does not tell a user's locale before authorization).
     pub locale: cards::CardLocale,
     /// Open the authorize page inside Feishu through the AppLink wrapper.
     pub use_applink: bool,
@@ -57,6 +59,9 @@ pub struct SessionSettings {
     pub prune_period: Duration,
     /// Token-endpoint requests per second shared by all sessions (`refresh.budget_per_sec`).
     pub poll_budget_per_sec: u32,
+    /// Retries of a card send that failed with a retryable error. Default: 5 sends,
+    /// backoff 1 s doubling to 30 s, within the session's deadline.
+    pub card_send_retry: actor::SendRetry,
 }
 
 impl SessionSettings {
@@ -86,6 +91,7 @@ impl SessionSettings {
             dedup_ttl: Duration::from_secs(7 * 3600 + 1800),
             prune_period: Duration::from_secs(600),
             poll_budget_per_sec: config.refresh.budget_per_sec,
+            card_send_retry: actor::SendRetry::default(),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The RouterActor: owns the authorization sessions and consumes the long connection.
 //!
-//! Accepts: [`StartAuthorization`], [`OAuthRedirect`], [`GetSession`], [`Subscribe`],
-//! [`StopRouter`]; from the ConnectionActor [`EventReceived`], [`CardActionReceived`],
+//! Accepts: [`StartAuthorization`], [`StartAuthorizationWithLocale`], [`OAuthRedirect`],
+//! [`GetSession`], [`Subscribe`], [`StopRouter`], [`GetPollPacerStatus`],
+//! [`CountRunningSessions`], [`GetPruneStats`]; from the ConnectionActor [`EventReceived`], [`CardActionReceived`],
 //! [`ConnectionStateChanged`] (plug [`RouterActor::outputs`] into it); from sessions
 //! [`SessionFinished`].
 //! Sends: [`Click`], [`CodeRedirect`], [`GetSessionView`], [`StopSession`] to
@@ -35,6 +36,7 @@ use crate::config::AuthFlow;
 use crate::connection::{
     CallbackFailed, CardActionReceived, ConnectionOutputs, ConnectionStateChanged, EventReceived,
 };
+use crate::metrics::Metrics;
 use crate::openapi::oauth::OFFLINE_ACCESS;
 use crate::openapi::{OpenApiClient, PkcePair};
 use crate::protocol::event::{CardActionResponse, ToastKind};
@@ -47,12 +49,12 @@ use super::actor::{
     AuthSessionActor, Click, CodeRedirect, GetSessionView, SessionDeps, SessionFinished,
     SessionView, StopSession, click_toast, finished_toast,
 };
-use super::cards::{ACTION_AUTHORIZE, ACTION_DECLINE, VALUE_SESSION_ID};
+use super::cards::{ACTION_AUTHORIZE, ACTION_DECLINE, CardLocale, VALUE_SESSION_ID};
 use super::machine::{Choice, CodeFlowProgress, SessionRecord, SessionState};
 use super::pacer::{GetPacerStatus, PacerStatus, PollPacer};
 use super::store::{
     FlushSessions, ListSessions, LoadSession, LoadSessions, MarkOnce, PruneSessions, PurgeMarks,
-    PutSession, SessionCodec, SessionStoreActor, SessionStoreError,
+    PutSession, SessionCodec, SessionStoreActor, SessionStoreError, WriteSeq,
 };
 
 /// How many click answers are remembered for redeliveries.
@@ -72,6 +74,35 @@ pub struct StartAuthorization {
     pub open_id: String,
     /// Scopes; empty means the configured default. `offline_access` is always added.
     pub scopes: Vec<String>,
+}
+
+impl StartAuthorization {
+    /// The same request with the language of the user's cards and toasts.
+    pub fn with_locale(self, locale: Option<CardLocale>) -> StartAuthorizationWithLocale {
+        StartAuthorizationWithLocale {
+            open_id: self.open_id,
+            scopes: self.scopes,
+            locale,
+        }
+    }
+}
+
+/// [`StartAuthorization`] naming the language of the user's cards and toasts. The platform
+/// does not tell a user's locale before the user authorized: the card callback
+/// (`card.action.trigger`) carries none, and `user_info` needs the user's own token (and
+/// has no language field either), so the caller who knows the user's language passes it
+/// here; `None` uses [`SessionSettings::locale`]. The locale is stored with the session,
+/// so a resumed session keeps it. Same replies and errors as [`StartAuthorization`]; a
+/// session already in flight for the user is returned unchanged (its language too).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<SessionView, StartError>")]
+pub struct StartAuthorizationWithLocale {
+    /// The user (`ou_…`).
+    pub open_id: String,
+    /// Scopes; empty means the configured default. `offline_access` is always added.
+    pub scopes: Vec<String>,
+    /// Language of the cards and toasts; `None` for the configured default.
+    pub locale: Option<CardLocale>,
 }
 
 /// Why [`StartAuthorization`] was refused.
@@ -166,12 +197,28 @@ pub struct GetPollPacerStatus;
 #[rtype(result = "usize")]
 pub struct CountRunningSessions;
 
+/// Asks what the periodic pruning removed since the router started.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "PruneStats")]
+pub struct GetPruneStats;
+
+/// Totals of the pruning rounds (every [`SessionSettings::prune_period`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, MessageResponse)]
+pub struct PruneStats {
+    /// Rounds completed.
+    pub rounds: u64,
+    /// Terminal sessions deleted after [`SessionSettings::terminal_ttl`].
+    pub sessions: u64,
+    /// Event-id dedup marks deleted after [`SessionSettings::dedup_ttl`].
+    pub marks: u64,
+}
+
 // ----- the actor -----------------------------------------------------------------------
 
 /// Where a session was found.
 enum Found {
     Running(Addr<AuthSessionActor>),
-    Finished(SessionState),
+    Finished(SessionState, Option<CardLocale>),
     Unknown,
 }
 
@@ -187,19 +234,43 @@ pub struct RouterParts {
     pub vault: Addr<TokenVaultActor>,
     /// Settings.
     pub settings: SessionSettings,
+    /// Where the session gauges and counters go (`lark_auth_sessions`,
+    /// `lark_auth_sessions_finished_total`).
+    pub metrics: Metrics,
+}
+
+/// What the router keeps per user (one entry, so a pending session costs one key).
+#[derive(Default)]
+struct UserEntry {
+    /// The session in flight (shares the id with [`RouterActor::sessions`]).
+    in_flight: Option<Rc<str>>,
+    /// Start times (unix ms) within the per-user window.
+    starts: VecDeque<u64>,
 }
 
 /// The router; see the module docs.
 pub struct RouterActor {
-    deps: SessionDeps,
-    sessions: HashMap<String, Addr<AuthSessionActor>>,
-    in_flight_by_user: HashMap<String, String>,
-    starts: HashMap<String, VecDeque<u64>>,
+    deps: Rc<SessionDeps>,
+    /// Running sessions by id.
+    sessions: HashMap<Rc<str>, Addr<AuthSessionActor>>,
+    /// Per user: the session in flight and the recent starts.
+    users: HashMap<Box<str>, UserEntry>,
     oauth_states: HashMap<String, String>,
     used_states: HashMap<String, String>,
     subscribers: HashMap<String, Vec<Recipient<EventReceived>>>,
     answers: HashMap<String, CardActionResponse>,
     answer_order: VecDeque<String>,
+    pruned: PruneStats,
+    /// The configured default scopes with `offline_access`, shared by the sessions.
+    default_scopes: Arc<[String]>,
+}
+
+/// `scopes` with `offline_access` added when missing.
+fn with_offline_access(mut scopes: Vec<String>) -> Vec<String> {
+    if !scopes.iter().any(|s| s == OFFLINE_ACCESS) {
+        scopes.push(OFFLINE_ACCESS.to_string());
+    }
+    scopes
 }
 
 impl RouterActor {
@@ -223,25 +294,30 @@ impl RouterActor {
         pacer: Addr<PollPacer>,
     ) -> Result<Addr<RouterActor>, SessionStoreError> {
         let codec = SessionCodec::new(&parts.keyring)?;
-        let store = SessionStoreActor::start(parts.store, codec);
+        let (store, flusher) = SessionStoreActor::start_with_flusher(parts.store, codec);
+        let default_scopes: Arc<[String]> =
+            with_offline_access(parts.settings.default_scopes.clone()).into();
         let settings = Rc::new(parts.settings);
         Ok(RouterActor::create(move |ctx| RouterActor {
-            deps: SessionDeps {
+            deps: Rc::new(SessionDeps {
                 client: parts.client,
                 store,
+                flusher,
+                metrics: parts.metrics,
                 vault: parts.vault,
                 pacer,
                 finished: ctx.address().recipient(),
                 settings,
-            },
+            }),
             sessions: HashMap::new(),
-            in_flight_by_user: HashMap::new(),
-            starts: HashMap::new(),
+            users: HashMap::new(),
             oauth_states: HashMap::new(),
             used_states: HashMap::new(),
             subscribers: HashMap::new(),
             answers: HashMap::new(),
             answer_order: VecDeque::new(),
+            pruned: PruneStats::default(),
+            default_scopes,
         }))
     }
 
@@ -254,15 +330,28 @@ impl RouterActor {
         }
     }
 
-    fn spawn_session(&mut self, record: SessionRecord, resumed: bool) -> Addr<AuthSessionActor> {
-        let id = record.session_id.clone();
-        self.in_flight_by_user
-            .insert(record.open_id.clone(), id.clone());
+    /// Starts a session actor; `flush_first`: a store write it must see durable before it
+    /// acts.
+    fn spawn_session(
+        &mut self,
+        record: SessionRecord,
+        resumed: bool,
+        flush_first: Option<WriteSeq>,
+    ) -> Addr<AuthSessionActor> {
+        let id: Rc<str> = Rc::from(record.session_id.as_str());
+        self.users
+            .entry(Box::from(record.open_id.as_str()))
+            .or_default()
+            .in_flight = Some(id.clone());
         if let Some(flow) = &record.code_flow {
             self.oauth_states
-                .insert(flow.oauth_state.clone(), id.clone());
+                .insert(flow.oauth_state.clone(), record.session_id.clone());
         }
-        let addr = AuthSessionActor::new(record, resumed, self.deps.clone()).start();
+        let mut actor = AuthSessionActor::new(record, resumed, self.deps.clone());
+        if let Some(seq) = flush_first {
+            actor = actor.after_flush(seq);
+        }
+        let addr = actor.start();
         self.sessions.insert(id, addr.clone());
         addr
     }
@@ -284,7 +373,7 @@ impl RouterActor {
         &mut self,
         session_id: String,
     ) -> ResponseActFuture<Self, Result<Found, SessionStoreError>> {
-        if let Some(addr) = self.sessions.get(&session_id) {
+        if let Some(addr) = self.sessions.get(session_id.as_str()) {
             return Box::pin(fut::ready(Ok(Found::Running(addr.clone()))));
         }
         let load = self.deps.store.send(LoadSession { session_id });
@@ -295,14 +384,14 @@ impl RouterActor {
             let Some(record) = record? else {
                 return Ok(Found::Unknown);
             };
-            if let Some(addr) = act.sessions.get(&record.session_id) {
+            if let Some(addr) = act.sessions.get(record.session_id.as_str()) {
                 return Ok(Found::Running(addr.clone()));
             }
             if record.state.is_terminal() {
-                return Ok(Found::Finished(record.state));
+                return Ok(Found::Finished(record.state, record.locale));
             }
             info!(session_id = %record.session_id, "session reloaded from the store");
-            Ok(Found::Running(act.spawn_session(record, true)))
+            Ok(Found::Running(act.spawn_session(record, true, None)))
         }))
     }
 
@@ -313,6 +402,7 @@ impl RouterActor {
         let store = self.deps.store.clone();
         ctx.spawn(
             async move {
+                let mut sessions = 0;
                 if let Ok(Ok(n)) = store
                     .send(PruneSessions {
                         terminal_before_ms: cutoff,
@@ -321,7 +411,9 @@ impl RouterActor {
                     && n > 0
                 {
                     info!(pruned = n, "terminal sessions pruned");
+                    sessions = n;
                 }
+                let mut marks = 0;
                 if let Ok(Ok(n)) = store
                     .send(PurgeMarks {
                         now_ms: now,
@@ -331,14 +423,25 @@ impl RouterActor {
                     && n > 0
                 {
                     debug!(purged = n, "expired dedup marks purged");
+                    marks = n;
                 }
+                (sessions as u64, marks as u64)
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(|(sessions, marks), act, _| {
+                act.pruned.rounds += 1;
+                act.pruned.sessions += sessions;
+                act.pruned.marks += marks;
+            }),
         );
+        let window = settings.per_user_window.as_millis() as u64;
+        self.users.retain(|_, u| {
+            u.in_flight.is_some() || u.starts.back().is_some_and(|t| t + window > now)
+        });
         let used: Vec<String> = self
             .used_states
             .iter()
-            .filter(|(_, id)| !self.sessions.contains_key(*id))
+            .filter(|(_, id)| !self.sessions.contains_key(id.as_str()))
             .map(|(s, _)| s.clone())
             .collect();
         for state in used {
@@ -364,7 +467,7 @@ impl Actor for RouterActor {
             let mut resumed = 0;
             for record in records {
                 if !record.state.is_terminal() {
-                    act.spawn_session(record, true);
+                    act.spawn_session(record, true, None);
                     resumed += 1;
                 }
             }
@@ -380,13 +483,22 @@ impl Actor for RouterActor {
 impl Handler<StartAuthorization> for RouterActor {
     type Result = AtomicResponse<Self, Result<SessionView, StartError>>;
 
-    fn handle(&mut self, msg: StartAuthorization, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: StartAuthorization, ctx: &mut Context<Self>) -> Self::Result {
+        self.handle(msg.with_locale(None), ctx)
+    }
+}
+
+impl Handler<StartAuthorizationWithLocale> for RouterActor {
+    type Result = AtomicResponse<Self, Result<SessionView, StartError>>;
+
+    fn handle(&mut self, msg: StartAuthorizationWithLocale, _: &mut Context<Self>) -> Self::Result {
         if msg.open_id.is_empty() || msg.open_id.contains('\0') {
             return AtomicResponse::new(Box::pin(fut::ready(Err(StartError::InvalidOpenId))));
         }
         if let Some(addr) = self
-            .in_flight_by_user
-            .get(&msg.open_id)
+            .users
+            .get(msg.open_id.as_str())
+            .and_then(|u| u.in_flight.as_deref())
             .and_then(|id| self.sessions.get(id))
         {
             let view = addr.send(GetSessionView);
@@ -398,7 +510,11 @@ impl Handler<StartAuthorization> for RouterActor {
         let now = unix_now_ms();
         let settings = self.deps.settings.clone();
         let window = settings.per_user_window.as_millis() as u64;
-        let starts = self.starts.entry(msg.open_id.clone()).or_default();
+        let starts = &mut self
+            .users
+            .entry(Box::from(msg.open_id.as_str()))
+            .or_default()
+            .starts;
         while starts.front().is_some_and(|t| t + window <= now) {
             starts.pop_front();
         }
@@ -410,20 +526,17 @@ impl Handler<StartAuthorization> for RouterActor {
         }
         starts.push_back(now);
 
-        let mut scopes = if msg.scopes.is_empty() {
-            settings.default_scopes.clone()
+        let scopes = if msg.scopes.is_empty() {
+            self.default_scopes.clone()
         } else {
-            msg.scopes
+            with_offline_access(msg.scopes).into()
         };
-        if !scopes.iter().any(|s| s == OFFLINE_ACCESS) {
-            scopes.push(OFFLINE_ACCESS.to_string());
-        }
         let code_flow = (settings.flow == AuthFlow::AuthorizationCode).then(|| CodeFlowProgress {
             oauth_state: uuid::Uuid::new_v4().simple().to_string(),
             code_verifier: PkcePair::generate().verifier,
         });
         let session_id = format!("as_{}", uuid::Uuid::new_v4().simple());
-        let record = SessionRecord::new(
+        let mut record = SessionRecord::new(
             session_id,
             msg.open_id,
             scopes,
@@ -431,18 +544,19 @@ impl Handler<StartAuthorization> for RouterActor {
             now,
             settings.session_timeout.as_millis() as u64,
         );
+        record.locale = msg.locale;
+        // A code-flow record carries the PKCE verifier the card's challenge is made from:
+        // the session flushes this write before it sends that card (see the actor's module
+        // docs), outside this atomic reply, so the router never waits for an fsync.
+        let durable = record.code_flow.is_some();
         let write = self.deps.store.send(PutSession {
             record: record.clone(),
         });
         AtomicResponse::new(Box::pin(write.into_actor(self).map(move |res, act, _| {
-            match res {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(StartError::Store(e)),
-                Err(_) => return Err(StartError::Stopping),
-            }
+            let seq = res.map_err(|_| StartError::Stopping)??;
             let view = SessionView::of(&record);
             info!(session_id = %record.session_id, open_id = %record.open_id, "authorization session started");
-            act.spawn_session(record, false);
+            act.spawn_session(record, false, durable.then_some(seq));
             Ok(view)
         })))
     }
@@ -476,7 +590,7 @@ impl Handler<OAuthRedirect> for RouterActor {
                 .then(move |found, act, _| {
                     let addr = match found {
                         Ok(Found::Running(addr)) => addr,
-                        Ok(Found::Finished(state)) => {
+                        Ok(Found::Finished(state, _)) => {
                             return Either::Left(fut::ready(Err(RedirectError::SessionEnded(
                                 state.as_str(),
                             ))));
@@ -507,7 +621,7 @@ impl Handler<GetSession> for RouterActor {
     type Result = ResponseFuture<Result<Option<SessionView>, SessionStoreError>>;
 
     fn handle(&mut self, msg: GetSession, _: &mut Context<Self>) -> Self::Result {
-        if let Some(addr) = self.sessions.get(&msg.session_id) {
+        if let Some(addr) = self.sessions.get(msg.session_id.as_str()) {
             let addr = addr.clone();
             let store = self.deps.store.clone();
             return Box::pin(async move {
@@ -587,7 +701,9 @@ impl Handler<StopRouter> for RouterActor {
         for (_, addr) in self.sessions.drain() {
             addr.do_send(StopSession);
         }
-        self.in_flight_by_user.clear();
+        for user in self.users.values_mut() {
+            user.in_flight = None;
+        }
         let flush = self.deps.store.send(FlushSessions);
         Box::pin(flush.into_actor(self).map(|res, _, ctx| {
             if let Ok(Err(e)) = res {
@@ -615,13 +731,23 @@ impl Handler<CountRunningSessions> for RouterActor {
     }
 }
 
+impl Handler<GetPruneStats> for RouterActor {
+    type Result = PruneStats;
+
+    fn handle(&mut self, _: GetPruneStats, _: &mut Context<Self>) -> PruneStats {
+        self.pruned
+    }
+}
+
 impl Handler<SessionFinished> for RouterActor {
     type Result = ();
 
     fn handle(&mut self, msg: SessionFinished, _: &mut Context<Self>) {
-        self.sessions.remove(&msg.session_id);
-        if self.in_flight_by_user.get(&msg.open_id) == Some(&msg.session_id) {
-            self.in_flight_by_user.remove(&msg.open_id);
+        self.sessions.remove(msg.session_id.as_str());
+        if let Some(user) = self.users.get_mut(msg.open_id.as_str())
+            && user.in_flight.as_deref() == Some(msg.session_id.as_str())
+        {
+            user.in_flight = None;
         }
         self.oauth_states.retain(|_, id| *id != msg.session_id);
         debug!(session_id = %msg.session_id, state = msg.state.as_str(), "session actor finished");
@@ -726,8 +852,8 @@ impl Handler<CardActionReceived> for RouterActor {
                             ));
                         }
                         Ok(Some(Ok(Found::Unknown))) => Ok(unknown()),
-                        Ok(Some(Ok(Found::Finished(state)))) => Ok(CardActionResponse {
-                            toast: Some(finished_toast(state, locale)),
+                        Ok(Some(Ok(Found::Finished(state, own)))) => Ok(CardActionResponse {
+                            toast: Some(finished_toast(state, own.unwrap_or(locale))),
                             card: None,
                         }),
                         Ok(Some(Err(e))) => Err(CallbackFailed(e.to_string())),

@@ -2,7 +2,9 @@
 //! that writes records, dedup marks and prunes through the [`Store`] trait.
 //!
 //! Accepts: [`PutSession`], [`LoadSession`], [`LoadSessions`], [`PruneSessions`],
-//! [`MarkOnce`], [`PurgeMarks`], [`FlushSessions`]. Sends nothing.
+//! [`MarkOnce`], [`PurgeMarks`], [`FlushSessions`]. Sends nothing. Its companion, the
+//! [`SessionFlusher`] (own thread), accepts [`FlushThrough`]: it makes a given write
+//! durable, one fsync for every write made before it (group commit).
 //!
 //! Encoding (format 1): `0x01 ‖ u32 len ‖ clear JSON ‖ flag` and, when the record holds a
 //! secret (device code, PKCE `code_verifier`), `‖ u32 key id ‖ sealed JSON` sealed with
@@ -16,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -221,9 +224,10 @@ fn split<'a>(session_id: &str, bytes: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), 
 
 /// Writes a session record (the session actor, before it performs a transition's actions;
 /// the router, before it answers a new session). Not flushed: sled writes it out within
-/// its flush interval, and [`FlushSessions`] forces it.
+/// its flush interval; [`FlushThrough`] with the replied [`WriteSeq`] (or
+/// [`FlushSessions`]) makes it durable.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<(), SessionStoreError>")]
+#[rtype(result = "Result<WriteSeq, SessionStoreError>")]
 pub struct PutSession {
     /// The record (secrets are sealed on the store thread).
     pub record: SessionRecord,
@@ -279,19 +283,85 @@ pub struct PurgeMarks {
 #[rtype(result = "Result<(), SessionStoreError>")]
 pub struct FlushSessions;
 
+/// The sequence number of a [`PutSession`] write (1, 2, … in store order).
+pub type WriteSeq = u64;
+
+/// Makes the write numbered `seq` (and every earlier one) durable. Replies once it is on
+/// disk; at once when an earlier flush already covered it.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<(), SessionStoreError>")]
+pub struct FlushThrough {
+    /// The write, as [`PutSession`] replied.
+    pub seq: WriteSeq,
+}
+
+/// Write and flush positions shared by the store actor and the flusher.
+#[derive(Debug, Default)]
+struct Positions {
+    /// Last write applied to the store.
+    written: AtomicU64,
+    /// Every write up to this one is durable.
+    flushed: AtomicU64,
+}
+
 /// The session store actor; see the module docs.
 pub struct SessionStoreActor {
     store: Arc<dyn Store>,
     codec: SessionCodec,
+    positions: Arc<Positions>,
+}
+
+/// Flushes the session store on its own thread so that durable writes are group-committed:
+/// a [`FlushThrough`] waits for at most one fsync that started after its write, and all the
+/// writes queued meanwhile share the next one.
+pub struct SessionFlusher {
+    store: Arc<dyn Store>,
+    positions: Arc<Positions>,
 }
 
 impl SessionStoreActor {
     /// Starts the actor on its own thread.
     pub fn start(store: Arc<dyn Store>, codec: SessionCodec) -> Addr<SessionStoreActor> {
-        SyncArbiter::start(1, move || SessionStoreActor {
+        Self::start_with_flusher(store, codec).0
+    }
+
+    /// Starts the actor and its [`SessionFlusher`], each on its own thread.
+    pub fn start_with_flusher(
+        store: Arc<dyn Store>,
+        codec: SessionCodec,
+    ) -> (Addr<SessionStoreActor>, Addr<SessionFlusher>) {
+        let positions = Arc::new(Positions::default());
+        let (s, p) = (store.clone(), positions.clone());
+        let flusher = SyncArbiter::start(1, move || SessionFlusher {
+            store: s.clone(),
+            positions: p.clone(),
+        });
+        let actor = SyncArbiter::start(1, move || SessionStoreActor {
             store: store.clone(),
             codec: codec.clone(),
-        })
+            positions: positions.clone(),
+        });
+        (actor, flusher)
+    }
+}
+
+impl Actor for SessionFlusher {
+    type Context = SyncContext<Self>;
+}
+
+impl Handler<FlushThrough> for SessionFlusher {
+    type Result = Result<(), SessionStoreError>;
+
+    fn handle(&mut self, msg: FlushThrough, _: &mut Self::Context) -> Self::Result {
+        if self.positions.flushed.load(Ordering::Acquire) >= msg.seq {
+            return Ok(());
+        }
+        // Every write numbered up to `target` was applied before this load, so the flush
+        // below covers it.
+        let target = self.positions.written.load(Ordering::Acquire);
+        self.store.flush()?;
+        self.positions.flushed.fetch_max(target, Ordering::AcqRel);
+        Ok(())
     }
 }
 
@@ -300,12 +370,13 @@ impl Actor for SessionStoreActor {
 }
 
 impl Handler<PutSession> for SessionStoreActor {
-    type Result = Result<(), SessionStoreError>;
+    type Result = Result<WriteSeq, SessionStoreError>;
 
     fn handle(&mut self, msg: PutSession, _: &mut Self::Context) -> Self::Result {
         let bytes = self.codec.encode(&msg.record);
         self.store.put_session(&msg.record.session_id, &bytes)?;
-        Ok(())
+        // One store thread: numbers follow the order of the writes.
+        Ok(self.positions.written.fetch_add(1, Ordering::AcqRel) + 1)
     }
 }
 
@@ -440,6 +511,50 @@ mod tests {
             expires_at_ms: 9,
         });
         r
+    }
+
+    #[actix_rt::test]
+    async fn a_flush_through_one_write_covers_every_earlier_one_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(crate::store::SledStore::open(dir.path()).unwrap());
+        let codec = SessionCodec::new(&Keyring::single(1, VaultKey::generate())).unwrap();
+        let (actor, flusher) = SessionStoreActor::start_with_flusher(store, codec);
+        let mut seqs = Vec::new();
+        for i in 0..3 {
+            let mut r = record();
+            r.session_id = format!("as_{i}");
+            seqs.push(actor.send(PutSession { record: r }).await.unwrap().unwrap());
+        }
+        assert_eq!(seqs, [1, 2, 3], "numbered in store order");
+        flusher
+            .send(FlushThrough { seq: 2 })
+            .await
+            .unwrap()
+            .unwrap();
+        // The flush for write 2 started after write 3 was applied: it covered both.
+        assert!(flusher_position(&actor).await >= 3);
+        flusher
+            .send(FlushThrough { seq: 3 })
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// The flushed position, read through a probe message on the store thread.
+    async fn flusher_position(actor: &Addr<SessionStoreActor>) -> u64 {
+        actor.send(ProbeFlushed).await.unwrap()
+    }
+
+    #[derive(Message)]
+    #[rtype(result = "u64")]
+    struct ProbeFlushed;
+
+    impl Handler<ProbeFlushed> for SessionStoreActor {
+        type Result = u64;
+
+        fn handle(&mut self, _: ProbeFlushed, _: &mut Self::Context) -> u64 {
+            self.positions.flushed.load(Ordering::Acquire)
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use lark_auth::config::{AuthFlow, Config};
 use lark_auth::connection::ConnectionActor;
+use lark_auth::metrics::Metrics;
 use lark_auth::openapi::OpenApiClient;
 use lark_auth::sandbox::{DEFAULT_REDIRECT_URI, RecordedAck, Sandbox, SandboxConfig};
 use lark_auth::session::cards::CardLocale;
@@ -37,6 +38,7 @@ pub struct Harness {
     pub config: Config,
     pub settings: SessionSettings,
     pub keyring: Keyring,
+    pub metrics: Metrics,
     pub dir: tempfile::TempDir,
     store: Option<Arc<dyn Store>>,
 }
@@ -81,6 +83,7 @@ fn start_router(
     store: Arc<dyn Store>,
     keyring: &Keyring,
     vault: Addr<TokenVaultActor>,
+    metrics: &Metrics,
 ) -> Addr<RouterActor> {
     RouterActor::start(RouterParts {
         client: OpenApiClient::new(config).expect("client builds"),
@@ -88,6 +91,7 @@ fn start_router(
         keyring: keyring.clone(),
         vault,
         settings: settings.clone(),
+        metrics: metrics.clone(),
     })
     .expect("router starts")
 }
@@ -108,7 +112,15 @@ pub async fn start(
     let dir = tempfile::tempdir().unwrap();
     let keyring = Keyring::single(1, VaultKey::generate());
     let (store, vault) = open_parts(dir.path(), &keyring);
-    let router = start_router(&config, &settings, store.clone(), &keyring, vault.clone());
+    let metrics = Metrics::new();
+    let router = start_router(
+        &config,
+        &settings,
+        store.clone(),
+        &keyring,
+        vault.clone(),
+        &metrics,
+    );
     let connection = if connect {
         let actor = ConnectionActor::new(
             config.app.credentials.clone().unwrap(),
@@ -135,6 +147,7 @@ pub async fn start(
         config,
         settings,
         keyring,
+        metrics,
         dir,
         store: Some(store),
     }
@@ -249,6 +262,7 @@ impl Harness {
             store.clone(),
             &self.keyring,
             vault,
+            &self.metrics,
         );
         self.store = Some(store);
     }

@@ -197,13 +197,7 @@ fn send_inner(req: &HttpRequest, body: &[u8], shared: &Shared) -> Result<Value, 
     {
         return Err(refusal(400, 230_001, "uuid longer than 50 characters"));
     }
-    if !shared
-        .config
-        .openapi
-        .users
-        .iter()
-        .any(|u| u.open_id == receive_id)
-    {
+    if shared.config.openapi.user(&receive_id).is_none() {
         return Err(refusal(
             400,
             230_013,
@@ -224,22 +218,25 @@ fn send_inner(req: &HttpRequest, body: &[u8], shared: &Shared) -> Result<Value, 
         Some(id) => id,
         None => {
             let message_id = random_id("om_sandbox_");
-            o.messages.insert(
-                message_id.clone(),
-                StoredMessage {
-                    card: card.clone(),
-                    sent_at: now,
-                },
-            );
             if let Some(u) = &uuid {
                 o.uuids.insert(u.clone(), (message_id.clone(), now));
             }
-            o.sent_cards.push(SentCard {
-                message_id: message_id.clone(),
-                receive_id: receive_id.clone(),
-                card,
-                uuid,
-            });
+            o.sent_card_count += 1;
+            if shared.config.openapi.keep_cards {
+                o.messages.insert(
+                    message_id.clone(),
+                    StoredMessage {
+                        card: card.clone(),
+                        sent_at: now,
+                    },
+                );
+                o.sent_cards.push(SentCard {
+                    message_id: message_id.clone(),
+                    receive_id: receive_id.clone(),
+                    card,
+                    uuid,
+                });
+            }
             message_id
         }
     };

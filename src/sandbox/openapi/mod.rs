@@ -97,6 +97,29 @@ pub struct OpenApiSandboxConfig {
     /// Send every `code` as a numeric string (`"code": "0"`), as the Lark EN pages show
     /// (§2.3). Default false (numbers).
     pub string_codes: bool,
+    /// Every `ou_…` open_id is a user of the tenant (named after its id), besides
+    /// [`users`](Self::users): for benches with many users. Default false.
+    pub open_tenant: bool,
+    /// Keep every sent card (parsed) for [`Sandbox::sent_cards`], PATCH and delayed
+    /// updates. Default true. A bench sending 100,000 cards turns it off: sends are then
+    /// checked as usual but only counted ([`Sandbox::sent_card_count`]) and their uuid
+    /// remembered, and PATCH / delayed updates of those messages are refused as unknown.
+    pub keep_cards: bool,
+}
+
+impl OpenApiSandboxConfig {
+    /// The tenant user `open_id`, if there is one (see [`open_tenant`](Self::open_tenant)).
+    pub fn user(&self, open_id: &str) -> Option<SandboxUser> {
+        if let Some(u) = self.users.iter().find(|u| u.open_id == open_id) {
+            return Some(u.clone());
+        }
+        let rest = open_id.strip_prefix("ou_").filter(|_| self.open_tenant)?;
+        Some(SandboxUser::new(
+            open_id,
+            &format!("on_{rest}"),
+            &format!("User {rest}"),
+        ))
+    }
 }
 
 impl Default for OpenApiSandboxConfig {
@@ -118,6 +141,8 @@ impl Default for OpenApiSandboxConfig {
             ],
             tenant_key: "tk_test_tenant_0001".into(),
             string_codes: false,
+            open_tenant: false,
+            keep_cards: true,
         }
     }
 }
@@ -328,6 +353,7 @@ pub(crate) struct OpenApiState {
     pub(crate) messages: HashMap<String, StoredMessage>,
     pub(crate) uuids: HashMap<String, (String, Instant)>,
     pub(crate) sent_cards: Vec<SentCard>,
+    pub(crate) sent_card_count: usize,
     pub(crate) patches: Vec<CardPatch>,
     pub(crate) delayed_updates: Vec<DelayedCardUpdate>,
     pub(crate) card_tokens: HashMap<String, CardToken>,
@@ -518,14 +544,7 @@ impl Sandbox {
     // ----- simulated users ---------------------------------------------------------------
 
     fn check_user(&self, open_id: &str) -> Result<(), UserActionError> {
-        if self
-            .shared
-            .config
-            .openapi
-            .users
-            .iter()
-            .any(|u| u.open_id == open_id)
-        {
+        if self.shared.config.openapi.user(open_id).is_some() {
             Ok(())
         } else {
             Err(UserActionError::UnknownUser(open_id.into()))
@@ -680,8 +699,15 @@ impl Sandbox {
     // ----- cards -------------------------------------------------------------------------
 
     /// Every card accepted by `POST /im/v1/messages` (a uuid resend is not recorded twice).
+    /// Empty when [`OpenApiSandboxConfig::keep_cards`] is off.
     pub fn sent_cards(&self) -> Vec<SentCard> {
         self.shared.lock().openapi.sent_cards.clone()
+    }
+
+    /// How many new messages `POST /im/v1/messages` accepted (a uuid resend is not counted
+    /// twice), whether or not the cards are kept.
+    pub fn sent_card_count(&self) -> usize {
+        self.shared.lock().openapi.sent_card_count
     }
 
     /// Every accepted PATCH of a card.

@@ -574,7 +574,7 @@ async fn user_info(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse 
             match state.openapi.access_tokens.get(&token) {
                 Some(g) if !g.revoked && now < g.expires_at => {
                     let config = &shared.config.openapi;
-                    match config.users.iter().find(|u| u.open_id == g.open_id) {
+                    match config.user(&g.open_id) {
                         Some(u) => (
                             200,
                             json!({"code": 0, "msg": "success", "data": {

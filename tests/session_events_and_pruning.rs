@@ -1,0 +1,186 @@
+//! The router beyond authorizations, against the sandbox over the long connection: events
+//! of a subscribed type reach the `Subscribe` recipient once even when the platform
+//! redelivers them, unsubscribed events are acked and dropped, terminal sessions are
+//! pruned after their TTL and event-id dedup marks after their lifetime.
+
+mod sessions_common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use lark_auth::config::AuthFlow;
+use lark_auth::connection::EventReceived;
+use lark_auth::session::machine::SessionState;
+use lark_auth::session::{GetPruneStats, GetSession, Subscribe};
+use sessions_common::*;
+
+/// Records every event it receives.
+struct Collector {
+    seen: Arc<Mutex<Vec<EventReceived>>>,
+}
+
+impl Actor for Collector {
+    type Context = Context<Self>;
+}
+
+impl Handler<EventReceived> for Collector {
+    type Result = ();
+
+    fn handle(&mut self, msg: EventReceived, _: &mut Context<Self>) {
+        self.seen.lock().unwrap().push(msg);
+    }
+}
+
+const MESSAGE: &str = "im.message.receive_v1";
+
+fn event_json(event_id: &str, event_type: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "schema": "2.0",
+        "header": {"event_id": event_id, "event_type": event_type,
+                   "create_time": "1767225600000", "token": "verification-token",
+                   "app_id": "cli_sandbox_app", "tenant_key": "tk_test_tenant_0001"},
+        "event": {"message": {"message_id": "om_1", "content": "{\"text\":\"hi\"}"}}
+    }))
+    .unwrap()
+}
+
+async fn subscribe(h: &Harness, event_type: &str) -> Arc<Mutex<Vec<EventReceived>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let collector = Collector { seen: seen.clone() }.start();
+    h.router
+        .send(Subscribe {
+            event_type: event_type.into(),
+            recipient: collector.recipient(),
+        })
+        .await
+        .unwrap();
+    seen
+}
+
+fn ids(seen: &Mutex<Vec<EventReceived>>) -> Vec<String> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.event_id.clone())
+        .collect()
+}
+
+#[actix_rt::test]
+async fn a_subscribed_event_arrives_once_even_when_redelivered_and_others_are_acked_and_dropped() {
+    let h = start(AuthFlow::Device, true, |_| {}).await;
+    let seen = subscribe(&h, MESSAGE).await;
+
+    // The platform redelivers an event it thinks unacked under a new message id, with the
+    // same event id.
+    let first = h
+        .sandbox
+        .push_event(&event_json("ev_msg_1", MESSAGE))
+        .unwrap();
+    assert_eq!(h.ack_of(&first).await.code(), Some(200));
+    let again = h
+        .sandbox
+        .push_event(&event_json("ev_msg_1", MESSAGE))
+        .unwrap();
+    assert_ne!(first, again);
+    let other = h
+        .sandbox
+        .push_event(&event_json("ev_contact_1", "contact.user.created_v3"))
+        .unwrap();
+    let last = h
+        .sandbox
+        .push_event(&event_json("ev_msg_2", MESSAGE))
+        .unwrap();
+    for pushed in [&again, &other, &last] {
+        assert_eq!(h.ack_of(pushed).await.code(), Some(200), "{pushed} acked");
+    }
+
+    // Events reach the router in order; once the last is delivered, the redelivery and
+    // the unsubscribed event have been handled before it.
+    eventually("the last event delivered", || async {
+        ids(&seen).contains(&"ev_msg_2".to_string()).then_some(())
+    })
+    .await;
+    assert_eq!(ids(&seen), ["ev_msg_1", "ev_msg_2"]);
+    let delivered = seen.lock().unwrap();
+    assert_eq!(delivered[0].event_type, MESSAGE);
+    assert_eq!(delivered[0].message_id, first);
+}
+
+#[actix_rt::test]
+async fn terminal_sessions_are_pruned_after_their_ttl_and_running_ones_are_kept() {
+    let h = start(AuthFlow::Device, true, |s| {
+        s.terminal_ttl = Duration::from_millis(300);
+        s.prune_period = Duration::from_millis(50);
+    })
+    .await;
+    let ended = h.authorize(USER).await;
+    let user_code = h.user_code(1).await;
+    h.sandbox.deny_device(&user_code, USER).unwrap();
+    let view = h
+        .wait_for_state(&ended.session_id, SessionState::Denied)
+        .await;
+    let running = h.authorize(OTHER).await;
+
+    eventually("the denied session pruned", || async {
+        let found = h
+            .router
+            .send(GetSession {
+                session_id: ended.session_id.clone(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        found.is_none().then_some(())
+    })
+    .await;
+    // Not before its TTL: every view read so far was at most that old.
+    let pruned_at = lark_auth::vault::unix_now_ms();
+    assert!(pruned_at >= view.updated_at_ms + 300);
+    // The round's totals are added once its mark purge is done too.
+    let stats = eventually("the prune round counted", || async {
+        let stats = h.router.send(GetPruneStats).await.unwrap();
+        (stats.sessions >= 1).then_some(stats)
+    })
+    .await;
+    assert_eq!(stats.sessions, 1);
+    assert!(!h.session(&running.session_id).await.state.is_terminal());
+}
+
+#[actix_rt::test]
+async fn dedup_marks_are_purged_after_their_lifetime_and_the_event_id_is_new_again() {
+    let h = start(AuthFlow::Device, true, |s| {
+        s.dedup_ttl = Duration::from_millis(200);
+        s.prune_period = Duration::from_millis(50);
+    })
+    .await;
+    let seen = subscribe(&h, MESSAGE).await;
+    let first = h
+        .sandbox
+        .push_event(&event_json("ev_old", MESSAGE))
+        .unwrap();
+    h.ack_of(&first).await;
+    eventually("the event delivered", || async {
+        (ids(&seen).len() == 1).then_some(())
+    })
+    .await;
+
+    let stats = eventually("the mark purged", || async {
+        let stats = h.router.send(GetPruneStats).await.unwrap();
+        (stats.marks >= 1).then_some(stats)
+    })
+    .await;
+    assert_eq!(stats.marks, 1, "one event, one mark");
+
+    // Past the mark's lifetime the platform no longer redelivers; an event with that id is
+    // treated as new.
+    let again = h
+        .sandbox
+        .push_event(&event_json("ev_old", MESSAGE))
+        .unwrap();
+    h.ack_of(&again).await;
+    eventually("the event delivered again", || async {
+        (ids(&seen).len() == 2).then_some(())
+    })
+    .await;
+}
