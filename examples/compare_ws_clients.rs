@@ -370,10 +370,17 @@ async fn measure(
 
 /// Idle RSS (KiB) and start → first ack of `lark-auth serve` connected to the sandbox.
 async fn measure_serve(sandbox: &Sandbox, args: &Args) -> Result<(u64, Duration), String> {
+    use base64::Engine as _;
     let config_path = args.log_dir.join("serve-config.toml");
+    // A fresh vault per run: `serve` needs a vault key and refuses a vault sealed with
+    // another one. It also needs a control API token; its API listens on a free port.
+    let vault_path = args.log_dir.join("serve-vault");
+    let _ = std::fs::remove_dir_all(&vault_path);
+    let vault_key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
     let config = format!(
-        "[app]\napp_id_env = \"LARK_APP_ID\"\napp_secret_env = \"LARK_APP_SECRET\"\n\n[endpoints]\nopen_base_url = \"{base}\"\naccounts_base_url = \"{base}\"\n\n[log]\nlevel = \"warn\"\n",
-        base = sandbox.base_url()
+        "[app]\napp_id_env = \"LARK_APP_ID\"\napp_secret_env = \"LARK_APP_SECRET\"\n\n[endpoints]\nopen_base_url = \"{base}\"\naccounts_base_url = \"{base}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[vault]\npath = {vault:?}\n\n[log]\nlevel = \"warn\"\n",
+        base = sandbox.base_url(),
+        vault = vault_path.display().to_string(),
     );
     std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
     let log_path = args.log_dir.join("serve.log");
@@ -387,6 +394,11 @@ async fn measure_serve(sandbox: &Sandbox, args: &Args) -> Result<(u64, Duration)
         .arg(&config_path)
         .env("LARK_APP_ID", APP_ID)
         .env("LARK_APP_SECRET", APP_SECRET)
+        .env("LARK_AUTH_VAULT_KEY", vault_key)
+        .env(
+            "LARK_AUTH_API_TOKEN",
+            format!("{:032x}", rand::random::<u128>()),
+        )
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err)
