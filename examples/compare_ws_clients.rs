@@ -108,6 +108,8 @@ struct Measured {
     idle_rss_kib: Option<u64>,
     small: Option<FloodReport>,
     small_cpu: Option<Duration>,
+    /// CPU of this process (the sandbox) during the small flood.
+    sandbox_cpu: Option<Duration>,
     chunked: Option<FloodReport>,
     chunked_cpu: Option<Duration>,
     peak_rss_kib: Option<u64>,
@@ -296,7 +298,9 @@ async fn measure(
         )
         .await?;
     }
+    let me = std::process::id();
     let cpu0 = proc_cpu(pid, ticks);
+    let own0 = proc_cpu(me, ticks);
     let small = flood_checked(
         sandbox,
         FloodSpec {
@@ -307,7 +311,9 @@ async fn measure(
     )
     .await;
     let cpu1 = proc_cpu(pid, ticks);
+    let own1 = proc_cpu(me, ticks);
     m.small_cpu = cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a));
+    m.sandbox_cpu = own0.zip(own1).map(|(a, b)| b.saturating_sub(a));
     m.small = Some(small?);
     let chunked = flood_checked(
         sandbox,
@@ -364,10 +370,17 @@ async fn measure(
 
 /// Idle RSS (KiB) and start → first ack of `lark-auth serve` connected to the sandbox.
 async fn measure_serve(sandbox: &Sandbox, args: &Args) -> Result<(u64, Duration), String> {
+    use base64::Engine as _;
     let config_path = args.log_dir.join("serve-config.toml");
+    // A fresh vault per run: `serve` needs a vault key and refuses a vault sealed with
+    // another one. It also needs a control API token; its API listens on a free port.
+    let vault_path = args.log_dir.join("serve-vault");
+    let _ = std::fs::remove_dir_all(&vault_path);
+    let vault_key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
     let config = format!(
-        "[app]\napp_id_env = \"LARK_APP_ID\"\napp_secret_env = \"LARK_APP_SECRET\"\n\n[endpoints]\nopen_base_url = \"{base}\"\naccounts_base_url = \"{base}\"\n\n[log]\nlevel = \"warn\"\n",
-        base = sandbox.base_url()
+        "[app]\napp_id_env = \"LARK_APP_ID\"\napp_secret_env = \"LARK_APP_SECRET\"\n\n[endpoints]\nopen_base_url = \"{base}\"\naccounts_base_url = \"{base}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[vault]\npath = {vault:?}\n\n[log]\nlevel = \"warn\"\n",
+        base = sandbox.base_url(),
+        vault = vault_path.display().to_string(),
     );
     std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
     let log_path = args.log_dir.join("serve.log");
@@ -381,6 +394,11 @@ async fn measure_serve(sandbox: &Sandbox, args: &Args) -> Result<(u64, Duration)
         .arg(&config_path)
         .env("LARK_APP_ID", APP_ID)
         .env("LARK_APP_SECRET", APP_SECRET)
+        .env("LARK_AUTH_VAULT_KEY", vault_key)
+        .env(
+            "LARK_AUTH_API_TOKEN",
+            format!("{:032x}", rand::random::<u128>()),
+        )
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err)
@@ -439,12 +457,13 @@ fn cpu(d: Option<Duration>, events: usize) -> String {
     })
 }
 
-const COLUMNS: [&str; 11] = [
+const COLUMNS: [&str; 12] = [
     "client",
     "events/s",
     "p50",
     "p99",
     "CPU",
+    "sandbox CPU",
     "chunked events/s",
     "chunked p99",
     "chunked CPU",
@@ -463,6 +482,7 @@ fn rows(results: &[Measured], args: &Args) -> Vec<Vec<String>> {
                 lat(m.small.as_ref(), |r| r.p50_latency),
                 lat(m.small.as_ref(), |r| r.p99_latency),
                 cpu(m.small_cpu, args.events),
+                cpu(m.sandbox_cpu, args.events),
                 rate(m.chunked.as_ref()),
                 lat(m.chunked.as_ref(), |r| r.p99_latency),
                 cpu(m.chunked_cpu, args.chunked_events),
@@ -540,7 +560,7 @@ async fn run(args: Args) -> Result<bool, String> {
         args.warmup
     );
     println!(
-        "client logs in {}; CPU = utime+stime of the client process during the flood; RSS from /proc/<pid>/status",
+        "client logs in {}; CPU = utime+stime of the client process during the flood (sandbox CPU: of this process, which runs the sandbox); RSS from /proc/<pid>/status",
         args.log_dir.display()
     );
 
@@ -607,13 +627,20 @@ async fn run(args: Args) -> Result<bool, String> {
             sandbox.drop_all();
         }
         if let Some(r) = &m.small {
+            let per_event = |d: Option<Duration>| {
+                d.map_or("–".to_string(), |d| {
+                    format!("{:.2}", d.as_secs_f64() * 1e6 / args.events.max(1) as f64)
+                })
+            };
             println!(
-                "   {:.0} events/s, p50 {:?}, p99 {:?}, max {:?} ({:.1} s)",
+                "   {:.0} events/s, p50 {:?}, p99 {:?}, max {:?} ({:.1} s); CPU µs/event: client {}, sandbox {}",
                 r.acks_per_sec(),
                 r.p50_latency,
                 r.p99_latency,
                 r.max_latency,
-                t.elapsed().as_secs_f64()
+                t.elapsed().as_secs_f64(),
+                per_event(m.small_cpu),
+                per_event(m.sandbox_cpu)
             );
         }
         results.push(m);

@@ -9,7 +9,7 @@
 //!   `serve`) with a consumer actor that drops every event: what a user of the library
 //!   runs. Logs at `warn` to stderr, like the SDK clients at WARNING.
 //! - `reference`: the bare stack on one task, no actors: discovery, WebSocket, frame
-//!   decode, chunk reassembly (`ChunkAssembler`), typed envelope parse (`EnvelopeRef`),
+//!   read in place (`FrameView`, as the actor), chunk reassembly (`ChunkAssembler`), typed envelope parse (`EnvelopeRef`),
 //!   ack encode and write. The ceiling lark-auth's actor could reach with this stack.
 //! - `trivial`: decode and ack on the last part, nothing else (no reassembly, no parse): a
 //!   measure of the sandbox's own ceiling.
@@ -30,7 +30,7 @@ use lark_auth::connection::{
 };
 use lark_auth::protocol::chunk::{ChunkAssembler, ChunkLimits, ChunkOutcome};
 use lark_auth::protocol::event::{CardActionResponse, EnvelopeRef};
-use lark_auth::protocol::{AckPayload, Frame, FrameKind};
+use lark_auth::protocol::{AckPayload, FrameKind, FrameView};
 use lark_auth::secret::Secret;
 
 /// Drops every event, like a service whose consumer only enqueues.
@@ -129,7 +129,8 @@ fn answer(frame: ws::Frame, reference: bool, assembler: &mut ChunkAssembler) -> 
         ws::Frame::Close(_) => return Step::End,
         _ => return Step::Nothing,
     };
-    let Ok(mut frame) = Frame::decode_bytes(bytes) else {
+    // The same in-place read and ack as the actor's (the sandbox writes frames it takes).
+    let Some(frame) = FrameView::parse(bytes) else {
         return Step::Nothing;
     };
     if frame.kind() != FrameKind::Event {
@@ -139,7 +140,7 @@ fn answer(frame: ws::Frame, reference: bool, assembler: &mut ChunkAssembler) -> 
         return Step::Nothing;
     };
     let ack = if reference {
-        let part = frame.payload.take().unwrap_or_default();
+        let part = frame.payload().unwrap_or_default();
         let payload = match assembler.accept(frame.message_id(), position, part, Instant::now()) {
             Ok(ChunkOutcome::Complete(payload)) => payload,
             _ => return Step::Nothing,
@@ -158,9 +159,9 @@ fn answer(frame: ws::Frame, reference: bool, assembler: &mut ChunkAssembler) -> 
         }
         AckPayload::OK
     };
-    Step::Reply(ws::Message::Binary(
-        frame.into_response(0, &ack).encode_to_bytes(),
-    ))
+    let mut out = bytes::BytesMut::new();
+    frame.write_response(0, &ack, &mut out);
+    Step::Reply(ws::Message::Binary(out.freeze()))
 }
 
 async fn run_bare(

@@ -39,7 +39,7 @@ use crate::protocol::endpoint::{ConnectFailure, ConnectionTuning, WsEndpoint};
 use crate::protocol::event::{
     CardActionResponse, CardActionTrigger, EVENT_TYPE_CARD_ACTION_TRIGGER, EnvelopeRef,
 };
-use crate::protocol::{AckPayload, Frame, FrameKind};
+use crate::protocol::{AckPayload, Frame, FrameKind, FrameView};
 
 use self::recent::RecentMessages;
 use self::reconnect::ReconnectPolicy;
@@ -49,6 +49,8 @@ use self::transport::WsFramed;
 const RECENT_MESSAGES_CAPACITY: usize = 100_000;
 /// How often incomplete chunked messages and old message ids are swept.
 const SWEEP_PERIOD: Duration = Duration::from_secs(1);
+/// Size of the buffer acks are written into (many acks per allocation).
+const ACK_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Errors of the connection layer that reach callers.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -233,6 +235,8 @@ pub struct ConnectionActor {
     /// allocates a label nor looks one up in the registry.
     event_counters:
         std::collections::HashMap<Box<str>, prometheus_client::metrics::counter::Counter>,
+    /// Acks are written here and split off, so an ack costs no allocation of its own.
+    ack_buf: BytesMut,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -281,6 +285,7 @@ impl ConnectionActor {
             counters: Counters::default(),
             metrics: None,
             event_counters: std::collections::HashMap::new(),
+            ack_buf: BytesMut::new(),
         })
     }
 
@@ -514,6 +519,14 @@ impl ConnectionActor {
 
     /// One complete WebSocket binary message.
     fn on_binary(&mut self, bytes: Bytes, ctx: &mut Context<Self>) {
+        // Data frames are read in place (no header strings) and answered from their bytes.
+        if let Some(view) = FrameView::parse(bytes.clone()) {
+            let kind = view.kind();
+            if kind.is_data() {
+                self.on_data_frame(kind, view, ctx);
+                return;
+            }
+        }
         let frame = match Frame::decode_bytes(bytes) {
             Ok(frame) => frame,
             Err(e) => {
@@ -536,7 +549,17 @@ impl ConnectionActor {
                 }
             }
             FrameKind::Ping => debug!("ping from the server ignored"),
-            kind @ (FrameKind::Event | FrameKind::Card) => self.on_data_frame(kind, frame, ctx),
+            // A data frame the view does not take as it came (fields out of order, unknown
+            // fields): answered from its canonical encoding, as `into_response` would.
+            kind @ (FrameKind::Event | FrameKind::Card) => {
+                match FrameView::parse(frame.encode_to_bytes()) {
+                    Some(view) => self.on_data_frame(kind, view, ctx),
+                    None => {
+                        self.counters.rejected_frames += 1;
+                        warn!(message_id = frame.message_id(), "data frame rejected");
+                    }
+                }
+            }
             FrameKind::Unknown => {
                 debug!(
                     method = frame.method,
@@ -547,7 +570,7 @@ impl ConnectionActor {
         }
     }
 
-    fn on_data_frame(&mut self, kind: FrameKind, mut frame: Frame, ctx: &mut Context<Self>) {
+    fn on_data_frame(&mut self, kind: FrameKind, frame: FrameView, ctx: &mut Context<Self>) {
         self.counters.data_frames_in += 1;
         if let Some(m) = &self.metrics {
             m.frame_in();
@@ -561,7 +584,7 @@ impl ConnectionActor {
                 return;
             }
         };
-        let part = frame.payload.take().unwrap_or_default();
+        let part = frame.payload().unwrap_or_default();
         let payload = match self
             .assembler
             .accept(frame.message_id(), position, part, received_at)
@@ -660,7 +683,7 @@ impl ConnectionActor {
     /// acks on the same connection. The read loop goes on meanwhile.
     fn answer_callback(
         &mut self,
-        frame: Frame,
+        frame: FrameView,
         message: CardActionReceived,
         received_at: Instant,
         ctx: &mut Context<Self>,
@@ -718,7 +741,7 @@ impl ConnectionActor {
 
     fn ack(
         &mut self,
-        frame: Frame,
+        frame: FrameView,
         received_at: Instant,
         payload: &AckPayload<'_>,
         ctx: &mut Context<Self>,
@@ -731,7 +754,13 @@ impl ConnectionActor {
         if let Some(m) = &self.metrics {
             m.ack_written(elapsed.as_secs_f64());
         }
-        let bytes = frame.into_response(biz_rt, payload).encode_to_bytes();
+        if self.ack_buf.capacity() - self.ack_buf.len() < frame.bytes().len() + 64 {
+            // Reclaims the buffer once the acks split off it are written, else allocates.
+            self.ack_buf
+                .reserve(ACK_BUFFER_BYTES.max(frame.bytes().len() + 64));
+        }
+        frame.write_response(biz_rt, payload, &mut self.ack_buf);
+        let bytes = self.ack_buf.split().freeze();
         if live.sink.write(ws::Message::Binary(bytes)).is_err() {
             self.connection_lost("write_failed", ctx);
             return;

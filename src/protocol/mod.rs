@@ -15,7 +15,7 @@ pub mod frame;
 pub mod handshake;
 
 pub use chunk::{ChunkAssembler, ChunkError, ChunkLimits, ChunkOutcome};
-pub use frame::{AckPayload, ChunkPosition, Frame, FrameKind, Header};
+pub use frame::{AckPayload, ChunkPosition, Frame, FrameKind, FrameView, Header};
 
 /// Errors of the protocol layer. Each is a rejection of one input; none is fatal to a
 /// connection: log it, answer what can be answered, drop the rest.

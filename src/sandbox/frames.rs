@@ -9,7 +9,7 @@ use super::Shared;
 use crate::protocol::Frame;
 use crate::protocol::frame::{
     HEADER_BIZ_RT, HEADER_MESSAGE_ID, HEADER_SEQ, HEADER_SUM, HEADER_TRACE_ID, HEADER_TYPE, Header,
-    METHOD_DATA,
+    METHOD_DATA, put_varint,
 };
 
 /// Splits `payload` into `parts` contiguous byte ranges of nearly equal length (§6.1).
@@ -93,6 +93,64 @@ pub(crate) fn data_frame(
         payload: Some(payload),
         log_id_new: Some(format!("sandbox-logid-new-{log_id}")),
     }
+}
+
+/// Number of bytes of `value` as a protobuf varint.
+fn varint_len(value: u64) -> usize {
+    // 1 byte per started group of 7 bits, at least one.
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// The fields of one data frame as the sandbox writes it, for [`encode_data_frame`].
+pub(crate) struct DataFrameFields<'a> {
+    pub(crate) service: i32,
+    pub(crate) seq_id: u64,
+    pub(crate) log_id: u64,
+    pub(crate) kind: &'a [u8],
+    pub(crate) message_id: &'a [u8],
+    pub(crate) sum: &'a [u8],
+    pub(crate) seq: &'a [u8],
+    pub(crate) trace_id: &'a [u8],
+    pub(crate) payload: &'a [u8],
+    pub(crate) log_id_new: &'a [u8],
+}
+
+/// Appends the protobuf encoding of the frame [`data_frame`] builds from the same values,
+/// byte for byte, without building a [`Frame`] (no header strings): the flood's hot path.
+pub(crate) fn encode_data_frame(f: &DataFrameFields<'_>, out: &mut Vec<u8>) {
+    fn len_field(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
+        out.push(tag);
+        put_varint(out, value.len() as u64);
+        out.extend_from_slice(value);
+    }
+    out.push(0x08);
+    put_varint(out, f.seq_id);
+    out.push(0x10);
+    put_varint(out, f.log_id);
+    out.push(0x18);
+    // int32 on the wire: negative values sign-extended to 64 bits.
+    put_varint(out, i64::from(f.service) as u64);
+    out.push(0x20);
+    put_varint(out, METHOD_DATA as u64);
+    for (key, value) in [
+        (HEADER_TYPE.as_bytes(), f.kind),
+        (HEADER_MESSAGE_ID.as_bytes(), f.message_id),
+        (HEADER_SUM.as_bytes(), f.sum),
+        (HEADER_SEQ.as_bytes(), f.seq),
+        (HEADER_TRACE_ID.as_bytes(), f.trace_id),
+    ] {
+        let len = 2
+            + varint_len(key.len() as u64)
+            + key.len()
+            + varint_len(value.len() as u64)
+            + value.len();
+        out.push(0x2a);
+        put_varint(out, len as u64);
+        len_field(out, 0x0a, key);
+        len_field(out, 0x12, value);
+    }
+    len_field(out, 0x42, f.payload);
+    len_field(out, 0x4a, f.log_id_new);
 }
 
 /// The payload of a response frame as the sandbox understood it (§6.3).
@@ -206,6 +264,7 @@ pub fn check_echo(pushed: &Frame, ack: &Frame) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message as _;
 
     fn fixture(name: &str) -> Frame {
         let path = format!(
@@ -226,6 +285,51 @@ mod tests {
         assert_eq!(parts[0].len(), 4);
         assert_eq!(split_payload(b"ab", 5).len(), 2);
         assert_eq!(split_payload(b"", 3), vec![Bytes::new()]);
+    }
+
+    #[test]
+    fn encoded_data_frames_equal_the_built_ones() {
+        for (service, ids, seq, payload) in [
+            (33554678, (1 << 53, (1 << 53) + 7), 0, &b"{\"a\":1}"[..]),
+            (-2, (0, 1), 2, &[0xe6, 0x8e][..]),
+            (1, (u64::MAX, 5), 1, &[b'x'; 300][..]),
+        ] {
+            let built = data_frame(
+                service,
+                ids,
+                "event",
+                "flood_3_17",
+                "3",
+                seq,
+                "flood_trace_3_17",
+                Bytes::copy_from_slice(payload),
+            )
+            .encode_to_vec();
+            let log_id_new = format!("sandbox-logid-new-{}", ids.1);
+            let seq = seq.to_string();
+            let mut encoded = Vec::new();
+            encode_data_frame(
+                &DataFrameFields {
+                    service,
+                    seq_id: ids.0,
+                    log_id: ids.1,
+                    kind: b"event",
+                    message_id: b"flood_3_17",
+                    sum: b"3",
+                    seq: seq.as_bytes(),
+                    trace_id: b"flood_trace_3_17",
+                    payload,
+                    log_id_new: log_id_new.as_bytes(),
+                },
+                &mut encoded,
+            );
+            assert_eq!(encoded, built);
+        }
+        for v in [0, 1, 127, 128, 16_383, 16_384, u64::MAX] {
+            let mut buf = Vec::new();
+            put_varint(&mut buf, v);
+            assert_eq!(varint_len(v), buf.len(), "{v}");
+        }
     }
 
     #[test]

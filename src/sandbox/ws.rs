@@ -6,30 +6,35 @@
 //! acks) and executes [`Command`]s sent by the [`super::Sandbox`] handle over an unbounded
 //! channel (pushes, close, drop, flood).
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
+
+use actix_web::body::{BodySize, BoxBody, MessageBody};
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CONTENT_TYPE, USER_AGENT};
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
-use bytes::Bytes;
-use futures_util::StreamExt as _;
+use bytes::{BufMut as _, Bytes, BytesMut};
+use futures_util::{FutureExt as _, StreamExt as _};
 use rand::Rng as _;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
-use super::frames::{AckPayloadView, check_echo, data_frame, split_payload};
+use super::frames::{AckPayloadView, DataFrameFields, check_echo, encode_data_frame};
 use super::{
     Command, ConnEntry, ConnectionId, DiscoveryFault, FloodReport, FloodSpec, HandshakeFault,
     RecordedAck, RecordedDiscovery, RecordedPing, Shared, TicketGrant, UnexpectedFrame,
 };
 use crate::protocol::endpoint::ENDPOINT_PATH;
+use crate::protocol::frame::decimal;
 use crate::protocol::frame::{HEADER_BIZ_RT, HEADER_SEQ, METHOD_CONTROL, METHOD_DATA};
-use crate::protocol::{Frame, FrameKind};
+use crate::protocol::{Frame, FrameKind, FrameView};
 
 /// Path of the WebSocket endpoint in the issued URL (§2.2).
 const WS_PATH: &str = "/ws/v2";
@@ -37,6 +42,9 @@ const WS_PATH: &str = "/ws/v2";
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// `message_id` prefix of flood events (never used by other pushes).
 const FLOOD_PREFIX: &str = "flood_";
+/// Most client messages a flooded connection handles before it refills the window, so
+/// the events that replace a batch of acks go out in one body chunk.
+const FLOOD_READ_BATCH: usize = 64;
 
 /// Registers the routes of this module on the sandbox App.
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
@@ -243,6 +251,13 @@ async fn handshake(
         return Ok(refuse(&fault));
     }
     let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let tap = Tap::default();
+    let response = response
+        .map_body(|_, inner| TappedBody {
+            inner,
+            tap: tap.clone(),
+        })
+        .map_into_boxed_body();
     state.accepted += 1;
     let id = ConnectionId(state.accepted);
     let device_id = grant.unwrap_or_default();
@@ -263,10 +278,75 @@ async fn handshake(
         .max_frame_size(shared.config.max_frame_size)
         .aggregate_continuations()
         .max_continuation_size(shared.config.max_frame_size);
-    let connection = Connection::new(shared.clone(), id, session, socket);
+    let connection = Connection::new(shared.clone(), id, session, socket, tap);
     actix_rt::spawn(connection.run(stream, command_rx));
     shared.notify();
     Ok(response)
+}
+
+/// Bytes written straight into the WebSocket response body, already framed as binary
+/// messages: the flood's events, many per body chunk, without a channel message and a
+/// codec copy per event (`actix_ws::Session` costs both). Shared by the connection task
+/// and its [`TappedBody`], which run on the same worker thread.
+#[derive(Default)]
+struct TapState {
+    buf: BytesMut,
+    waker: Option<Waker>,
+}
+
+type Tap = Rc<RefCell<TapState>>;
+
+/// The WebSocket response body: actix-ws's own (every `Session` message: pongs, pushes,
+/// Close) merged with the [`Tap`]. Both yield whole WebSocket frames per chunk, so
+/// interleaving them at chunk boundaries is safe. Ends when actix-ws's body ends (Close
+/// sent or the session gone).
+struct TappedBody {
+    inner: BoxBody,
+    tap: Tap,
+}
+
+impl MessageBody for TappedBody {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        BodySize::Stream
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(item) = Pin::new(&mut this.inner).poll_next(cx) {
+            return Poll::Ready(item);
+        }
+        let mut tap = this.tap.borrow_mut();
+        if tap.buf.is_empty() {
+            if !tap.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                tap.waker = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
+        }
+        Poll::Ready(Some(Ok(tap.buf.split().freeze())))
+    }
+}
+
+/// Appends one server-to-client WebSocket binary frame (FIN, unmasked, RFC 6455 §5.2).
+fn put_ws_binary(out: &mut BytesMut, payload: &[u8]) {
+    out.reserve(payload.len() + 10);
+    out.put_u8(0x82);
+    match payload.len() {
+        len @ 0..=125 => out.put_u8(len as u8),
+        len @ 126..=0xffff => {
+            out.put_u8(126);
+            out.put_u16(len as u16);
+        }
+        len => {
+            out.put_u8(127);
+            out.put_u64(len as u64);
+        }
+    }
+    out.extend_from_slice(payload);
 }
 
 /// Removes the connection from the registry when its task ends or is dropped (server
@@ -302,6 +382,8 @@ struct Connection {
     /// When we sent Close and are waiting for the client's answer.
     closing_since: Option<Instant>,
     flood: Option<Flood>,
+    /// Where flood events are written (see [`TapState`]).
+    tap: Tap,
 }
 
 impl Connection {
@@ -310,6 +392,7 @@ impl Connection {
         id: ConnectionId,
         session: Session,
         socket: Option<Arc<socket2::Socket>>,
+        tap: Tap,
     ) -> Self {
         let payload = if shared.config.pong_with_config {
             serde_json::to_vec(&shared.config.client_config)
@@ -330,6 +413,7 @@ impl Connection {
             pong,
             closing_since: None,
             flood: None,
+            tap,
         }
     }
 
@@ -379,12 +463,20 @@ impl Connection {
             })
             .await;
             let keep_going = match wake {
-                Wake::Ws(Some(Ok(message))) => self.on_message(message).await,
-                Wake::Ws(Some(Err(e))) => {
-                    tracing::debug!(id = %self.id(), error = %e, "sandbox: protocol error");
-                    false
+                Wake::Ws(item) => {
+                    let mut keep_going = self.on_ws(item).await;
+                    // During a flood: handle every message already received (up to a
+                    // batch) before refilling the window.
+                    let mut batch = 1;
+                    while keep_going && self.flood.is_some() && batch < FLOOD_READ_BATCH {
+                        let Some(item) = stream.next().now_or_never() else {
+                            break;
+                        };
+                        keep_going = self.on_ws(item).await;
+                        batch += 1;
+                    }
+                    keep_going
                 }
-                Wake::Ws(None) => false,
                 Wake::Command(Some(cmd)) => self.on_command(cmd).await,
                 // The handle is gone: the sandbox is being dropped.
                 Wake::Command(None) => false,
@@ -393,8 +485,8 @@ impl Connection {
             if !keep_going {
                 break;
             }
-            if self.flood.is_some() && !self.fill_flood_window().await {
-                break;
+            if self.flood.is_some() {
+                self.fill_flood_window();
             }
         }
         self.shutdown_tcp();
@@ -403,6 +495,21 @@ impl Connection {
     fn shutdown_tcp(&self) {
         if let Some(socket) = &self.socket {
             let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Handles one item of the client stream; false ends the connection.
+    async fn on_ws(
+        &mut self,
+        item: Option<Result<AggregatedMessage, actix_ws::ProtocolError>>,
+    ) -> bool {
+        match item {
+            Some(Ok(message)) => self.on_message(message).await,
+            Some(Err(e)) => {
+                tracing::debug!(id = %self.id(), error = %e, "sandbox: protocol error");
+                false
+            }
+            None => false,
         }
     }
 
@@ -446,6 +553,14 @@ impl Connection {
 
     /// Handles one binary message holding a `Frame` (§4).
     async fn on_frame(&mut self, bytes: Bytes) -> bool {
+        // Flood acks: read in place (message_id and payload only), no `Frame` decode.
+        if let Some(flood) = self.flood.as_mut()
+            && let Some(view) = FrameView::parse(bytes.clone())
+            && view.method() == METHOD_DATA
+            && flood.on_ack(view.message_id(), view.payload().as_deref(), Instant::now())
+        {
+            return true;
+        }
         let frame = match Frame::decode_bytes(bytes.clone()) {
             Ok(frame) => frame,
             Err(e) => {
@@ -471,7 +586,7 @@ impl Connection {
             METHOD_DATA => {
                 let now = Instant::now();
                 if let Some(flood) = self.flood.as_mut()
-                    && flood.on_ack(&frame, now)
+                    && flood.on_ack(frame.message_id(), frame.payload.as_deref(), now)
                 {
                     return true;
                 }
@@ -588,33 +703,39 @@ impl Connection {
         true
     }
 
-    /// Writes flood events while the window allows and finishes the flood when all are
-    /// acked; false ends the connection (write failed).
-    async fn fill_flood_window(&mut self) -> bool {
+    /// Writes flood events while the window allows, all into the [`Tap`] at once (one body
+    /// chunk, one wake of the body), and finishes the flood when all are acked.
+    fn fill_flood_window(&mut self) {
         let Some(flood) = self.flood.as_mut() else {
-            return true;
+            return;
         };
         if self.shared.is_silent() {
-            return true;
+            return;
         }
-        while flood.sent < flood.spec.count
-            && flood.sent - flood.acked < flood.window
-            && flood.pace_allows(Instant::now())
-        {
-            let (frames, n) = flood.next_event(&self.shared);
-            for bytes in frames {
-                if self.session.binary(bytes).await.is_err() {
-                    return false;
-                }
+        let mut tap = self.tap.borrow_mut();
+        let was_empty = tap.buf.is_empty();
+        let mut wrote = false;
+        while flood.sent < flood.spec.count && flood.sent - flood.acked < flood.window {
+            let now = Instant::now();
+            if !flood.pace_allows(now) {
+                break;
             }
-            flood.sent_at[n] = Some(Instant::now());
+            let n = flood.write_event(&self.shared, &mut tap.buf);
+            flood.sent_at[n] = Some(now);
+            wrote = true;
         }
+        if wrote
+            && was_empty
+            && let Some(waker) = tap.waker.take()
+        {
+            waker.wake();
+        }
+        drop(tap);
         if flood.acked >= flood.spec.count
             && let Some(flood) = self.flood.take()
         {
             flood.finish(&self.shared, false);
         }
-        true
     }
 }
 
@@ -624,10 +745,17 @@ struct Flood {
     spec: FloodSpec,
     window: usize,
     reply: oneshot::Sender<FloodReport>,
-    run: u64,
     /// The template cut at each `{n}`.
     template: Vec<Vec<u8>>,
     prefix: String,
+    /// `trace_id` of event `n` is this followed by `n`.
+    trace_prefix: String,
+    /// Reused buffers of [`Flood::write_event`]: the payload, the ids, one encoded frame
+    /// per part.
+    payload: Vec<u8>,
+    message_id: Vec<u8>,
+    trace_id: Vec<u8>,
+    parts: Vec<Vec<u8>>,
     sent: usize,
     acked: usize,
     non_200: usize,
@@ -657,9 +785,13 @@ impl Flood {
         Flood {
             window: spec.window.max(1),
             reply,
-            run,
             template,
             prefix: format!("{FLOOD_PREFIX}{run}_"),
+            trace_prefix: format!("flood_trace_{run}_"),
+            payload: Vec::new(),
+            message_id: Vec::new(),
+            trace_id: Vec::new(),
+            parts: Vec::new(),
             sent: 0,
             acked: 0,
             non_200: 0,
@@ -686,56 +818,84 @@ impl Flood {
         self.next_paced_send().is_none_or(|due| now >= due)
     }
 
-    /// Builds the frames of the next event; returns them and the event number.
-    fn next_event(&mut self, shared: &Shared) -> (Vec<Bytes>, usize) {
+    /// Appends the frames of the next event to `out`, each as a WebSocket binary frame;
+    /// returns the event number. The frames are those `frames::data_frame` builds (ids
+    /// from the shared counters in `seq` order, then sent in `chunk_order`), encoded
+    /// without building them.
+    fn write_event(&mut self, shared: &Shared, out: &mut BytesMut) -> usize {
         let n = self.sent;
         self.sent += 1;
-        let number = n.to_string();
-        let mut payload = Vec::with_capacity(self.spec.payload_template.len() + 8);
+        let mut digits = [0u8; 20];
+        let number = decimal(&mut digits, n as u64);
+        self.payload.clear();
         for (i, piece) in self.template.iter().enumerate() {
             if i > 0 {
-                payload.extend_from_slice(number.as_bytes());
+                self.payload.extend_from_slice(number);
             }
-            payload.extend_from_slice(piece);
+            self.payload.extend_from_slice(piece);
         }
-        let message_id = format!("{}{n}", self.prefix);
-        let trace_id = format!("flood_trace_{}_{n}", self.run);
-        let chunks = split_payload(&payload, self.spec.chunked_parts.unwrap_or(1));
-        let sum = chunks.len().to_string();
-        let mut frames: Vec<Bytes> = chunks
-            .into_iter()
-            .enumerate()
-            .map(|(seq, chunk)| {
-                data_frame(
-                    shared.config.service_id,
-                    shared.next_ids(),
-                    "event",
-                    &message_id,
-                    &sum,
-                    seq,
-                    &trace_id,
-                    chunk,
-                )
-                .encode_to_bytes()
-            })
-            .collect();
+        self.message_id.clear();
+        self.message_id.extend_from_slice(self.prefix.as_bytes());
+        self.message_id.extend_from_slice(number);
+        self.trace_id.clear();
+        self.trace_id
+            .extend_from_slice(self.trace_prefix.as_bytes());
+        self.trace_id.extend_from_slice(number);
+        // As `frames::split_payload`: nearly equal contiguous parts, none empty.
+        let len = self.payload.len();
+        let parts = self.spec.chunked_parts.unwrap_or(1).clamp(1, len.max(1));
+        let (base, extra) = (len / parts, len % parts);
+        let mut sum_digits = [0u8; 20];
+        let sum = decimal(&mut sum_digits, parts as u64);
+        self.parts
+            .resize_with(parts.max(self.parts.len()), Vec::new);
+        let mut start = 0;
+        for seq in 0..parts {
+            let end = start + base + usize::from(seq < extra);
+            let (seq_id, log_id) = shared.next_ids();
+            let mut seq_digits = [0u8; 20];
+            let mut log_new_buf = [0u8; 40];
+            let log_new = {
+                const PREFIX: &[u8] = b"sandbox-logid-new-";
+                let mut id_digits = [0u8; 20];
+                let id = decimal(&mut id_digits, log_id);
+                log_new_buf[..PREFIX.len()].copy_from_slice(PREFIX);
+                log_new_buf[PREFIX.len()..PREFIX.len() + id.len()].copy_from_slice(id);
+                &log_new_buf[..PREFIX.len() + id.len()]
+            };
+            let frame = &mut self.parts[seq];
+            frame.clear();
+            encode_data_frame(
+                &DataFrameFields {
+                    service: shared.config.service_id,
+                    seq_id,
+                    log_id,
+                    kind: b"event",
+                    message_id: &self.message_id,
+                    sum,
+                    seq: decimal(&mut seq_digits, seq as u64),
+                    trace_id: &self.trace_id,
+                    payload: &self.payload[start..end],
+                    log_id_new: log_new,
+                },
+                frame,
+            );
+            start = end;
+        }
         // `Sandbox::flood` checked that a non-empty order is a permutation of the parts;
         // a payload shorter than the part count gives fewer parts and is sent in order.
-        if !self.spec.chunk_order.is_empty() && self.spec.chunk_order.len() == frames.len() {
-            frames = self
-                .spec
-                .chunk_order
-                .iter()
-                .map(|&i| frames[i].clone())
-                .collect();
+        let ordered = !self.spec.chunk_order.is_empty() && self.spec.chunk_order.len() == parts;
+        for k in 0..parts {
+            let seq = if ordered { self.spec.chunk_order[k] } else { k };
+            put_ws_binary(out, &self.parts[seq]);
         }
-        (frames, n)
+        n
     }
 
-    /// Counts a flood ack; false when the frame is not one of this flood's.
-    fn on_ack(&mut self, frame: &Frame, now: Instant) -> bool {
-        let Some(n) = frame
-            .message_id()
+    /// Counts a flood ack (its `message_id` header and payload); false when it is not one
+    /// of this flood's.
+    fn on_ack(&mut self, message_id: &str, payload: Option<&[u8]>, now: Instant) -> bool {
+        let Some(n) = message_id
             .strip_prefix(self.prefix.as_str())
             .and_then(|n| n.parse::<usize>().ok())
         else {
@@ -750,11 +910,10 @@ impl Flood {
         let micros = now.saturating_duration_since(sent_at).as_micros();
         self.latencies_us
             .push(u32::try_from(micros).unwrap_or(u32::MAX));
-        let ok = frame
-            .payload
-            .as_deref()
-            .and_then(|p| AckPayloadView::parse(p).ok())
-            .is_some_and(|p| p.code == Some(200));
+        // The compact form every Rust, Node and Java client writes, else a full parse.
+        let ok = payload.is_some_and(|p| {
+            p == br#"{"code":200}"# || AckPayloadView::parse(p).is_ok_and(|p| p.code == Some(200))
+        });
         if !ok {
             self.non_200 += 1;
         }
