@@ -48,13 +48,13 @@ use crate::openapi::OpenApiClient;
 use crate::refresh::scheduler::{GrantChanged, ReauthNeeded, RefreshScheduler, SchedulerSettings};
 use crate::secret::Secret;
 use crate::service::StateReport;
-use crate::session::pacer::{AcquirePollSlot, PollPacer};
 use crate::session::router::{
     GetSession, StartAuthorization, StartError as SessionStartError, StopRouter, Subscribe,
 };
 use crate::session::store::SessionStoreError;
 use crate::session::{RouterActor, RouterParts, SessionSettings, SessionView};
 use crate::store::{SledStore, Store, StoreError};
+use crate::token_endpoint::{AcquireSlot, SlotPriority, TokenEndpointPacer};
 use crate::vault::actor::Revoke;
 use crate::vault::{
     AccessToken, DuePolicy, GetTokenError, GrantSummary, Keyring, OpenApiRefresher, TokenSource,
@@ -263,7 +263,7 @@ impl LarkAuth {
         let client = OpenApiClient::new(&config)?;
         client.set_metrics(metrics.clone());
         // One token-endpoint budget for device polls, code exchanges and refreshes.
-        let endpoint_pacer = PollPacer::new(config.refresh.budget_per_sec)
+        let endpoint_pacer = TokenEndpointPacer::new(config.refresh.budget_per_sec)
             .with_queue_gauge(metrics.token_endpoint_queue_gauge())
             .start();
         let source = TokenSource::new(
@@ -275,7 +275,10 @@ impl LarkAuth {
         .with_slot_gate({
             let pacer = endpoint_pacer.clone();
             Box::new(move || {
-                let slot = pacer.send(AcquirePollSlot);
+                // A get_token caller waits for this refresh: ahead of polls.
+                let slot = pacer.send(AcquireSlot {
+                    priority: SlotPriority::Waiting,
+                });
                 Box::pin(async move {
                     let _ = slot.await;
                 })

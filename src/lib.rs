@@ -21,6 +21,7 @@ pub mod secret;
 pub mod service;
 pub mod session;
 pub mod store;
+pub mod token_endpoint;
 pub mod vault;
 
 pub use app::{Handle, LarkAuth, StartError, StartOptions};

@@ -13,9 +13,9 @@ use lark_auth::config::Config;
 use lark_auth::refresh::{GetRefreshStats, RefreshScheduler, SchedulerSettings};
 use lark_auth::sandbox::{RecordedTokenRequest, SandboxConfig, SandboxUser};
 use lark_auth::session::machine::Cadence;
-use lark_auth::session::pacer::{AcquirePollSlot, PollPacer};
 use lark_auth::session::{RouterActor, RouterParts, SessionSettings, StartAuthorization};
 use lark_auth::store::{SledStore, Store};
+use lark_auth::token_endpoint::{AcquireSlot, SlotPriority, TokenEndpointPacer};
 use lark_auth::vault::actor::StoreGrant;
 use lark_auth::vault::{
     DuePolicy, Keyring, OpenApiRefresher, TokenSource, TokenVaultActor, Vault, VaultKey,
@@ -92,7 +92,7 @@ async fn polls_and_refreshes_together_stay_under_one_budget() {
     let before = sandbox.token_requests().len();
 
     let queue = Gauge::default();
-    let pacer = PollPacer::new(BUDGET)
+    let pacer = TokenEndpointPacer::new(BUDGET)
         .with_queue_gauge(queue.clone())
         .start();
     let source = TokenSource::new(
@@ -212,7 +212,7 @@ async fn refreshes_started_by_get_token_wait_at_the_same_pacer() {
     }
     let before = sandbox.token_requests().len();
 
-    let pacer = PollPacer::new(BUDGET).start();
+    let pacer = TokenEndpointPacer::new(BUDGET).start();
     let gate_pacer = pacer.clone();
     let source = TokenSource::new(
         addr.clone(),
@@ -220,7 +220,9 @@ async fn refreshes_started_by_get_token_wait_at_the_same_pacer() {
         Duration::from_secs(300),
     )
     .with_slot_gate(Box::new(move || {
-        let slot = gate_pacer.send(AcquirePollSlot);
+        let slot = gate_pacer.send(AcquireSlot {
+            priority: SlotPriority::Waiting,
+        });
         Box::pin(async move {
             let _ = slot.await;
         })

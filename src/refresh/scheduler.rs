@@ -22,7 +22,7 @@
 //! At start it loads every grant from the vault (pages of summaries, no secrets). Each tick
 //! (`run_interval`, plus a timer armed for a deadline sooner than the next tick) looks only
 //! at what is due. Every refresh first takes a slot from the token-endpoint pacer
-//! ([`PollPacer`], `refresh.budget_per_sec` with jitter) — the one shared with the
+//! ([`TokenEndpointPacer`], `refresh.budget_per_sec` with jitter) — the one shared with the
 //! sessions' device polls and code exchanges when `LarkAuth::start` hands it over with
 //! [`RefreshScheduler::with_token_endpoint_pacer`], else a private one. The scheduler asks
 //! for as many slots as deadlines are due (at most one second of budget at a time) and
@@ -48,7 +48,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::RefreshConfig;
 use crate::metrics::Metrics;
-use crate::session::pacer::{AcquirePollSlot, PollPacer};
+use crate::token_endpoint::{AcquireSlot, SlotPriority, TokenEndpointPacer};
 use crate::vault::actor::{CompareAndSwapGrant, GetGrant, ListGrants, TokenVaultActor};
 use crate::vault::{
     GetTokenError, GrantRecord, GrantStatus, GrantSummary, RefreshCounts, RefreshGrant,
@@ -293,7 +293,7 @@ pub struct RefreshScheduler<R: RefreshGrant> {
     clock: fn() -> u64,
     index: RefreshIndex,
     /// The token-endpoint pacer (shared, or started privately in `started`).
-    pacer: Option<Addr<PollPacer>>,
+    pacer: Option<Addr<TokenEndpointPacer>>,
     /// Slot requests waiting at the pacer.
     slot_requests: usize,
     metrics: Option<Metrics>,
@@ -349,7 +349,7 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
     /// Takes token-endpoint slots from `pacer` (the one the sessions' polls use), so
     /// refreshes and polls share one budget. Without it the scheduler starts its own
     /// pacer with `budget_per_sec`.
-    pub fn with_token_endpoint_pacer(mut self, pacer: Addr<PollPacer>) -> Self {
+    pub fn with_token_endpoint_pacer(mut self, pacer: Addr<TokenEndpointPacer>) -> Self {
         self.pacer = Some(pacer);
         self
     }
@@ -631,15 +631,21 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
         };
         self.slot_requests += 1;
         ctx.spawn(
-            async move { pacer.send(AcquirePollSlot).await }
-                .into_actor(self)
-                .map(|granted, act, ctx| {
-                    act.slot_requests -= 1;
-                    match granted {
-                        Ok(()) => act.use_slot(ctx),
-                        Err(_) => warn!("token-endpoint pacer gone; refreshes stop"),
-                    }
-                }),
+            async move {
+                pacer
+                    .send(AcquireSlot {
+                        priority: SlotPriority::Background,
+                    })
+                    .await
+            }
+            .into_actor(self)
+            .map(|granted, act, ctx| {
+                act.slot_requests -= 1;
+                match granted {
+                    Ok(()) => act.use_slot(ctx),
+                    Err(_) => warn!("token-endpoint pacer gone; refreshes stop"),
+                }
+            }),
         );
     }
 
@@ -750,7 +756,8 @@ impl<R: RefreshGrant> Actor for RefreshScheduler<R> {
         }));
         if self.pacer.is_none() {
             self.pacer = Some(
-                PollPacer::with_jitter(self.settings.budget_per_sec, self.settings.jitter).start(),
+                TokenEndpointPacer::with_jitter(self.settings.budget_per_sec, self.settings.jitter)
+                    .start(),
             );
         }
         ctx.run_interval(self.settings.tick, |act, ctx| {

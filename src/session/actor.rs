@@ -16,7 +16,7 @@
 //!
 //! Tokens never enter the record: the token pair and the identity are held in memory
 //! between `TokenIssued` and `GrantStored`, then dropped. Every token-endpoint request
-//! (polls, exchanges) first takes a slot from the shared [`PollPacer`].
+//! (polls, exchanges) first takes a slot from the shared [`TokenEndpointPacer`].
 //!
 //! # Durability of transitions
 //!
@@ -72,8 +72,8 @@ use super::machine::{
     self, Action, CardKind, Choice, ClickToast, FailureReason, Input, PollAnswer, SessionRecord,
     SessionState,
 };
-use super::pacer::{AcquirePollSlot, PollPacer};
 use super::store::{FlushThrough, PutSession, SessionFlusher, SessionStoreActor, WriteSeq};
+use crate::token_endpoint::{AcquireSlot, SlotPriority, TokenEndpointPacer};
 
 /// How long a callback's card-update token is used for the delayed update (it is valid
 /// 30 minutes, `lark-openapi-auth.md` §4.3; a margin is kept).
@@ -301,7 +301,7 @@ pub struct SessionDeps {
     /// Where grants go.
     pub vault: Addr<TokenVaultActor>,
     /// The shared token-endpoint pacer.
-    pub pacer: Addr<PollPacer>,
+    pub pacer: Addr<TokenEndpointPacer>,
     /// Receives [`SessionFinished`].
     pub finished: Recipient<SessionFinished>,
     /// Settings.
@@ -704,8 +704,15 @@ impl AuthSessionActor {
         let code = device.device_code.clone();
         let client = self.deps.client.clone();
         let pacer = self.deps.pacer.clone();
+        // A user who clicked Authorize is waiting for the outcome; before the click the
+        // poll is background work.
+        let priority = if self.record.user_clicked {
+            SlotPriority::Waiting
+        } else {
+            SlotPriority::Background
+        };
         self.spawn_io(ctx, async move {
-            if pacer.send(AcquirePollSlot).await.is_err() {
+            if pacer.send(AcquireSlot { priority }).await.is_err() {
                 return Done::Input(Input::Polled(PollAnswer::RetryableError));
             }
             match client.poll_device_token(&code).await {
@@ -728,7 +735,12 @@ impl AuthSessionActor {
         let pacer = self.deps.pacer.clone();
         let redirect_uri = self.deps.settings.redirect_uri.clone();
         self.spawn_io(ctx, async move {
-            let _ = pacer.send(AcquirePollSlot).await;
+            // The user is back from the authorization page, waiting.
+            let _ = pacer
+                .send(AcquireSlot {
+                    priority: SlotPriority::Waiting,
+                })
+                .await;
             match client
                 .exchange_code(&code, &redirect_uri, Some(&verifier))
                 .await

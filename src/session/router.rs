@@ -1,7 +1,7 @@
 //! The RouterActor: owns the authorization sessions and consumes the long connection.
 //!
 //! Accepts: [`StartAuthorization`], [`StartAuthorizationWithLocale`], [`OAuthRedirect`],
-//! [`GetSession`], [`Subscribe`], [`StopRouter`], [`GetPollPacerStatus`],
+//! [`GetSession`], [`Subscribe`], [`StopRouter`], [`GetTokenEndpointStatus`],
 //! [`CountRunningSessions`], [`GetPruneStats`]; from the ConnectionActor [`EventReceived`], [`CardActionReceived`],
 //! [`ConnectionStateChanged`] (plug [`RouterActor::outputs`] into it); from sessions
 //! [`SessionFinished`].
@@ -51,11 +51,11 @@ use super::actor::{
 };
 use super::cards::{ACTION_AUTHORIZE, ACTION_DECLINE, CardLocale, VALUE_SESSION_ID};
 use super::machine::{Choice, CodeFlowProgress, SessionRecord, SessionState};
-use super::pacer::{GetPacerStatus, PacerStatus, PollPacer};
 use super::store::{
     FlushSessions, ListSessions, LoadSession, LoadSessions, MarkOnce, PruneSessions, PurgeMarks,
     PutSession, SessionCodec, SessionStoreActor, SessionStoreError, WriteSeq,
 };
+use crate::token_endpoint::{GetPacerStatus, PacerStatus, TokenEndpointPacer};
 
 /// How many click answers are remembered for redeliveries.
 const ANSWERS_REMEMBERED: usize = 4096;
@@ -190,7 +190,7 @@ pub struct StopRouter;
 /// Asks the shared pacer's status (queue length for metrics).
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Result<PacerStatus, MailboxError>")]
-pub struct GetPollPacerStatus;
+pub struct GetTokenEndpointStatus;
 
 /// How many sessions are running.
 #[derive(Debug, Clone, Copy, Message)]
@@ -280,7 +280,7 @@ impl RouterActor {
     /// # Errors
     /// [`SessionStoreError::BadKeyring`] when the keyring lists a key id twice.
     pub fn start(parts: RouterParts) -> Result<Addr<RouterActor>, SessionStoreError> {
-        let pacer = PollPacer::new(parts.settings.poll_budget_per_sec).start();
+        let pacer = TokenEndpointPacer::new(parts.settings.poll_budget_per_sec).start();
         RouterActor::start_with_pacer(parts, pacer)
     }
 
@@ -291,7 +291,7 @@ impl RouterActor {
     /// [`SessionStoreError::BadKeyring`] when the keyring lists a key id twice.
     pub fn start_with_pacer(
         parts: RouterParts,
-        pacer: Addr<PollPacer>,
+        pacer: Addr<TokenEndpointPacer>,
     ) -> Result<Addr<RouterActor>, SessionStoreError> {
         let codec = SessionCodec::new(&parts.keyring)?;
         let (store, flusher) = SessionStoreActor::start_with_flusher(parts.store, codec);
@@ -714,10 +714,10 @@ impl Handler<StopRouter> for RouterActor {
     }
 }
 
-impl Handler<GetPollPacerStatus> for RouterActor {
+impl Handler<GetTokenEndpointStatus> for RouterActor {
     type Result = ResponseFuture<Result<PacerStatus, MailboxError>>;
 
-    fn handle(&mut self, _: GetPollPacerStatus, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: GetTokenEndpointStatus, _: &mut Context<Self>) -> Self::Result {
         let pacer = self.deps.pacer.clone();
         Box::pin(async move { pacer.send(GetPacerStatus).await })
     }
