@@ -272,19 +272,23 @@ pub async fn authorize(
     client: &ControlClient,
     open_id: &str,
     scopes: &[String],
+    locale: Option<&str>,
     wait: bool,
     out: &mut impl Write,
     progress: &mut (impl Write + IsTerminal),
 ) -> CommandResult {
-    let accepted = client.authorize(open_id, scopes).await.map_err(|e| {
-        let mut failure = Failure::from(e);
-        if failure.message.starts_with("rate_limited") {
+    let accepted = client
+        .authorize(open_id, scopes, locale)
+        .await
+        .map_err(|e| {
+            let mut failure = Failure::from(e);
+            if failure.message.starts_with("rate_limited") {
+                failure
+                    .message
+                    .push_str(" — a card was sent recently; wait or check `lark-auth sessions`");
+            }
             failure
-                .message
-                .push_str(" — a card was sent recently; wait or check `lark-auth sessions`");
-        }
-        failure
-    })?;
+        })?;
     writeln!(
         out,
         "session {} for {open_id}: {}",

@@ -203,20 +203,23 @@ impl ControlClient {
     }
 
     /// `POST /v1/authorizations`: starts an authorization of `open_id` (or returns the
-    /// one in flight). `scopes` empty: the server's defaults.
+    /// one in flight). `scopes` empty: the server's defaults; `locale` (`zh_cn`, `en_us`)
+    /// `None`: the server's card language.
     ///
     /// # Errors
     /// [`ClientError::Api`] with `rate_limited` (429, `retry_after_secs` set),
-    /// `invalid_open_id` (400), `unauthorized` (401); transport errors.
+    /// `invalid_open_id` or `invalid_locale` (400), `unauthorized` (401); transport errors.
     pub async fn authorize(
         &self,
         open_id: &str,
         scopes: &[String],
+        locale: Option<&str>,
     ) -> Result<AuthorizationAccepted, ClientError> {
         let url = self.url(&["v1", "authorizations"]);
         let body = serde_json::to_value(AuthorizationRequest {
             open_id: open_id.to_string(),
             scopes: scopes.to_vec(),
+            locale: locale.map(str::to_string),
         })
         .unwrap_or_default();
         match self.call(self.http.post(url.as_str()), Some(&body)).await? {

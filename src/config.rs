@@ -151,6 +151,13 @@ pub struct AuthConfig {
     pub session_timeout: Duration,
     /// Registered redirect URI; required for `authorization_code`.
     pub redirect_uri: String,
+    /// Language of the cards and toasts when the authorization request names none:
+    /// `zh_cn` (default) or `en_us`. The platform does not tell a user's language before
+    /// consent, so a caller who knows it passes `locale` with the request.
+    pub card_locale: crate::session::cards::CardLocale,
+    /// The app's name as the card shows it to the user. Default `lark-auth`: set it to
+    /// the name users know the app by.
+    pub app_name: String,
 }
 
 impl Default for AuthConfig {
@@ -160,6 +167,8 @@ impl Default for AuthConfig {
             default_scopes: vec!["offline_access".into()],
             session_timeout: Duration::from_secs(600),
             redirect_uri: String::new(),
+            card_locale: crate::session::cards::CardLocale::ZhCn,
+            app_name: "lark-auth".into(),
         }
     }
 }
@@ -513,6 +522,12 @@ impl Config {
             return Err(invalid(
                 "auth.redirect_uri",
                 "required when auth.flow = \"authorization_code\"",
+            ));
+        }
+        if self.auth.app_name.trim().is_empty() {
+            return Err(invalid(
+                "auth.app_name",
+                "must name the app (the card shows it to the user)",
             ));
         }
         if self.auth.session_timeout < Duration::from_secs(1) {

@@ -72,6 +72,10 @@ enum Command {
         /// auth.default_scopes; offline_access is always added.
         #[arg(long = "scope", value_name = "SCOPE")]
         scopes: Vec<String>,
+        /// Language of the card: zh_cn or en_us. Default: the server's auth.card_locale
+        /// (the platform does not tell a user's language before consent).
+        #[arg(long, value_name = "LOCALE")]
+        locale: Option<String>,
         /// Follow the session until it ends, with a live progress line on stderr.
         #[arg(long)]
         wait: bool,
@@ -157,6 +161,7 @@ fn main() -> ExitCode {
         Command::Authorize {
             open_id,
             scopes,
+            locale,
             wait,
             server,
         } => client_command(&server, |client| async move {
@@ -165,6 +170,7 @@ fn main() -> ExitCode {
                 &client,
                 &open_id,
                 &scopes,
+                locale.as_deref(),
                 wait,
                 &mut std::io::stdout(),
                 &mut stderr,

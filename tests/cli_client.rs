@@ -230,3 +230,22 @@ async fn the_session_listing_checks_its_token_and_state() {
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body, serde_json::json!([]));
 }
+
+#[actix_rt::test]
+async fn authorize_takes_the_card_language_and_refuses_an_unknown_one() {
+    let i = start_instance().await;
+    let out = cli(&i, &["authorize", USER, "--locale", "en_us"]).await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let cards = i
+        .sandbox
+        .wait_for_sent_cards(1, service_common::WAIT)
+        .await
+        .unwrap();
+    let text = cards[0].card.to_string();
+    assert!(text.contains("Authorize"), "an English card: {text}");
+    assert!(!text.contains("授权"), "not the default Chinese: {text}");
+
+    let out = cli(&i, &["authorize", "ou_test_user_2", "--locale", "klingon"]).await;
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("invalid_locale"), "{}", stderr(&out));
+}

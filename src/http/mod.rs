@@ -24,6 +24,7 @@ use subtle::ConstantTimeEq;
 use crate::connection::{ConnectionActor, ConnectionState, GetConnectionStatus};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
+use crate::session::cards::CardLocale;
 use crate::session::machine::SessionState;
 use crate::session::router::{
     GetSession, ListSessionViews, OAuthRedirect, RedirectError, StartAuthorization, StartError,
@@ -336,11 +337,24 @@ async fn start_authorization(
         .as_ref()
         .ok_or_else(|| ApiError::unavailable("the session router"))?;
     let body = body.into_inner();
+    let locale = match body.locale.as_deref() {
+        None | Some("") => None,
+        Some(name) => Some(CardLocale::from_platform(name).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_locale",
+                format!("unknown locale `{name}`: use zh_cn or en_us"),
+            )
+        })?),
+    };
     let result = router
-        .send(StartAuthorization {
-            open_id: body.open_id,
-            scopes: body.scopes,
-        })
+        .send(
+            StartAuthorization {
+                open_id: body.open_id,
+                scopes: body.scopes,
+            }
+            .with_locale(locale),
+        )
         .await
         .map_err(|_| ApiError::unavailable("the session router"))?;
     match result {

@@ -17,6 +17,10 @@ pub struct AuthorizationRequest {
     /// Scopes; the configured defaults when empty (`offline_access` is always added).
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Language of the user's cards and toasts (`zh_cn`, `en_us`, `zh-CN`, …); absent:
+    /// `auth.card_locale`. The platform does not tell a user's language before consent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
 }
 
 /// The `202` answer of `POST /v1/authorizations`: the new session, or the one already in

@@ -74,13 +74,13 @@ impl SessionSettings {
             .map(|c| c.app_id.clone())
             .unwrap_or_default();
         SessionSettings {
-            app_name: "lark-auth".into(),
+            app_name: config.auth.app_name.clone(),
             app_id,
             flow: config.auth.flow,
             default_scopes: config.auth.default_scopes.clone(),
             session_timeout: config.auth.session_timeout,
             redirect_uri: config.auth.redirect_uri.clone(),
-            locale: cards::CardLocale::default(),
+            locale: config.auth.card_locale,
             use_applink: true,
             report_authorize_click: true,
             cadence: machine::Cadence::default(),
