@@ -596,31 +596,33 @@ impl ConnectionActor {
             m.frame_in();
         }
         let received_at = Instant::now();
+        // Read once: each read of a header checks its UTF-8 again.
+        let message_id = frame.message_id();
         let position = match frame.chunk_position(self.assembler.limits().max_parts) {
             Ok(p) => p,
             Err(e) => {
                 self.counters.rejected_frames += 1;
-                warn!(message_id = frame.message_id(), error = %e, "data frame rejected");
+                warn!(message_id = message_id, error = %e, "data frame rejected");
                 return;
             }
         };
         let part = frame.payload().unwrap_or_default();
         let payload = match self
             .assembler
-            .accept(frame.message_id(), position, part, received_at)
+            .accept(message_id, position, part, received_at)
         {
             Ok(ChunkOutcome::Complete(payload)) => payload,
             Ok(ChunkOutcome::Pending | ChunkOutcome::Duplicate) => return,
             Err(e) => {
                 self.counters.rejected_frames += 1;
-                warn!(message_id = frame.message_id(), error = %e, "chunk rejected");
+                warn!(message_id = message_id, error = %e, "chunk rejected");
                 return;
             }
         };
-        if !self.recent.insert(frame.message_id(), received_at) {
+        if !self.recent.insert(message_id, received_at) {
             self.counters.duplicates += 1;
             debug!(
-                message_id = frame.message_id(),
+                message_id = message_id,
                 "duplicate delivery acked, not forwarded"
             );
             self.ack(frame, received_at, &AckPayload::OK, ctx);
@@ -631,7 +633,7 @@ impl ConnectionActor {
             Ok(envelope) => envelope,
             Err(e) => {
                 warn!(
-                    message_id = frame.message_id(),
+                    message_id = message_id,
                     trace_id = frame.trace_id(),
                     error = %e,
                     "payload is not an event envelope; answered 500"
@@ -684,7 +686,7 @@ impl ConnectionActor {
         let event = EventReceived {
             event_id: SharedStr::within(&payload, &envelope.event_id),
             event_type: SharedStr::within(&payload, &envelope.event_type),
-            message_id: SharedStr::within(frame.bytes(), frame.message_id()),
+            message_id: SharedStr::within(frame.bytes(), message_id),
             trace_id: SharedStr::within(frame.bytes(), frame.trace_id()),
             frame_kind: kind,
             payload,
