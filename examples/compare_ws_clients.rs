@@ -8,7 +8,7 @@
 //!
 //! 1. `trivial` (`ws_bench_client trivial`: decode + ack, no reassembly, no parse): the
 //!    sandbox's own ceiling;
-//! 2. `reference` (`ws_bench_client reference`: decode, chunk reassembly, typed envelope
+//! 2. `reference` (`ws_bench_client reference`: decode, chunk reassembly, routing envelope
 //!    parse, ack; no actors): the ceiling of lark-auth's stack;
 //! 3. `lark-auth` (`ws_bench_client actor`: the ConnectionActor with a no-op consumer);
 //! 4. `python` (`bench/python_client.py`: lark-oapi's `lark.ws.Client`);
@@ -581,7 +581,7 @@ async fn run(args: Args) -> Result<bool, String> {
         },
         ClientSpec {
             name: "reference",
-            what: "bare stack: decode, reassembly, typed envelope parse, ack; no actors",
+            what: "bare stack: decode, reassembly, routing envelope parse (EnvelopeHead), ack; no actors",
             program: args.client_bin.clone(),
             args: bare("reference"),
             real: false,

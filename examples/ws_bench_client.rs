@@ -9,7 +9,7 @@
 //!   `serve`) with a consumer actor that drops every event: what a user of the library
 //!   runs. Logs at `warn` to stderr, like the SDK clients at WARNING.
 //! - `reference`: the bare stack on one task, no actors: discovery, WebSocket, frame
-//!   read in place (`FrameView`, as the actor), chunk reassembly (`ChunkAssembler`), typed envelope parse (`EnvelopeRef`),
+//!   read in place (`FrameView`, as the actor), chunk reassembly (`ChunkAssembler`), routing parse of the envelope (`EnvelopeHead`, as the actor),
 //!   ack encode and write. The ceiling lark-auth's actor could reach with this stack.
 //! - `trivial`: decode and ack on the last part, nothing else (no reassembly, no parse): a
 //!   measure of the sandbox's own ceiling.
@@ -29,7 +29,7 @@ use lark_auth::connection::{
     EventReceived,
 };
 use lark_auth::protocol::chunk::{ChunkAssembler, ChunkLimits, ChunkOutcome};
-use lark_auth::protocol::event::{CardActionResponse, EnvelopeRef};
+use lark_auth::protocol::event::{CardActionResponse, EnvelopeHead};
 use lark_auth::protocol::{AckPayload, FrameKind, FrameView};
 use lark_auth::secret::Secret;
 
@@ -145,7 +145,7 @@ fn answer(frame: ws::Frame, reference: bool, assembler: &mut ChunkAssembler) -> 
             Ok(ChunkOutcome::Complete(payload)) => payload,
             _ => return Step::Nothing,
         };
-        match EnvelopeRef::parse(&payload) {
+        match EnvelopeHead::parse(&payload) {
             Ok(envelope) => {
                 std::hint::black_box(&envelope);
                 AckPayload::OK

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use lark_auth::protocol::Frame;
-use lark_auth::protocol::event::{CardActionTrigger, EnvelopeRef};
+use lark_auth::protocol::event::{CardActionTrigger, EnvelopeHead, EnvelopeRef};
 use proptest::prelude::*;
 
 fn fixtures() -> Vec<Vec<u8>> {
@@ -21,12 +21,23 @@ fn fixtures() -> Vec<Vec<u8>> {
     files
 }
 
+/// The routing head never disagrees with the full envelope parse where that succeeds.
+fn head_agrees(payload: &[u8]) {
+    let head = EnvelopeHead::parse(payload);
+    if let Ok(full) = EnvelopeRef::parse(payload) {
+        assert_eq!(head.unwrap(), EnvelopeHead::from(full));
+    }
+}
+
 /// Exercises everything a receiver does with a decoded frame.
 fn use_frame(bytes: Vec<u8>) {
     if let Ok(frame) = Frame::decode_bytes(Bytes::from(bytes)) {
         let _ = frame.kind();
         let _ = frame.chunk_position(64);
         let _ = frame.message_id();
+        if let Some(payload) = frame.payload.clone() {
+            head_agrees(&payload);
+        }
         if let Some(payload) = frame.payload.clone()
             && let Ok(envelope) = EnvelopeRef::parse(&payload)
         {
@@ -66,13 +77,13 @@ proptest! {
 
     #[test]
     fn arbitrary_json_never_panics(text in "\\PC{0,200}") {
-        let _ = EnvelopeRef::parse(text.as_bytes());
+        head_agrees(text.as_bytes());
         let _ = CardActionTrigger::from_event_json(text.as_bytes());
     }
 
     #[test]
     fn arbitrary_payload_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-        let _ = EnvelopeRef::parse(&bytes);
+        head_agrees(&bytes);
         let _ = CardActionTrigger::from_event_json(&bytes);
     }
 
@@ -87,6 +98,7 @@ proptest! {
         } else {
             format!(r#"{{"uuid":{event_id},"event":{{"type":"x","value":{value}}}}}"#)
         };
+        head_agrees(json.as_bytes());
         if let Ok(envelope) = EnvelopeRef::parse(json.as_bytes()) {
             let _ = envelope.deserialize_event::<CardActionTrigger>();
         }

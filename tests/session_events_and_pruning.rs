@@ -62,7 +62,7 @@ fn ids(seen: &Mutex<Vec<EventReceived>>) -> Vec<String> {
     seen.lock()
         .unwrap()
         .iter()
-        .map(|e| e.event_id.clone())
+        .map(|e| e.event_id.to_string())
         .collect()
 }
 

@@ -20,6 +20,7 @@
 
 pub mod recent;
 pub mod reconnect;
+pub mod shared_str;
 pub mod transport;
 
 use std::sync::Arc;
@@ -37,13 +38,15 @@ use crate::metrics::Metrics;
 use crate::protocol::chunk::{ChunkAssembler, ChunkLimits, ChunkOutcome};
 use crate::protocol::endpoint::{ConnectFailure, ConnectionTuning, WsEndpoint};
 use crate::protocol::event::{
-    CardActionResponse, CardActionTrigger, EVENT_TYPE_CARD_ACTION_TRIGGER, EnvelopeRef,
+    CardActionResponse, CardActionTrigger, EVENT_TYPE_CARD_ACTION_TRIGGER, EnvelopeHead,
+    EnvelopeRef,
 };
 use crate::protocol::{AckPayload, Frame, FrameKind, FrameView};
 
 use self::recent::RecentMessages;
 use self::reconnect::ReconnectPolicy;
-use self::transport::WsFramed;
+pub use self::shared_str::SharedStr;
+use self::transport::{Outgoing, WsFramed};
 
 /// How many message ids the duplicate filter holds at most.
 const RECENT_MESSAGES_CAPACITY: usize = 100_000;
@@ -51,6 +54,9 @@ const RECENT_MESSAGES_CAPACITY: usize = 100_000;
 const SWEEP_PERIOD: Duration = Duration::from_secs(1);
 /// Size of the buffer acks are written into (many acks per allocation).
 const ACK_BUFFER_BYTES: usize = 64 * 1024;
+/// WebSocket frames handled at most per read batch; the acks of a batch go to the socket
+/// in one write.
+const READ_BATCH: usize = 64;
 
 /// Errors of the connection layer that reach callers.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -95,17 +101,20 @@ impl ConnectionState {
 
 /// A complete data message that is not a card callback (an event, or any other callback
 /// type). Sent after the message was acked with `{"code":200}`.
+///
+/// The ids are [`SharedStr`]s sliced from the received bytes (no allocation per event);
+/// use them as `&str` (`&*event.event_type`, `event.event_id.as_str()`).
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct EventReceived {
     /// `header.event_id` (schema 2.0) or `uuid` (1.0): the id redeliveries share.
-    pub event_id: String,
+    pub event_id: SharedStr,
     /// `header.event_type`, e.g. `im.message.receive_v1`.
-    pub event_type: String,
+    pub event_type: SharedStr,
     /// Frame header `message_id`.
-    pub message_id: String,
+    pub message_id: SharedStr,
     /// Frame header `trace_id`.
-    pub trace_id: String,
+    pub trace_id: SharedStr,
     /// Frame type: [`FrameKind::Event`] or [`FrameKind::Card`].
     pub frame_kind: FrameKind,
     /// The whole (reassembled) JSON payload.
@@ -197,11 +206,11 @@ pub struct ConnectionStatus {
     pub rejected_frames: u64,
 }
 
-type WsSink = SplitSink<WsFramed, ws::Message>;
+type WsSink = SplitSink<WsFramed, Outgoing>;
 
 /// The live part of a connection; dropped on every restart.
 struct Live {
-    sink: SinkWrite<ws::Message, WsSink>,
+    sink: SinkWrite<Outgoing, WsSink>,
     conn_id: Arc<str>,
     service_id: i32,
     last_inbound: Instant,
@@ -235,8 +244,13 @@ pub struct ConnectionActor {
     /// allocates a label nor looks one up in the registry.
     event_counters:
         std::collections::HashMap<Box<str>, prometheus_client::metrics::counter::Counter>,
-    /// Acks are written here and split off, so an ack costs no allocation of its own.
+    /// The ack frame being built (reused).
+    ack_scratch: BytesMut,
+    /// Acks of the current read batch as masked WebSocket frames, written to the socket in
+    /// one go at the end of the batch (at once outside a batch).
     ack_buf: BytesMut,
+    /// True while a read batch is handled.
+    in_batch: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -285,7 +299,9 @@ impl ConnectionActor {
             counters: Counters::default(),
             metrics: None,
             event_counters: std::collections::HashMap::new(),
+            ack_scratch: BytesMut::new(),
             ack_buf: BytesMut::new(),
+            in_batch: false,
         })
     }
 
@@ -410,7 +426,7 @@ impl ConnectionActor {
         self.generation += 1;
         self.counters.connects += 1;
         let (sink, stream) = framed.split();
-        ctx.add_stream(stream);
+        ctx.add_stream(stream.ready_chunks(READ_BATCH));
         let conn_id: Arc<str> = Arc::from(endpoint.device_id.as_str());
         self.live = Some(Live {
             sink: SinkWrite::new(sink, ctx),
@@ -476,7 +492,11 @@ impl ConnectionActor {
             return;
         };
         let ping = Frame::ping(live.service_id).encode_to_bytes();
-        if live.sink.write(ws::Message::Binary(ping)).is_err() {
+        if live
+            .sink
+            .write(Outgoing::Message(ws::Message::Binary(ping)))
+            .is_err()
+        {
             self.connection_lost("write_failed", ctx);
         }
     }
@@ -576,41 +596,44 @@ impl ConnectionActor {
             m.frame_in();
         }
         let received_at = Instant::now();
+        // Read once: each read of a header checks its UTF-8 again.
+        let message_id = frame.message_id();
         let position = match frame.chunk_position(self.assembler.limits().max_parts) {
             Ok(p) => p,
             Err(e) => {
                 self.counters.rejected_frames += 1;
-                warn!(message_id = frame.message_id(), error = %e, "data frame rejected");
+                warn!(message_id = message_id, error = %e, "data frame rejected");
                 return;
             }
         };
         let part = frame.payload().unwrap_or_default();
         let payload = match self
             .assembler
-            .accept(frame.message_id(), position, part, received_at)
+            .accept(message_id, position, part, received_at)
         {
             Ok(ChunkOutcome::Complete(payload)) => payload,
             Ok(ChunkOutcome::Pending | ChunkOutcome::Duplicate) => return,
             Err(e) => {
                 self.counters.rejected_frames += 1;
-                warn!(message_id = frame.message_id(), error = %e, "chunk rejected");
+                warn!(message_id = message_id, error = %e, "chunk rejected");
                 return;
             }
         };
-        if !self.recent.insert(frame.message_id(), received_at) {
+        if !self.recent.insert(message_id, received_at) {
             self.counters.duplicates += 1;
             debug!(
-                message_id = frame.message_id(),
+                message_id = message_id,
                 "duplicate delivery acked, not forwarded"
             );
             self.ack(frame, received_at, &AckPayload::OK, ctx);
             return;
         }
-        let envelope = match EnvelopeRef::parse(&payload) {
+        // Routing needs the ids and the type only; the body is read by whoever handles it.
+        let envelope = match EnvelopeHead::parse(&payload) {
             Ok(envelope) => envelope,
             Err(e) => {
                 warn!(
-                    message_id = frame.message_id(),
+                    message_id = message_id,
                     trace_id = frame.trace_id(),
                     error = %e,
                     "payload is not an event envelope; answered 500"
@@ -640,7 +663,9 @@ impl ConnectionActor {
             }
         }
         if envelope.event_type == EVENT_TYPE_CARD_ACTION_TRIGGER {
-            let trigger = match envelope.deserialize_event::<CardActionTrigger>() {
+            let trigger = match EnvelopeRef::parse(&payload)
+                .and_then(|full| full.deserialize_event::<CardActionTrigger>())
+            {
                 Ok(trigger) => trigger,
                 Err(e) => {
                     warn!(message_id = frame.message_id(), error = %e, "card.action.trigger does not parse; answered 500");
@@ -659,10 +684,10 @@ impl ConnectionActor {
             return;
         }
         let event = EventReceived {
-            event_id: envelope.event_id.into_owned(),
-            event_type: envelope.event_type.into_owned(),
-            message_id: frame.message_id().to_string(),
-            trace_id: frame.trace_id().to_string(),
+            event_id: SharedStr::within(&payload, &envelope.event_id),
+            event_type: SharedStr::within(&payload, &envelope.event_type),
+            message_id: SharedStr::within(frame.bytes(), message_id),
+            trace_id: SharedStr::within(frame.bytes(), frame.trace_id()),
             frame_kind: kind,
             payload,
             conn_id,
@@ -746,26 +771,46 @@ impl ConnectionActor {
         payload: &AckPayload<'_>,
         ctx: &mut Context<Self>,
     ) {
-        let Some(live) = self.live.as_mut() else {
+        if self.live.is_none() {
             return;
-        };
+        }
         let elapsed = received_at.elapsed();
         let biz_rt = elapsed.as_millis() as u64;
         if let Some(m) = &self.metrics {
             m.ack_written(elapsed.as_secs_f64());
         }
-        if self.ack_buf.capacity() - self.ack_buf.len() < frame.bytes().len() + 64 {
+        self.ack_scratch.clear();
+        frame.write_response(biz_rt, payload, &mut self.ack_scratch);
+        if self.ack_buf.capacity() - self.ack_buf.len() < self.ack_scratch.len() + 16 {
             // Reclaims the buffer once the acks split off it are written, else allocates.
             self.ack_buf
-                .reserve(ACK_BUFFER_BYTES.max(frame.bytes().len() + 64));
+                .reserve(ACK_BUFFER_BYTES.max(self.ack_scratch.len() + 16));
         }
-        frame.write_response(biz_rt, payload, &mut self.ack_buf);
-        let bytes = self.ack_buf.split().freeze();
-        if live.sink.write(ws::Message::Binary(bytes)).is_err() {
-            self.connection_lost("write_failed", ctx);
-            return;
+        ws::Parser::write_message(
+            &mut self.ack_buf,
+            &self.ack_scratch[..],
+            ws::OpCode::Binary,
+            true,
+            true,
+        );
+        if !self.in_batch {
+            self.flush_acks(ctx);
         }
         self.counters.acks_out += 1;
+    }
+
+    /// Writes the acks gathered so far to the socket in one sink write.
+    fn flush_acks(&mut self, ctx: &mut Context<Self>) {
+        if self.ack_buf.is_empty() {
+            return;
+        }
+        let frames = self.ack_buf.split().freeze();
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        if live.sink.write(Outgoing::Frames(frames)).is_err() {
+            self.connection_lost("write_failed", ctx);
+        }
     }
 }
 
@@ -797,8 +842,32 @@ impl actix::Supervised for ConnectionActor {
     }
 }
 
-impl StreamHandler<Result<ws::Frame, ws::ProtocolError>> for ConnectionActor {
-    fn handle(&mut self, item: Result<ws::Frame, ws::ProtocolError>, ctx: &mut Context<Self>) {
+impl StreamHandler<Vec<Result<ws::Frame, ws::ProtocolError>>> for ConnectionActor {
+    /// A batch of frames that were ready together: handled in order, their acks written
+    /// at the end in one sink write.
+    fn handle(
+        &mut self,
+        batch: Vec<Result<ws::Frame, ws::ProtocolError>>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.in_batch = true;
+        for item in batch {
+            if self.live.is_none() {
+                break;
+            }
+            self.on_ws_frame(item, ctx);
+        }
+        self.in_batch = false;
+        self.flush_acks(ctx);
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        self.connection_lost("stream_ended", ctx);
+    }
+}
+
+impl ConnectionActor {
+    fn on_ws_frame(&mut self, item: Result<ws::Frame, ws::ProtocolError>, ctx: &mut Context<Self>) {
         let frame = match item {
             Ok(frame) => frame,
             Err(e) => {
@@ -843,7 +912,11 @@ impl StreamHandler<Result<ws::Frame, ws::ProtocolError>> for ConnectionActor {
                 }
             }
             ws::Frame::Ping(payload) => {
-                if live.sink.write(ws::Message::Pong(payload)).is_err() {
+                if live
+                    .sink
+                    .write(Outgoing::Message(ws::Message::Pong(payload)))
+                    .is_err()
+                {
                     self.connection_lost("write_failed", ctx);
                 }
             }
@@ -855,15 +928,18 @@ impl StreamHandler<Result<ws::Frame, ws::ProtocolError>> for ConnectionActor {
                 );
             }
             ws::Frame::Close(reason) => {
+                // The acks of the frames before the Close go out before our Close.
+                self.flush_acks(ctx);
+                let Some(live) = self.live.as_mut() else {
+                    return;
+                };
                 info!(conn_id = %live.conn_id, reason = ?reason, "server closed the connection");
-                let _ = live.sink.write(ws::Message::Close(reason));
+                let _ = live
+                    .sink
+                    .write(Outgoing::Message(ws::Message::Close(reason)));
                 self.connection_lost("closed_by_server", ctx);
             }
         }
-    }
-
-    fn finished(&mut self, ctx: &mut Context<Self>) {
-        self.connection_lost("stream_ended", ctx);
     }
 }
 
@@ -894,9 +970,9 @@ impl Handler<Shutdown> for ConnectionActor {
         }
         self.set_state(ConnectionState::Stopped, Some("shutdown requested".into()));
         if let Some(live) = self.live.as_mut() {
-            let _ = live
-                .sink
-                .write(ws::Message::Close(Some(ws::CloseCode::Normal.into())));
+            let _ = live.sink.write(Outgoing::Message(ws::Message::Close(Some(
+                ws::CloseCode::Normal.into(),
+            ))));
             live.sink.close();
             // Give the Close (and the acks queued before it) a moment to go out, then drop
             // the socket whether or not the server answered.

@@ -22,8 +22,45 @@ use crate::protocol::handshake::{self, HandshakeResponse};
 pub trait WsIo: AsyncRead + AsyncWrite + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Unpin> WsIo for T {}
 
-/// The framed WebSocket: binary frames in, `ws::Message` out.
-pub type WsFramed = Framed<Box<dyn WsIo>, ws::Codec>;
+/// The framed WebSocket: frames in, [`Outgoing`] out.
+pub type WsFramed = Framed<Box<dyn WsIo>, ClientCodec>;
+
+/// What the connection writes: one message, or WebSocket frames already encoded (masked,
+/// as a client must) by [`ws::Parser::write_message`] — e.g. the acks of a whole read
+/// batch, so they cost one sink write instead of one each.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// One message, encoded by [`ws::Codec`].
+    Message(ws::Message),
+    /// Complete, masked WebSocket frames, copied as they are.
+    Frames(bytes::Bytes),
+}
+
+/// [`ws::Codec`] in client mode, also writing [`Outgoing::Frames`] unchanged.
+pub struct ClientCodec(ws::Codec);
+
+impl actix_codec::Decoder for ClientCodec {
+    type Item = ws::Frame;
+    type Error = ws::ProtocolError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<ws::Frame>, ws::ProtocolError> {
+        self.0.decode(src)
+    }
+}
+
+impl actix_codec::Encoder<Outgoing> for ClientCodec {
+    type Error = ws::ProtocolError;
+
+    fn encode(&mut self, item: Outgoing, dst: &mut BytesMut) -> Result<(), ws::ProtocolError> {
+        match item {
+            Outgoing::Message(message) => self.0.encode(message, dst),
+            Outgoing::Frames(frames) => {
+                dst.extend_from_slice(&frames);
+                Ok(())
+            }
+        }
+    }
+}
 
 /// The rustls client configuration used for https discovery and wss: ring provider,
 /// webpki roots, ALPN `http/1.1`.
@@ -181,7 +218,7 @@ async fn dial_inner(
             HandshakeResponse::Refused(failure) => return Err(failure),
             HandshakeResponse::Accepted { head_len } => {
                 let rest = buf.split_off(head_len);
-                let codec = ws::Codec::new().client_mode().max_size(max_frame_bytes);
+                let codec = ClientCodec(ws::Codec::new().client_mode().max_size(max_frame_bytes));
                 return Ok(Framed::from_parts(FramedParts::with_read_buf(
                     io, codec, rest,
                 )));

@@ -201,6 +201,143 @@ impl<'a> EnvelopeRef<'a> {
     }
 }
 
+/// What routing needs of an envelope: the ids and the type, without the `event` body.
+///
+/// [`EnvelopeHead::parse`] stops reading at the `event` key when the schema 2.0 `header`
+/// came before it (as the platform and the SDKs write envelopes), so the event body is
+/// neither scanned nor validated; any other layout (1.0 envelopes, `event` before
+/// `header`, anything unusual) goes through [`EnvelopeRef::parse`]. Whenever
+/// [`EnvelopeRef::parse`] accepts a payload, this gives the same fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvelopeHead<'a> {
+    /// Which envelope form the payload used.
+    pub schema: Schema,
+    /// As [`EnvelopeRef::event_id`].
+    pub event_id: Cow<'a, str>,
+    /// As [`EnvelopeRef::event_type`].
+    pub event_type: Cow<'a, str>,
+    /// As [`EnvelopeRef::create_time`].
+    pub create_time: Option<Cow<'a, str>>,
+    /// As [`EnvelopeRef::app_id`].
+    pub app_id: Option<Cow<'a, str>>,
+    /// As [`EnvelopeRef::tenant_key`].
+    pub tenant_key: Option<Cow<'a, str>>,
+}
+
+impl<'a> From<EnvelopeRef<'a>> for EnvelopeHead<'a> {
+    fn from(e: EnvelopeRef<'a>) -> Self {
+        EnvelopeHead {
+            schema: e.schema,
+            event_id: e.event_id,
+            event_type: e.event_type,
+            create_time: e.create_time,
+            app_id: e.app_id,
+            tenant_key: e.tenant_key,
+        }
+    }
+}
+
+impl<'a> EnvelopeHead<'a> {
+    /// Reads the routing fields of a (reassembled) data message payload.
+    ///
+    /// # Errors
+    /// As [`EnvelopeRef::parse`], except that a payload whose `header` precedes a
+    /// non-null `event` object is accepted without reading that body (a body that is not
+    /// valid JSON, or a repeated key after it, is then not noticed).
+    ///
+    /// ```
+    /// use lark_auth::protocol::event::{EnvelopeHead, Schema};
+    ///
+    /// let payload = br#"{"schema":"2.0","header":{"event_id":"e1","event_type":"im.message.receive_v1"},"event":{"x":1}}"#;
+    /// let head = EnvelopeHead::parse(payload)?;
+    /// assert_eq!((head.schema, head.event_id.as_ref()), (Schema::V2, "e1"));
+    /// # Ok::<(), lark_auth::protocol::ProtocolError>(())
+    /// ```
+    pub fn parse(payload: &'a [u8]) -> Result<EnvelopeHead<'a>, ProtocolError> {
+        match head_before_event(payload) {
+            Some(head) if !head.event_type.is_empty() => Ok(head),
+            _ => EnvelopeRef::parse(payload).map(EnvelopeHead::from),
+        }
+    }
+}
+
+fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = bytes.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// Reads one self-delimiting JSON value (string, object, array) at `at`; returns it and
+/// the offset just past it.
+fn value_at<'a, T: Deserialize<'a>>(payload: &'a [u8], at: usize) -> Option<(T, usize)> {
+    let rest = payload.get(at..)?;
+    let mut stream = serde_json::Deserializer::from_slice(rest).into_iter::<T>();
+    let value = stream.next()?.ok()?;
+    Some((value, at + stream.byte_offset()))
+}
+
+/// The fast path of [`EnvelopeHead::parse`]: top-level keys in order until `event`; `None`
+/// for anything it does not handle (the caller then parses the whole envelope).
+fn head_before_event(payload: &[u8]) -> Option<EnvelopeHead<'_>> {
+    let mut i = skip_ws(payload, 0);
+    if payload.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    let mut header: Option<WireHeader<'_>> = None;
+    loop {
+        i = skip_ws(payload, i);
+        if payload.get(i) != Some(&b'"') {
+            return None;
+        }
+        let (key, next) = value_at::<Cow<'_, str>>(payload, i)?;
+        i = skip_ws(payload, next);
+        if payload.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(payload, i + 1);
+        match key.as_ref() {
+            "header" => {
+                if header.is_some() || payload.get(i) != Some(&b'{') {
+                    return None;
+                }
+                let (h, next) = value_at::<WireHeader<'_>>(payload, i)?;
+                header = Some(h);
+                i = next;
+            }
+            "event" => {
+                let h = header?;
+                if payload.get(i) != Some(&b'{') {
+                    return None;
+                }
+                return Some(EnvelopeHead {
+                    schema: Schema::V2,
+                    event_id: h.event_id,
+                    event_type: h.event_type,
+                    create_time: h.create_time,
+                    app_id: h.app_id,
+                    tenant_key: h.tenant_key,
+                });
+            }
+            _ => {
+                let b = *payload.get(i)?;
+                if !matches!(b, b'"' | b'{' | b'[') {
+                    // Numbers and literals are not self-delimiting for the stream reader.
+                    return None;
+                }
+                let (_, next) = value_at::<serde::de::IgnoredAny>(payload, i)?;
+                i = next;
+            }
+        }
+        i = skip_ws(payload, i);
+        match payload.get(i) {
+            Some(b',') => i += 1,
+            _ => return None,
+        }
+    }
+}
+
 /// The `event` body of a `card.action.trigger` callback (`lark-openapi-auth.md` §5.1,
 /// protocol doc §6.2). Unknown fields are ignored; optional ones may be missing.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -592,6 +729,57 @@ mod tests {
                 String::from_utf8_lossy(payload)
             );
         }
+    }
+
+    fn head_matches_full(payload: &[u8]) {
+        let full = EnvelopeRef::parse(payload).map(EnvelopeHead::from);
+        let head = EnvelopeHead::parse(payload);
+        match full {
+            Ok(full) => assert_eq!(head.unwrap(), full, "{}", String::from_utf8_lossy(payload)),
+            Err(_) => assert!(
+                head.is_err() || head_before_event(payload).is_some(),
+                "{}",
+                String::from_utf8_lossy(payload)
+            ),
+        }
+    }
+
+    #[test]
+    fn head_stops_after_the_header_and_falls_back_otherwise() {
+        // Header first: the (here broken) body is not read.
+        let broken_body =
+            br#"{"schema":"2.0","header":{"event_id":"e","event_type":"t"},"event":{"x":"#;
+        let head = EnvelopeHead::parse(broken_body).unwrap();
+        assert_eq!(
+            (head.event_id.as_ref(), head.event_type.as_ref()),
+            ("e", "t")
+        );
+        assert!(matches!(head.event_id, Cow::Borrowed(_)));
+        assert!(EnvelopeRef::parse(broken_body).is_err());
+        // Event first, 1.0, escapes, odd values before the header: the full parse decides.
+        for payload in [
+            CARD,
+            &br#"{"event":{"k":1},"schema":"2.0","header":{"event_id":"e","event_type":"t"}}"#[..],
+            br#"{"uuid":"u-1","ts":"1","event":{"type":"message","app_id":"a"}}"#,
+            br#"{"n":1,"header":{"event_id":"e","event_type":"t"},"event":{}}"#,
+            br#" { "header" : {"event_id":"a\"b\u00e9","event_type":"x.y","app_id":"a"} , "event" : {} } "#,
+            br#"{"header":{"event_id":"e","event_type":"t"},"event":null}"#,
+            br#"{"header":{"event_id":"e","event_type":""},"event":{}}"#,
+            br#"{"header":{"event_id":"e","event_type":"t"},"header":{"event_id":"f","event_type":"t"},"event":{}}"#,
+            br#"{"header":null,"uuid":"u","event":{"type":"x"}}"#,
+            br#"{"header":{"event_id":1,"event_type":"t"},"event":{}}"#,
+            br#"{"header":{"event_id":"e","event_type":"t"},"event":"s"}"#,
+            br#"{"header":{"event_id":"e","event_type":"t"}}"#,
+            b"",
+            b"{}",
+            b"[]",
+        ] {
+            head_matches_full(payload);
+        }
+        let escaped =
+            EnvelopeHead::parse(br#"{"header":{"event_id":"a\"b","event_type":"t"},"event":{}}"#)
+                .unwrap();
+        assert_eq!(escaped.event_id, "a\"b");
     }
 
     #[test]

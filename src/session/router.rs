@@ -780,7 +780,7 @@ impl Handler<EventReceived> for RouterActor {
                 // A failing store must not drop events: forward (maybe twice).
                 _ => warn!(event_id = %msg.event_id, "dedup mark not set"),
             }
-            match act.subscribers.get_mut(&msg.event_type) {
+            match act.subscribers.get_mut(msg.event_type.as_str()) {
                 Some(list) => {
                     list.retain(|r| r.connected());
                     for r in list.iter() {
