@@ -13,9 +13,15 @@
 //! it runs anywhere: `cargo run --example embed_actix_web`, then
 //!
 //! ```sh
+//! curl localhost:8080/users/ou_test_user_1/calendar            # 404: no grant yet
 //! curl -X POST localhost:8080/users/ou_test_user_1/authorize   # sends the card
-//! curl localhost:8080/users/ou_test_user_1/calendar            # 404 until approved
+//! curl -X POST localhost:8080/sandbox/users/ou_test_user_1/approve  # the simulated
+//! #   user approves (sandbox only: a real user clicks Authorize on the card)
+//! curl localhost:8080/users/ou_test_user_1/calendar            # 200 within ~15 s
 //! ```
+//!
+//! (The simulated user approves without clicking Authorize on the card, so the session
+//! polls at its slower pre-click cadence: up to 15 s. A real user's click speeds it up.)
 //!
 //! The app listens on 127.0.0.1:8080; lark-auth's own control API is not started (the app
 //! is the front).
@@ -75,13 +81,29 @@ async fn authorize(path: web::Path<String>, auth: web::Data<Handle>) -> HttpResp
     }
 }
 
+/// `POST /sandbox/users/{open_id}/approve` (sandbox mode only): the simulated user
+/// approves the authorization of the last card they received.
+async fn sandbox_approve(path: web::Path<String>, sandbox: web::Data<Sandbox>) -> HttpResponse {
+    match sandbox.approve_last_card(&path.into_inner()) {
+        Ok(()) => HttpResponse::Ok().json(serde_json::json!({"approved": true})),
+        Err(e) => HttpResponse::NotFound().json(serde_json::json!({
+            "error": "nothing_to_approve",
+            "message": format!("{e}: POST /users/{{open_id}}/authorize first"),
+        })),
+    }
+}
+
 #[actix_web::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt().with_env_filter("info").init();
+    // Logs on stderr, stdout stays for the app's own lines.
+    tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_writer(std::io::stderr)
+        .init();
 
     // With a config path: the real platform, secrets from the environment. Without: the
     // sandbox, with a throw-away vault key.
-    let mut _sandbox = None;
+    let mut sandbox = None;
     let handle = match std::env::args().nth(1) {
         Some(path) => {
             let mut config = Config::from_file(path.as_ref())?;
@@ -89,11 +111,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             LarkAuth::start(config)?
         }
         None => {
-            let sandbox = Sandbox::start(SandboxConfig::default()).await?;
-            let mut config = Config::for_tests(&sandbox.base_url());
+            let sandbox_server = Sandbox::start(SandboxConfig::default()).await?;
+            let mut config = Config::for_tests(&sandbox_server.base_url());
             let dir = std::env::temp_dir().join(format!("embed-example-{}", std::process::id()));
             config.vault.path = dir;
-            _sandbox = Some(sandbox);
+            sandbox = Some(web::Data::new(sandbox_server));
             LarkAuth::start_with(
                 config,
                 StartOptions {
@@ -110,10 +132,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app_auth = auth.clone();
     println!("listening on http://127.0.0.1:8080 (Ctrl-C stops)");
     HttpServer::new(move || {
-        App::new()
+        let app = App::new()
             .app_data(app_auth.clone())
             .route("/users/{open_id}/calendar", web::get().to(calendar))
-            .route("/users/{open_id}/authorize", web::post().to(authorize))
+            .route("/users/{open_id}/authorize", web::post().to(authorize));
+        match &sandbox {
+            Some(sandbox) => app.app_data(sandbox.clone()).route(
+                "/sandbox/users/{open_id}/approve",
+                web::post().to(sandbox_approve),
+            ),
+            None => app,
+        }
     })
     .bind(("127.0.0.1", 8080))?
     .run()

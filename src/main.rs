@@ -30,7 +30,8 @@ enum Command {
     /// environment, 1 on a fatal runtime error (bad credentials, connection limit, vault
     /// locked or wrong key), each with one line naming the cause.
     ///
-    /// Example: LARK_APP_ID=cli_xxx LARK_APP_SECRET=yyy lark-auth serve --config config.toml
+    /// Example: LARK_APP_ID=cli_xxx LARK_APP_SECRET=yyy LARK_AUTH_VAULT_KEY=$(cat vault.key)
+    /// LARK_AUTH_API_TOKEN=zzz lark-auth serve --config config.toml
     Serve {
         /// Path of the TOML configuration. Default: ./config.toml when it exists, else the
         /// built-in defaults (every key has one; the app credentials come from
@@ -103,6 +104,9 @@ enum Command {
     /// List authorization sessions, most recently changed first: running ones and ended
     /// ones until pruned. No secrets.
     ///
+    /// Exits 0, 1 when the server is unreachable or refuses, 2 on bad arguments or no API
+    /// token.
+    ///
     /// Example: lark-auth sessions --state awaiting_user
     #[command(after_help = CLIENT_HELP)]
     Sessions {
@@ -117,6 +121,9 @@ enum Command {
         server: ServerArgs,
     },
     /// List the stored grants: user, status, expiry of both tokens, scopes. No secrets.
+    ///
+    /// Exits 0, 1 when the server is unreachable or refuses, 2 on bad arguments or no API
+    /// token.
     ///
     /// Example: lark-auth grants
     #[command(after_help = CLIENT_HELP)]

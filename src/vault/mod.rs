@@ -86,7 +86,10 @@ pub enum VaultError {
     },
     /// A vault key from the environment is not 32 bytes of standard base64. Fix the
     /// variable's value.
-    #[error("the vault key in `{env}` is invalid: {reason}")]
+    #[error(
+        "the vault key in `{env}` is invalid: {reason} (it must be 32 random bytes in standard \
+         base64: `openssl rand -base64 32`)"
+    )]
     KeyInvalid {
         /// The variable.
         env: String,

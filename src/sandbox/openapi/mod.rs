@@ -585,6 +585,40 @@ impl Sandbox {
         self.decide_device(user_code, DeviceDecision::Approved(open_id.into()))
     }
 
+    /// The user `open_id` approves the device authorization behind the last card sent to
+    /// them (its Authorize link carries the `user_code`, possibly inside the AppLink
+    /// wrapper's `url` parameter): what a person does after clicking Authorize. For demos
+    /// and examples; tests drive [`approve_device`](Self::approve_device) directly.
+    ///
+    /// # Errors
+    /// [`UserActionError::UnknownUserCode`] when no card to `open_id` carries a
+    /// `user_code`; otherwise as [`approve_device`](Self::approve_device).
+    pub fn approve_last_card(&self, open_id: &str) -> Result<(), UserActionError> {
+        fn user_code_in(value: &serde_json::Value) -> Option<String> {
+            match value {
+                serde_json::Value::String(text) => {
+                    let url = url::Url::parse(text).ok()?;
+                    url.query_pairs().find_map(|(k, v)| match k.as_ref() {
+                        "user_code" => Some(v.into_owned()),
+                        "url" => user_code_in(&serde_json::Value::String(v.into_owned())),
+                        _ => None,
+                    })
+                }
+                serde_json::Value::Array(items) => items.iter().find_map(user_code_in),
+                serde_json::Value::Object(map) => map.values().find_map(user_code_in),
+                _ => None,
+            }
+        }
+        let user_code = self
+            .sent_cards()
+            .iter()
+            .rev()
+            .filter(|c| c.receive_id == open_id)
+            .find_map(|c| user_code_in(&c.card))
+            .ok_or(UserActionError::UnknownUserCode)?;
+        self.approve_device(&user_code, open_id)
+    }
+
     /// The user `open_id` opens the verification page for `user_code` and refuses; polls
     /// answer `access_denied`.
     ///
