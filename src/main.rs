@@ -46,8 +46,9 @@ enum Command {
     ///
     /// Example: lark-auth demo
     Demo,
-    /// Validate the configuration and the environment, then print the effective settings
-    /// with secrets redacted. Exits 0 when valid, 2 otherwise.
+    /// Validate the configuration and the environment (including that the vault key opens
+    /// an existing vault), then print the effective settings with secrets redacted. Exits
+    /// 0 when valid, 2 otherwise.
     ///
     /// Example: lark-auth check-config --config config.toml
     CheckConfig {
@@ -256,9 +257,8 @@ fn check_config(path: Option<&Path>) -> ExitCode {
         .map_err(|e| e.to_string())
         .and_then(|config| {
             let env = |k: &str| std::env::var(k).ok();
-            if let Err(e) = lark_auth::vault::Keyring::from_config(&config.vault, env) {
-                return Err(e.to_string());
-            }
+            let keyring = lark_auth::vault::Keyring::from_config(&config.vault, env)
+                .map_err(|e| e.to_string())?;
             if env(&config.http.api_token_env).is_none_or(|t| t.is_empty()) {
                 return Err(lark_auth::config::ConfigError::MissingEnv {
                     what: "control API token",
@@ -267,12 +267,14 @@ fn check_config(path: Option<&Path>) -> ExitCode {
                 }
                 .to_string());
             }
-            Ok(config)
+            let vault = check_vault(&config, keyring)?;
+            Ok((config, vault))
         });
     match checked {
-        Ok(config) => {
+        Ok((config, vault)) => {
             let shown = serde_json::json!({
                 "config_file": config_source(path),
+                "vault": vault,
                 "app_id": config.app.credentials.as_ref().map(|c| c.app_id.clone()),
                 "app_secret": "[redacted]",
                 "vault_key": "[redacted]",
@@ -293,6 +295,48 @@ fn check_config(path: Option<&Path>) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Opens an existing vault with the configured key (read-only use: nothing is written
+/// unless the key is right, and a missing vault is not created). Returns what to show.
+///
+/// # Errors
+/// A wrong key or an unreadable store, as `serve` would report them.
+fn check_vault(config: &Config, keyring: lark_auth::vault::Keyring) -> Result<String, String> {
+    use lark_auth::store::{SledStore, StoreError};
+    let path = &config.vault.path;
+    if !path.exists() {
+        return Ok(format!(
+            "{} does not exist yet: serve creates it",
+            path.display()
+        ));
+    }
+    let store = match SledStore::open(path) {
+        Ok(store) => std::sync::Arc::new(store),
+        Err(StoreError::Locked { .. }) => {
+            return Ok(format!(
+                "{} is in use by a running lark-auth: key not checked",
+                path.display()
+            ));
+        }
+        Err(e) => return Err(format!("cannot open the vault store: {e}")),
+    };
+    let app_id = config
+        .app
+        .credentials
+        .as_ref()
+        .map(|c| c.app_id.clone())
+        .unwrap_or_default();
+    lark_auth::vault::Vault::open(
+        store,
+        app_id,
+        keyring,
+        lark_auth::vault::DuePolicy {
+            keepalive_lead: config.refresh.keepalive,
+        },
+    )
+    .map_err(|e| format!("cannot open the vault: {e}"))?;
+    Ok(format!("{}: the key opens it", path.display()))
 }
 
 fn init_logging(config: &Config) {

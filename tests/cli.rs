@@ -392,3 +392,57 @@ async fn serve_refuses_a_wrong_vault_key_and_a_vault_in_use_with_one_clear_line(
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(stderr.contains("locked"), "names the cause: {stderr}");
 }
+
+#[actix_rt::test]
+async fn check_config_opens_an_existing_vault_with_the_key() {
+    use std::sync::Arc;
+
+    use lark_auth::store::{SledStore, Store};
+    use lark_auth::vault::{DuePolicy, Keyring, Vault, VaultKey};
+
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let vault_dir = dir.path().join("vault");
+    let config = serve_config(dir.path(), &sandbox, &vault_dir);
+    let env = |key: &'static str| {
+        [
+            ("LARK_APP_ID", "cli_sandbox_app"),
+            ("LARK_APP_SECRET", "sandbox-secret"),
+            ("LARK_AUTH_VAULT_KEY", key),
+            ("LARK_AUTH_API_TOKEN", "api-token-value"),
+        ]
+    };
+    let out = run(&["check-config", "--config", &config], &env(VAULT_KEY));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("does not exist yet"));
+    assert!(!vault_dir.exists(), "check-config creates no vault");
+    {
+        let key = VaultKey::from_base64(VAULT_KEY).unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&vault_dir).unwrap());
+        Vault::open(
+            store.clone(),
+            "cli_sandbox_app",
+            Keyring::single(1, key),
+            DuePolicy::default(),
+        )
+        .unwrap();
+        store.flush().unwrap();
+    }
+    let out = run(&["check-config", "--config", &config], &env(VAULT_KEY));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("the key opens it"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run(
+        &["check-config", "--config", &config],
+        &env("ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA="),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("wrong vault key"),
+        "{}",
+        text(&out.stderr)
+    );
+}
