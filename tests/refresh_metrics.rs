@@ -2,20 +2,12 @@
 //! (`LarkAuth::start`) against the sandbox, one device-flow authorization, a token
 //! lookup, the scheduled refresh of the 8-second token, then `GET /metrics`.
 
-mod sessions_common;
+mod service_common;
 
 use std::time::Duration;
 
-use lark_auth::app::{Handle, LarkAuth, StartOptions};
-use lark_auth::config::Config;
-use lark_auth::connection::ConnectionState;
-use lark_auth::sandbox::Sandbox;
-use lark_auth::secret::Secret;
-use lark_auth::session::machine::SessionState;
-use lark_auth::vault::{Keyring, VaultKey};
-use sessions_common::{USER, WAIT, authorize_url, click_json, eventually, query_param};
-
-const API_TOKEN: &str = "metrics-test-api-token";
+use lark_auth::app::Handle;
+use service_common::{API_TOKEN, USER, authorize_user, eventually, start_instance_with};
 
 /// The value of the sample `series` (name with labels, exactly as encoded), if present.
 fn sample(text: &str, series: &str) -> Option<f64> {
@@ -37,63 +29,16 @@ async fn scrape(handle: &Handle) -> String {
 
 #[actix_rt::test]
 async fn metrics_show_the_token_endpoint_the_refresh_and_the_grants() {
-    let mut sandbox_config = sessions_common::sandbox_config();
-    sandbox_config.openapi.access_token_lifetime = Duration::from_secs(8);
-    let sandbox = Sandbox::start(sandbox_config).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::for_tests(&sandbox.base_url());
-    config.vault.path = dir.path().join("vault");
-    config.http.listen = "127.0.0.1:0".parse().unwrap();
-    config.refresh.margin = Duration::from_secs(2);
-    config.refresh.ahead = Duration::from_secs(5);
-    let handle = LarkAuth::start_with(
-        config,
-        StartOptions {
-            keyring: Keyring::single(1, VaultKey::generate()),
-            api_token: Some(Secret::new(API_TOKEN.into())),
-            http: true,
-        },
-    )
-    .expect("starts");
-    let mut states = handle.connection_states();
-    tokio::time::timeout(
-        WAIT,
-        states.wait_for(|r| r.state == ConnectionState::Connected),
-    )
-    .await
-    .expect("connects in time")
-    .unwrap();
-
-    // One device-flow authorization: click reported, user approves.
-    let view = handle.authorize(USER, vec![]).await.expect("started");
-    let cards = sandbox.wait_for_sent_cards(1, WAIT).await.unwrap();
-    let url = authorize_url(&cards[0].card);
-    let user_code = query_param(&url, "user_code").expect("user code");
-    let card_token = sandbox.issue_card_update_token(&cards[0].message_id);
-    sandbox
-        .push_event(&click_json(
-            "ev_click_authorize",
-            &view.session_id,
-            USER,
-            "authorize",
-            card_token.expose(),
-            &cards[0].message_id,
-        ))
-        .unwrap();
-    sandbox.approve_device(&user_code, USER).unwrap();
-    let h = &handle;
-    let session_id = view.session_id.clone();
-    eventually("the session is authorized", || {
-        let session_id = session_id.clone();
-        async move {
-            h.session(&session_id)
-                .await
-                .ok()
-                .flatten()
-                .filter(|v| v.state == SessionState::Authorized)
-        }
+    let instance = start_instance_with(|sandbox, config| {
+        sandbox.openapi.access_token_lifetime = Duration::from_secs(8);
+        config.refresh.margin = Duration::from_secs(2);
+        config.refresh.ahead = Duration::from_secs(5);
     })
     .await;
+    // One device-flow authorization: click reported, user approves.
+    authorize_user(&instance).await;
+    let handle = &instance.handle;
+    let h = handle;
 
     // A use makes the grant hot: the scheduler refreshes it 5 s before its 8 s expire.
     let first = handle.token(USER).await.expect("a token");
@@ -151,6 +96,6 @@ async fn metrics_show_the_token_endpoint_the_refresh_and_the_grants() {
     assert!((0.0..8.0).contains(&overdue), "{text}");
     let queue = sample(&text, "lark_auth_token_endpoint_queue").expect("queue");
     assert!(queue >= 0.0, "{text}");
-    assert_eq!(sandbox.refresh_token_reuse_violations(), 0);
-    handle.shutdown(Duration::from_secs(2)).await;
+    assert_eq!(instance.sandbox.refresh_token_reuse_violations(), 0);
+    instance.handle.shutdown(Duration::from_secs(2)).await;
 }

@@ -98,6 +98,27 @@ pub struct ControlState {
 }
 
 impl ControlState {
+    /// The session router, or 503 `unavailable` when this front was started without it.
+    fn router_addr(&self) -> Result<&Addr<RouterActor>, ApiError> {
+        self.router
+            .as_ref()
+            .ok_or_else(|| ApiError::unavailable("the session router"))
+    }
+
+    /// The vault, or 503 `unavailable`.
+    fn vault_addr(&self) -> Result<&Addr<TokenVaultActor>, ApiError> {
+        self.vault
+            .as_ref()
+            .ok_or_else(|| ApiError::unavailable("the vault"))
+    }
+
+    /// The token service, or 503 `unavailable`.
+    fn tokens_addr(&self) -> Result<&Addr<crate::app::TokenService>, ApiError> {
+        self.tokens
+            .as_ref()
+            .ok_or_else(|| ApiError::unavailable("the token service"))
+    }
+
     /// State with the given bearer token (`None`: protected routes always answer 401).
     pub fn new(api_token: Option<&Secret<String>>, metrics: Metrics) -> Self {
         ControlState {
@@ -207,10 +228,7 @@ async fn list_grants(
     state: web::Data<ControlState>,
 ) -> Result<HttpResponse, ApiError> {
     state.authorize(&req)?;
-    let vault = state
-        .vault
-        .as_ref()
-        .ok_or_else(|| ApiError::unavailable("the vault"))?;
+    let vault = state.vault_addr()?;
     let grants = vault
         .send(ListGrants {
             after_open_id: None,
@@ -236,10 +254,7 @@ async fn grant_token(
 ) -> Result<HttpResponse, ApiError> {
     use crate::vault::GetTokenError as E;
     state.authorize(&req)?;
-    let tokens = state
-        .tokens
-        .as_ref()
-        .ok_or_else(|| ApiError::unavailable("the token service"))?;
+    let tokens = state.tokens_addr()?;
     let open_id = path.into_inner();
     let result = tokens
         .send(crate::app::GetToken {
@@ -285,10 +300,7 @@ async fn revoke_grant(
     state: web::Data<ControlState>,
 ) -> Result<HttpResponse, ApiError> {
     state.authorize(&req)?;
-    let vault = state
-        .vault
-        .as_ref()
-        .ok_or_else(|| ApiError::unavailable("the vault"))?;
+    let vault = state.vault_addr()?;
     let open_id = path.into_inner();
     match vault
         .send(Revoke {
@@ -332,10 +344,7 @@ async fn start_authorization(
     state: web::Data<ControlState>,
 ) -> Result<HttpResponse, ApiError> {
     state.authorize(&req)?;
-    let router = state
-        .router
-        .as_ref()
-        .ok_or_else(|| ApiError::unavailable("the session router"))?;
+    let router = state.router_addr()?;
     let body = body.into_inner();
     let locale = match body.locale.as_deref() {
         None | Some("") => None,
@@ -403,10 +412,7 @@ async fn list_authorizations(
     state: web::Data<ControlState>,
 ) -> Result<HttpResponse, ApiError> {
     state.authorize(&req)?;
-    let router = state
-        .router
-        .as_ref()
-        .ok_or_else(|| ApiError::unavailable("the session router"))?;
+    let router = state.router_addr()?;
     let query = query.into_inner();
     let wanted = match query.state.as_deref() {
         None | Some("") => None,
@@ -451,10 +457,7 @@ async fn get_authorization(
     state: web::Data<ControlState>,
 ) -> Result<HttpResponse, ApiError> {
     state.authorize(&req)?;
-    let router = state
-        .router
-        .as_ref()
-        .ok_or_else(|| ApiError::unavailable("the session router"))?;
+    let router = state.router_addr()?;
     let session_id = path.into_inner();
     match router
         .send(GetSession {
