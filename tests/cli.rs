@@ -318,20 +318,40 @@ fn serve_config(dir: &std::path::Path, sandbox: &Sandbox, vault: &std::path::Pat
     path.to_str().unwrap().to_string()
 }
 
+/// The environment `serve` needs against the sandbox, with `key` as the vault key.
+fn service_env(key: &'static str) -> [(&'static str, &'static str); 4] {
+    [
+        ("LARK_APP_ID", "cli_sandbox_app"),
+        ("LARK_APP_SECRET", "sandbox-secret"),
+        ("LARK_AUTH_VAULT_KEY", key),
+        ("LARK_AUTH_API_TOKEN", "api-token-value"),
+    ]
+}
+
+/// Creates a vault at `vault_dir` sealed under [`VAULT_KEY`] (its key check written and
+/// flushed), then closes it.
+fn write_vault(vault_dir: &std::path::Path) {
+    use std::sync::Arc;
+
+    use lark_auth::store::{SledStore, Store};
+    use lark_auth::vault::{DuePolicy, Keyring, Vault, VaultKey};
+
+    let key = VaultKey::from_base64(VAULT_KEY).unwrap();
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(vault_dir).unwrap());
+    Vault::open(
+        store.clone(),
+        "cli_sandbox_app",
+        Keyring::single(1, key),
+        DuePolicy::default(),
+    )
+    .unwrap();
+    store.flush().unwrap();
+}
+
 async fn serve_with_key(config: String, key: &'static str) -> Output {
-    actix_rt::task::spawn_blocking(move || {
-        run(
-            &["serve", "--config", &config],
-            &[
-                ("LARK_APP_ID", "cli_sandbox_app"),
-                ("LARK_APP_SECRET", "sandbox-secret"),
-                ("LARK_AUTH_VAULT_KEY", key),
-                ("LARK_AUTH_API_TOKEN", "api-token-value"),
-            ],
-        )
-    })
-    .await
-    .unwrap()
+    actix_rt::task::spawn_blocking(move || run(&["serve", "--config", &config], &service_env(key)))
+        .await
+        .unwrap()
 }
 
 #[actix_rt::test]
@@ -345,19 +365,8 @@ async fn serve_refuses_a_wrong_vault_key_and_a_vault_in_use_with_one_clear_line(
     let dir = tempfile::tempdir().unwrap();
     let vault_dir = dir.path().join("vault");
     let config = serve_config(dir.path(), &sandbox, &vault_dir);
-    {
-        // A vault written under VAULT_KEY.
-        let key = VaultKey::from_base64(VAULT_KEY).unwrap();
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(&vault_dir).unwrap());
-        Vault::open(
-            store.clone(),
-            "cli_sandbox_app",
-            Keyring::single(1, key),
-            DuePolicy::default(),
-        )
-        .unwrap();
-        store.flush().unwrap();
-    }
+    // A vault written under VAULT_KEY.
+    write_vault(&vault_dir);
 
     // Another 32-byte key.
     let out = serve_with_key(
@@ -395,40 +404,22 @@ async fn serve_refuses_a_wrong_vault_key_and_a_vault_in_use_with_one_clear_line(
 
 #[actix_rt::test]
 async fn check_config_opens_an_existing_vault_with_the_key() {
-    use std::sync::Arc;
-
-    use lark_auth::store::{SledStore, Store};
-    use lark_auth::vault::{DuePolicy, Keyring, Vault, VaultKey};
-
     let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let vault_dir = dir.path().join("vault");
     let config = serve_config(dir.path(), &sandbox, &vault_dir);
-    let env = |key: &'static str| {
-        [
-            ("LARK_APP_ID", "cli_sandbox_app"),
-            ("LARK_APP_SECRET", "sandbox-secret"),
-            ("LARK_AUTH_VAULT_KEY", key),
-            ("LARK_AUTH_API_TOKEN", "api-token-value"),
-        ]
-    };
-    let out = run(&["check-config", "--config", &config], &env(VAULT_KEY));
+    let out = run(
+        &["check-config", "--config", &config],
+        &service_env(VAULT_KEY),
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("does not exist yet"));
     assert!(!vault_dir.exists(), "check-config creates no vault");
-    {
-        let key = VaultKey::from_base64(VAULT_KEY).unwrap();
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(&vault_dir).unwrap());
-        Vault::open(
-            store.clone(),
-            "cli_sandbox_app",
-            Keyring::single(1, key),
-            DuePolicy::default(),
-        )
-        .unwrap();
-        store.flush().unwrap();
-    }
-    let out = run(&["check-config", "--config", &config], &env(VAULT_KEY));
+    write_vault(&vault_dir);
+    let out = run(
+        &["check-config", "--config", &config],
+        &service_env(VAULT_KEY),
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).contains("the key opens it"),
@@ -437,7 +428,7 @@ async fn check_config_opens_an_existing_vault_with_the_key() {
     );
     let out = run(
         &["check-config", "--config", &config],
-        &env("ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA="),
+        &service_env("ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA="),
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(
