@@ -31,12 +31,15 @@ pub const FORMAT_V1: u8 = 1;
 pub enum GrantStatus {
     /// Usable: the access token is served and refreshed as needed.
     Active,
-    /// The last refresh failed with a retryable error (20050/20072/network); it will be
-    /// retried with backoff. The refresh token has not been consumed.
+    /// The last refresh failed with a retryable error (20050, 20072, another 5xx, rate
+    /// limiting, network); it will be retried after a backoff
+    /// ([`GrantRecord::retry_at_ms`]). The refresh token has not been consumed; the access
+    /// token is still served while valid beyond the margin.
     RefreshFailed,
     /// A refresh was sent and its answer was lost (timeout, or a crash between sending and
     /// storing the answer): the refresh token may have been consumed, so it is never sent
-    /// again. The next use settles the grant as [`GrantStatus::NeedsReauth`].
+    /// again. The access token is still served while valid beyond the margin; after that
+    /// the grant is settled as [`GrantStatus::NeedsReauth`] (nothing sent).
     RefreshUncertain,
     /// The refresh token is dead (20026/20037/20064/20073/20074, or lapsed): the user must
     /// authorize again.
