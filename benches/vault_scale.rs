@@ -85,12 +85,15 @@ fn record(i: usize, now: u64) -> GrantRecord {
         access_expires_ms: now + 7_200_000,
         // Keep-alive deadlines spread over the coming week (none due now).
         refresh_expires_ms: now + 2 * 86_400_000 + (i as u64 * 7919) % (5 * 86_400_000),
+        issued_ms: now,
         scopes: vec!["offline_access".into()],
         consent_ms: now,
         // Cold: last used a day ago, so only keep-alive deadlines are indexed.
         last_used_ms: now - 86_400_000,
         status: GrantStatus::Active,
         status_code: None,
+        failures: 0,
+        retry_at_ms: None,
         refresh_started_ms: None,
         reauth_requested_ms: None,
         version: 0,

@@ -124,6 +124,13 @@ pub struct TokenService {
     source: TokenSource<OpenApiRefresher>,
 }
 
+impl TokenService {
+    /// A service answering through `source` (start it on the thread `source` lives on).
+    pub fn new(source: TokenSource<OpenApiRefresher>) -> TokenService {
+        TokenService { source }
+    }
+}
+
 impl Actor for TokenService {
     type Context = Context<Self>;
 }
@@ -316,7 +323,7 @@ impl LarkAuth {
                 open_id: open_id.to_string(),
             })
         }));
-        let tokens = TokenService { source }.start();
+        let tokens = TokenService::new(source).start();
 
         let (sender, states) = watch::channel(StateReport {
             state: ConnectionState::Connecting,
@@ -442,7 +449,8 @@ impl Handle {
     ///
     /// # Errors
     /// [`GetTokenError`]: `NoGrant` (authorize first), `NeedsReauth`, `Revoked`,
-    /// `RefreshOutcomeUnknown`, `RefreshFailed` (retry later), vault errors.
+    /// `RefreshOutcomeUnknown`, `RefreshFailed` (retry after its `retry_after`; only when
+    /// no stored token is valid beyond the margin), vault errors.
     pub async fn token(&self, open_id: &str) -> Result<AccessToken, GetTokenError> {
         self.tokens
             .send(GetToken {

@@ -160,23 +160,42 @@ async fn a_grant_revoked_on_the_platform_needs_reauth_and_is_not_retried() {
     assert_eq!(refresh_requests(&h.sandbox), 1);
 }
 
+/// A retryable failure keeps the refresh token; the next attempt waits for the backoff
+/// (a call before it sends nothing and says how long to wait), then one call refreshes.
 #[actix_rt::test]
-async fn a_retryable_failure_keeps_the_token_and_the_next_call_refreshes() {
+async fn a_retryable_failure_keeps_the_token_and_a_call_after_the_backoff_refreshes() {
     let h = harness(Duration::from_secs(2)).await;
+    let source = TokenSource::with_clock(h.addr.clone(), h.refresher.clone(), MARGIN, test_clock);
     h.sandbox
         .inject_openapi_fault(OpenApiRoute::UserToken, OpenApiFault::ServerError);
-    let err = h.source.get_token(USER).await.unwrap_err();
+    let err = source.get_token(USER).await.unwrap_err();
     assert!(
-        matches!(err, GetTokenError::RefreshFailed { code: Some(20050) }),
+        matches!(err, GetTokenError::RefreshFailed { code: Some(20050), retry_after }
+            if retry_after == Duration::from_secs(5)),
+        "{err:?}"
+    );
+    let record = stored(&h.addr, USER).await;
+    assert_eq!(record.status, GrantStatus::RefreshFailed);
+    assert_eq!(record.failures, 1);
+    let err = source.get_token(USER).await.unwrap_err();
+    assert!(
+        matches!(err, GetTokenError::RefreshFailed { code: Some(20050), retry_after }
+            if retry_after <= Duration::from_secs(5) && !retry_after.is_zero()),
         "{err:?}"
     );
     assert_eq!(
-        stored(&h.addr, USER).await.status,
-        GrantStatus::RefreshFailed
+        refresh_requests(&h.sandbox),
+        1,
+        "nothing sent during the backoff"
     );
-    h.source.get_token(USER).await.unwrap();
+    advance_clock(&h.sandbox, Duration::from_secs(5));
+    source.get_token(USER).await.unwrap();
     assert_eq!(refresh_requests(&h.sandbox), 2);
-    assert_eq!(stored(&h.addr, USER).await.status, GrantStatus::Active);
+    let record = stored(&h.addr, USER).await;
+    assert_eq!(
+        (record.status, record.failures, record.retry_at_ms),
+        (GrantStatus::Active, 0, None)
+    );
     assert_eq!(h.sandbox.refresh_token_reuse_violations(), 0);
 }
 

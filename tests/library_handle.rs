@@ -120,8 +120,10 @@ async fn two_instances_in_one_process_do_not_interfere() {
 #[actix_rt::test]
 async fn a_grant_revoked_on_the_platform_sends_one_new_authorization_card() {
     let i = start_instance_with(|sandbox, config| {
-        // Every token is inside the refresh margin, so the next use refreshes.
-        sandbox.openapi.access_token_lifetime = Duration::from_secs(60);
+        // Tokens live 4 s: the grant is refreshed once half of that has passed (the
+        // margin and the lead are clamped to half a token's life), and that refresh
+        // meets the revocation.
+        sandbox.openapi.access_token_lifetime = Duration::from_secs(4);
         config.refresh.reauth_card = true;
     })
     .await;

@@ -32,7 +32,9 @@ struct Harness {
     addr: Addr<TokenVaultActor>,
     source: TokenSource<OpenApiRefresher>,
     cache: Arc<TokenCache>,
-    /// The grant as first stored (access token fresh for 7,000 s).
+    /// The grant as first stored: its access token (of the sandbox's 7,200 s) has 3,000 s
+    /// left, fresh for `get_token` but past half its life, so a `refresh_ahead` with a
+    /// lead of a day (clamped to half the lifetime) refreshes it.
     first: GrantRecord,
 }
 
@@ -44,7 +46,7 @@ async fn harness() -> Harness {
     let addr = TokenVaultActor::start(vault.clone(), 2);
     let first = addr
         .send(StoreGrant {
-            record: grant_record(APP, USER, &grant, Duration::from_secs(7000)),
+            record: grant_record(APP, USER, &grant, Duration::from_secs(3000)),
         })
         .await
         .unwrap()

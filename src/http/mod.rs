@@ -281,11 +281,24 @@ async fn grant_token(
                 format!("{e}: start a new authorization for {open_id}"),
             ))
         }
-        Err(e @ (E::RefreshFailed { .. } | E::Contended)) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "refresh_failed",
-            format!("{e}; retry later"),
-        )),
+        // Transient: no valid token now, one later. `Retry-After` says when the next
+        // refresh attempt is allowed (the stored token is served while it is valid, so
+        // this only answers when there is none).
+        Err(e @ (E::RefreshFailed { .. } | E::Contended)) => {
+            let wait = match &e {
+                E::RefreshFailed { retry_after, .. } => *retry_after,
+                _ => Duration::ZERO,
+            };
+            let secs = wait.as_millis().div_ceil(1000).max(1) as u64;
+            Ok(HttpResponse::ServiceUnavailable()
+                .insert_header(("Retry-After", secs.to_string()))
+                .insert_header(("Cache-Control", "no-store"))
+                .json(serde_json::json!({
+                    "error": "refresh_failed",
+                    "message": format!("{e}; retry in {secs} s"),
+                    "retry_after_secs": secs,
+                })))
+        }
         Err(e) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "vault_unavailable",

@@ -94,7 +94,7 @@ pub struct TokenResource {
 }
 
 /// Every error answer: `{"error": "<stable code>", "message": "<human text>"}`, plus
-/// `retry_after_secs` on `429`.
+/// `retry_after_secs` on `429` and on `503 refresh_failed` (also in `Retry-After`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// Stable machine-readable code: `unauthorized`, `no_grant`, `needs_reauth`,
@@ -102,7 +102,7 @@ pub struct ErrorBody {
     pub error: String,
     /// Human-readable explanation (never holds a secret).
     pub message: String,
-    /// Seconds to wait before retrying (`429` only).
+    /// Seconds to wait before retrying (`429`, and `503 refresh_failed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_secs: Option<u64>,
 }

@@ -14,10 +14,18 @@
 //!   next `get_token`;
 //! - **keep-alive** at `refresh_expires − refresh.keepalive_secs`, so an idle user stays
 //!   authorized;
-//! - a `refresh_failed` grant is retried at the keep-alive slot after a backoff
-//!   (`refresh.retry_initial_secs` doubling up to `refresh.retry_max_secs`), a
-//!   `refresh_uncertain` grant is settled (as `needs_reauth`, nothing sent) at once, and
-//!   `needs_reauth` / `revoked` grants have no deadline.
+//! - each lead is clamped to half the lifetime of the token it protects
+//!   ([`GrantRecord::access_lead_ms`], [`GrantRecord::refresh_lead_ms`]: the lifetime is
+//!   the expiry minus the record's `issued_ms`), so a deadline never falls before half the
+//!   new token's life and a grant is refreshed at most once per half-lifetime even when
+//!   tokens live shorter than the leads (a 20 s token with the default 600 s lead is
+//!   refreshed 10 s after it was obtained, not at once and again at once);
+//! - a `refresh_failed` grant is retried at the keep-alive slot at the record's
+//!   `retry_at_ms` (the backoff the [`TokenSource`] set after the failure:
+//!   `refresh.retry_initial_secs` doubling up to `refresh.retry_max_secs`); a
+//!   `refresh_uncertain` grant is settled (as `needs_reauth`, nothing sent) once its access
+//!   token is no longer servable (until then it is served); `needs_reauth` / `revoked`
+//!   grants have no deadline.
 //!
 //! At start it loads every grant from the vault (pages of summaries, no secrets). Each tick
 //! (`run_interval`, plus a timer armed for a deadline sooner than the next tick) looks only
@@ -52,7 +60,7 @@ use crate::token_endpoint::{AcquireSlot, SlotPriority, TokenEndpointPacer};
 use crate::vault::actor::{CompareAndSwapGrant, GetGrant, ListGrants, TokenVaultActor};
 use crate::vault::{
     GetTokenError, GrantRecord, GrantStatus, GrantSummary, RefreshCounts, RefreshGrant,
-    SwapOutcome, TokenEvent, TokenSource, VaultError, unix_now_ms,
+    SwapOutcome, TokenEvent, TokenSource, VaultError, clamp_lead_ms, unix_now_ms,
 };
 
 use super::index::{DeadlineKind, Due, RefreshIndex};
@@ -137,13 +145,17 @@ pub struct SchedulerSettings {
     /// Jitter added to each pacer slot, as a fraction (0.0–1.0) of the slot interval
     /// (only for the scheduler's private pacer; a shared pacer has its own).
     pub jitter: f64,
-    /// Refresh a hot grant's access token when less than this is left (duration).
+    /// Refresh a hot grant's access token when less than this is left (duration;
+    /// clamped per grant to half the access token's lifetime).
     pub ahead: Duration,
-    /// Refresh any grant when its refresh token has less than this left (duration).
+    /// Refresh any grant when its refresh token has less than this left (duration;
+    /// clamped per grant to half the refresh token's lifetime).
     pub keepalive_lead: Duration,
     /// A grant used within this long is hot (duration).
     pub hot_window: Duration,
     /// First retry delay after a retryable failure; doubles per failure (duration).
+    /// Handed to the [`TokenSource`] ([`TokenSource::set_retry_backoff`]), so callers'
+    /// attempts follow it too; also the wait before reloading after a vault error.
     pub retry_initial: Duration,
     /// Largest retry delay (duration).
     pub retry_max: Duration,
@@ -240,12 +252,15 @@ struct Slot {
     status: GrantStatus,
     access_expires_ms: u64,
     refresh_expires_ms: u64,
+    /// When the tokens were obtained (0: unknown), for the lifetime clamp.
+    issued_ms: u64,
+    /// `refresh_failed`: the earliest next attempt.
+    retry_at_ms: Option<u64>,
     last_used_ms: u64,
     /// Kept hot by [`SetEager`]; memory-only (see there why that is safe).
     eager: bool,
     in_flight: bool,
     reauth_requested: bool,
-    failures: u8,
 }
 
 /// What the scheduler needs of a grant (from a summary or a full record).
@@ -253,6 +268,8 @@ struct View {
     status: GrantStatus,
     access_expires_ms: u64,
     refresh_expires_ms: u64,
+    issued_ms: u64,
+    retry_at_ms: Option<u64>,
     last_used_ms: u64,
     reauth_requested: bool,
 }
@@ -263,6 +280,8 @@ impl From<&GrantSummary> for View {
             status: s.status,
             access_expires_ms: s.access_expires_ms,
             refresh_expires_ms: s.refresh_expires_ms,
+            issued_ms: s.issued_ms,
+            retry_at_ms: s.retry_at_ms,
             last_used_ms: s.last_used_ms,
             reauth_requested: s.reauth_requested_ms.is_some(),
         }
@@ -275,6 +294,8 @@ impl From<&GrantRecord> for View {
             status: r.status,
             access_expires_ms: r.access_expires_ms,
             refresh_expires_ms: r.refresh_expires_ms,
+            issued_ms: r.issued_ms,
+            retry_at_ms: r.retry_at_ms,
             last_used_ms: r.last_used_ms,
             reauth_requested: r.reauth_requested_ms.is_some(),
         }
@@ -310,12 +331,14 @@ pub struct RefreshScheduler<R: RefreshGrant> {
 }
 
 impl<R: RefreshGrant> RefreshScheduler<R> {
-    /// A scheduler refreshing through `source` (whose vault actor is `vault`).
+    /// A scheduler refreshing through `source` (whose vault actor is `vault`). Sets the
+    /// source's retry backoff to `settings.retry_initial` / `retry_max`.
     pub fn new(
         source: TokenSource<R>,
         vault: Addr<TokenVaultActor>,
         settings: SchedulerSettings,
     ) -> Self {
+        source.set_retry_backoff(settings.retry_initial, settings.retry_max);
         RefreshScheduler {
             source,
             vault,
@@ -337,6 +360,15 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
             reauth_sent: 0,
             log: VecDeque::new(),
         }
+    }
+
+    /// Reads the time from `clock` (unix ms) instead of the system clock, for tests that
+    /// move time themselves (give the [`TokenSource`] the same clock with
+    /// [`TokenSource::with_clock`]). Timers still run on real time: a deadline that the
+    /// clock jumps past is picked up by the next tick.
+    pub fn with_clock(mut self, clock: fn() -> u64) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Where [`ReauthNeeded`] goes when `reauth_card` is on (the session actors, once they
@@ -367,15 +399,9 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
             || now.saturating_sub(slot.last_used_ms) < self.settings.hot_window.as_millis() as u64
     }
 
-    fn backoff_ms(&self, failures: u8) -> u64 {
-        let initial = self.settings.retry_initial.as_millis() as u64;
-        let factor = 1u64 << u32::from(failures.saturating_sub(1)).min(20);
-        initial
-            .saturating_mul(factor)
-            .min(self.settings.retry_max.as_millis() as u64)
-    }
-
-    /// Sets both deadlines of `grant` from its slot.
+    /// Sets both deadlines of `grant` from its slot. Each lead is clamped to half the
+    /// lifetime of its token ([`clamp_lead_ms`]); [`TokenSource::refresh_ahead`] applies
+    /// the same arithmetic, so a due deadline always finds its refresh due.
     fn plan(&mut self, grant: u32, now: u64) {
         let Some(slot) = self.slots[grant as usize].as_ref() else {
             self.index.remove(grant);
@@ -384,16 +410,34 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
         let (access, keep) = match slot.status {
             GrantStatus::Active => {
                 let access = self.hot(slot, now).then(|| {
-                    slot.access_expires_ms
-                        .saturating_sub(self.settings.ahead.as_millis() as u64)
+                    let lead = clamp_lead_ms(
+                        self.settings.ahead.as_millis() as u64,
+                        slot.issued_ms,
+                        slot.access_expires_ms,
+                    );
+                    slot.access_expires_ms.saturating_sub(lead)
                 });
-                let keep = slot
-                    .refresh_expires_ms
-                    .saturating_sub(self.settings.keepalive_lead.as_millis() as u64);
-                (access, Some(keep))
+                let lead = clamp_lead_ms(
+                    self.settings.keepalive_lead.as_millis() as u64,
+                    slot.issued_ms,
+                    slot.refresh_expires_ms,
+                );
+                (access, Some(slot.refresh_expires_ms.saturating_sub(lead)))
             }
-            GrantStatus::RefreshFailed => (None, Some(now + self.backoff_ms(slot.failures.max(1)))),
-            GrantStatus::RefreshUncertain => (None, Some(now)),
+            GrantStatus::RefreshFailed => (None, Some(slot.retry_at_ms.unwrap_or(now))),
+            GrantStatus::RefreshUncertain => {
+                // Served while its access token is valid beyond the margin; settled just
+                // after.
+                let margin = clamp_lead_ms(
+                    self.source.margin_ms(),
+                    slot.issued_ms,
+                    slot.access_expires_ms,
+                );
+                (
+                    None,
+                    Some(slot.access_expires_ms.saturating_sub(margin) + 1),
+                )
+            }
             GrantStatus::NeedsReauth | GrantStatus::Revoked => (None, None),
         };
         self.index.set(grant, DeadlineKind::AccessRefresh, access);
@@ -420,12 +464,11 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
                     .expect("mapped slots are in use");
                 *self.by_status.slot(slot.status) -= 1;
                 *self.by_status.slot(view.status) += 1;
-                if view.status == GrantStatus::Active {
-                    slot.failures = 0;
-                }
                 slot.status = view.status;
                 slot.access_expires_ms = view.access_expires_ms;
                 slot.refresh_expires_ms = view.refresh_expires_ms;
+                slot.issued_ms = view.issued_ms;
+                slot.retry_at_ms = view.retry_at_ms;
                 slot.last_used_ms = slot.last_used_ms.max(view.last_used_ms);
                 slot.reauth_requested |= view.reauth_requested;
                 if view.status != GrantStatus::NeedsReauth {
@@ -440,11 +483,12 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
                     status: view.status,
                     access_expires_ms: view.access_expires_ms,
                     refresh_expires_ms: view.refresh_expires_ms,
+                    issued_ms: view.issued_ms,
+                    retry_at_ms: view.retry_at_ms,
                     last_used_ms: view.last_used_ms,
                     eager: false,
                     in_flight: false,
                     reauth_requested: view.reauth_requested,
-                    failures: 0,
                 };
                 *self.by_status.slot(view.status) += 1;
                 let grant = match self.free.pop() {
@@ -684,7 +728,7 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
         self.log.push_back(now);
         debug!(open_id, "scheduled refresh");
         let source = self.source.clone();
-        let ahead = self.settings.ahead + Duration::from_millis(1);
+        let ahead = self.settings.ahead;
         let keepalive = self.settings.keepalive_lead;
         let id = open_id.clone();
         let flight = async move { source.refresh_ahead(&id, ahead, keepalive).await };
@@ -696,13 +740,6 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
                 .and_then(|g| act.slots[*g as usize].as_mut())
             {
                 slot.in_flight = false;
-                match &result {
-                    Ok(_) => slot.failures = 0,
-                    Err(GetTokenError::RefreshFailed { .. }) => {
-                        slot.failures = slot.failures.saturating_add(1)
-                    }
-                    Err(_) => {}
-                }
             }
             if let Err(e) = &result {
                 debug!(open_id, error = %e, "scheduled refresh did not produce a token");

@@ -51,6 +51,8 @@ pub struct Generation(u64);
 struct Entry {
     token: Secret<String>,
     expires_ms: u64,
+    /// The largest margin that applies to this token: half its lifetime.
+    margin_cap_ms: u64,
     version: u64,
 }
 
@@ -96,12 +98,13 @@ impl TokenCache {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The cached token of `open_id` if it stays valid for at least `margin_ms` after
-    /// `now_ms`. An entry inside the margin is dropped (the caller goes to the vault).
+    /// The cached token of `open_id` if it stays valid for at least `margin_ms` (clamped
+    /// to the entry's cap, half the token's lifetime) after `now_ms`. An entry inside the
+    /// margin is dropped (the caller goes to the vault).
     pub fn fresh(&self, open_id: &str, now_ms: u64, margin_ms: u64) -> Option<AccessToken> {
         let mut state = self.lock();
         let entry = state.entries.get(open_id)?;
-        if entry.expires_ms >= now_ms.saturating_add(margin_ms) {
+        if entry.expires_ms >= now_ms.saturating_add(margin_ms.min(entry.margin_cap_ms)) {
             return Some(AccessToken {
                 token: entry.token.clone(),
                 expires_ms: entry.expires_ms,
@@ -118,15 +121,19 @@ impl TokenCache {
     }
 
     /// Caches the opened access token of `open_id` (record `version`, expiring at
-    /// `expires_ms`), read from the vault after `since` was taken. Refused (false) when
-    /// any grant was written since then — the record read may already be replaced — or
-    /// when the cache holds a newer version, or when the capacity is 0.
+    /// `expires_ms`; `margin_cap_ms` is the most margin [`fresh`](Self::fresh) applies to
+    /// it, half its lifetime as [`GrantRecord::access_lead_ms`](super::GrantRecord::access_lead_ms)
+    /// gives it, `u64::MAX` when unknown), read from the vault after `since` was taken.
+    /// Refused (false) when any grant was written since then — the record read may
+    /// already be replaced — or when the cache holds a newer version, or when the
+    /// capacity is 0.
     pub fn insert(
         &self,
         since: Generation,
         open_id: &str,
         token: &Secret<String>,
         expires_ms: u64,
+        margin_cap_ms: u64,
         version: u64,
     ) -> bool {
         if self.capacity == 0 {
@@ -142,6 +149,7 @@ impl TokenCache {
             }
             held.token = token.clone();
             held.expires_ms = expires_ms;
+            held.margin_cap_ms = margin_cap_ms;
             held.version = version;
             return true;
         }
@@ -156,6 +164,7 @@ impl TokenCache {
             Entry {
                 token: token.clone(),
                 expires_ms,
+                margin_cap_ms,
                 version,
             },
         );
@@ -206,12 +215,17 @@ mod tests {
     fn serves_until_the_margin_then_drops_the_entry() {
         let cache = TokenCache::new(10);
         let since = cache.generation();
-        assert!(cache.insert(since, "ou_1", &token("t1"), 10_000, 3));
+        assert!(cache.insert(since, "ou_1", &token("t1"), 10_000, u64::MAX, 3));
         let hit = cache.fresh("ou_1", 1_000, 500).expect("fresh");
         assert_eq!(hit.token.expose(), "t1");
         assert_eq!(hit.expires_ms, 10_000);
         assert!(cache.fresh("ou_1", 9_600, 500).is_none());
         assert!(cache.is_empty());
+        // A token living 4 s: a 300 s margin counts as 2 s.
+        let since = cache.generation();
+        assert!(cache.insert(since, "ou_1", &token("t2"), 10_000, 2_000, 4));
+        assert!(cache.fresh("ou_1", 8_000, 300_000).is_some());
+        assert!(cache.fresh("ou_1", 8_001, 300_000).is_none());
     }
 
     #[test]
@@ -220,11 +234,11 @@ mod tests {
         let since = cache.generation();
         // A write lands between the reader's vault read and its insert.
         cache.invalidate("ou_1");
-        assert!(!cache.insert(since, "ou_1", &token("old"), 10_000, 3));
+        assert!(!cache.insert(since, "ou_1", &token("old"), 10_000, u64::MAX, 3));
         assert!(cache.fresh("ou_1", 0, 0).is_none());
         // A read that starts after the write may insert.
         let since = cache.generation();
-        assert!(cache.insert(since, "ou_1", &token("new"), 10_000, 4));
+        assert!(cache.insert(since, "ou_1", &token("new"), 10_000, u64::MAX, 4));
         cache.invalidate("ou_1");
         assert!(cache.fresh("ou_1", 0, 0).is_none());
     }
@@ -233,28 +247,35 @@ mod tests {
     fn never_replaces_a_newer_version_and_keeps_to_the_cap() {
         let cache = TokenCache::new(2);
         let since = cache.generation();
-        assert!(cache.insert(since, "ou_1", &token("v5"), 10_000, 5));
-        assert!(!cache.insert(since, "ou_1", &token("v4"), 10_000, 4));
+        assert!(cache.insert(since, "ou_1", &token("v5"), 10_000, u64::MAX, 5));
+        assert!(!cache.insert(since, "ou_1", &token("v4"), 10_000, u64::MAX, 4));
         assert_eq!(cache.fresh("ou_1", 0, 0).unwrap().token.expose(), "v5");
-        assert!(cache.insert(since, "ou_2", &token("b"), 10_000, 1));
-        assert!(cache.insert(since, "ou_3", &token("c"), 10_000, 1));
+        assert!(cache.insert(since, "ou_2", &token("b"), 10_000, u64::MAX, 1));
+        assert!(cache.insert(since, "ou_3", &token("c"), 10_000, u64::MAX, 1));
         assert_eq!(cache.len(), 2);
         assert!(cache.fresh("ou_3", 0, 0).is_some());
 
         let since = cache.generation();
         cache.clear();
         assert!(cache.is_empty());
-        assert!(!cache.insert(since, "ou_4", &token("d"), 10_000, 1));
+        assert!(!cache.insert(since, "ou_4", &token("d"), 10_000, u64::MAX, 1));
 
         let off = TokenCache::new(0);
-        assert!(!off.insert(off.generation(), "ou_1", &token("a"), 10_000, 1));
+        assert!(!off.insert(off.generation(), "ou_1", &token("a"), 10_000, u64::MAX, 1));
         assert!(off.is_empty());
     }
 
     #[test]
     fn debug_shows_no_token() {
         let cache = TokenCache::new(2);
-        cache.insert(cache.generation(), "ou_1", &token("secret-token"), 10, 1);
+        cache.insert(
+            cache.generation(),
+            "ou_1",
+            &token("secret-token"),
+            10,
+            u64::MAX,
+            1,
+        );
         let printed = format!("{cache:?}");
         assert!(!printed.contains("secret-token"), "{printed}");
     }

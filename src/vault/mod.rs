@@ -41,7 +41,7 @@ use crate::store::{
 
 pub use self::actor::TokenVaultActor;
 pub use self::cache::{DEFAULT_TOKEN_CACHE_ENTRIES, TokenCache};
-pub use self::record::{GrantRecord, GrantStatus, GrantSummary, UserIdentity};
+pub use self::record::{GrantRecord, GrantStatus, GrantSummary, UserIdentity, clamp_lead_ms};
 pub use self::refresher::{OpenApiRefresher, refresh_failure_of};
 pub use self::seal::{KeyId, Keyring, VaultKey};
 pub use self::token::{
@@ -171,12 +171,13 @@ impl Default for DuePolicy {
 
 impl DuePolicy {
     /// The keep-alive deadline of a record (unix ms), or `None` when it cannot be
-    /// refreshed (revoked, needs re-authorization, uncertain).
+    /// refreshed (revoked, needs re-authorization, uncertain). The lead is clamped to half
+    /// the refresh token's lifetime ([`GrantRecord::refresh_lead_ms`]).
     pub fn due_ms(&self, record: &GrantRecord) -> Option<u64> {
         record.status.can_refresh().then(|| {
             record
                 .refresh_expires_ms
-                .saturating_sub(self.keepalive_lead.as_millis() as u64)
+                .saturating_sub(record.refresh_lead_ms(self.keepalive_lead.as_millis() as u64))
         })
     }
 }

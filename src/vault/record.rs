@@ -31,12 +31,15 @@ pub const FORMAT_V1: u8 = 1;
 pub enum GrantStatus {
     /// Usable: the access token is served and refreshed as needed.
     Active,
-    /// The last refresh failed with a retryable error (20050/20072/network); it will be
-    /// retried with backoff. The refresh token has not been consumed.
+    /// The last refresh failed with a retryable error (20050, 20072, another 5xx, rate
+    /// limiting, network); it will be retried after a backoff
+    /// ([`GrantRecord::retry_at_ms`]). The refresh token has not been consumed; the access
+    /// token is still served while valid beyond the margin.
     RefreshFailed,
     /// A refresh was sent and its answer was lost (timeout, or a crash between sending and
     /// storing the answer): the refresh token may have been consumed, so it is never sent
-    /// again. The next use settles the grant as [`GrantStatus::NeedsReauth`].
+    /// again. The access token is still served while valid beyond the margin; after that
+    /// the grant is settled as [`GrantStatus::NeedsReauth`] (nothing sent).
     RefreshUncertain,
     /// The refresh token is dead (20026/20037/20064/20073/20074, or lapsed): the user must
     /// authorize again.
@@ -96,6 +99,12 @@ pub struct GrantRecord {
     pub access_expires_ms: u64,
     /// When the refresh token expires, unix ms.
     pub refresh_expires_ms: u64,
+    /// When the current token pair was obtained, unix ms: the instant its expiries count
+    /// from (a refresh's send instant; for a new grant, when the code exchange or
+    /// device-code answer arrived). With the expiries it gives each token's lifetime, to which the refresh leads are clamped (see
+    /// [`clamp_lead_ms`]). 0: unknown (records written before this field existed; their
+    /// leads are not clamped until the next refresh sets it).
+    pub issued_ms: u64,
     /// Granted scopes.
     pub scopes: Vec<String>,
     /// When the user consented (first authorization of this grant), unix ms. Refreshing
@@ -107,6 +116,13 @@ pub struct GrantRecord {
     pub status: GrantStatus,
     /// The platform error code that ended the grant (`needs_reauth`), if any.
     pub status_code: Option<u32>,
+    /// Retryable refresh failures in a row (`refresh_failed`; 0 once a refresh succeeds).
+    /// Each one doubles the wait before the next attempt (`refresh.retry_initial_secs` up
+    /// to `refresh.retry_max_secs`).
+    pub failures: u32,
+    /// After a retryable failure: the earliest instant the refresh may be sent again, unix
+    /// ms. Neither the scheduler nor a `get_token` caller sends it before then.
+    pub retry_at_ms: Option<u64>,
     /// Set, unix ms, while a refresh with the current refresh token is in flight. Written
     /// (and flushed) before the refresh is sent, so a record found with it set after a
     /// restart means the answer may have been lost: the token is not sent again.
@@ -132,6 +148,9 @@ pub struct GrantSummary {
     pub access_expires_ms: u64,
     /// When the refresh token expires, unix ms.
     pub refresh_expires_ms: u64,
+    /// When the current token pair was obtained, unix ms (0: unknown); see
+    /// [`GrantRecord::issued_ms`].
+    pub issued_ms: u64,
     /// Granted scopes.
     pub scopes: Vec<String>,
     /// Consent instant, unix ms.
@@ -142,6 +161,8 @@ pub struct GrantSummary {
     pub status: GrantStatus,
     /// The platform error code that ended the grant, if any.
     pub status_code: Option<u32>,
+    /// After a retryable failure: the earliest instant of the next attempt, unix ms.
+    pub retry_at_ms: Option<u64>,
     /// When a fresh authorization request was emitted for it, unix ms, if one was.
     pub reauth_requested_ms: Option<u64>,
     /// Store version.
@@ -154,6 +175,9 @@ struct Clear {
     identity: UserIdentity,
     access_expires_ms: u64,
     refresh_expires_ms: u64,
+    /// Absent in records written before it existed: 0 (unknown).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    issued_ms: u64,
     scopes: Vec<String>,
     consent_ms: u64,
     last_used_ms: u64,
@@ -164,6 +188,31 @@ struct Clear {
     refresh_started_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reauth_requested_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    failures: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retry_at_ms: Option<u64>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+
+/// `lead_ms` clamped to half the lifetime of a token obtained at `issued_ms` (unix ms; 0:
+/// unknown, `lead_ms` is returned as is) and expiring at `expires_ms`: a refresh planned
+/// `lead` before expiry then never comes before half the token's life, however short the
+/// platform (or a test) makes it. Applied to `refresh.ahead_secs` and `refresh.margin_secs`
+/// (against the access token's lifetime) and to `refresh.keepalive_secs` (against the
+/// refresh token's).
+pub fn clamp_lead_ms(lead_ms: u64, issued_ms: u64, expires_ms: u64) -> u64 {
+    if issued_ms == 0 {
+        return lead_ms;
+    }
+    lead_ms.min(expires_ms.saturating_sub(issued_ms) / 2)
 }
 
 /// Why a stored payload could not be read.
@@ -215,21 +264,38 @@ impl GrantRecord {
             identity: self.identity.clone(),
             access_expires_ms: self.access_expires_ms,
             refresh_expires_ms: self.refresh_expires_ms,
+            issued_ms: self.issued_ms,
             scopes: self.scopes.clone(),
             consent_ms: self.consent_ms,
             last_used_ms: self.last_used_ms,
             status: self.status,
             status_code: self.status_code,
+            retry_at_ms: self.retry_at_ms,
             reauth_requested_ms: self.reauth_requested_ms,
             version: self.version,
         }
     }
 
-    /// True when the access token is usable for at least `margin_ms` after `now_ms`.
-    pub fn access_fresh(&self, now_ms: u64, margin_ms: u64) -> bool {
-        self.status == GrantStatus::Active
-            && !self.access_token.is_empty()
-            && self.access_expires_ms >= now_ms.saturating_add(margin_ms)
+    /// `lead_ms` clamped to half the access token's lifetime ([`clamp_lead_ms`]).
+    pub fn access_lead_ms(&self, lead_ms: u64) -> u64 {
+        clamp_lead_ms(lead_ms, self.issued_ms, self.access_expires_ms)
+    }
+
+    /// `lead_ms` clamped to half the refresh token's lifetime ([`clamp_lead_ms`]).
+    pub fn refresh_lead_ms(&self, lead_ms: u64) -> u64 {
+        clamp_lead_ms(lead_ms, self.issued_ms, self.refresh_expires_ms)
+    }
+
+    /// True when the stored access token may be handed out at `now_ms`: the grant is
+    /// `active`, `refresh_failed` or `refresh_uncertain` (a failed or unanswered refresh
+    /// does not touch the access token) and the token stays valid for at least
+    /// `margin_ms` clamped to half its lifetime ([`access_lead_ms`](Self::access_lead_ms)).
+    pub fn serves_token(&self, now_ms: u64, margin_ms: u64) -> bool {
+        matches!(
+            self.status,
+            GrantStatus::Active | GrantStatus::RefreshFailed | GrantStatus::RefreshUncertain
+        ) && !self.access_token.is_empty()
+            && self.access_expires_ms >= now_ms.saturating_add(self.access_lead_ms(margin_ms))
     }
 
     fn clear(&self) -> Clear {
@@ -237,6 +303,7 @@ impl GrantRecord {
             identity: self.identity.clone(),
             access_expires_ms: self.access_expires_ms,
             refresh_expires_ms: self.refresh_expires_ms,
+            issued_ms: self.issued_ms,
             scopes: self.scopes.clone(),
             consent_ms: self.consent_ms,
             last_used_ms: self.last_used_ms,
@@ -244,6 +311,8 @@ impl GrantRecord {
             status_code: self.status_code,
             refresh_started_ms: self.refresh_started_ms,
             reauth_requested_ms: self.reauth_requested_ms,
+            failures: self.failures,
+            retry_at_ms: self.retry_at_ms,
         }
     }
 
@@ -305,11 +374,13 @@ impl GrantRecord {
             identity: c.identity,
             access_expires_ms: c.access_expires_ms,
             refresh_expires_ms: c.refresh_expires_ms,
+            issued_ms: c.issued_ms,
             scopes: c.scopes,
             consent_ms: c.consent_ms,
             last_used_ms: c.last_used_ms,
             status: c.status,
             status_code: c.status_code,
+            retry_at_ms: c.retry_at_ms,
             reauth_requested_ms: c.reauth_requested_ms,
             version,
         })
@@ -359,11 +430,14 @@ impl GrantRecord {
             refresh_token: Secret::new(refresh),
             access_expires_ms: c.access_expires_ms,
             refresh_expires_ms: c.refresh_expires_ms,
+            issued_ms: c.issued_ms,
             scopes: c.scopes,
             consent_ms: c.consent_ms,
             last_used_ms: c.last_used_ms,
             status: c.status,
             status_code: c.status_code,
+            failures: c.failures,
+            retry_at_ms: c.retry_at_ms,
             refresh_started_ms: c.refresh_started_ms,
             reauth_requested_ms: c.reauth_requested_ms,
             version,
@@ -396,11 +470,14 @@ mod tests {
             refresh_token: Secret::new("ur-REFRESH-plaintext-token".into()),
             access_expires_ms: 10_000,
             refresh_expires_ms: 20_000,
+            issued_ms: 4_000,
             scopes: vec!["offline_access".into()],
             consent_ms: 1,
             last_used_ms: 2,
             status: GrantStatus::Active,
             status_code: None,
+            failures: 0,
+            retry_at_ms: None,
             refresh_started_ms: None,
             reauth_requested_ms: None,
             version: 0,
@@ -459,5 +536,75 @@ mod tests {
             GrantRecord::decode("cli_test", "ou_1", 7, &payload, &other),
             Err(Unreadable::UnknownKey(1))
         );
+    }
+
+    /// A record written before `issued_ms`, `failures` and `retry_at_ms` existed (its
+    /// clear JSON lacks them) still opens, with the lifetime unknown (leads unclamped).
+    #[test]
+    fn records_without_the_new_fields_still_open() {
+        let ring = Keyring::single(1, VaultKey::generate());
+        let keys = ring.index().unwrap();
+        let rec = GrantRecord {
+            issued_ms: 0,
+            ..sample("ou_1")
+        };
+        let payload = rec.encode(&ring);
+        let (clear, _, _) = GrantRecord::parse_clear(&payload).unwrap();
+        let json = serde_json::to_value(&clear).unwrap();
+        for absent in ["issued_ms", "failures", "retry_at_ms"] {
+            assert!(json.get(absent).is_none(), "{absent} written when unset");
+        }
+        let back = GrantRecord::decode("cli_test", "ou_1", 3, &payload, &keys).unwrap();
+        assert_eq!(
+            (back.issued_ms, back.failures, back.retry_at_ms),
+            (0, 0, None)
+        );
+        assert_eq!(
+            back.access_lead_ms(600_000),
+            600_000,
+            "unknown lifetime: no clamp"
+        );
+        let summary = GrantRecord::decode_summary("cli_test", 3, &payload).unwrap();
+        assert_eq!((summary.issued_ms, summary.retry_at_ms), (0, None));
+
+        // Set, they round-trip.
+        let rec = GrantRecord {
+            failures: 2,
+            retry_at_ms: Some(9_000),
+            ..sample("ou_1")
+        };
+        let back = GrantRecord::decode("cli_test", "ou_1", 3, &rec.encode(&ring), &keys).unwrap();
+        assert_eq!(back, GrantRecord { version: 3, ..rec });
+    }
+
+    #[test]
+    fn leads_are_clamped_to_half_the_lifetime() {
+        // Issued at 4 s: the access token lives 6 s, the refresh token 16 s.
+        let rec = sample("ou_1");
+        assert_eq!(rec.access_lead_ms(600_000), 3_000);
+        assert_eq!(rec.access_lead_ms(1_000), 1_000);
+        assert_eq!(rec.refresh_lead_ms(86_400_000), 8_000);
+        assert_eq!(clamp_lead_ms(5, 10, 5), 0, "expiry before issue: no lead");
+        // The margin too: served while at least half the life is left.
+        assert!(rec.serves_token(7_000, 300_000));
+        assert!(!rec.serves_token(7_001, 300_000));
+        for status in [GrantStatus::RefreshFailed, GrantStatus::RefreshUncertain] {
+            assert!(
+                GrantRecord {
+                    status,
+                    ..rec.clone()
+                }
+                .serves_token(7_000, 300_000)
+            );
+        }
+        for status in [GrantStatus::NeedsReauth, GrantStatus::Revoked] {
+            assert!(
+                !GrantRecord {
+                    status,
+                    ..rec.clone()
+                }
+                .serves_token(5_000, 0)
+            );
+        }
     }
 }

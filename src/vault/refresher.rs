@@ -5,13 +5,18 @@
 //!
 //! | OpenAPI error | RefreshFailure |
 //! |---|---|
-//! | code 20026 / 20037 / 20064 / 20073 / 20074 (or any other platform code) | `NeedsReauth { code }` |
-//! | code 20050 / 20072, rate limited (429 / 99991400) | `Retryable { code }` |
+//! | code 20026 / 20037 / 20064 / 20073 / 20074, whatever the HTTP status | `NeedsReauth { code }` |
+//! | code 20050 / 20072; rate limited (HTTP 429, or code 99991400 on 429 or 400, §7) | `Retryable { code }` |
+//! | any other code on an HTTP 5xx answer; HTTP 5xx without a code (a gateway's page) | `Retryable { code }` |
+//! | any other code on a 4xx answer (a request the platform refused) | `NeedsReauth { code }` |
 //! | network error before anything was sent, HTTP 4xx without a code, invalid request | `Retryable { code: None }` |
-//! | `RefreshOutcomeUnknown`, timeout, HTTP 5xx without a code, malformed 2xx answer | `OutcomeUnknown` |
+//! | `RefreshOutcomeUnknown` (timeout, connection lost after sending), malformed 2xx answer | `OutcomeUnknown` |
 //!
-//! The last row is the conservative one: whenever the platform may have consumed the
-//! refresh token, the token is never sent again.
+//! A 5xx is a server error, not a verdict on the refresh token: the platform documents its
+//! own (20050, 20072) as "retry", and retrying one that did consume the token can only get
+//! 20073 (the grant then needs re-authorization, as an `OutcomeUnknown` would), so
+//! retrying loses nothing and keeps the grant when the error was transient. The last row
+//! stays conservative: whenever no answer came, the token is never sent again.
 
 use crate::openapi::{OpenApiClient, OpenApiError};
 use crate::secret::Secret;
@@ -41,6 +46,9 @@ impl OpenApiRefresher {
     }
 }
 
+/// Codes of the refresh grant that end the grant whatever the HTTP status (§2.5).
+const TERMINAL_CODES: [u32; 5] = [20026, 20037, 20064, 20073, 20074];
+
 /// Classifies a failed refresh grant; see the module docs for the table.
 pub fn refresh_failure_of(error: &OpenApiError) -> RefreshFailure {
     match error {
@@ -49,12 +57,17 @@ pub fn refresh_failure_of(error: &OpenApiError) -> RefreshFailure {
                 code: Some(99_991_400),
             },
             Some(code) => match u32::try_from(code) {
+                Ok(code) if TERMINAL_CODES.contains(&code) => RefreshFailure::NeedsReauth { code },
+                Ok(code) if f.status >= 500 || f.status == 429 => {
+                    RefreshFailure::Retryable { code: Some(code) }
+                }
                 Ok(code) => RefreshFailure::from_error_code(code),
+                Err(_) if f.status >= 500 || f.status == 429 => {
+                    RefreshFailure::Retryable { code: None }
+                }
                 // A code outside the documented range: the platform refused the request.
                 Err(_) => RefreshFailure::NeedsReauth { code: 0 },
             },
-            None if f.status == 429 => RefreshFailure::Retryable { code: None },
-            None if f.status >= 500 => RefreshFailure::OutcomeUnknown,
             None => RefreshFailure::Retryable { code: None },
         },
         OpenApiError::Transport { sent: false, .. } | OpenApiError::InvalidRequest { .. } => {
@@ -160,9 +173,39 @@ mod tests {
             }),
             RefreshFailure::OutcomeUnknown
         );
+        // Rate limiting, old style (HTTP 400) and new (429, with or without the code).
+        for status in [400, 429] {
+            assert_eq!(
+                refresh_failure_of(&api(status, Some(99_991_400))),
+                RefreshFailure::Retryable {
+                    code: Some(99_991_400)
+                }
+            );
+        }
         assert_eq!(
-            refresh_failure_of(&api(502, None)),
-            RefreshFailure::OutcomeUnknown
+            refresh_failure_of(&api(429, None)),
+            RefreshFailure::Retryable { code: None }
+        );
+        // Any 5xx is a server error: retried, never the end of the grant...
+        for status in [500, 502, 503, 504] {
+            assert_eq!(
+                refresh_failure_of(&api(status, None)),
+                RefreshFailure::Retryable { code: None }
+            );
+        }
+        assert_eq!(
+            refresh_failure_of(&api(500, Some(12_345))),
+            RefreshFailure::Retryable { code: Some(12_345) }
+        );
+        // ...unless it names a code that kills the refresh token.
+        assert_eq!(
+            refresh_failure_of(&api(500, Some(20_064))),
+            RefreshFailure::NeedsReauth { code: 20_064 }
+        );
+        // A 4xx with an unknown code is a refusal.
+        assert_eq!(
+            refresh_failure_of(&api(400, Some(20_066))),
+            RefreshFailure::NeedsReauth { code: 20_066 }
         );
         assert_eq!(
             refresh_failure_of(&api(404, None)),

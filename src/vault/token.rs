@@ -1,7 +1,10 @@
 //! `get_token` with single-flight refresh.
 //!
 //! [`TokenSource::get_token`] returns an access token valid for at least the margin,
-//! refreshing first when needed. The refresh itself goes through the [`RefreshGrant`] seam
+//! refreshing first when needed. The margin, like the scheduler's leads, is clamped to
+//! half the token's lifetime ([`GrantRecord::access_lead_ms`]): a token the platform (or a
+//! test) makes live shorter than twice the margin is still served for its first half, and
+//! refreshed once per half-life at most, never on every call. The refresh itself goes through the [`RefreshGrant`] seam
 //! ([`OpenApiRefresher`](super::OpenApiRefresher) implements it for the platform; the seam
 //! stays so other token endpoints or test harnesses can be plugged in).
 //!
@@ -17,10 +20,20 @@
 //! - **Re-read, then compare-and-swap**: the answer is applied to the record as it is
 //!   now, only if it still holds the refresh token that was sent (otherwise a new
 //!   authorization replaced it and wins), and flushed before the new token is returned.
-//! - **Failures**: [`RefreshFailure::Retryable`] → `refresh_failed` (the scheduler retries
-//!   with backoff); [`RefreshFailure::NeedsReauth`] → `needs_reauth` with the code;
-//!   [`RefreshFailure::OutcomeUnknown`] → `refresh_uncertain`, and the next use settles it
-//!   as `needs_reauth` without sending anything.
+//! - **Failures**: [`RefreshFailure::Retryable`] → `refresh_failed`, with the failure
+//!   counted and the next attempt allowed after a backoff (`retry_initial` doubling up to
+//!   `retry_max`, [`TokenSource::set_retry_backoff`]) stored in the record
+//!   (`retry_at_ms`): neither the scheduler nor a caller sends the refresh token before
+//!   then, so callers cause at most one attempt per backoff step;
+//!   [`RefreshFailure::NeedsReauth`] → `needs_reauth` with the code;
+//!   [`RefreshFailure::OutcomeUnknown`] → `refresh_uncertain`: its refresh token is never
+//!   sent again, and the grant is settled as `needs_reauth` (nothing sent) once its access
+//!   token is no longer servable.
+//! - **A failure never hides a valid token**: while the stored access token is valid
+//!   beyond the (clamped) margin it is served whatever the status — `active`,
+//!   `refresh_failed` or `refresh_uncertain` ([`GrantRecord::serves_token`]) — including
+//!   to a caller whose joined flight failed. Only without such a token does a caller get
+//!   [`GetTokenError::RefreshFailed`] (with the wait until the next attempt).
 //! - **Opened-token cache** (optional, [`TokenSource::with_token_cache`]): a fresh token
 //!   `get_token` already read is served from memory, without the vault actor, sled or the
 //!   AEAD; the vault drops it on every write of the grant (see [`super::cache`]).
@@ -62,7 +75,8 @@ pub struct NewTokens {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RefreshFailure {
     /// The platform said the refresh token was not consumed and the call may be retried
-    /// (20050, 20072, a connection that failed before the request was sent).
+    /// (20050, 20072, another 5xx answer, rate limiting 429 or 99991400, a connection that
+    /// failed before the request was sent).
     #[error("retryable refresh failure (code {code:?})")]
     Retryable {
         /// The platform's code, if one was received.
@@ -82,7 +96,9 @@ pub enum RefreshFailure {
 }
 
 impl RefreshFailure {
-    /// Classifies a platform error code of the refresh grant (`lark-openapi-auth.md`):
+    /// Classifies a platform error code of the refresh grant answered with a 4xx status
+    /// (`lark-openapi-auth.md` §2.5; see [`refresh_failure_of`](super::refresh_failure_of)
+    /// for 5xx answers and rate limiting):
     /// 20026/20037/20064/20073/20074 end the grant; 20050/20072 are retryable; any other
     /// code is a request the platform refused for a reason a retry will not fix, so it
     /// ends the grant too.
@@ -134,12 +150,15 @@ pub enum GetTokenError {
     /// refresh token will not be sent again, and it will need re-authorization.
     #[error("the refresh outcome is unknown; the grant is refresh_uncertain")]
     RefreshOutcomeUnknown,
-    /// The refresh failed with a retryable error; the grant is `refresh_failed`. Retry
-    /// later (the scheduler retries with backoff).
-    #[error("refresh failed, retryable (code {code:?})")]
+    /// The refresh failed with a retryable error (just now, or earlier and its backoff
+    /// has not elapsed) and no stored access token is valid beyond the margin; the grant
+    /// is `refresh_failed`. Retry after `retry_after` (the scheduler retries then too).
+    #[error("refresh failed, retryable (code {code:?}); next attempt in {} s", retry_after.as_secs_f64().ceil())]
     RefreshFailed {
         /// The platform code, if any.
         code: Option<u32>,
+        /// How long until the next refresh attempt is allowed (duration; zero: now).
+        retry_after: Duration,
     },
     /// The vault failed (see the inner error for what to do).
     #[error("vault error: {0}")]
@@ -197,23 +216,57 @@ pub type TokenObserver = Box<dyn Fn(TokenEvent<'_>)>;
 /// [`TokenSource::with_slot_gate`].
 pub type SlotGate = Box<dyn Fn() -> LocalBoxFuture<'static, ()>>;
 
-/// How stale a grant may be before a flight refreshes it.
+/// What a flight must achieve for its starter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Need {
-    /// Refresh when the access token has less than this left, ms.
-    access_ms: u64,
-    /// When non-zero: refresh when the refresh token has less than this left, ms.
-    refresh_ms: u64,
-    /// The caller already holds a token-endpoint slot (the scheduler); otherwise the
-    /// flight waits at the slot gate, if any, before sending.
-    paced: bool,
+enum Need {
+    /// A caller (`get_token`): a token it may be served ([`GrantRecord::serves_token`]
+    /// with the source's margin); refresh only without one. Waits at the slot gate, if
+    /// any, before sending.
+    Serve,
+    /// The scheduler (`refresh_ahead`), which already holds a token-endpoint slot:
+    /// refresh an `active` grant once `now ≥ access_expires − access_lead` or
+    /// `now ≥ refresh_expires − refresh_lead` (each lead clamped to half that token's
+    /// lifetime, the same arithmetic as the scheduler's deadlines); retry a
+    /// `refresh_failed` grant once its backoff has elapsed.
+    Ahead {
+        /// ms.
+        access_lead_ms: u64,
+        /// ms.
+        refresh_lead_ms: u64,
+    },
 }
 
 impl Need {
-    fn satisfied_by(&self, record: &GrantRecord, now_ms: u64) -> bool {
-        record.access_fresh(now_ms, self.access_ms)
-            && (self.refresh_ms == 0
-                || record.refresh_expires_ms >= now_ms.saturating_add(self.refresh_ms))
+    fn paced(&self) -> bool {
+        matches!(self, Need::Ahead { .. })
+    }
+
+    /// True when an `active` record needs no refresh for this starter.
+    fn satisfied_by(&self, record: &GrantRecord, now_ms: u64, margin_ms: u64) -> bool {
+        match *self {
+            Need::Serve => record.serves_token(now_ms, margin_ms),
+            Need::Ahead {
+                access_lead_ms,
+                refresh_lead_ms,
+            } => {
+                let access_due = record
+                    .access_expires_ms
+                    .saturating_sub(record.access_lead_ms(access_lead_ms));
+                let refresh_due = record
+                    .refresh_expires_ms
+                    .saturating_sub(record.refresh_lead_ms(refresh_lead_ms));
+                record.serves_token(now_ms, margin_ms)
+                    && now_ms < access_due
+                    && now_ms < refresh_due
+            }
+        }
+    }
+}
+
+fn served(record: GrantRecord) -> AccessToken {
+    AccessToken {
+        token: record.access_token,
+        expires_ms: record.access_expires_ms,
     }
 }
 
@@ -227,6 +280,8 @@ struct Inner<R> {
     vault: Addr<TokenVaultActor>,
     refresher: R,
     margin_ms: u64,
+    /// First and largest wait after a retryable failure, ms.
+    backoff_ms: Cell<(u64, u64)>,
     clock: fn() -> u64,
     flights: RefCell<HashMap<String, Flight>>,
     counts: Cell<RefreshCounts>,
@@ -274,6 +329,13 @@ impl<R: RefreshGrant> TokenSource<R> {
                 vault,
                 refresher,
                 margin_ms: margin.as_millis() as u64,
+                backoff_ms: Cell::new({
+                    let d = crate::config::RefreshConfig::default();
+                    (
+                        d.retry_initial.as_millis() as u64,
+                        d.retry_max.as_millis() as u64,
+                    )
+                }),
                 clock,
                 flights: RefCell::new(HashMap::new()),
                 counts: Cell::new(RefreshCounts::default()),
@@ -321,9 +383,21 @@ impl<R: RefreshGrant> TokenSource<R> {
         self.inner.counts.get()
     }
 
-    /// The access-token margin of `get_token`, ms.
+    /// The access-token margin of `get_token`, ms (before the clamp to half a token's
+    /// lifetime).
     pub fn margin_ms(&self) -> u64 {
         self.inner.margin_ms
+    }
+
+    /// Sets the wait after a retryable refresh failure: `initial` after the first,
+    /// doubling per failure in a row up to `max` (durations; default
+    /// `refresh.retry_initial_secs` = 5 s and `refresh.retry_max_secs` = 300 s). The
+    /// [`RefreshScheduler`](crate::refresh::RefreshScheduler) sets its own settings here
+    /// when it is made, so scheduled retries and callers follow one backoff.
+    pub fn set_retry_backoff(&self, initial: Duration, max: Duration) {
+        self.inner
+            .backoff_ms
+            .set((initial.as_millis() as u64, max.as_millis() as u64));
     }
 
     /// Installs the observer told about every use and every stored change (the
@@ -334,54 +408,56 @@ impl<R: RefreshGrant> TokenSource<R> {
         *self.inner.observer.borrow_mut() = Some(observer);
     }
 
-    /// Refreshes `open_id` now if its access token has less than `access_lead` left or
-    /// (when `refresh_lead` is non-zero) its refresh token has less than `refresh_lead`
-    /// left; otherwise returns the stored access token. Same single flight as
-    /// [`TokenSource::get_token`] (joins a flight in progress, whatever started it), so a
-    /// scheduled refresh and a caller never race. Does not count as a use. Not paced
-    /// here: the caller takes a token-endpoint slot first (the scheduler does).
+    /// Refreshes `open_id` now if its access token has at most `access_lead` (at least
+    /// the margin) left or its refresh token has at most `refresh_lead` left, each lead
+    /// clamped to half that token's lifetime ([`GrantRecord::access_lead_ms`],
+    /// [`GrantRecord::refresh_lead_ms`]); retries a `refresh_failed` grant whose backoff
+    /// has elapsed; settles a `refresh_uncertain` grant whose access token is no longer
+    /// servable as `needs_reauth` (nothing sent). Otherwise returns the stored access
+    /// token. Same single flight as [`TokenSource::get_token`] (joins a flight in
+    /// progress, whatever started it), so a scheduled refresh and a caller never race.
+    /// Does not count as a use. Not paced here: the caller takes a token-endpoint slot
+    /// first (the scheduler does).
     ///
     /// # Errors
-    /// Every [`GetTokenError`] variant, as for `get_token`.
+    /// Every [`GetTokenError`] variant, as for `get_token` (`RefreshFailed` also while a
+    /// `refresh_failed` grant's backoff runs, nothing sent).
     pub async fn refresh_ahead(
         &self,
         open_id: &str,
         access_lead: Duration,
         refresh_lead: Duration,
     ) -> Result<AccessToken, GetTokenError> {
-        let need = Need {
-            access_ms: (access_lead.as_millis() as u64).max(self.inner.margin_ms),
-            refresh_ms: refresh_lead.as_millis() as u64,
-            paced: true,
+        let need = Need::Ahead {
+            access_lead_ms: (access_lead.as_millis() as u64).max(self.inner.margin_ms),
+            refresh_lead_ms: refresh_lead.as_millis() as u64,
         };
         self.join_flight(open_id, need).await
     }
 
-    /// Returns an access token of `open_id` valid for at least the margin, refreshing
-    /// first when needed (joining the refresh in flight, if any).
+    /// Returns an access token of `open_id` valid for at least the margin (clamped to
+    /// half its lifetime), refreshing first when needed (joining the refresh in flight,
+    /// if any). A stored token valid beyond the margin is served whatever the grant's
+    /// status (`active`, `refresh_failed`, `refresh_uncertain`); without one, a
+    /// `refresh_failed` grant is retried only once its backoff has elapsed.
     ///
     /// # Errors
     /// Every [`GetTokenError`] variant; each says what to do.
     pub async fn get_token(&self, open_id: &str) -> Result<AccessToken, GetTokenError> {
         self.inner.notify(TokenEvent::Used(open_id));
         let now = (self.inner.clock)();
+        let margin = self.inner.margin_ms;
         let cache = self.inner.cache.get();
         if let Some(cache) = cache
-            && let Some(token) = cache.fresh(open_id, now, self.inner.margin_ms)
+            && let Some(token) = cache.fresh(open_id, now, margin)
         {
             return Ok(token);
         }
         // Taken before the read: an insert is refused if any write happened since.
         let since = cache.map(|c| c.generation());
-        if let Some(record) = self
-            .inner
-            .vault
-            .send(GetGrant {
-                open_id: open_id.to_string(),
-            })
-            .await??
+        if let Some(record) = self.inner.get(open_id).await?
             && record.refresh_started_ms.is_none()
-            && record.access_fresh(now, self.inner.margin_ms)
+            && record.serves_token(now, margin)
         {
             if let (Some(cache), Some(since)) = (cache, since) {
                 cache.insert(
@@ -389,20 +465,28 @@ impl<R: RefreshGrant> TokenSource<R> {
                     open_id,
                     &record.access_token,
                     record.access_expires_ms,
+                    record.access_lead_ms(u64::MAX),
                     record.version,
                 );
             }
-            return Ok(AccessToken {
-                token: record.access_token,
-                expires_ms: record.access_expires_ms,
-            });
+            return Ok(served(record));
         }
-        let need = Need {
-            access_ms: self.inner.margin_ms,
-            refresh_ms: 0,
-            paced: false,
-        };
-        self.join_flight(open_id, need).await
+        match self.join_flight(open_id, Need::Serve).await {
+            // A flight (maybe the scheduler's, started while the token was still valid)
+            // failed without an answer that ends the grant: the stored token, if still
+            // valid beyond the margin, is served all the same.
+            Err(
+                e @ (GetTokenError::RefreshFailed { .. }
+                | GetTokenError::RefreshOutcomeUnknown
+                | GetTokenError::Contended),
+            ) => match self.inner.get(open_id).await? {
+                Some(record) if record.serves_token((self.inner.clock)(), margin) => {
+                    Ok(served(record))
+                }
+                _ => Err(e),
+            },
+            other => other,
+        }
     }
 
     async fn join_flight(&self, open_id: &str, need: Need) -> Result<AccessToken, GetTokenError> {
@@ -441,6 +525,14 @@ impl<R: RefreshGrant> Inner<R> {
         f(&mut c);
         self.counts.set(c);
     }
+
+    /// The wait after the `failures`-th retryable failure in a row, ms.
+    fn backoff_ms(&self, failures: u32) -> u64 {
+        let (initial, max) = self.backoff_ms.get();
+        let factor = 1u64 << failures.saturating_sub(1).min(20);
+        initial.saturating_mul(factor).min(max)
+    }
+
     async fn get(&self, open_id: &str) -> Result<Option<GrantRecord>, GetTokenError> {
         Ok(self
             .vault
@@ -480,7 +572,7 @@ impl<R: RefreshGrant> Inner<R> {
 
     /// One flight: re-read under the gate, refresh if still needed, store the answer.
     async fn fly(this: &Rc<Self>, open_id: &str, need: Need) -> Result<AccessToken, GetTokenError> {
-        let mut paced = need.paced;
+        let mut paced = need.paced();
         for _ in 0..MAX_CONFLICTS {
             let now = (this.clock)();
             let Some(record) = this.get(open_id).await? else {
@@ -494,7 +586,11 @@ impl<R: RefreshGrant> Inner<R> {
                     });
                 }
                 GrantStatus::RefreshUncertain => {
-                    // The token may be consumed: never resend it; settle the grant.
+                    // The refresh token may be consumed: never resend it. Its access token
+                    // is served while valid; after that the grant is settled.
+                    if record.serves_token(now, this.margin_ms) {
+                        return Ok(served(record));
+                    }
                     if this
                         .set_status(record, GrantStatus::NeedsReauth, None)
                         .await?
@@ -504,7 +600,21 @@ impl<R: RefreshGrant> Inner<R> {
                     }
                     continue;
                 }
-                GrantStatus::Active | GrantStatus::RefreshFailed => {}
+                GrantStatus::RefreshFailed => {
+                    if need == Need::Serve && record.serves_token(now, this.margin_ms) {
+                        return Ok(served(record));
+                    }
+                    if let Some(at) = record.retry_at_ms
+                        && now < at
+                    {
+                        // One attempt per backoff step: nothing is sent before it ends.
+                        return Err(GetTokenError::RefreshFailed {
+                            code: record.status_code,
+                            retry_after: Duration::from_millis(at - now),
+                        });
+                    }
+                }
+                GrantStatus::Active => {}
             }
             if record.refresh_started_ms.is_some() {
                 // No flight of ours was in progress (we hold the gate): a previous process
@@ -521,11 +631,10 @@ impl<R: RefreshGrant> Inner<R> {
                 }
                 continue;
             }
-            if need.satisfied_by(&record, now) {
-                return Ok(AccessToken {
-                    token: record.access_token,
-                    expires_ms: record.access_expires_ms,
-                });
+            if record.status == GrantStatus::Active
+                && need.satisfied_by(&record, now, this.margin_ms)
+            {
+                return Ok(served(record));
             }
             if record.refresh_token.is_empty() || record.refresh_expires_ms <= now {
                 if this
@@ -598,11 +707,14 @@ impl<R: RefreshGrant> Inner<R> {
                         sent_at.saturating_add(new.access_expires_in.as_millis() as u64);
                     record.refresh_expires_ms =
                         sent_at.saturating_add(new.refresh_expires_in.as_millis() as u64);
+                    record.issued_ms = sent_at;
                     if let Some(scopes) = &new.scopes {
                         record.scopes = scopes.clone();
                     }
                     record.status = GrantStatus::Active;
                     record.status_code = None;
+                    record.failures = 0;
+                    record.retry_at_ms = None;
                     record.last_used_ms = record.last_used_ms.max((self.clock)());
                     Ok(AccessToken {
                         token: new.access_token.clone(),
@@ -610,9 +722,15 @@ impl<R: RefreshGrant> Inner<R> {
                     })
                 }
                 Err(RefreshFailure::Retryable { code }) => {
+                    let wait = self.backoff_ms(record.failures.saturating_add(1));
                     record.status = GrantStatus::RefreshFailed;
                     record.status_code = *code;
-                    Err(GetTokenError::RefreshFailed { code: *code })
+                    record.failures = record.failures.saturating_add(1);
+                    record.retry_at_ms = Some((self.clock)().saturating_add(wait));
+                    Err(GetTokenError::RefreshFailed {
+                        code: *code,
+                        retry_after: Duration::from_millis(wait),
+                    })
                 }
                 Err(RefreshFailure::NeedsReauth { code }) => {
                     record.status = GrantStatus::NeedsReauth;

@@ -377,15 +377,40 @@ pub fn grant_record(
                 .refresh_token_expires_in
                 .expect("offline_access")
                 .as_millis() as u64,
+        // Obtained `expires_in − access_left` ago: the token keeps the lifetime the
+        // sandbox gave it, aged to have `access_left` left.
+        issued_ms: (now + access_left.as_millis() as u64)
+            .saturating_sub(grant.expires_in.as_millis() as u64),
         scopes: grant.scope.split_whitespace().map(str::to_string).collect(),
         consent_ms: now,
         last_used_ms: now,
         status: lark_auth::vault::GrantStatus::Active,
         status_code: None,
+        failures: 0,
+        retry_at_ms: None,
         refresh_started_ms: None,
         reauth_requested_ms: None,
         version: 0,
     }
+}
+
+thread_local! {
+    /// How far [`test_clock`] runs ahead of the system clock, ms (per test thread: the
+    /// actix System of an `actix_rt::test` runs on it).
+    static CLOCK_OFFSET_MS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The injected clock of time-dependent tests (unix ms): the system clock plus every
+/// [`advance_clock`] so far. Give it to `TokenSource::with_clock` and
+/// `RefreshScheduler::with_clock`; it moves in step with the sandbox's clock.
+pub fn test_clock() -> u64 {
+    lark_auth::vault::unix_now_ms() + CLOCK_OFFSET_MS.with(|o| o.get())
+}
+
+/// Moves [`test_clock`] and the sandbox's clock forward by `by` at once.
+pub fn advance_clock(sandbox: &Sandbox, by: Duration) {
+    CLOCK_OFFSET_MS.with(|o| o.set(o.get() + by.as_millis() as u64));
+    sandbox.advance_time(by);
 }
 
 /// Opens the vault of `app_id` in `path` with one key (id 1).

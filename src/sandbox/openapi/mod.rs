@@ -182,6 +182,12 @@ pub enum OpenApiFault {
         /// Seconds until the limit resets.
         reset_secs: u64,
     },
+    /// Rate limiting as older APIs answer it (§7): HTTP **400** with `code` 99991400 and
+    /// the same headers as [`RateLimited`](Self::RateLimited). Nothing is done.
+    RateLimitedOn400 {
+        /// Seconds until the limit resets.
+        reset_secs: u64,
+    },
     /// This HTTP status with a plain-text (non-JSON) body, as a gateway would answer.
     /// Nothing is done.
     HttpStatus(u16),
@@ -417,9 +423,15 @@ pub(crate) fn fault_answer(
             "temporarily_unavailable",
             "The server is temporarily unavailable. Please retry your request.",
         ),
-        OpenApiFault::RateLimited { reset_secs } => {
+        OpenApiFault::RateLimited { reset_secs }
+        | OpenApiFault::RateLimitedOn400 { reset_secs } => {
+            let status = if matches!(fault, OpenApiFault::RateLimited { .. }) {
+                429
+            } else {
+                400
+            };
             return Some(
-                answer_builder(shared, 429)
+                answer_builder(shared, status)
                     .insert_header(("x-ogw-ratelimit-limit", "50"))
                     .insert_header(("x-ogw-ratelimit-reset", reset_secs.to_string()))
                     .json(serde_json::json!({
