@@ -7,6 +7,13 @@
 //! `card.action.trigger` callback (its reply becomes the callback answer), and
 //! [`ConnectionStateChanged`] on every state change.
 //!
+//! Duplicates: a redelivered message (a `message_id` seen within
+//! `connection.dedup_window`) is acked and not forwarded again, except a card callback:
+//! the platform redelivers a click whose ack it did not get in time, and the copy's ack
+//! must carry the answer again, so every copy is sent as [`CardActionReceived`] and the
+//! consumer answers copies of one `event_id` alike (the RouterActor replays the first
+//! answer without touching the session).
+//!
 //! Lifecycle: `started()` schedules one connection attempt (discovery, TCP, TLS, handshake)
 //! after the delay the [`ReconnectPolicy`] gives; a failed attempt or a lost connection
 //! stops the actor and the supervisor restarts it at once (same struct, so the policy and
@@ -129,6 +136,9 @@ pub struct EventReceived {
 ///
 /// Reply `Ok(response)` to answer, `Err(CallbackFailed)` to answer `{"code":500}` (the
 /// platform then shows an error and may deliver again).
+///
+/// Redelivered copies (same `message_id` and `event_id`) are sent too, each needing the
+/// answer again: answer every copy of an `event_id` as the first.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<CardActionResponse, CallbackFailed>")]
 pub struct CardActionReceived {
@@ -200,7 +210,7 @@ pub struct ConnectionStatus {
     pub data_frames_in: u64,
     /// Acks written (responses to complete data messages).
     pub acks_out: u64,
-    /// Duplicate messages acked but not forwarded.
+    /// Duplicate messages (acked; forwarded again only when they are card callbacks).
     pub duplicates: u64,
     /// Frames that did not decode or had bad headers.
     pub rejected_frames: u64,
@@ -619,14 +629,26 @@ impl ConnectionActor {
                 return;
             }
         };
-        if !self.recent.insert(message_id, received_at) {
+        let duplicate = !self.recent.insert(message_id, received_at);
+        if duplicate {
             self.counters.duplicates += 1;
+            // A redelivered card callback needs its answer again (the platform redelivers
+            // a callback whose ack it did not get in time): it goes to the consumer, which
+            // replays the answer by event_id. Any other duplicate is acked and dropped.
+            if !EnvelopeHead::parse(&payload)
+                .is_ok_and(|e| e.event_type == EVENT_TYPE_CARD_ACTION_TRIGGER)
+            {
+                debug!(
+                    message_id = message_id,
+                    "duplicate delivery acked, not forwarded"
+                );
+                self.ack(frame, received_at, &AckPayload::OK, ctx);
+                return;
+            }
             debug!(
                 message_id = message_id,
-                "duplicate delivery acked, not forwarded"
+                "duplicate card callback forwarded for its answer"
             );
-            self.ack(frame, received_at, &AckPayload::OK, ctx);
-            return;
         }
         // Routing needs the ids and the type only; the body is read by whoever handles it.
         let envelope = match EnvelopeHead::parse(&payload) {
@@ -647,7 +669,7 @@ impl ConnectionActor {
             .as_ref()
             .map(|l| l.conn_id.clone())
             .unwrap_or_else(|| Arc::from(""));
-        if let Some(m) = &self.metrics {
+        if let Some(m) = self.metrics.as_ref().filter(|_| !duplicate) {
             match self.event_counters.get(envelope.event_type.as_ref()) {
                 Some(counter) => {
                     counter.inc();
