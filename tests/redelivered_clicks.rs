@@ -119,7 +119,7 @@ fn spawn_serve(
         &config,
         format!(
             "[endpoints]\nopen_base_url = \"{0}\"\naccounts_base_url = \"{0}\"\n\
-             [vault]\npath = \"{1}\"\n[http]\nlisten = \"127.0.0.1:{2}\"\n",
+             [vault]\npath = \"{1}\"\n[http]\nlisten = \"127.0.0.1:{2}\"\n[log]\nlevel = \"info,lark_auth=debug\"\n",
             sandbox.base_url(),
             dir.join("vault").display(),
             port
@@ -233,7 +233,17 @@ async fn a_click_redelivered_after_a_restart_gets_the_kept_answer_and_leaves_the
     let acks = acks_of(&sandbox, &pushed, 2).await;
     assert_ne!(acks[1].connection, acks[0].connection);
     assert_eq!(acks[1].code(), Some(200));
-    assert_eq!(ack_data(&acks[1]), first, "the kept answer is replayed");
+    let logs = || {
+        ["first.log", "second.log"]
+            .map(|f| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default())
+            .join("\n----- restart -----\n")
+    };
+    assert_eq!(
+        ack_data(&acks[1]),
+        first,
+        "the kept answer is replayed; logs:\n{}",
+        logs()
+    );
     let after = session_json(port, &session_id).await;
     assert_eq!(after, before, "the session was not touched again");
     assert_eq!(sandbox.card_patches().len(), 1, "one declined card in all");
