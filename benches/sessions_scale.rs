@@ -138,6 +138,12 @@ impl Store for DropSessions {
     fn mark_once(&self, mark: &[u8], expires_at_ms: u64, now_ms: u64) -> Result<bool, StoreError> {
         self.0.mark_once(mark, expires_at_ms, now_ms)
     }
+    fn mark_value(&self, mark: &[u8], now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.mark_value(mark, now_ms)
+    }
+    fn set_mark_value(&self, mark: &[u8], value: &[u8], now_ms: u64) -> Result<bool, StoreError> {
+        self.0.set_mark_value(mark, value, now_ms)
+    }
     fn purge_marks(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
         self.0.purge_marks(now_ms, limit)
     }

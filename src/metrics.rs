@@ -4,10 +4,12 @@
 //! process do not mix their numbers). Cheap to clone; every update is an atomic operation
 //! or a labelled-family lookup.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -65,6 +67,8 @@ struct Inner {
     /// Token endpoint, refresh and grants (issue 5).
     refresh: RefreshMetrics,
     sessions: SessionMetrics,
+    /// Behind the link-age gauges (issue 12).
+    link: Arc<LinkActivity>,
 }
 
 const CONNECTION_STATES: [&str; 5] = [
@@ -140,6 +144,8 @@ impl Metrics {
         );
         let refresh = RefreshMetrics::register(&mut registry);
         let sessions = SessionMetrics::register(&mut registry);
+        let link = Arc::new(LinkActivity::new());
+        registry.register_collector(Box::new(LinkAgeCollector(link.clone())));
         let metrics = Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -153,6 +159,7 @@ impl Metrics {
                 callback_latency,
                 refresh,
                 sessions,
+                link,
             }),
         };
         metrics.connection_state("connecting");
@@ -474,6 +481,123 @@ impl Metrics {
 
 // ----- end of authorization sessions ---------------------------------------------------
 
+// ----- link activity: is the long connection alive but quiet? (issue 12) ---------------
+
+/// Label set of the link-age gauges: the long connection's `conn_id` (its `device_id`, as
+/// in the logs), `""` before the first connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnLabel {
+    /// `device_id` of the connection the ages refer to.
+    pub conn_id: String,
+}
+
+/// When the long connection last received a frame and an event: written by the
+/// ConnectionActor (a few atomic stores per read batch, none per event), read at scrape
+/// time to export `lark_auth_connection_last_frame_age_seconds` and
+/// `lark_auth_connection_last_event_age_seconds`.
+///
+/// Instants are kept as microseconds since this value was created (the service start).
+#[derive(Debug)]
+pub struct LinkActivity {
+    origin: std::time::Instant,
+    /// Last inbound WebSocket frame (data, pong, ping, close) on the current connection,
+    /// or the connection's establishment; µs since `origin`.
+    last_frame_us: AtomicU64,
+    /// Last data frame (event or card callback) on any connection; µs since `origin`.
+    last_event_us: AtomicU64,
+    /// The connection the frame age refers to (`""` before the first one).
+    conn_id: Mutex<Arc<str>>,
+}
+
+impl LinkActivity {
+    fn new() -> LinkActivity {
+        LinkActivity {
+            origin: std::time::Instant::now(),
+            last_frame_us: AtomicU64::new(0),
+            last_event_us: AtomicU64::new(0),
+            conn_id: Mutex::new(Arc::from("")),
+        }
+    }
+
+    fn offset_us(&self, at: std::time::Instant) -> u64 {
+        at.saturating_duration_since(self.origin).as_micros() as u64
+    }
+
+    /// A connection `conn_id` was established at `at`: the frame age restarts from there
+    /// (the handshake answer is its first inbound frame).
+    pub fn connected(&self, conn_id: Arc<str>, at: std::time::Instant) {
+        *self.conn_id.lock().unwrap_or_else(|e| e.into_inner()) = conn_id;
+        self.last_frame_us
+            .store(self.offset_us(at), Ordering::Relaxed);
+    }
+
+    /// Frames were received at `at`.
+    pub fn frame_received(&self, at: std::time::Instant) {
+        self.last_frame_us
+            .fetch_max(self.offset_us(at), Ordering::Relaxed);
+    }
+
+    /// An event or card callback frame was received at `at`.
+    pub fn event_received(&self, at: std::time::Instant) {
+        self.last_event_us
+            .fetch_max(self.offset_us(at), Ordering::Relaxed);
+    }
+
+    /// (`conn_id`, seconds since the last frame, seconds since the last event) at `now`.
+    /// Before the first frame or event the age counts from the service start.
+    pub fn ages(&self, now: std::time::Instant) -> (Arc<str>, f64, f64) {
+        let now = self.offset_us(now);
+        let age = |at: &AtomicU64| now.saturating_sub(at.load(Ordering::Relaxed)) as f64 / 1e6;
+        let conn_id = self
+            .conn_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        (conn_id, age(&self.last_frame_us), age(&self.last_event_us))
+    }
+}
+
+/// Exports the link ages at scrape time.
+#[derive(Debug)]
+struct LinkAgeCollector(Arc<LinkActivity>);
+
+impl Collector for LinkAgeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (conn_id, frame_age, event_age) = self.0.ages(std::time::Instant::now());
+        let label = ConnLabel {
+            conn_id: conn_id.to_string(),
+        };
+        for (name, help, value) in [
+            (
+                "connection_last_frame_age_seconds",
+                "Seconds since the long connection last received a frame (pong, event, \
+                 any), or since it was established; grows past PingInterval only when the \
+                 link stopped delivering",
+                frame_age,
+            ),
+            (
+                "connection_last_event_age_seconds",
+                "Seconds since the last event or card callback arrived over the long \
+                 connection (across reconnects), or since the start",
+                event_age,
+            ),
+        ] {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            metric.encode_family(&label)?.encode_gauge(&value)?;
+        }
+        Ok(())
+    }
+}
+
+impl Metrics {
+    /// The link activity the ConnectionActor updates, behind the link-age gauges.
+    pub fn link_activity(&self) -> Arc<LinkActivity> {
+        self.inner.link.clone()
+    }
+}
+
+// ----- end of link activity ------------------------------------------------------------
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,6 +658,42 @@ mod tests {
         a.frame_in();
         assert!(a.encode().contains("lark_auth_frames_in_total 1"));
         assert!(b.encode().contains("lark_auth_frames_in_total 0"));
+    }
+
+    #[test]
+    fn link_ages_count_from_the_start_then_from_the_last_frame_and_event() {
+        use std::time::Duration;
+
+        let m = Metrics::new();
+        let link = m.link_activity();
+        let t0 = link.origin;
+        let secs = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(
+            link.ages(secs(4)),
+            (Arc::from(""), 4.0, 4.0),
+            "since the start"
+        );
+        link.connected(Arc::from("conn_a"), secs(5));
+        link.frame_received(secs(6));
+        link.event_received(secs(6));
+        link.frame_received(secs(8));
+        assert_eq!(link.ages(secs(10)), (Arc::from("conn_a"), 2.0, 4.0));
+        // A new connection: the frame age restarts, the event age goes on.
+        link.connected(Arc::from("conn_b"), secs(20));
+        assert_eq!(link.ages(secs(21)), (Arc::from("conn_b"), 1.0, 15.0));
+        // A clock read before an update it raced with never gives a negative age.
+        assert_eq!(link.ages(secs(19)).1, 0.0);
+
+        let text = m.encode();
+        for line in [
+            "# TYPE lark_auth_connection_last_frame_age_seconds gauge",
+            "# TYPE lark_auth_connection_last_event_age_seconds gauge",
+            "lark_auth_connection_last_frame_age_seconds{conn_id=\"conn_b\"} ",
+            "lark_auth_connection_last_event_age_seconds{conn_id=\"conn_b\"} ",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
     }
 
     #[test]

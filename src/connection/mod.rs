@@ -7,6 +7,13 @@
 //! `card.action.trigger` callback (its reply becomes the callback answer), and
 //! [`ConnectionStateChanged`] on every state change.
 //!
+//! Duplicates: a redelivered message (a `message_id` seen within
+//! `connection.dedup_window`) is acked and not forwarded again, except a card callback:
+//! the platform redelivers a click whose ack it did not get in time, and the copy's ack
+//! must carry the answer again, so every copy is sent as [`CardActionReceived`] and the
+//! consumer answers copies of one `event_id` alike (the RouterActor replays the first
+//! answer without touching the session).
+//!
 //! Lifecycle: `started()` schedules one connection attempt (discovery, TCP, TLS, handshake)
 //! after the delay the [`ReconnectPolicy`] gives; a failed attempt or a lost connection
 //! stops the actor and the supervisor restarts it at once (same struct, so the policy and
@@ -14,6 +21,11 @@
 //! pending. A fatal failure (bad credentials, banned app, connection limit) or an
 //! exhausted `ReconnectCount` parks the actor: it stays alive, answers status queries with
 //! `failed` and makes no further attempt.
+//!
+//! Dead link: a connection that received nothing (no frame, no pong) for `PingInterval +
+//! connection.liveness_margin` is closed with cause `silence` at that deadline (one timer,
+//! re-armed to the latest frame's deadline when it fires early; frames only record their
+//! batch's arrival).
 //!
 //! Hot path: every complete data message is answered on the connection it came on before
 //! it is forwarded; handlers of other actors never run on the read loop.
@@ -29,12 +41,13 @@ use std::time::{Duration, Instant};
 use actix::io::{SinkWrite, WriteHandler};
 use actix::prelude::*;
 use actix_http::ws;
+use actix_rt::time::Instant as TokioInstant;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{SplitSink, StreamExt as _};
 use tracing::{debug, error, info, warn};
 
 use crate::config::{AppCredentials, ConnectionConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{LinkActivity, Metrics};
 use crate::protocol::chunk::{ChunkAssembler, ChunkLimits, ChunkOutcome};
 use crate::protocol::endpoint::{ConnectFailure, ConnectionTuning, WsEndpoint};
 use crate::protocol::event::{
@@ -129,6 +142,9 @@ pub struct EventReceived {
 ///
 /// Reply `Ok(response)` to answer, `Err(CallbackFailed)` to answer `{"code":500}` (the
 /// platform then shows an error and may deliver again).
+///
+/// Redelivered copies (same `message_id` and `event_id`) are sent too, each needing the
+/// answer again: answer every copy of an `event_id` as the first.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<CardActionResponse, CallbackFailed>")]
 pub struct CardActionReceived {
@@ -200,10 +216,17 @@ pub struct ConnectionStatus {
     pub data_frames_in: u64,
     /// Acks written (responses to complete data messages).
     pub acks_out: u64,
-    /// Duplicate messages acked but not forwarded.
+    /// Duplicate messages (acked; forwarded again only when they are card callbacks).
     pub duplicates: u64,
     /// Frames that did not decode or had bad headers.
     pub rejected_frames: u64,
+    /// Time since the live connection last received a frame (any: pong, event, …) or was
+    /// established; `None` when no connection is live. The link is declared dead when
+    /// this reaches `PingInterval + connection.liveness_margin`.
+    pub since_last_frame: Option<Duration>,
+    /// Time since the last event or card callback frame arrived (on any connection);
+    /// `None` before the first.
+    pub since_last_event: Option<Duration>,
 }
 
 type WsSink = SplitSink<WsFramed, Outgoing>;
@@ -213,8 +236,13 @@ struct Live {
     sink: SinkWrite<Outgoing, WsSink>,
     conn_id: Arc<str>,
     service_id: i32,
-    last_inbound: Instant,
+    /// When the last read batch (any frame) arrived, or the connection was established.
+    /// Tokio's clock, so tests can pause it.
+    last_inbound: TokioInstant,
     ping_timer: Option<SpawnHandle>,
+    /// Fires at `last_inbound + PingInterval + liveness_margin`; see
+    /// `ConnectionActor::check_liveness`.
+    liveness_timer: Option<SpawnHandle>,
     continuation: Option<BytesMut>,
 }
 
@@ -239,7 +267,11 @@ pub struct ConnectionActor {
     assembler: ChunkAssembler,
     recent: RecentMessages,
     counters: Counters,
+    /// When the last read batch with a data frame arrived (any connection).
+    last_event: Option<TokioInstant>,
     metrics: Option<Metrics>,
+    /// The metrics' link activity (link-age gauges), when metrics are recorded.
+    activity: Option<Arc<LinkActivity>>,
     /// Per-event-type counters taken from `metrics` once, so the frame path neither
     /// allocates a label nor looks one up in the registry.
     event_counters:
@@ -297,7 +329,9 @@ impl ConnectionActor {
             generation: 0,
             assembler: ChunkAssembler::new(limits),
             counters: Counters::default(),
+            last_event: None,
             metrics: None,
+            activity: None,
             event_counters: std::collections::HashMap::new(),
             ack_scratch: BytesMut::new(),
             ack_buf: BytesMut::new(),
@@ -308,6 +342,7 @@ impl ConnectionActor {
     /// Records connection state, reconnects, frames, acks, events and callback answers
     /// in `metrics`.
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.activity = Some(metrics.link_activity());
         self.metrics = Some(metrics);
         self
     }
@@ -427,15 +462,20 @@ impl ConnectionActor {
         self.counters.connects += 1;
         let (sink, stream) = framed.split();
         ctx.add_stream(stream.ready_chunks(READ_BATCH));
+        let now = TokioInstant::now();
         let conn_id: Arc<str> = Arc::from(endpoint.device_id.as_str());
         self.live = Some(Live {
             sink: SinkWrite::new(sink, ctx),
             conn_id: conn_id.clone(),
             service_id: endpoint.service_id,
-            last_inbound: Instant::now(),
+            last_inbound: now,
             ping_timer: None,
+            liveness_timer: None,
             continuation: None,
         });
+        if let Some(activity) = &self.activity {
+            activity.connected(conn_id.clone(), now.into_std());
+        }
         info!(
             conn_id = %conn_id,
             url = %endpoint.redacted_url(),
@@ -446,6 +486,7 @@ impl ConnectionActor {
         self.set_state(ConnectionState::Connected, None);
         self.send_ping(ctx);
         self.arm_ping_timer(ctx);
+        self.arm_liveness_timer(ctx);
     }
 
     fn apply_client_config(
@@ -515,13 +556,38 @@ impl ConnectionActor {
         ctx.stop();
     }
 
-    fn check_liveness(&mut self, ctx: &mut Context<Self>) {
-        let Some(live) = self.live.as_ref() else {
+    /// How long the link may stay silent: `PingInterval + liveness_margin`.
+    fn liveness_limit(&self) -> Duration {
+        self.tuning.ping_interval + self.config.liveness_margin
+    }
+
+    /// (Re)arms the dead-link timer for `last_inbound + limit`. Frames do not touch the
+    /// timer (they only record `last_inbound`): it re-arms itself when it fires early.
+    fn arm_liveness_timer(&mut self, ctx: &mut Context<Self>) {
+        let limit = self.liveness_limit();
+        let Some(live) = self.live.as_mut() else {
             return;
         };
-        let limit = self.tuning.ping_interval + self.config.liveness_margin;
-        if live.last_inbound.elapsed() > limit {
+        let wait = (live.last_inbound + limit).saturating_duration_since(TokioInstant::now());
+        let handle = ctx.run_later(wait, |act, ctx| act.check_liveness(ctx));
+        if let Some(old) = live.liveness_timer.replace(handle) {
+            ctx.cancel_future(old);
+        }
+    }
+
+    /// The dead-link timer fired: the link is dead if nothing arrived for the whole limit
+    /// (declared at the deadline itself, within the timer's millisecond), else the timer
+    /// waits for the deadline of the latest frame.
+    fn check_liveness(&mut self, ctx: &mut Context<Self>) {
+        let limit = self.liveness_limit();
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        live.liveness_timer = None;
+        if TokioInstant::now() >= live.last_inbound + limit {
             self.connection_lost("silence", ctx);
+        } else {
+            self.arm_liveness_timer(ctx);
         }
     }
 
@@ -562,6 +628,8 @@ impl ConnectionActor {
                         Ok(server_config) => {
                             if self.apply_client_config(&server_config, "pong") {
                                 self.arm_ping_timer(ctx);
+                                // The dead-link deadline moves with the ping interval.
+                                self.arm_liveness_timer(ctx);
                             }
                         }
                         Err(e) => warn!(error = %e, "pong payload is not a ClientConfig; ignored"),
@@ -619,14 +687,26 @@ impl ConnectionActor {
                 return;
             }
         };
-        if !self.recent.insert(message_id, received_at) {
+        let duplicate = !self.recent.insert(message_id, received_at);
+        if duplicate {
             self.counters.duplicates += 1;
+            // A redelivered card callback needs its answer again (the platform redelivers
+            // a callback whose ack it did not get in time): it goes to the consumer, which
+            // replays the answer by event_id. Any other duplicate is acked and dropped.
+            if !EnvelopeHead::parse(&payload)
+                .is_ok_and(|e| e.event_type == EVENT_TYPE_CARD_ACTION_TRIGGER)
+            {
+                debug!(
+                    message_id = message_id,
+                    "duplicate delivery acked, not forwarded"
+                );
+                self.ack(frame, received_at, &AckPayload::OK, ctx);
+                return;
+            }
             debug!(
                 message_id = message_id,
-                "duplicate delivery acked, not forwarded"
+                "duplicate card callback forwarded for its answer"
             );
-            self.ack(frame, received_at, &AckPayload::OK, ctx);
-            return;
         }
         // Routing needs the ids and the type only; the body is read by whoever handles it.
         let envelope = match EnvelopeHead::parse(&payload) {
@@ -647,7 +727,7 @@ impl ConnectionActor {
             .as_ref()
             .map(|l| l.conn_id.clone())
             .unwrap_or_else(|| Arc::from(""));
-        if let Some(m) = &self.metrics {
+        if let Some(m) = self.metrics.as_ref().filter(|_| !duplicate) {
             match self.event_counters.get(envelope.event_type.as_ref()) {
                 Some(counter) => {
                     counter.inc();
@@ -822,9 +902,6 @@ impl Actor for ConnectionActor {
             return;
         }
         ctx.run_interval(SWEEP_PERIOD, |act, _| act.sweep());
-        let check = (self.config.liveness_margin / 2)
-            .clamp(Duration::from_millis(50), Duration::from_secs(5));
-        ctx.run_interval(check, |act, ctx| act.check_liveness(ctx));
         self.schedule_attempt(ctx);
     }
 }
@@ -850,6 +927,13 @@ impl StreamHandler<Vec<Result<ws::Frame, ws::ProtocolError>>> for ConnectionActo
         batch: Vec<Result<ws::Frame, ws::ProtocolError>>,
         ctx: &mut Context<Self>,
     ) {
+        // One clock read per batch (frames of a batch arrived together): the liveness
+        // deadline and the link-age gauges move per batch, never per event.
+        let now = TokioInstant::now();
+        if let Some(live) = self.live.as_mut() {
+            live.last_inbound = now;
+        }
+        let data_frames_before = self.counters.data_frames_in;
         self.in_batch = true;
         for item in batch {
             if self.live.is_none() {
@@ -859,6 +943,17 @@ impl StreamHandler<Vec<Result<ws::Frame, ws::ProtocolError>>> for ConnectionActo
         }
         self.in_batch = false;
         self.flush_acks(ctx);
+        let with_data = self.counters.data_frames_in != data_frames_before;
+        if with_data {
+            self.last_event = Some(now);
+        }
+        if let Some(activity) = &self.activity {
+            let at = now.into_std();
+            activity.frame_received(at);
+            if with_data {
+                activity.event_received(at);
+            }
+        }
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
@@ -879,7 +974,6 @@ impl ConnectionActor {
         let Some(live) = self.live.as_mut() else {
             return;
         };
-        live.last_inbound = Instant::now();
         match frame {
             ws::Frame::Binary(bytes) => self.on_binary(bytes, ctx),
             ws::Frame::Continuation(item) => {
@@ -985,6 +1079,7 @@ impl Handler<GetConnectionStatus> for ConnectionActor {
     type Result = ConnectionStatus;
 
     fn handle(&mut self, _: GetConnectionStatus, _: &mut Context<Self>) -> ConnectionStatus {
+        let now = TokioInstant::now();
         ConnectionStatus {
             state: self.state,
             conn_id: self.live.as_ref().map(|l| l.conn_id.clone()),
@@ -995,6 +1090,11 @@ impl Handler<GetConnectionStatus> for ConnectionActor {
             acks_out: self.counters.acks_out,
             duplicates: self.counters.duplicates,
             rejected_frames: self.counters.rejected_frames,
+            since_last_frame: self
+                .live
+                .as_ref()
+                .map(|l| now.saturating_duration_since(l.last_inbound)),
+            since_last_event: self.last_event.map(|t| now.saturating_duration_since(t)),
         }
     }
 }

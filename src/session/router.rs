@@ -14,8 +14,10 @@
 //! - On start, resumes every non-terminal stored session (deadline and poll time kept);
 //!   messages wait until that is done.
 //! - Deduplicates redeliveries by `event_id` with store marks that survive restarts and
-//!   live [`SessionSettings::dedup_ttl`] (≥ 7 h); a redelivered click gets the first
-//!   answer again while it is remembered in memory. Expired marks and terminal sessions
+//!   live [`SessionSettings::dedup_ttl`] (≥ 7 h). A click's answer is kept with its mark,
+//!   so every redelivered copy gets the first answer again without reaching the session:
+//!   from memory (the last 4096 answers), by joining the first while it is being
+//!   answered, or from the store (after a restart). Expired marks and terminal sessions
 //!   older than [`SessionSettings::terminal_ttl`] are pruned every
 //!   [`SessionSettings::prune_period`].
 //! - Per user: at most [`SessionSettings::per_user_limit`] new sessions per window
@@ -52,8 +54,9 @@ use super::actor::{
 use super::cards::{ACTION_AUTHORIZE, ACTION_DECLINE, CardLocale, VALUE_SESSION_ID};
 use super::machine::{Choice, CodeFlowProgress, SessionRecord, SessionState};
 use super::store::{
-    FlushSessions, ListSessions, LoadSession, LoadSessions, MarkOnce, PruneSessions, PurgeMarks,
-    PutSession, SessionCodec, SessionStoreActor, SessionStoreError, WriteSeq,
+    ClaimClick, ClickClaim, FlushSessions, KeepClickAnswer, ListSessions, LoadSession,
+    LoadSessions, MarkOnce, PruneSessions, PurgeMarks, PutSession, SessionCodec, SessionStoreActor,
+    SessionStoreError, WriteSeq,
 };
 use crate::token_endpoint::{GetPacerStatus, PacerStatus, TokenEndpointPacer};
 
@@ -260,6 +263,8 @@ pub struct RouterActor {
     subscribers: HashMap<String, Vec<Recipient<EventReceived>>>,
     answers: HashMap<String, CardActionResponse>,
     answer_order: VecDeque<String>,
+    /// Clicks being answered, by `event_id`, with the copies waiting for that answer.
+    clicks_in_flight: HashMap<String, Vec<tokio::sync::oneshot::Sender<ClickReply>>>,
     pruned: PruneStats,
     /// The configured default scopes with `offline_access`, shared by the sessions.
     default_scopes: Arc<[String]>,
@@ -316,6 +321,7 @@ impl RouterActor {
             subscribers: HashMap::new(),
             answers: HashMap::new(),
             answer_order: VecDeque::new(),
+            clicks_in_flight: HashMap::new(),
             pruned: PruneStats::default(),
             default_scopes,
         }))
@@ -793,13 +799,33 @@ impl Handler<EventReceived> for RouterActor {
     }
 }
 
-impl Handler<CardActionReceived> for RouterActor {
-    type Result = ResponseActFuture<Self, Result<CardActionResponse, CallbackFailed>>;
+/// The reply a copy of a click waits for while the first is being answered.
+type ClickReply = Result<CardActionResponse, CallbackFailed>;
 
+impl Handler<CardActionReceived> for RouterActor {
+    type Result = ResponseActFuture<Self, ClickReply>;
+
+    /// Answers a click once and every copy of it (same `event_id`: the platform redelivers
+    /// a click whose ack it did not get in time) with the same answer: from memory, by
+    /// joining the first while it is being answered, or from the answer kept with the
+    /// click's dedup mark (after a restart). A copy never reaches the session.
     fn handle(&mut self, msg: CardActionReceived, _: &mut Context<Self>) -> Self::Result {
         if let Some(answer) = self.answers.get(&msg.event_id) {
             debug!(event_id = %msg.event_id, "redelivered click answered again");
             return Box::pin(fut::ready(Ok(answer.clone())));
+        }
+        if let Some(waiting) = self.clicks_in_flight.get_mut(&msg.event_id) {
+            debug!(event_id = %msg.event_id, "redelivered click joins the first's answer");
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            waiting.push(tx);
+            return Box::pin(
+                async move {
+                    rx.await.unwrap_or_else(|_| {
+                        Err(CallbackFailed("the first delivery was not answered".into()))
+                    })
+                }
+                .into_actor(self),
+            );
         }
         let value = &msg.trigger.action.value;
         let session_id = value.get_str(VALUE_SESSION_ID).map(str::to_string);
@@ -812,9 +838,12 @@ impl Handler<CardActionReceived> for RouterActor {
             debug!(event_id = %msg.event_id, "card callback of another feature");
             return Box::pin(fut::ready(Ok(CardActionResponse::default())));
         };
+        self.clicks_in_flight
+            .insert(msg.event_id.clone(), Vec::new());
         let now = unix_now_ms();
-        let mark = self.deps.store.send(MarkOnce {
-            mark: dedup_mark(&msg.event_id),
+        let mark = dedup_mark(&msg.event_id);
+        let claim = self.deps.store.send(ClaimClick {
+            mark: mark.clone(),
             expires_at_ms: now + self.deps.settings.dedup_ttl.as_millis() as u64,
             now_ms: now,
         });
@@ -826,44 +855,86 @@ impl Handler<CardActionReceived> for RouterActor {
             card_token: msg.trigger.token.clone(),
         };
         Box::pin(
-            mark.into_actor(self)
+            claim
+                .into_actor(self)
                 .then(move |res, act, _| {
-                    if let Ok(Ok(false)) = res {
-                        debug!(event_id = %event_id, "redelivered click after restart: not replayed");
-                        return Either::Left(fut::ready(Ok(None)));
-                    }
-                    Either::Right(act.find_session(session_id).map(|found, _, _| Ok(Some(found))))
-                })
-                .then(move |found: Result<Option<_>, CallbackFailed>, act, _| {
-                    let unknown = || CardActionResponse {
-                        toast: Some(click_toast(
-                            ToastKind::Warning,
-                            "此授权请求已失效".into(),
-                            "This authorization request is no longer valid".into(),
-                            locale,
-                        )),
-                        card: None,
-                    };
-                    let answer = match found {
-                        Ok(None) => Ok(CardActionResponse::default()),
-                        Ok(Some(Ok(Found::Running(addr)))) => {
-                            return Either::Right(addr.send(click).into_actor(act).map(
-                                |res, _, _| res.map_err(|e| CallbackFailed(e.to_string())),
-                            ));
+                    let claim = match res {
+                        Ok(Ok(claim)) => claim,
+                        // A failing store must not lose the click: handle it (maybe twice).
+                        Ok(Err(e)) => {
+                            warn!(event_id = %event_id, error = %e, "click dedup mark not set");
+                            ClickClaim::First
                         }
-                        Ok(Some(Ok(Found::Unknown))) => Ok(unknown()),
-                        Ok(Some(Ok(Found::Finished(state, own)))) => Ok(CardActionResponse {
-                            toast: Some(finished_toast(state, own.unwrap_or(locale))),
-                            card: None,
-                        }),
-                        Ok(Some(Err(e))) => Err(CallbackFailed(e.to_string())),
-                        Err(e) => Err(e),
+                        Err(_) => ClickClaim::First,
                     };
-                    Either::Left(fut::ready(answer))
+                    match claim {
+                        ClickClaim::First => {
+                            Either::Right(act.find_session(session_id).map(|found, _, _| Ok(found)))
+                        }
+                        ClickClaim::Answered(answer) => {
+                            debug!(event_id = %event_id, "redelivered click answered with the kept answer");
+                            Either::Left(fut::ready(Err(Ok(answer))))
+                        }
+                        ClickClaim::Unanswered => {
+                            debug!(event_id = %event_id, "redelivered click without a kept answer: not replayed");
+                            Either::Left(fut::ready(Err(Ok(CardActionResponse::default()))))
+                        }
+                    }
                 })
-                .map(move |answer, act, _| {
+                .then(
+                    move |found: Result<Result<Found, SessionStoreError>, ClickReply>, act, _| {
+                        let unknown = || CardActionResponse {
+                            toast: Some(click_toast(
+                                ToastKind::Warning,
+                                "此授权请求已失效".into(),
+                                "This authorization request is no longer valid".into(),
+                                locale,
+                            )),
+                            card: None,
+                        };
+                        // (answer, whether it is new and must be kept with the mark)
+                        let answer = match found {
+                            Err(replayed) => (replayed, false),
+                            Ok(Ok(Found::Running(addr))) => {
+                                return Either::Right(addr.send(click).into_actor(act).map(
+                                    |res, _, _| {
+                                        (res.map_err(|e| CallbackFailed(e.to_string())), true)
+                                    },
+                                ));
+                            }
+                            Ok(Ok(Found::Unknown)) => (Ok(unknown()), true),
+                            Ok(Ok(Found::Finished(state, own))) => (
+                                Ok(CardActionResponse {
+                                    toast: Some(finished_toast(state, own.unwrap_or(locale))),
+                                    card: None,
+                                }),
+                                true,
+                            ),
+                            Ok(Err(e)) => (Err(CallbackFailed(e.to_string())), false),
+                        };
+                        Either::Left(fut::ready(answer))
+                    },
+                )
+                .map(move |(answer, new), act, _| {
                     if let Ok(a) = &answer {
-                        act.remember_answer(msg.event_id, a.clone());
+                        if new {
+                            // Queued on the store's one thread before the reply leaves, so
+                            // any later claim of this mark reads it; not awaited, so the
+                            // ack does not wait for the write.
+                            act.deps.store.do_send(KeepClickAnswer {
+                                mark,
+                                answer: a.clone(),
+                                now_ms: unix_now_ms(),
+                            });
+                        }
+                        act.remember_answer(msg.event_id.clone(), a.clone());
+                    }
+                    for waiting in act
+                        .clicks_in_flight
+                        .remove(&msg.event_id)
+                        .unwrap_or_default()
+                    {
+                        let _ = waiting.send(answer.clone());
                     }
                     answer
                 }),

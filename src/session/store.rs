@@ -2,7 +2,7 @@
 //! that writes records, dedup marks and prunes through the [`Store`] trait.
 //!
 //! Accepts: [`PutSession`], [`LoadSession`], [`LoadSessions`], [`PruneSessions`],
-//! [`MarkOnce`], [`PurgeMarks`], [`FlushSessions`]. Sends nothing. Its companion, the
+//! [`MarkOnce`], [`ClaimClick`], [`KeepClickAnswer`], [`PurgeMarks`], [`FlushSessions`]. Sends nothing. Its companion, the
 //! [`SessionFlusher`] (own thread), accepts [`FlushThrough`]: it makes a given write
 //! durable, one fsync for every write made before it (group commit).
 //!
@@ -24,6 +24,7 @@ use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use crate::protocol::event::CardActionResponse;
 use crate::secret::Secret;
 use crate::store::{Store, StoreError};
 use crate::vault::seal::{self, KeyId, Keyring, VaultKey};
@@ -268,6 +269,50 @@ pub struct MarkOnce {
     pub now_ms: u64,
 }
 
+/// Claims a card click by its dedup mark: sets the mark unless set
+/// ([`Store::mark_once`]), else reads the answer kept with it ([`KeepClickAnswer`]).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<ClickClaim, SessionStoreError>")]
+pub struct ClaimClick {
+    /// The mark's key.
+    pub mark: Vec<u8>,
+    /// Expiry of a new mark, unix ms.
+    pub expires_at_ms: u64,
+    /// Now, unix ms.
+    pub now_ms: u64,
+}
+
+/// What [`ClaimClick`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClickClaim {
+    /// First sighting: the mark is now set; handle the click.
+    First,
+    /// A copy of a click handled before: replay this answer.
+    Answered(CardActionResponse),
+    /// A copy of a click handled before whose answer was not kept (the process stopped
+    /// between the mark and the answer, or the mark predates answers being kept, or the
+    /// kept answer is unreadable).
+    Unanswered,
+}
+
+/// Keeps the answer of a handled click with its dedup mark (same lifetime), so a
+/// redelivered copy is answered the same, after a restart too. Replies false when the mark
+/// is gone (expired, or its write failed). Stored as `0x01 ‖ answer JSON`, in clear: an
+/// answer is what the clicking user is shown (toast, card) and holds no secret.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<bool, SessionStoreError>")]
+pub struct KeepClickAnswer {
+    /// The mark's key, as claimed.
+    pub mark: Vec<u8>,
+    /// The answer sent in the click's ack.
+    pub answer: CardActionResponse,
+    /// Now, unix ms.
+    pub now_ms: u64,
+}
+
+/// Format byte of a kept click answer.
+const CLICK_ANSWER_V1: u8 = 1;
+
 /// Deletes up to `limit` expired marks ([`Store::purge_marks`]); replies how many.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Result<usize, SessionStoreError>")]
@@ -436,6 +481,52 @@ impl Handler<MarkOnce> for SessionStoreActor {
     }
 }
 
+impl Handler<ClaimClick> for SessionStoreActor {
+    type Result = Result<ClickClaim, SessionStoreError>;
+
+    fn handle(&mut self, msg: ClaimClick, _: &mut Self::Context) -> Self::Result {
+        if self
+            .store
+            .mark_once(&msg.mark, msg.expires_at_ms, msg.now_ms)?
+        {
+            return Ok(ClickClaim::First);
+        }
+        let Some(kept) = self.store.mark_value(&msg.mark, msg.now_ms)? else {
+            return Ok(ClickClaim::Unanswered);
+        };
+        match kept.split_first() {
+            Some((&CLICK_ANSWER_V1, json)) => match serde_json::from_slice(json) {
+                Ok(answer) => Ok(ClickClaim::Answered(answer)),
+                Err(e) => {
+                    warn!(error = %e, "kept click answer unreadable; not replayed");
+                    Ok(ClickClaim::Unanswered)
+                }
+            },
+            _ => {
+                warn!("kept click answer of an unknown format; not replayed");
+                Ok(ClickClaim::Unanswered)
+            }
+        }
+    }
+}
+
+impl Handler<KeepClickAnswer> for SessionStoreActor {
+    type Result = Result<bool, SessionStoreError>;
+
+    fn handle(&mut self, msg: KeepClickAnswer, _: &mut Self::Context) -> Self::Result {
+        let mut value = vec![CLICK_ANSWER_V1];
+        if let Err(e) = serde_json::to_writer(&mut value, &msg.answer) {
+            warn!(error = %e, "click answer does not serialize; not kept");
+            return Ok(false);
+        }
+        let kept = self
+            .store
+            .set_mark_value(&msg.mark, &value, msg.now_ms)
+            .inspect_err(|e| warn!(error = %e, "click answer not kept"))?;
+        Ok(kept)
+    }
+}
+
 impl Handler<PurgeMarks> for SessionStoreActor {
     type Result = Result<usize, SessionStoreError>;
 
@@ -538,6 +629,60 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[actix_rt::test]
+    async fn a_kept_click_answer_is_replayed_and_a_damaged_one_is_not() {
+        use crate::protocol::event::Toast;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(crate::store::SledStore::open(dir.path()).unwrap());
+        let codec = SessionCodec::new(&Keyring::single(1, VaultKey::generate())).unwrap();
+        let actor = SessionStoreActor::start(store.clone(), codec);
+        let claim = |mark: &[u8]| ClaimClick {
+            mark: mark.to_vec(),
+            expires_at_ms: 10_000,
+            now_ms: 1_000,
+        };
+        let answer = CardActionResponse {
+            toast: Some(Toast::success("Declined")),
+            card: None,
+        };
+        assert_eq!(
+            actor.send(claim(b"event/e1")).await.unwrap().unwrap(),
+            ClickClaim::First
+        );
+        assert_eq!(
+            actor.send(claim(b"event/e1")).await.unwrap().unwrap(),
+            ClickClaim::Unanswered,
+            "a copy before the answer is kept"
+        );
+        let kept = KeepClickAnswer {
+            mark: b"event/e1".to_vec(),
+            answer: answer.clone(),
+            now_ms: 1_000,
+        };
+        assert!(actor.send(kept).await.unwrap().unwrap());
+        assert_eq!(
+            actor.send(claim(b"event/e1")).await.unwrap().unwrap(),
+            ClickClaim::Answered(answer)
+        );
+
+        // Damaged or unknown kept bytes: not replayed, no panic.
+        for (mark, bytes) in [
+            (&b"event/e2"[..], &b"\x01{not json"[..]),
+            (b"event/e3", b"\x09{}"),
+        ] {
+            assert_eq!(
+                actor.send(claim(mark)).await.unwrap().unwrap(),
+                ClickClaim::First
+            );
+            assert!(store.set_mark_value(mark, bytes, 1_000).unwrap());
+            assert_eq!(
+                actor.send(claim(mark)).await.unwrap().unwrap(),
+                ClickClaim::Unanswered
+            );
+        }
     }
 
     /// The flushed position, read through a probe message on the store thread.

@@ -1,6 +1,6 @@
 //! The storage seam: everything lark-auth keeps across restarts goes through the [`Store`]
 //! trait — grant records, the refresh-due index, authorization sessions, dedup marks with
-//! an expiry, small metadata records (the vault's key checks) and the quarantine of corrupt
+//! an expiry (and an optional value, e.g. a card click's answer), small metadata records (the vault's key checks) and the quarantine of corrupt
 //! records.
 //!
 //! The trait is byte-oriented and names no backend type, so a shared SQL store can
@@ -271,6 +271,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// [`StoreError::Backend`].
     fn mark_once(&self, mark: &[u8], expires_at_ms: u64, now_ms: u64) -> Result<bool, StoreError>;
+
+    /// The value attached to the dedup mark `mark` by [`Store::set_mark_value`].
+    /// `Ok(None)` when the mark is not set, has expired at `now_ms`, or carries no value.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn mark_value(&self, mark: &[u8], now_ms: u64) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Attaches `value` to the dedup mark `mark` (replacing any value it had), keeping the
+    /// mark's expiry, so the value lives and is purged with the mark. Returns false, and
+    /// stores nothing, when the mark is not set or has expired at `now_ms`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn set_mark_value(&self, mark: &[u8], value: &[u8], now_ms: u64) -> Result<bool, StoreError>;
 
     /// Deletes up to `limit` marks that expired at or before `now_ms`, oldest first, and
     /// returns how many. Costs O(deleted).

@@ -6,7 +6,8 @@
 //! - `grants_due`: `due_ms u64 ‖ app_id 0x00 open_id` → empty (the refresh-due index);
 //! - `quarantine`: `app_id 0x00 open_id 0x00 at_ms u64` → `reason_len u16 ‖ reason ‖ raw`;
 //! - `sessions`: `session_id` → value;
-//! - `marks`: `mark` → `expires_ms u64`; `marks_expiry`: `expires_ms u64 ‖ mark` → empty;
+//! - `marks`: `mark` → `expires_ms u64 ‖ value` (the value, empty for most marks, is set
+//!   by [`Store::set_mark_value`]); `marks_expiry`: `expires_ms u64 ‖ mark` → empty;
 //! - `meta`: `name` → value.
 //!
 //! Multi-tree changes run in one sled transaction, so a crash leaves the state before or
@@ -104,6 +105,16 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&bytes[at..at + 8]);
     u64::from_be_bytes(b)
+}
+
+/// The expiry (unix ms) of a stored mark value; 0 (long expired) when the value is too
+/// short to hold one.
+fn mark_expiry(value: &[u8]) -> u64 {
+    if value.len() >= 8 {
+        u64_at(value, 0)
+    } else {
+        0
+    }
 }
 
 /// Splits a stored grant value into (version, due, payload).
@@ -420,7 +431,7 @@ impl Store for SledStore {
     fn mark_once(&self, mark: &[u8], expires_at_ms: u64, now_ms: u64) -> Result<bool, StoreError> {
         let result = (&self.marks, &self.marks_expiry).transaction(|(marks, expiry)| {
             if let Some(old) = marks.get(mark)? {
-                let old_exp = if old.len() == 8 { u64_at(&old, 0) } else { 0 };
+                let old_exp = mark_expiry(&old);
                 if old_exp > now_ms {
                     return Ok(false);
                 }
@@ -432,6 +443,34 @@ impl Store for SledStore {
         });
         result.map_err(|e: TransactionError<()>| match e {
             TransactionError::Storage(e) => backend("mark_once")(e),
+            TransactionError::Abort(()) => unreachable!("the mark transaction never aborts"),
+        })
+    }
+
+    fn mark_value(&self, mark: &[u8], now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let stored = self.marks.get(mark).map_err(backend("mark_value"))?;
+        Ok(stored
+            .filter(|v| v.len() > 8 && mark_expiry(v) > now_ms)
+            .map(|v| v[8..].to_vec()))
+    }
+
+    fn set_mark_value(&self, mark: &[u8], value: &[u8], now_ms: u64) -> Result<bool, StoreError> {
+        let result = self.marks.transaction(|marks| {
+            let Some(old) = marks.get(mark)? else {
+                return Ok(false);
+            };
+            let expires = mark_expiry(&old);
+            if expires <= now_ms {
+                return Ok(false);
+            }
+            let mut new = Vec::with_capacity(8 + value.len());
+            new.extend_from_slice(&expires.to_be_bytes());
+            new.extend_from_slice(value);
+            marks.insert(mark, new)?;
+            Ok(true)
+        });
+        result.map_err(|e: TransactionError<()>| match e {
+            TransactionError::Storage(e) => backend("set_mark_value")(e),
             TransactionError::Abort(()) => unreachable!("the mark transaction never aborts"),
         })
     }
@@ -455,8 +494,8 @@ impl Store for SledStore {
             let result = (&self.marks, &self.marks_expiry).transaction(|(marks, expiry)| {
                 expiry.remove(ek.as_ref())?;
                 if let Some(v) = marks.get(mark)?
-                    && v.len() == 8
-                    && u64_at(&v, 0) == exp
+                    && v.len() >= 8
+                    && mark_expiry(&v) == exp
                 {
                     marks.remove(mark)?;
                 }
@@ -646,6 +685,45 @@ mod tests {
         assert_eq!(store.purge_marks(300, 10).unwrap(), 1);
         assert!(store.mark_once(b"m1", 400, 301).unwrap());
         assert!(!store.mark_once(b"m2", 2_000, 301).unwrap());
+    }
+
+    #[test]
+    fn a_value_lives_and_dies_with_its_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(
+            !store.set_mark_value(b"m1", b"answer", 0).unwrap(),
+            "no mark yet"
+        );
+        assert!(store.mark_once(b"m1", 100, 0).unwrap());
+        assert_eq!(store.mark_value(b"m1", 10).unwrap(), None, "no value yet");
+        assert!(store.set_mark_value(b"m1", b"answer", 10).unwrap());
+        assert_eq!(
+            store.mark_value(b"m1", 10).unwrap().as_deref(),
+            Some(&b"answer"[..])
+        );
+        // The value neither extends nor shortens the mark.
+        assert!(!store.mark_once(b"m1", 500, 99).unwrap());
+        assert_eq!(
+            store.mark_value(b"m1", 100).unwrap(),
+            None,
+            "expired with the mark"
+        );
+        assert!(!store.set_mark_value(b"m1", b"late", 100).unwrap());
+        // Set again after expiry: a fresh mark without the old value.
+        assert!(store.mark_once(b"m1", 300, 100).unwrap());
+        assert_eq!(store.mark_value(b"m1", 100).unwrap(), None);
+        assert!(store.set_mark_value(b"m1", b"second", 100).unwrap());
+        assert_eq!(store.purge_marks(300, 10).unwrap(), 1);
+        assert_eq!(
+            store.mark_value(b"m1", 0).unwrap(),
+            None,
+            "purged with the mark"
+        );
+        assert!(
+            store.mark_once(b"m1", 400, 0).unwrap(),
+            "nothing left of it"
+        );
     }
 
     #[test]
