@@ -65,6 +65,8 @@ struct Inner {
     /// Token endpoint, refresh and grants (issue 5).
     refresh: RefreshMetrics,
     sessions: SessionMetrics,
+    /// 1 when this instance started on a vault that lost acknowledged writes.
+    vault_loss: Gauge,
 }
 
 const CONNECTION_STATES: [&str; 5] = [
@@ -140,6 +142,12 @@ impl Metrics {
         );
         let refresh = RefreshMetrics::register(&mut registry);
         let sessions = SessionMetrics::register(&mut registry);
+        let vault_loss = Gauge::default();
+        registry.register(
+            "vault_loss_detected",
+            "1 when the service was started with --accept-loss on a vault that lost acknowledged writes",
+            vault_loss.clone(),
+        );
         let metrics = Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -153,6 +161,7 @@ impl Metrics {
                 callback_latency,
                 refresh,
                 sessions,
+                vault_loss,
             }),
         };
         metrics.connection_state("connecting");
@@ -165,6 +174,12 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry);
         out
+    }
+
+    /// Sets `lark_auth_vault_loss_detected`: 1 when the instance was started on a vault
+    /// that lost acknowledged writes (`serve --accept-loss`).
+    pub fn vault_loss_detected(&self, detected: bool) {
+        self.inner.vault_loss.set(i64::from(detected));
     }
 
     /// Records the current connection state (`connecting`, `connected`, …).

@@ -95,6 +95,9 @@ pub struct ControlState {
     pub tokens: Option<Addr<crate::app::TokenService>>,
     /// The metrics rendered by `/metrics`.
     pub metrics: Metrics,
+    /// The loss of acknowledged writes the service was started on (`serve
+    /// --accept-loss`), one line; `/healthz` shows it as `vault_loss`.
+    pub vault_loss: Option<String>,
 }
 
 impl ControlState {
@@ -130,6 +133,7 @@ impl ControlState {
             router: None,
             tokens: None,
             metrics,
+            vault_loss: None,
         }
     }
 
@@ -202,10 +206,13 @@ async fn healthz(state: web::Data<ControlState>) -> HttpResponse {
             connection,
             ConnectionState::Failed | ConnectionState::Stopped
         );
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "connection": connection.as_str(),
         "vault": if state.vault.is_none() { "absent" } else if vault_ok { "ok" } else { "unavailable" },
     });
+    if let Some(loss) = &state.vault_loss {
+        body["vault_loss"] = serde_json::Value::String(loss.clone());
+    }
     if healthy {
         HttpResponse::Ok().json(body)
     } else {

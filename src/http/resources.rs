@@ -114,4 +114,8 @@ pub struct HealthResource {
     pub connection: String,
     /// `ok`, `unavailable` or `absent`.
     pub vault: String,
+    /// Present when the service was started with `--accept-loss` on a vault that had lost
+    /// acknowledged writes: what was lost, one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_loss: Option<String>,
 }
