@@ -77,6 +77,7 @@ enum Command {
     #[command(after_help = CLIENT_HELP)]
     Authorize {
         /// The user's open_id (ou_…).
+        #[arg(value_parser = parse_open_id)]
         open_id: String,
         /// A scope to request (repeat for several). Default: the server's
         /// auth.default_scopes; offline_access is always added.
@@ -103,6 +104,7 @@ enum Command {
     #[command(after_help = CLIENT_HELP)]
     Token {
         /// The user's open_id (ou_…).
+        #[arg(value_parser = parse_open_id)]
         open_id: String,
         /// Print {"access_token", "expires_at"} as JSON instead of the bare token.
         #[arg(long)]
@@ -153,6 +155,7 @@ enum Command {
     #[command(after_help = CLIENT_HELP)]
     Revoke {
         /// The user's open_id (ou_…).
+        #[arg(value_parser = parse_open_id)]
         open_id: String,
         #[command(flatten)]
         server: ServerArgs,
@@ -217,6 +220,14 @@ fn main() -> ExitCode {
             lark_auth::cli::revoke(&client, &open_id, &mut std::io::stdout()).await
         }),
     }
+}
+
+/// Refuses an `open_id` argument not shaped like the platform's before any request
+/// (clap prints the reason and exits 2).
+fn parse_open_id(value: &str) -> Result<String, String> {
+    lark_auth::openapi::check_open_id(value)
+        .map(|()| value.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// Runs one client subcommand on a fresh actix System; prints a failure on stderr and

@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
 
-/// The body of `POST /v1/authorizations`.
+/// The body of `POST /v1/authorizations`. An unknown field (e.g. `scope` for `scopes`)
+/// is refused (`400 unknown_field`), not ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuthorizationRequest {
     /// The user to authorize (`ou_…`).
     pub open_id: String,
@@ -94,14 +96,20 @@ pub struct TokenResource {
 }
 
 /// Every error answer: `{"error": "<stable code>", "message": "<human text>"}`, plus
-/// `retry_after_secs` on `429`.
+/// `field` when one request field is at fault and `retry_after_secs` on `429`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// Stable machine-readable code: `unauthorized`, `no_grant`, `needs_reauth`,
-    /// `rate_limited`, `no_session`, `invalid_open_id`, `invalid_state`, …
+    /// `rate_limited`, `no_session`, `invalid_open_id`, `invalid_state`,
+    /// `unknown_field`, `missing_field`, `invalid_json`, `payload_too_large`,
+    /// `unsupported_media_type`, …
     pub error: String,
     /// Human-readable explanation (never holds a secret).
     pub message: String,
+    /// The request field at fault (`open_id`, the unknown or missing body field), when
+    /// one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
     /// Seconds to wait before retrying (`429` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_secs: Option<u64>,
