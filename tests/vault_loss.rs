@@ -237,16 +237,37 @@ async fn start_refuses_a_vault_that_lost_acknowledged_writes_unless_told_to_acce
     .await;
 }
 
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
+fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
         .env_remove("RUST_LOG")
         .env("LARK_APP_ID", APP_ID)
         .env("LARK_APP_SECRET", "sandbox-secret")
         .env("LARK_AUTH_VAULT_KEY", VAULT_KEY)
         .env("LARK_AUTH_API_TOKEN", "api-token-value")
-        .output()
-        .expect("binary runs")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+/// Runs the binary to its end; a run that has not ended after a minute (a `serve` that
+/// started instead of refusing) is killed and reported.
+fn run(args: &[&str]) -> Output {
+    let mut child = command(args).spawn().expect("binary runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{args:?} did not exit: {}{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -304,15 +325,7 @@ async fn serve_exits_with_one_line_on_a_lost_write_and_starts_with_accept_loss()
         text(&out.stderr)
     );
 
-    let child = Command::new(BIN)
-        .args(["serve", "--accept-loss", "--config", &config])
-        .env_remove("RUST_LOG")
-        .env("LARK_APP_ID", APP_ID)
-        .env("LARK_APP_SECRET", "sandbox-secret")
-        .env("LARK_AUTH_VAULT_KEY", VAULT_KEY)
-        .env("LARK_AUTH_API_TOKEN", "api-token-value")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+    let child = command(&["serve", "--accept-loss", "--config", &config])
         .spawn()
         .unwrap();
     let client = awc::Client::default();
