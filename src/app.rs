@@ -258,7 +258,9 @@ impl LarkAuth {
     ///
     /// # Errors
     /// [`StartError`]: invalid config, missing credentials, the store locked or
-    /// unreadable, a wrong vault key (nothing is overwritten), the HTTP address in use.
+    /// unreadable, a wrong vault key (nothing is overwritten), a vault that lost
+    /// acknowledged writes ([`StartError::VaultLoss`] unless
+    /// [`StartOptions::accept_loss`]), the HTTP address in use.
     pub fn start_with(config: Config, options: StartOptions) -> Result<Handle, StartError> {
         config.validate()?;
         let credentials = config
