@@ -122,6 +122,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     keyring: Keyring::single(1, VaultKey::generate()),
                     api_token: None,
                     http: false,
+                    accept_loss: false,
                 },
             )?
         }

@@ -51,9 +51,9 @@ use crate::service::StateReport;
 use crate::session::router::{
     GetSession, StartAuthorization, StartError as SessionStartError, StopRouter, Subscribe,
 };
-use crate::session::store::SessionStoreError;
+use crate::session::store::{SessionStoreError, expire_unsure_sessions};
 use crate::session::{RouterActor, RouterParts, SessionSettings, SessionView};
-use crate::store::{SledStore, Store, StoreError};
+use crate::store::{LossReport, SledStore, Store, StoreError};
 use crate::token_endpoint::{AcquireSlot, SlotPriority, TokenEndpointPacer};
 use crate::vault::actor::Revoke;
 use crate::vault::{
@@ -72,6 +72,13 @@ pub struct StartOptions {
     pub api_token: Option<Secret<String>>,
     /// Start the HTTP front on `config.http.listen`. Default true.
     pub http: bool,
+    /// Start even when the vault has lost writes it had acknowledged (`serve
+    /// --accept-loss`): the loss is logged at `error`, shown by `/healthz` (`vault_loss`),
+    /// the `lark_auth_vault_loss_detected` gauge and [`Handle::vault_loss`], every
+    /// authorization session that was not finished is expired, and the store's record of
+    /// acknowledged writes is reset so the next start does not refuse again. Default false:
+    /// [`StartError::VaultLoss`].
+    pub accept_loss: bool,
 }
 
 /// Why the service could not start. Each names the fix.
@@ -90,6 +97,17 @@ pub enum StartError {
     /// The vault refused the key or the data (wrong key: nothing was written).
     #[error("cannot open the vault: {0}")]
     Vault(#[from] VaultError),
+    /// The vault no longer holds writes it had acknowledged (damaged files after a crash
+    /// or a disk fault, or sled's files restored from an older copy). Nothing was written.
+    /// Restore the latest backup of the vault directory (`docs/operations.md`, "Restore a
+    /// damaged vault"), or start with [`StartOptions::accept_loss`] (`serve
+    /// --accept-loss`) to run on what is left.
+    #[error(
+        "{0}. Restore the latest backup of the vault directory (docs/operations.md, \
+         \"Restore a damaged vault\"), or start with `lark-auth serve --accept-loss` to run \
+         on what is left"
+    )]
+    VaultLoss(LossReport),
     /// The session store could not be read.
     #[error("cannot load sessions: {0}")]
     Sessions(#[from] SessionStoreError),
@@ -237,6 +255,7 @@ impl LarkAuth {
                 keyring,
                 api_token,
                 http: true,
+                accept_loss: false,
             },
         )
     }
@@ -246,7 +265,9 @@ impl LarkAuth {
     ///
     /// # Errors
     /// [`StartError`]: invalid config, missing credentials, the store locked or
-    /// unreadable, a wrong vault key (nothing is overwritten), the HTTP address in use.
+    /// unreadable, a wrong vault key (nothing is overwritten), a vault that lost
+    /// acknowledged writes ([`StartError::VaultLoss`] unless
+    /// [`StartOptions::accept_loss`]), the HTTP address in use.
     pub fn start_with(config: Config, options: StartOptions) -> Result<Handle, StartError> {
         config.validate()?;
         let credentials = config
@@ -257,6 +278,12 @@ impl LarkAuth {
         let metrics = Metrics::new();
 
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.vault.path)?);
+        let vault_loss = store.detected_loss();
+        if let Some(loss) = &vault_loss
+            && !options.accept_loss
+        {
+            return Err(StartError::VaultLoss(loss.clone()));
+        }
         let vault = Vault::open(
             store.clone(),
             credentials.app_id.clone(),
@@ -265,6 +292,9 @@ impl LarkAuth {
                 keepalive_lead: config.refresh.keepalive,
             },
         )?;
+        if let Some(loss) = &vault_loss {
+            accept_loss(&*store, loss, &options.keyring, &metrics)?;
+        }
         let vault_core = vault.clone();
         let vault = TokenVaultActor::start(vault, VAULT_THREADS);
         let client = OpenApiClient::new(&config)?;
@@ -354,6 +384,7 @@ impl LarkAuth {
             state.vault = Some(vault.clone());
             state.router = Some(router.clone());
             state.tokens = Some(tokens.clone());
+            state.vault_loss = vault_loss.as_ref().map(|l| l.to_string());
             let front =
                 http::start(config.http.listen, state).map_err(|source| StartError::Http {
                     addr: config.http.listen,
@@ -373,8 +404,37 @@ impl LarkAuth {
             states,
             http,
             metrics,
+            vault_loss,
         })
     }
+}
+
+/// Starts on a vault that lost acknowledged writes ([`StartOptions::accept_loss`]):
+/// reports the loss, expires the sessions that were not finished (their newest
+/// transitions may be lost; see [`expire_unsure_sessions`]), and resets the store's record
+/// of acknowledged writes (flushed).
+fn accept_loss(
+    store: &dyn Store,
+    loss: &LossReport,
+    keyring: &Keyring,
+    metrics: &Metrics,
+) -> Result<(), StartError> {
+    tracing::error!(
+        loss = %loss,
+        "starting on a vault that lost acknowledged writes (--accept-loss): users whose grant is \
+         gone or stale must authorize again"
+    );
+    metrics.vault_loss_detected(true);
+    let expired = expire_unsure_sessions(store, keyring, crate::vault::unix_now_ms())?;
+    if expired > 0 {
+        tracing::warn!(
+            expired,
+            "authorization sessions that were not finished were expired instead of resumed \
+             (their last changes may be among the lost writes)"
+        );
+    }
+    store.accept_loss()?;
+    Ok(())
 }
 
 /// The running service. Cheap to clone parts of; `shutdown` stops it.
@@ -387,6 +447,7 @@ pub struct Handle {
     states: watch::Receiver<StateReport>,
     http: Option<HttpFront>,
     metrics: Metrics,
+    vault_loss: Option<LossReport>,
 }
 
 impl Handle {
@@ -534,6 +595,12 @@ impl Handle {
     /// This instance's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The loss of acknowledged writes this instance was started on with
+    /// [`StartOptions::accept_loss`]; `None` when the vault was whole.
+    pub fn vault_loss(&self) -> Option<&LossReport> {
+        self.vault_loss.as_ref()
     }
 
     /// Stops gracefully within about `grace`: the connection closes after its queued

@@ -160,6 +160,7 @@ async fn run_with(
             keyring: Keyring::single(1, VaultKey::generate()),
             api_token: Some(Secret::new(api_token.clone())),
             http: true,
+            accept_loss: false,
         },
     )?;
     let outcome = narrate(sandbox, &handle, &api_token, out).await;

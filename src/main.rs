@@ -28,7 +28,8 @@ enum Command {
     /// and the control API bearer token (LARK_AUTH_API_TOKEN). Logs one JSON object per line
     /// on stdout. Stops gracefully on SIGINT/SIGTERM. Exits 2 on invalid configuration or
     /// environment, 1 on a fatal runtime error (bad credentials, connection limit, vault
-    /// locked or wrong key), each with one line naming the cause.
+    /// locked or wrong key, a vault that lost acknowledged writes), each with one line
+    /// naming the cause.
     ///
     /// Example: LARK_APP_ID=cli_xxx LARK_APP_SECRET=yyy LARK_AUTH_VAULT_KEY=$(cat vault.key)
     /// LARK_AUTH_API_TOKEN=zzz lark-auth serve --config config.toml
@@ -38,6 +39,13 @@ enum Command {
         /// LARK_APP_ID / LARK_APP_SECRET).
         #[arg(long, short, value_name = "PATH")]
         config: Option<PathBuf>,
+        /// Start even if the vault lost writes it had acknowledged (damaged files after a
+        /// crash, or sled's files restored from an older copy). Without it serve refuses
+        /// and exits 1; restore the backup instead when you have one (docs/operations.md,
+        /// "Restore a damaged vault"). With it the loss is logged, shown by /healthz and
+        /// the lark_auth_vault_loss_detected gauge, and unfinished authorizations expire.
+        #[arg(long)]
+        accept_loss: bool,
     },
     /// Run the product end to end against the built-in sandbox (a fake Lark platform on
     /// loopback): no credentials, no network. Prints each step; exits 0 on success.
@@ -69,6 +77,7 @@ enum Command {
     #[command(after_help = CLIENT_HELP)]
     Authorize {
         /// The user's open_id (ou_…).
+        #[arg(value_parser = parse_open_id)]
         open_id: String,
         /// A scope to request (repeat for several). Default: the server's
         /// auth.default_scopes; offline_access is always added.
@@ -95,6 +104,7 @@ enum Command {
     #[command(after_help = CLIENT_HELP)]
     Token {
         /// The user's open_id (ou_…).
+        #[arg(value_parser = parse_open_id)]
         open_id: String,
         /// Print {"access_token", "expires_at"} as JSON instead of the bare token.
         #[arg(long)]
@@ -145,6 +155,7 @@ enum Command {
     #[command(after_help = CLIENT_HELP)]
     Revoke {
         /// The user's open_id (ou_…).
+        #[arg(value_parser = parse_open_id)]
         open_id: String,
         #[command(flatten)]
         server: ServerArgs,
@@ -163,7 +174,10 @@ else at http:// + [http] listen of --config (default ./config.toml when present,
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => serve(config.as_deref()),
+        Command::Serve {
+            config,
+            accept_loss,
+        } => serve(config.as_deref(), accept_loss),
         Command::CheckConfig { config } => check_config(config.as_deref()),
         Command::Demo => demo(),
         Command::Authorize {
@@ -206,6 +220,14 @@ fn main() -> ExitCode {
             lark_auth::cli::revoke(&client, &open_id, &mut std::io::stdout()).await
         }),
     }
+}
+
+/// Refuses an `open_id` argument not shaped like the platform's before any request
+/// (clap prints the reason and exits 2).
+fn parse_open_id(value: &str) -> Result<String, String> {
+    lark_auth::openapi::check_open_id(value)
+        .map(|()| value.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// Runs one client subcommand on a fresh actix System; prints a failure on stderr and
@@ -321,6 +343,9 @@ fn check_vault(config: &Config, keyring: lark_auth::vault::Keyring) -> Result<St
         }
         Err(e) => return Err(format!("cannot open the vault store: {e}")),
     };
+    if let Some(loss) = lark_auth::store::Store::detected_loss(&*store) {
+        return Err(lark_auth::StartError::VaultLoss(loss).to_string());
+    }
     let app_id = config
         .app
         .credentials
@@ -381,7 +406,7 @@ fn demo() -> ExitCode {
     }
 }
 
-fn serve(path: Option<&Path>) -> ExitCode {
+fn serve(path: Option<&Path>, accept_loss: bool) -> ExitCode {
     let config = match load_config(path) {
         Ok(config) => config,
         Err(e) => {
@@ -414,6 +439,7 @@ fn serve(path: Option<&Path>) -> ExitCode {
         keyring,
         api_token,
         http: true,
+        accept_loss,
     };
     let system = actix::System::new();
     let result = system.block_on(lark_auth::service::run_until_signal(config, options));

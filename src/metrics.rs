@@ -69,6 +69,8 @@ struct Inner {
     sessions: SessionMetrics,
     /// Behind the link-age gauges (issue 12).
     link: Arc<LinkActivity>,
+    /// 1 when this instance started on a vault that lost acknowledged writes.
+    vault_loss: Gauge,
 }
 
 const CONNECTION_STATES: [&str; 5] = [
@@ -146,6 +148,12 @@ impl Metrics {
         let sessions = SessionMetrics::register(&mut registry);
         let link = Arc::new(LinkActivity::new());
         registry.register_collector(Box::new(LinkAgeCollector(link.clone())));
+        let vault_loss = Gauge::default();
+        registry.register(
+            "vault_loss_detected",
+            "1 when the service was started with --accept-loss on a vault that lost acknowledged writes",
+            vault_loss.clone(),
+        );
         let metrics = Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -160,6 +168,7 @@ impl Metrics {
                 refresh,
                 sessions,
                 link,
+                vault_loss,
             }),
         };
         metrics.connection_state("connecting");
@@ -172,6 +181,12 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry);
         out
+    }
+
+    /// Sets `lark_auth_vault_loss_detected`: 1 when the instance was started on a vault
+    /// that lost acknowledged writes (`serve --accept-loss`).
+    pub fn vault_loss_detected(&self, detected: bool) {
+        self.inner.vault_loss.set(i64::from(detected));
     }
 
     /// Records the current connection state (`connecting`, `connected`, …).

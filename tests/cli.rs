@@ -437,3 +437,28 @@ async fn check_config_opens_an_existing_vault_with_the_key() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn client_commands_refuse_a_malformed_open_id_before_any_request() {
+    // A server that is not there: a request would exit 1 (unreachable).
+    for args in [
+        ["authorize", "ou_a/../b"],
+        ["token", "ou_a\nb"],
+        ["revoke", "on_7d8a6e6df7621556ce0d21922b676706"],
+    ] {
+        let mut full = args.to_vec();
+        full.extend(["--server", "http://127.0.0.1:9"]);
+        let out = run(&full, &[("LARK_AUTH_API_TOKEN", "api-token-value")]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains("invalid open_id"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}

@@ -4,7 +4,16 @@
 //! `/oauth/callback` needs `Authorization: Bearer <token>` (`/metrics` too: Prometheus
 //! sends it with `authorization: {credentials_file: ...}` in the scrape config); the token is
 //! compared in constant time (SHA-256 digests compared with `subtle`). Errors are JSON
-//! `{"error": "<stable code>", "message": "<human text>"}`. Timestamps are RFC 3339 UTC.
+//! `{"error": "<stable code>", "message": "<human text>"}`, plus `"field": "<name>"` when
+//! one field of the request is at fault (an invalid `open_id`, an unknown or missing body
+//! field). Timestamps are RFC 3339 UTC.
+//!
+//! Input: every `open_id` (body or path) must have the platform's shape
+//! ([`crate::openapi::check_open_id`]) or the answer is `400 invalid_open_id` before
+//! anything is stored or sent. JSON bodies: at most [`MAX_BODY_BYTES`] (`413
+//! payload_too_large`), `Content-Type: application/json` (`415 unsupported_media_type`),
+//! well-formed (`400 invalid_json`), no unknown field (`400 unknown_field`), no missing
+//! one (`400 missing_field`).
 //!
 //! The server runs on its own worker threads; handlers reach the actors only through
 //! their addresses (`Addr` is `Send`), never through shared state.
@@ -15,6 +24,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, UNIX_EPOCH};
 
 use actix::Addr;
+use actix_web::error::JsonPayloadError;
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
 use resources::{AuthorizationRequest, GrantResource, SessionResource};
@@ -36,6 +46,10 @@ use crate::vault::{GrantSummary, TokenVaultActor};
 /// Most grants one `GET /v1/grants` page returns.
 pub const GRANTS_PAGE_LIMIT: usize = 1000;
 
+/// Largest JSON request body accepted, bytes (64 KiB; an authorization request is well
+/// under 1 KiB). Larger: `413 payload_too_large`.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
 /// An error answer of the control API.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -46,6 +60,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// Human-readable explanation (never holds a secret).
     pub message: String,
+    /// The request field at fault (`open_id`, an unknown body field), when one is.
+    pub field: Option<String>,
 }
 
 impl ApiError {
@@ -55,6 +71,68 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            field: None,
+        }
+    }
+
+    /// The same error, naming the request field at fault.
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    /// `400 invalid_open_id` naming the `open_id` field, when `open_id` is not shaped
+    /// like the platform's ([`crate::openapi::check_open_id`]).
+    ///
+    /// # Errors
+    /// The `400` answer.
+    pub fn check_open_id(open_id: &str) -> Result<(), ApiError> {
+        crate::openapi::check_open_id(open_id).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_open_id",
+                format!("{e}: a user's open_id is `ou_` followed by letters, digits or `_`"),
+            )
+            .with_field("open_id")
+        })
+    }
+
+    /// The answer to a JSON body that could not be read (see the module docs for the
+    /// codes).
+    fn from_json(error: &JsonPayloadError) -> Self {
+        match error {
+            JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+                )
+            }
+            JsonPayloadError::ContentType => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be JSON with `Content-Type: application/json`",
+            ),
+            JsonPayloadError::Deserialize(e) => {
+                let text = e.to_string();
+                let named = |prefix: &str| {
+                    text.strip_prefix(prefix)
+                        .and_then(|rest| rest.split_once('`'))
+                        .map(|(name, _)| name.to_string())
+                };
+                if let Some(field) = named("unknown field `") {
+                    ApiError::new(StatusCode::BAD_REQUEST, "unknown_field", text).with_field(field)
+                } else if let Some(field) = named("missing field `") {
+                    ApiError::new(StatusCode::BAD_REQUEST, "missing_field", text).with_field(field)
+                } else {
+                    ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", text)
+                }
+            }
+            other => ApiError::new(
+                other.status_code(),
+                "invalid_body",
+                format!("the body could not be read: {other}"),
+            ),
         }
     }
 
@@ -73,10 +151,14 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(serde_json::json!({
+        let mut body = serde_json::json!({
             "error": self.code,
             "message": self.message,
-        }))
+        });
+        if let Some(field) = &self.field {
+            body["field"] = serde_json::Value::String(field.clone());
+        }
+        HttpResponse::build(self.status).json(body)
     }
 }
 
@@ -95,6 +177,9 @@ pub struct ControlState {
     pub tokens: Option<Addr<crate::app::TokenService>>,
     /// The metrics rendered by `/metrics`.
     pub metrics: Metrics,
+    /// The loss of acknowledged writes the service was started on (`serve
+    /// --accept-loss`), one line; `/healthz` shows it as `vault_loss`.
+    pub vault_loss: Option<String>,
 }
 
 impl ControlState {
@@ -130,6 +215,7 @@ impl ControlState {
             router: None,
             tokens: None,
             metrics,
+            vault_loss: None,
         }
     }
 
@@ -202,10 +288,13 @@ async fn healthz(state: web::Data<ControlState>) -> HttpResponse {
             connection,
             ConnectionState::Failed | ConnectionState::Stopped
         );
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "connection": connection.as_str(),
         "vault": if state.vault.is_none() { "absent" } else if vault_ok { "ok" } else { "unavailable" },
     });
+    if let Some(loss) = &state.vault_loss {
+        body["vault_loss"] = serde_json::Value::String(loss.clone());
+    }
     if healthy {
         HttpResponse::Ok().json(body)
     } else {
@@ -254,8 +343,9 @@ async fn grant_token(
 ) -> Result<HttpResponse, ApiError> {
     use crate::vault::GetTokenError as E;
     state.authorize(&req)?;
-    let tokens = state.tokens_addr()?;
     let open_id = path.into_inner();
+    ApiError::check_open_id(&open_id)?;
+    let tokens = state.tokens_addr()?;
     let result = tokens
         .send(crate::app::GetToken {
             open_id: open_id.clone(),
@@ -313,8 +403,9 @@ async fn revoke_grant(
     state: web::Data<ControlState>,
 ) -> Result<HttpResponse, ApiError> {
     state.authorize(&req)?;
-    let vault = state.vault_addr()?;
     let open_id = path.into_inner();
+    ApiError::check_open_id(&open_id)?;
+    let vault = state.vault_addr()?;
     match vault
         .send(Revoke {
             open_id: open_id.clone(),
@@ -357,8 +448,9 @@ async fn start_authorization(
     state: web::Data<ControlState>,
 ) -> Result<HttpResponse, ApiError> {
     state.authorize(&req)?;
-    let router = state.router_addr()?;
     let body = body.into_inner();
+    ApiError::check_open_id(&body.open_id)?;
+    let router = state.router_addr()?;
     let locale = match body.locale.as_deref() {
         None | Some("") => None,
         Some(name) => Some(CardLocale::from_platform(name).ok_or_else(|| {
@@ -397,8 +489,9 @@ async fn start_authorization(
         Err(StartError::InvalidOpenId) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_open_id",
-            "open_id must be a non-empty user id such as ou_…",
-        )),
+            "open_id must be a user id such as ou_…",
+        )
+        .with_field("open_id")),
         Err(e @ StartError::Store(_)) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
@@ -574,18 +667,23 @@ async fn oauth_callback(
 
 /// Registers the routes on an actix-web `App` (used by [`start`] and by tests).
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/metrics", web::get().to(metrics))
-        .route("/oauth/callback", web::get().to(oauth_callback))
-        .route("/v1/authorizations", web::post().to(start_authorization))
-        .route("/v1/authorizations", web::get().to(list_authorizations))
-        .route(
-            "/v1/authorizations/{session_id}",
-            web::get().to(get_authorization),
-        )
-        .route("/v1/grants", web::get().to(list_grants))
-        .route("/v1/grants/{open_id}", web::delete().to(revoke_grant))
-        .route("/v1/grants/{open_id}/token", web::get().to(grant_token));
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(MAX_BODY_BYTES)
+            .error_handler(|e, _| ApiError::from_json(&e).into()),
+    )
+    .route("/healthz", web::get().to(healthz))
+    .route("/metrics", web::get().to(metrics))
+    .route("/oauth/callback", web::get().to(oauth_callback))
+    .route("/v1/authorizations", web::post().to(start_authorization))
+    .route("/v1/authorizations", web::get().to(list_authorizations))
+    .route(
+        "/v1/authorizations/{session_id}",
+        web::get().to(get_authorization),
+    )
+    .route("/v1/grants", web::get().to(list_grants))
+    .route("/v1/grants/{open_id}", web::delete().to(revoke_grant))
+    .route("/v1/grants/{open_id}/token", web::get().to(grant_token));
 }
 
 /// A running HTTP front.

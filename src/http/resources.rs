@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
 
-/// The body of `POST /v1/authorizations`.
+/// The body of `POST /v1/authorizations`. An unknown field (e.g. `scope` for `scopes`)
+/// is refused (`400 unknown_field`), not ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuthorizationRequest {
     /// The user to authorize (`ou_…`).
     pub open_id: String,
@@ -94,14 +96,21 @@ pub struct TokenResource {
 }
 
 /// Every error answer: `{"error": "<stable code>", "message": "<human text>"}`, plus
-/// `retry_after_secs` on `429` and on `503 refresh_failed` (also in `Retry-After`).
+/// `field` when one request field is at fault, and `retry_after_secs` on `429` and on
+/// `503 refresh_failed` (also in `Retry-After`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// Stable machine-readable code: `unauthorized`, `no_grant`, `needs_reauth`,
-    /// `rate_limited`, `no_session`, `invalid_open_id`, `invalid_state`, …
+    /// `rate_limited`, `no_session`, `invalid_open_id`, `invalid_state`,
+    /// `unknown_field`, `missing_field`, `invalid_json`, `payload_too_large`,
+    /// `unsupported_media_type`, …
     pub error: String,
     /// Human-readable explanation (never holds a secret).
     pub message: String,
+    /// The request field at fault (`open_id`, the unknown or missing body field), when
+    /// one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
     /// Seconds to wait before retrying (`429`, and `503 refresh_failed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_secs: Option<u64>,
@@ -114,4 +123,8 @@ pub struct HealthResource {
     pub connection: String,
     /// `ok`, `unavailable` or `absent`.
     pub vault: String,
+    /// Present when the service was started with `--accept-loss` on a vault that had lost
+    /// acknowledged writes: what was lost, one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_loss: Option<String>,
 }

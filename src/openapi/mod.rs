@@ -46,6 +46,53 @@ pub const HEADER_LOG_ID: &str = "x-tt-logid";
 /// Response header with the seconds until the rate limit resets (§2.5, §7).
 pub const HEADER_RATELIMIT_RESET: &str = "x-ogw-ratelimit-reset";
 
+/// The longest `open_id` accepted, bytes. The platform's are 35 (`ou_` and 32 hex
+/// digits); the limit leaves room without letting a caller store kilobytes under a key.
+pub const MAX_OPEN_ID_LEN: usize = 64;
+
+/// An `open_id` that is not shaped like the platform's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid open_id: {reason}")]
+pub struct InvalidOpenId {
+    /// What is wrong, e.g. "must start with `ou_`".
+    pub reason: &'static str,
+}
+
+/// Checks that `open_id` has the shape of a user's `open_id` in an app: `ou_` followed by
+/// 1 or more ASCII letters, digits or `_`, at most [`MAX_OPEN_ID_LEN`] bytes in all (§4.1
+/// `receive_id`, §5.1 `event.operator.open_id`: `ou_…`). Anything else (path separators,
+/// control characters, spaces, kilobyte strings) is refused before it reaches a store, a
+/// card or a log.
+///
+/// ```
+/// use lark_auth::openapi::check_open_id;
+///
+/// assert!(check_open_id("ou_7d8a6e6df7621556ce0d21922b676706ccs").is_ok());
+/// assert!(check_open_id("ou_a/../b").is_err());
+/// assert!(check_open_id("on_7d8a6e6df7621556ce0d21922b676706").is_err());
+/// ```
+///
+/// # Errors
+/// [`InvalidOpenId`] naming what is wrong.
+pub fn check_open_id(open_id: &str) -> Result<(), InvalidOpenId> {
+    let Some(rest) = open_id.strip_prefix("ou_") else {
+        return Err(InvalidOpenId {
+            reason: "must start with `ou_`",
+        });
+    };
+    if open_id.len() > MAX_OPEN_ID_LEN {
+        return Err(InvalidOpenId {
+            reason: "longer than 64 bytes",
+        });
+    }
+    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(InvalidOpenId {
+            reason: "must be `ou_` followed by ASCII letters, digits or `_`",
+        });
+    }
+    Ok(())
+}
+
 /// A cheap-clone handle on the OpenAPI client. `!Send`: use it on the actix thread that
 /// built it.
 ///

@@ -118,7 +118,9 @@ pub enum StartError {
         /// When the oldest counted request leaves the window.
         retry_after: Duration,
     },
-    /// `open_id` is empty or contains a NUL byte (`400`).
+    /// `open_id` is not shaped like the platform's (`ou_` and letters, digits or `_`, at
+    /// most 64 bytes; [`crate::openapi::check_open_id`]) (`400`). Nothing was stored or
+    /// sent.
     #[error("invalid open_id")]
     InvalidOpenId,
     /// The session could not be stored (`503`); nothing was sent to the user.
@@ -498,7 +500,7 @@ impl Handler<StartAuthorizationWithLocale> for RouterActor {
     type Result = AtomicResponse<Self, Result<SessionView, StartError>>;
 
     fn handle(&mut self, msg: StartAuthorizationWithLocale, _: &mut Context<Self>) -> Self::Result {
-        if msg.open_id.is_empty() || msg.open_id.contains('\0') {
+        if crate::openapi::check_open_id(&msg.open_id).is_err() {
             return AtomicResponse::new(Box::pin(fut::ready(Err(StartError::InvalidOpenId))));
         }
         if let Some(addr) = self

@@ -221,6 +221,44 @@ fn split<'a>(session_id: &str, bytes: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), 
     Ok(rest.split_at(len))
 }
 
+/// After an accepted loss of acknowledged writes ([`Store::accept_loss`]), ends every
+/// stored session that is not terminal, before any is resumed: its newest transitions may
+/// be among the lost writes, and a session that had ended (denied, authorized, expired)
+/// would otherwise resume polling or re-send its card as if alive. Each becomes `expired`
+/// at `now_ms` (unix ms); cards are left as they are, and the caller or the user starts a
+/// new authorization. Records that cannot be opened are left alone (they are never resumed
+/// either). Not flushed: flush the store afterwards. Returns how many were expired.
+///
+/// # Errors
+/// [`SessionStoreError::BadKeyring`], [`SessionStoreError::Store`].
+pub fn expire_unsure_sessions(
+    store: &dyn Store,
+    keyring: &Keyring,
+    now_ms: u64,
+) -> Result<usize, SessionStoreError> {
+    let codec = SessionCodec::new(keyring)?;
+    let mut expired = 0;
+    for (id, bytes) in store.list_sessions()? {
+        let mut record = match codec.decode(&id, &bytes) {
+            Ok(record) if !record.state.is_terminal() => record,
+            Ok(_) => continue,
+            Err(e) => {
+                warn!(session_id = %id, error = %e, "session record skipped");
+                continue;
+            }
+        };
+        record.state = super::machine::SessionState::Expired;
+        record.reason = None;
+        record.platform_code = None;
+        record.next_poll_at_ms = None;
+        record.updated_at_ms = now_ms;
+        record.deadline_ms = record.deadline_ms.min(now_ms);
+        store.put_session(&id, &codec.encode(&record))?;
+        expired += 1;
+    }
+    Ok(expired)
+}
+
 // ----- messages ------------------------------------------------------------------------
 
 /// Writes a session record (the session actor, before it performs a transition's actions;

@@ -16,13 +16,21 @@
 //! that read version `v` replaces the record only if nobody wrote in between (a SQL backend
 //! does `UPDATE … SET version = version + 1 WHERE version = v`).
 //!
+//! Lost writes: a backend whose files can be damaged without it noticing (sled drops
+//! everything after the first bad entry of its log and opens without error) records, apart
+//! from its data, how far the writes it acknowledged reach, and compares at open
+//! ([`Store::detected_loss`], [`LossReport`]). The service refuses to start on a loss
+//! unless told to accept it ([`Store::accept_loss`]). A backend that cannot lose
+//! acknowledged writes (a SQL database) keeps the default methods: no loss detected.
+//!
 //! Instants are unix epoch milliseconds (`u64`, UTC) throughout this module.
 
+mod mark;
 mod sled_store;
 
 use std::path::PathBuf;
 
-pub use self::sled_store::{LOCK_WAIT, SledStore};
+pub use self::sled_store::{LOCK_WAIT, MARK_FILE, SledStore};
 
 /// The boxed cause of a backend failure (kept opaque so the trait names no backend type).
 pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -177,6 +185,74 @@ pub struct QuarantinedRecord {
     pub raw: Vec<u8>,
 }
 
+/// One acknowledged flush: its write generation (1, 2, … for the life of the store) and
+/// when it was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WriteMark {
+    /// The flush's number; every [`Store::flush`] takes the next one.
+    pub generation: u64,
+    /// When the flush was made, unix ms.
+    pub at_ms: u64,
+}
+
+/// Acknowledged writes that a store no longer holds, found at open ([`Store::detected_loss`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LossReport {
+    /// Where the store is (its directory), for messages.
+    pub location: String,
+    /// The last flush acknowledged, as recorded apart from the data; `None` when that
+    /// record itself is damaged (whether anything was lost cannot be told).
+    pub acknowledged: Option<WriteMark>,
+    /// The last acknowledged flush the data still holds; `None` when it holds none.
+    pub found: Option<WriteMark>,
+}
+
+fn rfc3339_s(unix_ms: u64) -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms),
+    )
+}
+
+impl std::fmt::Display for LossReport {
+    /// One line: what was lost (the time window), never a record's content.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(acknowledged) = self.acknowledged else {
+            return write!(
+                f,
+                "the vault at {} cannot tell whether acknowledged writes were lost: its record \
+                 of the last acknowledged write is damaged",
+                self.location
+            );
+        };
+        write!(
+            f,
+            "the vault at {} lost acknowledged writes: ",
+            self.location
+        )?;
+        match self.found {
+            Some(found) => write!(
+                f,
+                "its data ends at the write acknowledged at {} (write generation {}), but \
+                 writes up to {} (generation {}) had been acknowledged",
+                rfc3339_s(found.at_ms),
+                found.generation,
+                rfc3339_s(acknowledged.at_ms),
+                acknowledged.generation
+            )?,
+            None => write!(
+                f,
+                "its data holds none of the writes acknowledged up to {} (write generation {})",
+                rfc3339_s(acknowledged.at_ms),
+                acknowledged.generation
+            )?,
+        }
+        write!(
+            f,
+            "; grants stored, refreshed or revoked and sessions changed in that window are gone"
+        )
+    }
+}
+
 /// Everything persistent. Implementations must make each method atomic on its own: a
 /// crash leaves either the state before or the state after a call, never a mix.
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -312,9 +388,30 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// [`StoreError::Backend`].
     fn list_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
-    /// Makes every write so far durable (fsync). Blocks until done.
+    /// Makes every write so far durable (fsync) and records that they were acknowledged,
+    /// so that losing them later is detected at open ([`Store::detected_loss`]). Blocks
+    /// until done.
     ///
     /// # Errors
     /// [`StoreError::Backend`]: the writes may not be durable; do not acknowledge them.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Acknowledged writes found missing when the store was opened, until
+    /// [`Store::accept_loss`]. `None`: nothing missing (and always for a backend that
+    /// cannot lose acknowledged writes, the default).
+    fn detected_loss(&self) -> Option<LossReport> {
+        None
+    }
+
+    /// Accepts the loss [`Store::detected_loss`] reported: the store's record of
+    /// acknowledged writes is reset to what the data holds (flushed), so the next open
+    /// finds no loss. Until then, flushes leave that record as it was. Does nothing when
+    /// no loss was detected (the default).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`]: the record could not be reset; the next open reports the
+    /// loss again.
+    fn accept_loss(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

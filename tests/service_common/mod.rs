@@ -56,6 +56,7 @@ pub async fn start_instance_with(adjust: impl FnOnce(&mut SandboxConfig, &mut Co
             keyring: Keyring::single(1, VaultKey::generate()),
             api_token: Some(Secret::new(API_TOKEN.into())),
             http: true,
+            accept_loss: false,
         },
     )
     .expect("starts");
