@@ -32,9 +32,10 @@ struct Harness {
     addr: Addr<TokenVaultActor>,
     source: TokenSource<OpenApiRefresher>,
     cache: Arc<TokenCache>,
-    /// The grant as first stored: its access token (of the sandbox's 7,200 s) has 3,000 s
-    /// left, fresh for `get_token` but past half its life, so a `refresh_ahead` with a
-    /// lead of a day (clamped to half the lifetime) refreshes it.
+    /// The grant as first stored: its access token (of the sandbox's 7,200 s) has 1,500 s
+    /// left, fresh for `get_token` but past three quarters of its life, so a
+    /// `refresh_ahead` with a lead of a day (clamped to a quarter of the lifetime)
+    /// refreshes it.
     first: GrantRecord,
 }
 
@@ -46,7 +47,7 @@ async fn harness() -> Harness {
     let addr = TokenVaultActor::start(vault.clone(), 2);
     let first = addr
         .send(StoreGrant {
-            record: grant_record(APP, USER, &grant, Duration::from_secs(3000)),
+            record: grant_record(APP, USER, &grant, Duration::from_secs(1500)),
         })
         .await
         .unwrap()

@@ -14,12 +14,13 @@
 //!   next `get_token`;
 //! - **keep-alive** at `refresh_expires − refresh.keepalive_secs`, so an idle user stays
 //!   authorized;
-//! - each lead is clamped to half the lifetime of the token it protects
-//!   ([`GrantRecord::access_lead_ms`], [`GrantRecord::refresh_lead_ms`]: the lifetime is
-//!   the expiry minus the record's `issued_ms`), so a deadline never falls before half the
-//!   new token's life and a grant is refreshed at most once per half-lifetime even when
-//!   tokens live shorter than the leads (a 20 s token with the default 600 s lead is
-//!   refreshed 10 s after it was obtained, not at once and again at once);
+//! - each lead is clamped to a quarter of the lifetime of the token it protects, but the
+//!   access lead never below the (clamped) margin ([`GrantRecord::access_lead_ms`],
+//!   [`GrantRecord::refresh_lead_ms`]: the lifetime is the expiry minus the record's
+//!   `issued_ms`), so a deadline never falls before half the new token's life and a grant
+//!   is refreshed about once per token lifetime even when tokens live shorter than the
+//!   leads (a 20 s token with `margin_secs = 5` and the default 600 s lead is refreshed
+//!   15 s after it was obtained, not at once and again at once);
 //! - a `refresh_failed` grant is retried at the keep-alive slot at the record's
 //!   `retry_at_ms` (the backoff the [`TokenSource`] set after the failure:
 //!   `refresh.retry_initial_secs` doubling up to `refresh.retry_max_secs`); a
@@ -60,7 +61,7 @@ use crate::token_endpoint::{AcquireSlot, SlotPriority, TokenEndpointPacer};
 use crate::vault::actor::{CompareAndSwapGrant, GetGrant, ListGrants, TokenVaultActor};
 use crate::vault::{
     GetTokenError, GrantRecord, GrantStatus, GrantSummary, RefreshCounts, RefreshGrant,
-    SwapOutcome, TokenEvent, TokenSource, VaultError, clamp_lead_ms, unix_now_ms,
+    SwapOutcome, TokenEvent, TokenSource, VaultError, clamp_lead_ms, clamp_margin_ms, unix_now_ms,
 };
 
 use super::index::{DeadlineKind, Due, RefreshIndex};
@@ -146,10 +147,10 @@ pub struct SchedulerSettings {
     /// (only for the scheduler's private pacer; a shared pacer has its own).
     pub jitter: f64,
     /// Refresh a hot grant's access token when less than this is left (duration;
-    /// clamped per grant to half the access token's lifetime).
+    /// clamped per grant to a quarter of the access token's lifetime, never below the margin).
     pub ahead: Duration,
     /// Refresh any grant when its refresh token has less than this left (duration;
-    /// clamped per grant to half the refresh token's lifetime).
+    /// clamped per grant to a quarter of the refresh token's lifetime).
     pub keepalive_lead: Duration,
     /// A grant used within this long is hot (duration).
     pub hot_window: Duration,
@@ -399,8 +400,8 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
             || now.saturating_sub(slot.last_used_ms) < self.settings.hot_window.as_millis() as u64
     }
 
-    /// Sets both deadlines of `grant` from its slot. Each lead is clamped to half the
-    /// lifetime of its token ([`clamp_lead_ms`]); [`TokenSource::refresh_ahead`] applies
+    /// Sets both deadlines of `grant` from its slot. Each lead is clamped to a quarter of
+    /// the lifetime of its token, the access lead never below the margin ([`clamp_lead_ms`]); [`TokenSource::refresh_ahead`] applies
     /// the same arithmetic, so a due deadline always finds its refresh due.
     fn plan(&mut self, grant: u32, now: u64) {
         let Some(slot) = self.slots[grant as usize].as_ref() else {
@@ -412,6 +413,7 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
                 let access = self.hot(slot, now).then(|| {
                     let lead = clamp_lead_ms(
                         self.settings.ahead.as_millis() as u64,
+                        self.source.margin_ms(),
                         slot.issued_ms,
                         slot.access_expires_ms,
                     );
@@ -419,6 +421,7 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
                 });
                 let lead = clamp_lead_ms(
                     self.settings.keepalive_lead.as_millis() as u64,
+                    0,
                     slot.issued_ms,
                     slot.refresh_expires_ms,
                 );
@@ -428,7 +431,7 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
             GrantStatus::RefreshUncertain => {
                 // Served while its access token is valid beyond the margin; settled just
                 // after.
-                let margin = clamp_lead_ms(
+                let margin = clamp_margin_ms(
                     self.source.margin_ms(),
                     slot.issued_ms,
                     slot.access_expires_ms,

@@ -122,7 +122,7 @@ impl TokenCache {
 
     /// Caches the opened access token of `open_id` (record `version`, expiring at
     /// `expires_ms`; `margin_cap_ms` is the most margin [`fresh`](Self::fresh) applies to
-    /// it, half its lifetime as [`GrantRecord::access_lead_ms`](super::GrantRecord::access_lead_ms)
+    /// it, half its lifetime as [`GrantRecord::access_margin_ms`](super::GrantRecord::access_margin_ms)
     /// gives it, `u64::MAX` when unknown), read from the vault after `since` was taken.
     /// Refused (false) when any grant was written since then — the record read may
     /// already be replaced — or when the cache holds a newer version, or when the

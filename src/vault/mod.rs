@@ -41,7 +41,9 @@ use crate::store::{
 
 pub use self::actor::TokenVaultActor;
 pub use self::cache::{DEFAULT_TOKEN_CACHE_ENTRIES, TokenCache};
-pub use self::record::{GrantRecord, GrantStatus, GrantSummary, UserIdentity, clamp_lead_ms};
+pub use self::record::{
+    GrantRecord, GrantStatus, GrantSummary, UserIdentity, clamp_lead_ms, clamp_margin_ms,
+};
 pub use self::refresher::{OpenApiRefresher, refresh_failure_of};
 pub use self::seal::{KeyId, Keyring, VaultKey};
 pub use self::token::{
@@ -171,8 +173,8 @@ impl Default for DuePolicy {
 
 impl DuePolicy {
     /// The keep-alive deadline of a record (unix ms), or `None` when it cannot be
-    /// refreshed (revoked, needs re-authorization, uncertain). The lead is clamped to half
-    /// the refresh token's lifetime ([`GrantRecord::refresh_lead_ms`]).
+    /// refreshed (revoked, needs re-authorization, uncertain). The lead is clamped to a
+    /// quarter of the refresh token's lifetime ([`GrantRecord::refresh_lead_ms`]).
     pub fn due_ms(&self, record: &GrantRecord) -> Option<u64> {
         record.status.can_refresh().then(|| {
             record

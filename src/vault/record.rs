@@ -101,8 +101,8 @@ pub struct GrantRecord {
     pub refresh_expires_ms: u64,
     /// When the current token pair was obtained, unix ms: the instant its expiries count
     /// from (a refresh's send instant; for a new grant, when the code exchange or
-    /// device-code answer arrived). With the expiries it gives each token's lifetime, to which the refresh leads are clamped (see
-    /// [`clamp_lead_ms`]). 0: unknown (records written before this field existed; their
+    /// device-code answer arrived). With the expiries it gives each token's lifetime, to which the refresh leads and the margin are
+    /// clamped (see [`clamp_lead_ms`], [`clamp_margin_ms`]). 0: unknown (records written before this field existed; their
     /// leads are not clamped until the next refresh sets it).
     pub issued_ms: u64,
     /// Granted scopes.
@@ -202,17 +202,33 @@ fn is_zero_u32(v: &u32) -> bool {
     *v == 0
 }
 
-/// `lead_ms` clamped to half the lifetime of a token obtained at `issued_ms` (unix ms; 0:
-/// unknown, `lead_ms` is returned as is) and expiring at `expires_ms`: a refresh planned
-/// `lead` before expiry then never comes before half the token's life, however short the
-/// platform (or a test) makes it. Applied to `refresh.ahead_secs` and `refresh.margin_secs`
-/// (against the access token's lifetime) and to `refresh.keepalive_secs` (against the
-/// refresh token's).
-pub fn clamp_lead_ms(lead_ms: u64, issued_ms: u64, expires_ms: u64) -> u64 {
+/// `margin_ms` clamped to half the lifetime of a token obtained at `issued_ms` (unix ms;
+/// 0: unknown, `margin_ms` is returned as is) and expiring at `expires_ms` (unix ms): a
+/// token the platform (or a test) makes live shorter than twice `refresh.margin_secs` is
+/// still served for the first half of its life instead of being refreshed on every call.
+pub fn clamp_margin_ms(margin_ms: u64, issued_ms: u64, expires_ms: u64) -> u64 {
     if issued_ms == 0 {
-        return lead_ms;
+        return margin_ms;
     }
-    lead_ms.min(expires_ms.saturating_sub(issued_ms) / 2)
+    margin_ms.min(expires_ms.saturating_sub(issued_ms) / 2)
+}
+
+/// The lead (ms before `expires_ms`) at which a refresh is planned: `lead_ms` clamped to
+/// a quarter of the lifetime of a token obtained at `issued_ms` (unix ms; 0: unknown, no
+/// clamp) and expiring at `expires_ms`, but never less than the clamped `margin_ms`
+/// ([`clamp_margin_ms`]), so a planned refresh still comes before callers find the token
+/// stale. A refresh then never comes before half the token's life, and when the margin is
+/// short, not before its life minus the margin: a grant is refreshed about once per
+/// lifetime however short the platform makes it. Applied to `refresh.ahead_secs` (with
+/// `refresh.margin_secs`, against the access token's lifetime) and to
+/// `refresh.keepalive_secs` (margin 0, against the refresh token's).
+pub fn clamp_lead_ms(lead_ms: u64, margin_ms: u64, issued_ms: u64, expires_ms: u64) -> u64 {
+    let margin_ms = clamp_margin_ms(margin_ms, issued_ms, expires_ms);
+    if issued_ms == 0 {
+        return lead_ms.max(margin_ms);
+    }
+    let quarter = expires_ms.saturating_sub(issued_ms) / 4;
+    lead_ms.min(quarter).max(margin_ms)
 }
 
 /// Why a stored payload could not be read.
@@ -276,26 +292,33 @@ impl GrantRecord {
         }
     }
 
-    /// `lead_ms` clamped to half the access token's lifetime ([`clamp_lead_ms`]).
-    pub fn access_lead_ms(&self, lead_ms: u64) -> u64 {
-        clamp_lead_ms(lead_ms, self.issued_ms, self.access_expires_ms)
+    /// `margin_ms` clamped to half the access token's lifetime ([`clamp_margin_ms`]).
+    pub fn access_margin_ms(&self, margin_ms: u64) -> u64 {
+        clamp_margin_ms(margin_ms, self.issued_ms, self.access_expires_ms)
     }
 
-    /// `lead_ms` clamped to half the refresh token's lifetime ([`clamp_lead_ms`]).
+    /// The access refresh's lead: `lead_ms` clamped to a quarter of the access token's
+    /// lifetime, at least the clamped `margin_ms` ([`clamp_lead_ms`]).
+    pub fn access_lead_ms(&self, lead_ms: u64, margin_ms: u64) -> u64 {
+        clamp_lead_ms(lead_ms, margin_ms, self.issued_ms, self.access_expires_ms)
+    }
+
+    /// The keep-alive's lead: `lead_ms` clamped to a quarter of the refresh token's
+    /// lifetime ([`clamp_lead_ms`]).
     pub fn refresh_lead_ms(&self, lead_ms: u64) -> u64 {
-        clamp_lead_ms(lead_ms, self.issued_ms, self.refresh_expires_ms)
+        clamp_lead_ms(lead_ms, 0, self.issued_ms, self.refresh_expires_ms)
     }
 
     /// True when the stored access token may be handed out at `now_ms`: the grant is
     /// `active`, `refresh_failed` or `refresh_uncertain` (a failed or unanswered refresh
     /// does not touch the access token) and the token stays valid for at least
-    /// `margin_ms` clamped to half its lifetime ([`access_lead_ms`](Self::access_lead_ms)).
+    /// `margin_ms` clamped to half its lifetime ([`access_margin_ms`](Self::access_margin_ms)).
     pub fn serves_token(&self, now_ms: u64, margin_ms: u64) -> bool {
         matches!(
             self.status,
             GrantStatus::Active | GrantStatus::RefreshFailed | GrantStatus::RefreshUncertain
         ) && !self.access_token.is_empty()
-            && self.access_expires_ms >= now_ms.saturating_add(self.access_lead_ms(margin_ms))
+            && self.access_expires_ms >= now_ms.saturating_add(self.access_margin_ms(margin_ms))
     }
 
     fn clear(&self) -> Clear {
@@ -560,7 +583,7 @@ mod tests {
             (0, 0, None)
         );
         assert_eq!(
-            back.access_lead_ms(600_000),
+            back.access_lead_ms(600_000, 300_000),
             600_000,
             "unknown lifetime: no clamp"
         );
@@ -578,13 +601,31 @@ mod tests {
     }
 
     #[test]
-    fn leads_are_clamped_to_half_the_lifetime() {
+    fn leads_are_clamped_to_a_quarter_of_the_lifetime_and_never_below_the_margin() {
         // Issued at 4 s: the access token lives 6 s, the refresh token 16 s.
         let rec = sample("ou_1");
-        assert_eq!(rec.access_lead_ms(600_000), 3_000);
-        assert_eq!(rec.access_lead_ms(1_000), 1_000);
-        assert_eq!(rec.refresh_lead_ms(86_400_000), 8_000);
-        assert_eq!(clamp_lead_ms(5, 10, 5), 0, "expiry before issue: no lead");
+        // A long margin is clamped to half the life, and the lead never goes below it.
+        assert_eq!(rec.access_margin_ms(300_000), 3_000);
+        assert_eq!(rec.access_lead_ms(600_000, 300_000), 3_000);
+        // A short margin: the lead is a quarter of the life (refreshed at 3/4 of it)...
+        assert_eq!(rec.access_lead_ms(600_000, 1_000), 1_500);
+        // ...or the margin when that is longer: refreshed at the life minus the margin.
+        assert_eq!(rec.access_lead_ms(600_000, 2_000), 2_000);
+        assert_eq!(
+            rec.access_lead_ms(1_000, 500),
+            1_000,
+            "a short lead is kept"
+        );
+        assert_eq!(rec.refresh_lead_ms(86_400_000), 4_000);
+        assert_eq!(
+            clamp_lead_ms(5, 0, 10, 5),
+            0,
+            "expiry before issue: no lead"
+        );
+        // The 20 s token of issue 12 with margin 5 s: refreshed 15 s after it was issued.
+        assert_eq!(clamp_lead_ms(600_000, 5_000, 1_000, 21_000), 5_000);
+        // The platform's 2 h token with the defaults: no clamp.
+        assert_eq!(clamp_lead_ms(600_000, 300_000, 1, 7_200_001), 600_000);
         // The margin too: served while at least half the life is left.
         assert!(rec.serves_token(7_000, 300_000));
         assert!(!rec.serves_token(7_001, 300_000));

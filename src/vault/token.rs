@@ -1,10 +1,12 @@
 //! `get_token` with single-flight refresh.
 //!
 //! [`TokenSource::get_token`] returns an access token valid for at least the margin,
-//! refreshing first when needed. The margin, like the scheduler's leads, is clamped to
-//! half the token's lifetime ([`GrantRecord::access_lead_ms`]): a token the platform (or a
-//! test) makes live shorter than twice the margin is still served for its first half, and
-//! refreshed once per half-life at most, never on every call. The refresh itself goes through the [`RefreshGrant`] seam
+//! refreshing first when needed. The margin is clamped to half the token's lifetime
+//! ([`GrantRecord::access_margin_ms`]) and the scheduler's leads to a quarter of it, never
+//! below the margin ([`GrantRecord::access_lead_ms`]): a token the platform (or a test)
+//! makes live shorter than twice the margin is still served for its first half, and a
+//! grant is refreshed about once per token lifetime, never on every call. The refresh
+//! itself goes through the [`RefreshGrant`] seam
 //! ([`OpenApiRefresher`](super::OpenApiRefresher) implements it for the platform; the seam
 //! stays so other token endpoints or test harnesses can be plugged in).
 //!
@@ -225,8 +227,9 @@ enum Need {
     Serve,
     /// The scheduler (`refresh_ahead`), which already holds a token-endpoint slot:
     /// refresh an `active` grant once `now ≥ access_expires − access_lead` or
-    /// `now ≥ refresh_expires − refresh_lead` (each lead clamped to half that token's
-    /// lifetime, the same arithmetic as the scheduler's deadlines); retry a
+    /// `now ≥ refresh_expires − refresh_lead` (each lead clamped as
+    /// [`clamp_lead_ms`](super::clamp_lead_ms) says, the same arithmetic as the
+    /// scheduler's deadlines); retry a
     /// `refresh_failed` grant once its backoff has elapsed.
     Ahead {
         /// ms.
@@ -251,7 +254,7 @@ impl Need {
             } => {
                 let access_due = record
                     .access_expires_ms
-                    .saturating_sub(record.access_lead_ms(access_lead_ms));
+                    .saturating_sub(record.access_lead_ms(access_lead_ms, margin_ms));
                 let refresh_due = record
                     .refresh_expires_ms
                     .saturating_sub(record.refresh_lead_ms(refresh_lead_ms));
@@ -384,7 +387,7 @@ impl<R: RefreshGrant> TokenSource<R> {
     }
 
     /// The access-token margin of `get_token`, ms (before the clamp to half a token's
-    /// lifetime).
+    /// lifetime, [`GrantRecord::access_margin_ms`]).
     pub fn margin_ms(&self) -> u64 {
         self.inner.margin_ms
     }
@@ -410,7 +413,7 @@ impl<R: RefreshGrant> TokenSource<R> {
 
     /// Refreshes `open_id` now if its access token has at most `access_lead` (at least
     /// the margin) left or its refresh token has at most `refresh_lead` left, each lead
-    /// clamped to half that token's lifetime ([`GrantRecord::access_lead_ms`],
+    /// clamped to a quarter of that token's lifetime ([`GrantRecord::access_lead_ms`],
     /// [`GrantRecord::refresh_lead_ms`]); retries a `refresh_failed` grant whose backoff
     /// has elapsed; settles a `refresh_uncertain` grant whose access token is no longer
     /// servable as `needs_reauth` (nothing sent). Otherwise returns the stored access
@@ -465,7 +468,7 @@ impl<R: RefreshGrant> TokenSource<R> {
                     open_id,
                     &record.access_token,
                     record.access_expires_ms,
-                    record.access_lead_ms(u64::MAX),
+                    record.access_margin_ms(u64::MAX),
                     record.version,
                 );
             }
