@@ -425,7 +425,7 @@ fn accept_loss(
          gone or stale must authorize again"
     );
     metrics.vault_loss_detected(true);
-    let expired = expire_unsure_sessions(store, keyring, crate::vault::unix_now_ms())?;
+    let expired = expire_unsure_sessions(store, keyring, crate::clock::unix_now_ms())?;
     if expired > 0 {
         tracing::warn!(
             expired,

@@ -132,7 +132,7 @@ pub async fn run(out: &mut impl Write) -> Result<(), DemoError> {
     let dir = std::env::temp_dir().join(format!(
         "lark-auth-demo-{}-{}",
         std::process::id(),
-        crate::vault::unix_now_ms()
+        crate::clock::unix_now_ms()
     ));
     let result = run_with(&sandbox, &dir, out).await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -25,8 +25,8 @@ use actix::prelude::*;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::oneshot;
 
+use crate::clock::unix_now_ms;
 use crate::refresh::Pacer;
-use crate::vault::unix_now_ms;
 
 /// Which queue a request waits in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

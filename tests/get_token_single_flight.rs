@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use actix::Addr;
 use common::*;
+use lark_auth::clock::Clock;
 use lark_auth::sandbox::{OpenApiFault, OpenApiRoute, Sandbox, SandboxConfig};
 use lark_auth::vault::actor::{GetGrant, ListQuarantined, StoreGrant};
 use lark_auth::vault::{
@@ -165,7 +166,12 @@ async fn a_grant_revoked_on_the_platform_needs_reauth_and_is_not_retried() {
 #[actix_rt::test]
 async fn a_retryable_failure_keeps_the_token_and_a_call_after_the_backoff_refreshes() {
     let h = harness(Duration::from_secs(2)).await;
-    let source = TokenSource::with_clock(h.addr.clone(), h.refresher.clone(), MARGIN, test_clock);
+    let source = TokenSource::with_clock(
+        h.addr.clone(),
+        h.refresher.clone(),
+        MARGIN,
+        Clock::from_fn(test_clock),
+    );
     h.sandbox
         .inject_openapi_fault(OpenApiRoute::UserToken, OpenApiFault::ServerError);
     let err = source.get_token(USER).await.unwrap_err();

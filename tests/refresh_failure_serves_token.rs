@@ -14,6 +14,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use common::*;
 use lark_auth::app::TokenService;
+use lark_auth::clock::Clock;
 use lark_auth::config::RefreshConfig;
 use lark_auth::http::{self, ControlState, HttpFront};
 use lark_auth::metrics::Metrics;
@@ -63,7 +64,7 @@ async fn harness(timeout: Duration) -> Harness {
         vault.clone(),
         OpenApiRefresher::new(client),
         refresh.margin,
-        test_clock,
+        Clock::from_fn(test_clock),
     );
     let scheduler = RefreshScheduler::new(
         source.clone(),
@@ -73,7 +74,7 @@ async fn harness(timeout: Duration) -> Harness {
             ..SchedulerSettings::from_config(&refresh)
         },
     )
-    .with_clock(test_clock)
+    .with_clock(Clock::from_fn(test_clock))
     .start();
     let mut state = ControlState::new(Some(&Secret::new(API_TOKEN.into())), Metrics::new());
     state.vault = Some(vault.clone());

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use common::*;
+use lark_auth::clock::Clock;
 use lark_auth::config::RefreshConfig;
 use lark_auth::refresh::{GetRefreshStats, RefreshScheduler, RefreshStats, SchedulerSettings};
 use lark_auth::sandbox::{OpenApiSandboxConfig, Sandbox, SandboxConfig};
@@ -63,14 +64,14 @@ async fn start(access: Duration, refresh_lifetime: Duration, refresh: &RefreshCo
         vault.clone(),
         OpenApiRefresher::new(client),
         refresh.margin,
-        test_clock,
+        Clock::from_fn(test_clock),
     );
     let settings = SchedulerSettings {
         tick: Duration::from_millis(10),
         ..SchedulerSettings::from_config(refresh)
     };
     let scheduler = RefreshScheduler::new(source.clone(), vault.clone(), settings)
-        .with_clock(test_clock)
+        .with_clock(Clock::from_fn(test_clock))
         .start();
     let run = Run {
         _dir: dir,

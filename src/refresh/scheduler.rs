@@ -55,13 +55,14 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{debug, info, warn};
 
+use crate::clock::Clock;
 use crate::config::RefreshConfig;
 use crate::metrics::Metrics;
 use crate::token_endpoint::{AcquireSlot, SlotPriority, TokenEndpointPacer};
 use crate::vault::actor::{CompareAndSwapGrant, GetGrant, ListGrants, TokenVaultActor};
 use crate::vault::{
     GetTokenError, GrantRecord, GrantStatus, GrantSummary, RefreshCounts, RefreshGrant,
-    SwapOutcome, TokenEvent, TokenSource, VaultError, clamp_lead_ms, clamp_margin_ms, unix_now_ms,
+    SwapOutcome, TokenEvent, TokenSource, VaultError, clamp_lead_ms, clamp_margin_ms,
 };
 
 use super::index::{DeadlineKind, Due, RefreshIndex};
@@ -312,7 +313,7 @@ pub struct RefreshScheduler<R: RefreshGrant> {
     vault: Addr<TokenVaultActor>,
     settings: SchedulerSettings,
     reauth: Option<Recipient<ReauthNeeded>>,
-    clock: fn() -> u64,
+    clock: Clock,
     index: RefreshIndex,
     /// The token-endpoint pacer (shared, or started privately in `started`).
     pacer: Option<Addr<TokenEndpointPacer>>,
@@ -345,7 +346,7 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
             vault,
             settings,
             reauth: None,
-            clock: unix_now_ms,
+            clock: Clock::system(),
             index: RefreshIndex::new(),
             pacer: None,
             slot_requests: 0,
@@ -363,12 +364,12 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
         }
     }
 
-    /// Reads the time from `clock` (unix ms) instead of the system clock, for tests that
-    /// move time themselves (give the [`TokenSource`] the same clock with
-    /// [`TokenSource::with_clock`]). Timers still run on real time: a deadline that the
-    /// clock jumps past is picked up by the next tick.
-    pub fn with_clock(mut self, clock: fn() -> u64) -> Self {
-        self.clock = clock;
+    /// Reads the time from `clock` (unix ms; a [`Clock`], or a `fn() -> u64`) instead of
+    /// the system clock, for tests that move time themselves (give the [`TokenSource`]
+    /// the same clock with [`TokenSource::with_clock`]). Timers still run on real time: a
+    /// deadline that the clock jumps past is picked up by the next tick.
+    pub fn with_clock(mut self, clock: impl Into<Clock>) -> Self {
+        self.clock = clock.into();
         self
     }
 
@@ -449,7 +450,7 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
 
     /// Records what the vault holds for `open_id` (`None`: no grant) and plans it.
     fn apply(&mut self, open_id: &str, view: Option<View>, ctx: &mut Context<Self>) {
-        let now = (self.clock)();
+        let now = self.clock.now_ms();
         let grant = match (self.ids.get(open_id).copied(), view) {
             (Some(grant), None) => {
                 if let Some(slot) = self.slots[grant as usize].take() {
@@ -530,7 +531,7 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
         slot.reauth_requested = true;
         let open_id = slot.open_id.to_string();
         let vault = self.vault.clone();
-        let clock = self.clock;
+        let clock = self.clock.clone();
         let work = async move {
             for _ in 0..8 {
                 let Some(mut record) = vault
@@ -545,7 +546,7 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
                 {
                     return Ok(false);
                 }
-                record.reauth_requested_ms = Some(clock());
+                record.reauth_requested_ms = Some(clock.now_ms());
                 let code = record.status_code;
                 match vault
                     .send(CompareAndSwapGrant {
@@ -652,7 +653,7 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
     /// deadline (up to [`max_slot_requests`](Self::max_slot_requests) waiting), and arms
     /// a timer for a deadline sooner than the next tick.
     fn drain(&mut self, ctx: &mut Context<Self>) {
-        let now = (self.clock)();
+        let now = self.clock.now_ms();
         while let Some(due) = self.index.first_due(now) {
             if !self.needs_no_call(&due, now) {
                 break;
@@ -699,7 +700,7 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
     /// Starts the nearest due deadline that needs a call with the slot just granted (if
     /// none is left the slot goes unused), then asks again for what is still due.
     fn use_slot(&mut self, ctx: &mut Context<Self>) {
-        let now = (self.clock)();
+        let now = self.clock.now_ms();
         while let Some(due) = self.index.first_due(now) {
             self.index.pop_due(now, 1);
             if !self.needs_no_call(&due, now) {
@@ -717,7 +718,7 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
     }
 
     fn dispatch(&mut self, grant: u32, ctx: &mut Context<Self>) {
-        let now = (self.clock)();
+        let now = self.clock.now_ms();
         let slot = self.slots[grant as usize]
             .as_mut()
             .expect("due grants have slots");
@@ -753,7 +754,7 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
     }
 
     fn stats(&self) -> RefreshStats {
-        let now = (self.clock)();
+        let now = self.clock.now_ms();
         RefreshStats {
             loaded: self.loaded,
             grants: self.ids.len() as u64,
@@ -820,7 +821,7 @@ impl<R: RefreshGrant> Handler<GrantUsed> for RefreshScheduler<R> {
     type Result = ();
 
     fn handle(&mut self, msg: GrantUsed, ctx: &mut Context<Self>) {
-        let now = (self.clock)();
+        let now = self.clock.now_ms();
         let Some((grant, slot)) = self.slot_of(&msg.open_id) else {
             return;
         };
@@ -842,7 +843,7 @@ impl<R: RefreshGrant> Handler<SetEager> for RefreshScheduler<R> {
     type Result = ();
 
     fn handle(&mut self, msg: SetEager, ctx: &mut Context<Self>) {
-        let now = (self.clock)();
+        let now = self.clock.now_ms();
         let Some((grant, slot)) = self.slot_of(&msg.open_id) else {
             return;
         };

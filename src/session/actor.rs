@@ -57,6 +57,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{debug, info, warn};
 
+use crate::clock::unix_now_ms;
 use crate::metrics::Metrics;
 use crate::openapi::{
     DevicePoll, OpenApiClient, OpenApiError, PkcePair, RetryAdvice, UserInfo, UserTokenGrant,
@@ -64,7 +65,7 @@ use crate::openapi::{
 use crate::protocol::event::{CardActionResponse, Toast, ToastKind};
 use crate::secret::Secret;
 use crate::vault::actor::StoreGrant;
-use crate::vault::{GrantRecord, GrantStatus, TokenVaultActor, UserIdentity, unix_now_ms};
+use crate::vault::{GrantRecord, GrantStatus, TokenVaultActor, UserIdentity};
 
 use super::SessionSettings;
 use super::cards::{AuthorizeCard, CardLocale, FinalCard, final_card};

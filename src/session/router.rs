@@ -34,6 +34,7 @@ use actix::prelude::*;
 use futures_util::future::Either;
 use tracing::{debug, info, warn};
 
+use crate::clock::unix_now_ms;
 use crate::config::AuthFlow;
 use crate::connection::{
     CallbackFailed, CardActionReceived, ConnectionOutputs, ConnectionStateChanged, EventReceived,
@@ -44,7 +45,7 @@ use crate::openapi::{OpenApiClient, PkcePair};
 use crate::protocol::event::{CardActionResponse, ToastKind};
 use crate::secret::Secret;
 use crate::store::Store;
-use crate::vault::{Keyring, TokenVaultActor, unix_now_ms};
+use crate::vault::{Keyring, TokenVaultActor};
 
 use super::SessionSettings;
 use super::actor::{

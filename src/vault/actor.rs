@@ -15,9 +15,10 @@
 
 use actix::prelude::*;
 
+use crate::clock::unix_now_ms;
 use crate::store::QuarantinedRecord;
 
-use super::{GrantRecord, GrantStatus, GrantSummary, SwapOutcome, Vault, VaultError, unix_now_ms};
+use super::{GrantRecord, GrantStatus, GrantSummary, SwapOutcome, Vault, VaultError};
 
 /// Stores a new grant from an authorization (session actor, after `user_info` confirmed
 /// the user), replacing any previous grant of that user. Replies once the record is

@@ -53,13 +53,7 @@ pub use self::token::{
 
 use self::record::Unreadable;
 
-/// The current time as unix epoch milliseconds.
-pub fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::clock::unix_now_ms;
 
 /// Errors of the vault.
 #[derive(Debug, thiserror::Error)]

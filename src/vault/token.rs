@@ -51,11 +51,12 @@ use actix::Addr;
 use futures_util::future::{FutureExt as _, LocalBoxFuture, Shared};
 use tracing::{info, warn};
 
+use crate::clock::Clock;
 use crate::secret::Secret;
 
 use super::actor::{CompareAndSwapGrant, GetGrant, TokenVaultActor};
 use super::cache::TokenCache;
-use super::{GrantRecord, GrantStatus, SwapOutcome, VaultError, unix_now_ms};
+use super::{GrantRecord, GrantStatus, SwapOutcome, VaultError};
 
 /// The answer of a successful refresh (`grant_type=refresh_token`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,7 +286,7 @@ struct Inner<R> {
     margin_ms: u64,
     /// First and largest wait after a retryable failure, ms.
     backoff_ms: Cell<(u64, u64)>,
-    clock: fn() -> u64,
+    clock: Clock,
     flights: RefCell<HashMap<String, Flight>>,
     counts: Cell<RefreshCounts>,
     observer: RefCell<Option<TokenObserver>>,
@@ -317,15 +318,16 @@ impl<R: RefreshGrant> TokenSource<R> {
     /// A source reading grants from `vault`, refreshing through `refresher` when less than
     /// `margin` (`refresh.margin_secs`) remains.
     pub fn new(vault: Addr<TokenVaultActor>, refresher: R, margin: Duration) -> Self {
-        Self::with_clock(vault, refresher, margin, unix_now_ms)
+        Self::with_clock(vault, refresher, margin, Clock::system())
     }
 
-    /// As [`TokenSource::new`] with a clock returning unix ms (tests).
+    /// As [`TokenSource::new`] reading the time from `clock` (unix ms; a [`Clock`], or a
+    /// `fn() -> u64`), for tests that move time themselves.
     pub fn with_clock(
         vault: Addr<TokenVaultActor>,
         refresher: R,
         margin: Duration,
-        clock: fn() -> u64,
+        clock: impl Into<Clock>,
     ) -> Self {
         TokenSource {
             inner: Rc::new(Inner {
@@ -339,7 +341,7 @@ impl<R: RefreshGrant> TokenSource<R> {
                         d.retry_max.as_millis() as u64,
                     )
                 }),
-                clock,
+                clock: clock.into(),
                 flights: RefCell::new(HashMap::new()),
                 counts: Cell::new(RefreshCounts::default()),
                 observer: RefCell::new(None),
@@ -448,7 +450,7 @@ impl<R: RefreshGrant> TokenSource<R> {
     /// Every [`GetTokenError`] variant; each says what to do.
     pub async fn get_token(&self, open_id: &str) -> Result<AccessToken, GetTokenError> {
         self.inner.notify(TokenEvent::Used(open_id));
-        let now = (self.inner.clock)();
+        let now = self.inner.clock.now_ms();
         let margin = self.inner.margin_ms;
         let cache = self.inner.cache.get();
         if let Some(cache) = cache
@@ -483,7 +485,7 @@ impl<R: RefreshGrant> TokenSource<R> {
                 | GetTokenError::RefreshOutcomeUnknown
                 | GetTokenError::Contended),
             ) => match self.inner.get(open_id).await? {
-                Some(record) if record.serves_token((self.inner.clock)(), margin) => {
+                Some(record) if record.serves_token(self.inner.clock.now_ms(), margin) => {
                     Ok(served(record))
                 }
                 _ => Err(e),
@@ -577,7 +579,7 @@ impl<R: RefreshGrant> Inner<R> {
     async fn fly(this: &Rc<Self>, open_id: &str, need: Need) -> Result<AccessToken, GetTokenError> {
         let mut paced = need.paced();
         for _ in 0..MAX_CONFLICTS {
-            let now = (this.clock)();
+            let now = this.clock.now_ms();
             let Some(record) = this.get(open_id).await? else {
                 return Err(GetTokenError::NoGrant);
             };
@@ -662,7 +664,7 @@ impl<R: RefreshGrant> Inner<R> {
                 SwapOutcome::Swapped(m) => *m,
                 SwapOutcome::Conflict => continue,
             };
-            let sent_at = (this.clock)();
+            let sent_at = this.clock.now_ms();
             this.count(|c| c.sent += 1);
             let answer = this.refresher.refresh(marked.refresh_token.clone()).await;
             this.count(|c| match &answer {
@@ -718,7 +720,7 @@ impl<R: RefreshGrant> Inner<R> {
                     record.status_code = None;
                     record.failures = 0;
                     record.retry_at_ms = None;
-                    record.last_used_ms = record.last_used_ms.max((self.clock)());
+                    record.last_used_ms = record.last_used_ms.max(self.clock.now_ms());
                     Ok(AccessToken {
                         token: new.access_token.clone(),
                         expires_ms: record.access_expires_ms,
@@ -729,7 +731,7 @@ impl<R: RefreshGrant> Inner<R> {
                     record.status = GrantStatus::RefreshFailed;
                     record.status_code = *code;
                     record.failures = record.failures.saturating_add(1);
-                    record.retry_at_ms = Some((self.clock)().saturating_add(wait));
+                    record.retry_at_ms = Some(self.clock.now_ms().saturating_add(wait));
                     Err(GetTokenError::RefreshFailed {
                         code: *code,
                         retry_after: Duration::from_millis(wait),
