@@ -13,6 +13,7 @@ pub mod connection;
 pub mod demo;
 pub mod event_log;
 pub mod http;
+pub mod http_client;
 pub mod metrics;
 pub mod openapi;
 pub mod protocol;
@@ -23,6 +24,7 @@ pub mod service;
 pub mod session;
 pub mod store;
 pub mod token_endpoint;
+pub mod tokens;
 pub mod vault;
 
 pub use app::{Handle, LarkAuth, StartError, StartOptions};
