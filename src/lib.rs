@@ -10,6 +10,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod connection;
+#[cfg(feature = "sandbox")]
 pub mod demo;
 pub mod event_log;
 pub mod http;
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod protocol;
 pub mod refresh;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod secret;
 pub mod service;
