@@ -1,12 +1,12 @@
 //! The `get_token` feature, above the vault: valid access tokens with single-flight
 //! refresh.
 //!
-//! - [`TokenSource`](source::TokenSource): `get_token` with single-flight refresh against
-//!   the [`RefreshGrant`](refresher::RefreshGrant) seam, implemented for the platform by
-//!   [`OpenApiRefresher`](refresher::OpenApiRefresher).
-//! - [`TokenCache`](cache::TokenCache): opened access tokens kept in memory, invalidated
+//! - [`TokenSource`]: `get_token` with single-flight refresh against
+//!   the [`RefreshGrant`] seam, implemented for the platform by
+//!   [`OpenApiRefresher`].
+//! - [`TokenCache`]: opened access tokens kept in memory, invalidated
 //!   by every vault write of the grant ([`TokenCache::for_vault`]).
-//! - [`TokenService`](service::TokenService): the actor answering [`GetToken`] for other
+//! - [`TokenService`]: the actor answering [`GetToken`] for other
 //!   threads (the HTTP workers, [`Handle::token`](crate::app::Handle::token)).
 //! - [`access`]: what `get_token` answers ([`AccessToken`], [`GetTokenError`]).
 //!

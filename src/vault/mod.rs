@@ -2,7 +2,7 @@
 //!
 //! - [`Vault`]: the blocking core (encode and seal, open and verify, quarantine, key
 //!   checks, compare-and-swap with flush). Used by the actor's threads and by tests.
-//! - [`TokenVaultActor`](actor::TokenVaultActor): the actor shell that runs the core on a
+//! - [`TokenVaultActor`]: the actor shell that runs the core on a
 //!   `SyncArbiter` (see [`actor`] for the messages).
 //!
 //! The vault is storage and sealing only: `get_token`, its opened-token cache and the
