@@ -4,9 +4,9 @@
 //!
 //! One [`TokenCache`] belongs to one [`Vault`] ([`TokenCache::for_vault`] creates it and
 //! registers it with [`Vault::on_grant_written`]), and the vault invalidates it on
-//! **every** write of a grant: each swapped
-//! compare-and-swap (new grants from sessions, refreshes, their write-ahead markers,
-//! status changes such as `needs_reauth`, revocations) and each quarantine. The
+//! **every** write of a grant: each swapped compare-and-swap (new grants from sessions,
+//! refreshes, their write-ahead markers, status changes such as `needs_reauth`,
+//! revocations) and each quarantine. The
 //! invalidation runs on the vault thread right after the store accepted the write and
 //! before the writer gets its reply, so once a revoke (or any other write) has completed,
 //! no later lookup serves the token it replaced.
