@@ -33,6 +33,7 @@
 pub mod recent;
 pub mod reconnect;
 pub mod shared_str;
+pub mod state_watch;
 pub mod transport;
 
 use std::sync::Arc;
@@ -47,6 +48,7 @@ use futures_util::stream::{SplitSink, StreamExt as _};
 use tracing::{debug, error, info, warn};
 
 use crate::config::{AppCredentials, ConnectionConfig};
+use crate::http_client::{http_client, tls_config};
 use crate::metrics::{LinkActivity, Metrics};
 use crate::protocol::chunk::{ChunkAssembler, ChunkLimits, ChunkOutcome};
 use crate::protocol::endpoint::{ConnectFailure, ConnectionTuning, WsEndpoint};
@@ -59,6 +61,7 @@ use crate::protocol::{AckPayload, Frame, FrameKind, FrameView};
 use self::recent::RecentMessages;
 use self::reconnect::ReconnectPolicy;
 pub use self::shared_str::SharedStr;
+pub use self::state_watch::{StateReport, StateWatch};
 use self::transport::{Outgoing, WsFramed};
 
 /// How many message ids the duplicate filter holds at most.
@@ -307,7 +310,7 @@ impl ConnectionActor {
         config: ConnectionConfig,
         outputs: ConnectionOutputs,
     ) -> Result<Self, ConnectionError> {
-        let tls = transport::tls_config().map_err(|e| ConnectionError::Tls(e.to_string()))?;
+        let tls = tls_config().map_err(|e| ConnectionError::Tls(e.to_string()))?;
         let limits = ChunkLimits {
             expiry: config.chunk_expiry,
             ..ChunkLimits::default()
@@ -404,7 +407,7 @@ impl ConnectionActor {
             return;
         };
         self.counters.attempts_started += 1;
-        let client = transport::http_client(self.tls.clone(), self.config.discovery_timeout);
+        let client = http_client(self.tls.clone(), self.config.discovery_timeout);
         let base = self.open_base_url.clone();
         let credentials = self.credentials.clone();
         let tls = self.tls.clone();
