@@ -329,6 +329,7 @@ impl LarkAuth {
                 vault: vault.clone(),
                 settings: SessionSettings::from_config(&config),
                 metrics: metrics.clone(),
+                clock: crate::clock::Clock::system(),
             },
             endpoint_pacer.clone(),
         )?;

@@ -12,6 +12,7 @@ pub mod config;
 pub mod connection;
 pub mod demo;
 pub mod event_log;
+pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod openapi;

@@ -57,7 +57,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{debug, info, warn};
 
-use crate::clock::unix_now_ms;
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::openapi::{
     DevicePoll, OpenApiClient, OpenApiError, PkcePair, RetryAdvice, UserInfo, UserTokenGrant,
@@ -307,6 +307,8 @@ pub struct SessionDeps {
     pub finished: Recipient<SessionFinished>,
     /// Settings.
     pub settings: Rc<SessionSettings>,
+    /// The time (unix ms) for every transition, card and retry decision.
+    pub clock: Clock,
 }
 
 /// Token material held between `TokenIssued` and `GrantStored`, never persisted.
@@ -386,7 +388,7 @@ impl AuthSessionActor {
     /// performs `actions`; returns the actions for the caller to pick the click answer
     /// from (they are performed regardless).
     fn feed(&mut self, input: Input, ctx: &mut Context<Self>) -> Vec<Action> {
-        let now = unix_now_ms();
+        let now = self.deps.clock.now_ms();
         let (next, actions) =
             machine::step_with(&self.record, input, now, &self.deps.settings.cadence);
         let changed = next != self.record;
@@ -493,7 +495,7 @@ impl AuthSessionActor {
                     act.held = Some(Box::new(Held {
                         grant: Some(grant),
                         identity: None,
-                        received_ms: unix_now_ms(),
+                        received_ms: act.deps.clock.now_ms(),
                     }));
                     act.feed(Input::TokenIssued, ctx);
                 }
@@ -564,7 +566,8 @@ impl AuthSessionActor {
         let Some(at) = next else {
             return;
         };
-        let delay = Duration::from_millis(at.saturating_sub(unix_now_ms()) + TIMER_SLACK_MS);
+        let delay =
+            Duration::from_millis(at.saturating_sub(self.deps.clock.now_ms()) + TIMER_SLACK_MS);
         let handle = ctx.run_later(delay, |act, ctx| {
             act.timer = None;
             act.feed(Input::Wake, ctx);
@@ -618,7 +621,10 @@ impl AuthSessionActor {
                 }
                 (None, None) => return,
             };
-            let minutes = r.deadline_ms.saturating_sub(unix_now_ms()).div_ceil(60_000);
+            let minutes = r
+                .deadline_ms
+                .saturating_sub(self.deps.clock.now_ms())
+                .div_ceil(60_000);
             let card = AuthorizeCard {
                 app_name: &settings.app_name,
                 session_id: &r.session_id,
@@ -635,6 +641,7 @@ impl AuthSessionActor {
             let uuid = r.session_id.clone();
             let deadline_ms = r.deadline_ms;
             let retry = settings.card_send_retry;
+            let clock = self.deps.clock.clone();
             self.spawn_io(ctx, async move {
                 let mut attempt = 1;
                 loop {
@@ -647,7 +654,7 @@ impl AuthSessionActor {
                         Err(e) => e,
                     };
                     let jitter = rand::random::<f64>() * 0.4 - 0.2;
-                    match retry.next_wait(attempt, &err, unix_now_ms(), deadline_ms, jitter) {
+                    match retry.next_wait(attempt, &err, clock.now_ms(), deadline_ms, jitter) {
                         Some(wait) => {
                             warn!(session_id = %uuid, attempt, retry_in_ms = wait.as_millis() as u64, error = %err, "authorization card not sent; retrying");
                             actix_rt::time::sleep(wait).await;
@@ -666,7 +673,7 @@ impl AuthSessionActor {
             return;
         };
         let card = self.final_card(kind).to_value();
-        let now = unix_now_ms();
+        let now = self.deps.clock.now_ms();
         let token = self
             .card_token
             .take()
@@ -923,7 +930,7 @@ impl Handler<Click> for AuthSessionActor {
     fn handle(&mut self, msg: Click, ctx: &mut Context<Self>) -> Self::Result {
         let by_user = msg.operator_open_id == self.record.open_id;
         if by_user && msg.choice == Choice::Authorize && !msg.card_token.is_empty() {
-            self.card_token = Some(Box::new((msg.card_token.clone(), unix_now_ms())));
+            self.card_token = Some(Box::new((msg.card_token.clone(), self.deps.clock.now_ms())));
         }
         let actions = self.feed(
             Input::Clicked {

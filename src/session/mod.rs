@@ -1,12 +1,14 @@
 //! Authorization sessions: the pure state machine ([`machine`]), the typed cards
 //! ([`cards`]), the sealed session codec and its store actor ([`store`]), the shared
 //! token-endpoint pacer ([`crate::token_endpoint`]), the AuthSessionActor ([`actor`]) and the RouterActor
-//! ([`router`]) that owns them and consumes the long connection's output.
+//! ([`router`], its pure bookkeeping in [`router_state`]) that owns them and consumes the
+//! long connection's output.
 
 pub mod actor;
 pub mod cards;
 pub mod machine;
 pub mod router;
+pub mod router_state;
 pub mod store;
 
 use std::time::Duration;
@@ -15,9 +17,9 @@ use crate::config::{AuthFlow, Config};
 
 pub use self::actor::SessionView;
 pub use self::router::{
-    CountRunningSessions, GetPruneStats, GetSession, GetTokenEndpointStatus, OAuthRedirect,
-    PruneStats, RedirectError, RouterActor, RouterParts, StartAuthorization,
-    StartAuthorizationWithLocale, StartError, StopRouter, Subscribe,
+    CountRunningSessions, GetPruneStats, GetSession, OAuthRedirect, PruneStats, RedirectError,
+    RouterActor, RouterParts, StartAuthorization, StartAuthorizationWithLocale, StartError,
+    StopRouter, Subscribe,
 };
 
 /// Everything the router and the sessions need to know from the configuration.
