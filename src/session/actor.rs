@@ -74,6 +74,7 @@ use super::machine::{
     SessionState,
 };
 use super::store::{FlushThrough, PutSession, SessionFlusher, SessionStoreActor, WriteSeq};
+use super::texts::toast as texts;
 use crate::token_endpoint::{AcquireSlot, SlotPriority, TokenEndpointPacer};
 
 /// How long a callback's card-update token is used for the delayed update (it is valid
@@ -831,53 +832,14 @@ impl AuthSessionActor {
     }
 
     fn toast(&self, toast: ClickToast) -> Toast {
-        let (kind, zh, en) = match toast {
-            ClickToast::Opening => (
-                ToastKind::Info,
-                "正在打开授权页面".to_string(),
-                "Opening the authorization page".to_string(),
-            ),
-            ClickToast::Declined => (
-                ToastKind::Info,
-                "已拒绝授权".to_string(),
-                "Authorization declined".to_string(),
-            ),
-            ClickToast::NotYours => (
-                ToastKind::Warning,
-                "此授权请求不是发给你的".to_string(),
-                "This authorization is for someone else".to_string(),
-            ),
-            ClickToast::AlreadyFinished(state) => (
-                ToastKind::Info,
-                format!("此授权已结束（{}）", state.as_str()),
-                format!("This authorization has already ended ({})", state.as_str()),
-            ),
-        };
-        click_toast(kind, zh, en, self.locale())
+        let locale = self.locale();
+        match toast {
+            ClickToast::Opening => texts::fixed(ToastKind::Info, texts::OPENING, locale),
+            ClickToast::Declined => texts::fixed(ToastKind::Info, texts::DECLINED, locale),
+            ClickToast::NotYours => texts::fixed(ToastKind::Warning, texts::NOT_YOURS, locale),
+            ClickToast::AlreadyFinished(state) => texts::already_finished(state.as_str(), locale),
+        }
     }
-}
-
-/// A toast in both languages, `content` in `locale`.
-pub(crate) fn click_toast(kind: ToastKind, zh: String, en: String, locale: CardLocale) -> Toast {
-    let content = match locale {
-        CardLocale::ZhCn => zh.clone(),
-        CardLocale::EnUs => en.clone(),
-    };
-    Toast {
-        kind,
-        content,
-        i18n: Some([("zh_cn".to_string(), zh), ("en_us".to_string(), en)].into()),
-    }
-}
-
-/// The toast answered to a click on a finished (stored, not running) session.
-pub(crate) fn finished_toast(state: SessionState, locale: CardLocale) -> Toast {
-    click_toast(
-        ToastKind::Info,
-        format!("此授权已结束（{}）", state.as_str()),
-        format!("This authorization has already ended ({})", state.as_str()),
-        locale,
-    )
 }
 
 fn poll_failure(e: &OpenApiError) -> PollAnswer {

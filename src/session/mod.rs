@@ -1,15 +1,16 @@
 //! Authorization sessions: the pure state machine ([`machine`]), the typed cards
-//! ([`cards`]), the sealed session codec and its store actor ([`store`]), the shared
-//! token-endpoint pacer ([`crate::token_endpoint`]), the AuthSessionActor ([`actor`]) and the RouterActor
+//! ([`cards`]), every text a user reads ([`texts`]), the sealed session codec and its
+//! store actor ([`store`]), the AuthSessionActor ([`actor`]) and the RouterActor
 //! ([`router`], its pure bookkeeping in [`router_state`]) that owns them and consumes the
-//! long connection's output.
-
+//! long connection's output; the sessions share the token-endpoint pacer
+//! ([`crate::token_endpoint`]).
 pub mod actor;
 pub mod cards;
 pub mod machine;
 pub mod router;
 pub mod router_state;
 pub mod store;
+pub mod texts;
 
 use std::time::Duration;
 

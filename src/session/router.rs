@@ -56,7 +56,7 @@ use crate::vault::{Keyring, TokenVaultActor};
 use super::SessionSettings;
 use super::actor::{
     AuthSessionActor, Click, CodeRedirect, GetSessionView, SessionDeps, SessionFinished,
-    SessionView, StopSession, click_toast, finished_toast,
+    SessionView, StopSession,
 };
 use super::cards::{ACTION_AUTHORIZE, ACTION_DECLINE, CardLocale, VALUE_SESSION_ID};
 use super::machine::{Choice, CodeFlowProgress, SessionRecord, SessionState};
@@ -66,6 +66,7 @@ use super::store::{
     LoadSessions, PruneSessions, PurgeMarks, PutSession, SessionCodec, SessionStoreActor,
     SessionStoreError, WriteSeq,
 };
+use super::texts::toast as texts;
 use crate::token_endpoint::TokenEndpointPacer;
 
 /// How many click answers are remembered for redeliveries.
@@ -795,10 +796,9 @@ impl Handler<CardActionReceived> for RouterActor {
                 .then(
                     move |found: Result<Result<Found, SessionStoreError>, ClickReply>, act, _| {
                         let unknown = || CardActionResponse {
-                            toast: Some(click_toast(
+                            toast: Some(texts::fixed(
                                 ToastKind::Warning,
-                                "此授权请求已失效".into(),
-                                "This authorization request is no longer valid".into(),
+                                texts::REQUEST_NO_LONGER_VALID,
                                 locale,
                             )),
                             card: None,
@@ -816,7 +816,10 @@ impl Handler<CardActionReceived> for RouterActor {
                             Ok(Ok(Found::Unknown)) => (Ok(unknown()), true),
                             Ok(Ok(Found::Finished(state, own))) => (
                                 Ok(CardActionResponse {
-                                    toast: Some(finished_toast(state, own.unwrap_or(locale))),
+                                    toast: Some(texts::already_finished(
+                                        state.as_str(),
+                                        own.unwrap_or(locale),
+                                    )),
                                     card: None,
                                 }),
                                 true,
