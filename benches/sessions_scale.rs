@@ -350,6 +350,7 @@ fn measure() {
             vault,
             settings: settings.clone(),
             metrics: metrics.clone(),
+            clock: lark_auth::clock::Clock::system(),
         })
         .expect("router starts");
         router.send(CountRunningSessions).await.expect("router up");

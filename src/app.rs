@@ -276,6 +276,7 @@ impl LarkAuth {
                 vault: vault.clone(),
                 settings: SessionSettings::from_config(&config),
                 metrics: metrics.clone(),
+                clock: crate::clock::Clock::system(),
             },
             endpoint_pacer.clone(),
         )?;

@@ -84,6 +84,8 @@ pub struct Config {
     pub connection: ConnectionConfig,
     /// `[openapi]`: the HTTP OpenAPI client (tokens, cards, OAuth, user info).
     pub openapi: OpenApiConfig,
+    /// `[sessions]`: limits, lifetimes and retries of the authorization sessions.
+    pub sessions: SessionsConfig,
 }
 
 /// `[app]` section.
@@ -425,6 +427,140 @@ impl Default for OpenApiConfig {
     }
 }
 
+/// The shortest [`SessionsConfig::dedup_ttl`]: the platform redelivers an unacked event
+/// 15 s, 5 min, 1 h and 6 h after the first delivery, so a mark must outlive 6 h (with a
+/// margin) or a late redelivery would be handled twice.
+pub const MIN_DEDUP_TTL: Duration = Duration::from_secs(7 * 3600);
+
+/// `[sessions]` section: the authorization sessions' limits, lifetimes, retries and poll
+/// cadence (`crate::session::SessionSettings` is built from it).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// New authorizations one user may start within `per_user_window_secs` (more are
+    /// answered `429`). Default 5.
+    pub per_user_limit: usize,
+    /// The sliding window of `per_user_limit`, seconds. Default 60.
+    #[serde(with = "duration_secs", rename = "per_user_window_secs")]
+    pub per_user_window: Duration,
+    /// Ended sessions stay readable (`GET /v1/authorizations/{id}`, a click on their card
+    /// answered with the outcome) this long, then are pruned, seconds. Default 86400.
+    #[serde(with = "duration_secs", rename = "terminal_ttl_secs")]
+    pub terminal_ttl: Duration,
+    /// Lifetime of an event-id dedup mark (events and card clicks; a click's answer is
+    /// kept as long), seconds, at least 25200 (7 h, see [`MIN_DEDUP_TTL`]). Default 27000.
+    #[serde(with = "duration_secs", rename = "dedup_ttl_secs")]
+    pub dedup_ttl: Duration,
+    /// How often expired dedup marks and old ended sessions are pruned, seconds.
+    /// Default 600.
+    #[serde(with = "duration_secs", rename = "prune_period_secs")]
+    pub prune_period: Duration,
+    /// Sends of an authorization card in all when they fail for a retryable reason
+    /// (network, 5xx, rate limit), the first included; 1 = no retry. Default 5.
+    pub card_send_attempts: u32,
+    /// Wait before the second card send, doubling per failed send (±20 % jitter),
+    /// seconds. Default 1.
+    #[serde(with = "duration_secs", rename = "card_send_retry_initial_secs")]
+    pub card_send_retry_initial: Duration,
+    /// Longest wait between two card sends, seconds. Default 30.
+    #[serde(with = "duration_secs", rename = "card_send_retry_max_secs")]
+    pub card_send_retry_max: Duration,
+    /// Device flow, before the user clicked Authorize: the token endpoint is polled every
+    /// server `interval` × this factor. Default 3.
+    pub poll_idle_factor: u64,
+    /// Smallest poll interval before the click, seconds. Default 15.
+    #[serde(with = "duration_secs", rename = "poll_idle_min_secs")]
+    pub poll_idle_min: Duration,
+    /// Wait after a poll that failed for a retryable reason, seconds. Default 10.
+    #[serde(with = "duration_secs", rename = "poll_retry_secs")]
+    pub poll_retry: Duration,
+    /// Open the authorization page inside Feishu (AppLink sidebar) rather than the
+    /// system browser. Default true.
+    pub use_applink: bool,
+    /// The Authorize button also reports its click, so polling speeds up at once (else
+    /// it only opens the page). Default true.
+    pub report_authorize_click: bool,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            per_user_limit: 5,
+            per_user_window: Duration::from_secs(60),
+            terminal_ttl: Duration::from_secs(24 * 3600),
+            dedup_ttl: Duration::from_secs(7 * 3600 + 1800),
+            prune_period: Duration::from_secs(600),
+            card_send_attempts: 5,
+            card_send_retry_initial: Duration::from_secs(1),
+            card_send_retry_max: Duration::from_secs(30),
+            poll_idle_factor: 3,
+            poll_idle_min: Duration::from_secs(15),
+            poll_retry: Duration::from_secs(10),
+            use_applink: true,
+            report_authorize_click: true,
+        }
+    }
+}
+
+impl SessionsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            }
+        }
+        if self.per_user_limit == 0 {
+            return Err(invalid(
+                "sessions.per_user_limit",
+                "must be at least 1 (0 would refuse every authorization)",
+            ));
+        }
+        for (key, d) in [
+            ("sessions.per_user_window_secs", self.per_user_window),
+            ("sessions.terminal_ttl_secs", self.terminal_ttl),
+            ("sessions.prune_period_secs", self.prune_period),
+            (
+                "sessions.card_send_retry_initial_secs",
+                self.card_send_retry_initial,
+            ),
+            ("sessions.poll_retry_secs", self.poll_retry),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if self.dedup_ttl < MIN_DEDUP_TTL {
+            return Err(invalid(
+                "sessions.dedup_ttl_secs",
+                format!(
+                    "must be at least {} (7 h): the platform redelivers an unacked event up to 6 h after the first delivery, and a redelivery whose mark expired would be handled twice",
+                    MIN_DEDUP_TTL.as_secs()
+                ),
+            ));
+        }
+        if self.card_send_attempts == 0 {
+            return Err(invalid(
+                "sessions.card_send_attempts",
+                "must be at least 1 (the first send counts)",
+            ));
+        }
+        if self.card_send_retry_max < self.card_send_retry_initial {
+            return Err(invalid(
+                "sessions.card_send_retry_max_secs",
+                "must be at least sessions.card_send_retry_initial_secs",
+            ));
+        }
+        if self.poll_idle_factor == 0 {
+            return Err(invalid(
+                "sessions.poll_idle_factor",
+                "must be at least 1 (the platform's interval is the fastest allowed)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Default OpenAPI base of a brand.
 pub fn default_open_base_url(brand: Brand) -> &'static str {
     match brand {
@@ -628,6 +764,7 @@ impl Config {
                 "must be at most 300 (no unbounded waits)",
             ));
         }
+        self.sessions.validate()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
                 "log.level",
@@ -717,6 +854,53 @@ mod tests {
             err.to_string().contains("openapi.request_timeout_secs"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_sessions_section_has_todays_values_and_is_checked() {
+        let config = Config::from_toml_str("").unwrap();
+        let s = &config.sessions;
+        assert_eq!(s.per_user_limit, 5);
+        assert_eq!(s.per_user_window, Duration::from_secs(60));
+        assert_eq!(s.terminal_ttl, Duration::from_secs(86_400));
+        assert_eq!(s.dedup_ttl, Duration::from_secs(27_000));
+        assert_eq!(s.prune_period, Duration::from_secs(600));
+        assert_eq!(s.card_send_attempts, 5);
+        assert_eq!(
+            (s.card_send_retry_initial, s.card_send_retry_max),
+            (Duration::from_secs(1), Duration::from_secs(30))
+        );
+        assert_eq!(
+            (s.poll_idle_factor, s.poll_idle_min, s.poll_retry),
+            (3, Duration::from_secs(15), Duration::from_secs(10))
+        );
+        assert!(s.use_applink && s.report_authorize_click);
+
+        let config = Config::from_toml_str("[sessions]\ndedup_ttl_secs = 3600\n").unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("sessions.dedup_ttl_secs") && err.contains("6 h"),
+            "{err}"
+        );
+        for bad in [
+            "per_user_limit = 0",
+            "prune_period_secs = 0",
+            "card_send_attempts = 0",
+            "card_send_retry_initial_secs = 40",
+            "poll_idle_factor = 0",
+        ] {
+            let config = Config::from_toml_str(&format!("[sessions]\n{bad}\n")).unwrap();
+            let err = config.validate().unwrap_err().to_string();
+            let key = bad.split(' ').next().unwrap();
+            let key = if key == "card_send_retry_initial_secs" {
+                "card_send_retry_max_secs"
+            } else {
+                key
+            };
+            assert!(err.contains(&format!("sessions.{key}")), "{bad}: {err}");
+        }
+        let err = Config::from_toml_str("[sessions]\ndedup_tll_secs = 30000\n").unwrap_err();
+        assert!(err.to_string().contains("dedup_tll_secs"), "{err}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod connection;
 #[cfg(feature = "sandbox")]
 pub mod demo;
 pub mod event_log;
+pub mod events;
 pub mod http;
 pub mod http_client;
 pub mod metrics;

@@ -36,8 +36,9 @@ const LAYERS: &[&[&str]] = &[
     &["config"],
     // Storage and sealing, the OpenAPI client, the token-endpoint pacer, the connection.
     &["vault", "openapi", "token_endpoint", "connection"],
-    // get_token (source, cache, refresher, TokenService); the event log consumer.
-    &["tokens", "event_log"],
+    // get_token (source, cache, refresher, TokenService); the event log consumer; event
+    // dedup and fan-out to subscribers (the event gateway grows from it).
+    &["tokens", "event_log", "events"],
     // The refresh scheduler; authorization sessions.
     &["refresh", "session"],
     // The HTTP front (control API, health, metrics, OAuth callback).

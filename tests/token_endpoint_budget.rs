@@ -128,6 +128,7 @@ async fn polls_and_refreshes_together_stay_under_one_budget() {
             vault: addr.clone(),
             settings,
             metrics: lark_auth::metrics::Metrics::new(),
+            clock: lark_auth::clock::Clock::system(),
         },
         pacer,
     )
@@ -241,6 +242,7 @@ async fn refreshes_started_by_get_token_wait_at_the_same_pacer() {
             vault: addr.clone(),
             settings,
             metrics: lark_auth::metrics::Metrics::new(),
+            clock: lark_auth::clock::Clock::system(),
         },
         pacer,
     )

@@ -39,6 +39,7 @@ use crate::session::machine::SessionState;
 use crate::session::router::{
     GetSession, ListSessionViews, OAuthRedirect, RedirectError, StartAuthorization, StartError,
 };
+use crate::session::texts::landing;
 use crate::session::{RouterActor, SessionView};
 use crate::vault::actor::{ListGrants, Revoke};
 use crate::vault::{GrantSummary, TokenVaultActor};
@@ -594,7 +595,7 @@ struct CallbackQuery {
     error: Option<String>,
 }
 
-fn landing_page(status: StatusCode, title: &str, text: &str) -> HttpResponse {
+fn landing_page(status: StatusCode, (title, text): (&str, &str)) -> HttpResponse {
     let escape = |s: &str| {
         s.replace('&', "&amp;")
             .replace('<', "&lt;")
@@ -617,19 +618,11 @@ async fn oauth_callback(
     state: web::Data<ControlState>,
 ) -> HttpResponse {
     let Some(router) = state.router.as_ref() else {
-        return landing_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Service unavailable",
-            "The authorization service is not running. Try again later.",
-        );
+        return landing_page(StatusCode::SERVICE_UNAVAILABLE, landing::NOT_RUNNING);
     };
     let query = query.into_inner();
     let Some(oauth_state) = query.state.filter(|s| !s.is_empty()) else {
-        return landing_page(
-            StatusCode::BAD_REQUEST,
-            "Invalid link",
-            "This page expects the redirect from the Feishu authorization page (state missing). Start again from the card.",
-        );
+        return landing_page(StatusCode::BAD_REQUEST, landing::STATE_MISSING);
     };
     let result = router
         .send(OAuthRedirect {
@@ -639,29 +632,24 @@ async fn oauth_callback(
         })
         .await;
     match result {
-        Ok(Ok(view)) if view.state.as_str() == "denied" => landing_page(
-            StatusCode::OK,
-            "Authorization declined",
-            "You declined. You can close this page.",
-        ),
-        Ok(Ok(_)) => landing_page(
-            StatusCode::OK,
-            "Authorization received",
-            "Thank you. The authorization is being completed; the card in Feishu will show the result. You can close this page.",
-        ),
+        Ok(Ok(view)) if view.state.as_str() == "denied" => {
+            landing_page(StatusCode::OK, landing::DECLINED)
+        }
+        Ok(Ok(_)) => landing_page(StatusCode::OK, landing::RECEIVED),
         Ok(Err(
             e @ (RedirectError::UnknownState
             | RedirectError::StateAlreadyUsed
             | RedirectError::MissingCode),
-        )) => landing_page(StatusCode::BAD_REQUEST, "Link not valid", &e.to_string()),
-        Ok(Err(e @ RedirectError::SessionEnded(_))) => {
-            landing_page(StatusCode::GONE, "Authorization ended", &e.to_string())
-        }
-        Ok(Err(RedirectError::Stopping)) | Err(_) => landing_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Service unavailable",
-            "The authorization service is restarting. Open the link from the card again in a minute.",
+        )) => landing_page(
+            StatusCode::BAD_REQUEST,
+            (landing::LINK_NOT_VALID, &e.to_string()),
         ),
+        Ok(Err(e @ RedirectError::SessionEnded(_))) => {
+            landing_page(StatusCode::GONE, (landing::ENDED, &e.to_string()))
+        }
+        Ok(Err(RedirectError::Stopping)) | Err(_) => {
+            landing_page(StatusCode::SERVICE_UNAVAILABLE, landing::RESTARTING)
+        }
     }
 }
 

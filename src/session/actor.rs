@@ -57,7 +57,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{debug, info, warn};
 
-use crate::clock::unix_now_ms;
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::openapi::{
     DevicePoll, OpenApiClient, OpenApiError, PkcePair, RetryAdvice, UserInfo, UserTokenGrant,
@@ -74,6 +74,7 @@ use super::machine::{
     SessionState,
 };
 use super::store::{FlushThrough, PutSession, SessionFlusher, SessionStoreActor, WriteSeq};
+use super::texts::toast as texts;
 use crate::token_endpoint::{AcquireSlot, SlotPriority, TokenEndpointPacer};
 
 /// How long a callback's card-update token is used for the delayed update (it is valid
@@ -307,6 +308,8 @@ pub struct SessionDeps {
     pub finished: Recipient<SessionFinished>,
     /// Settings.
     pub settings: Rc<SessionSettings>,
+    /// The time (unix ms) for every transition, card and retry decision.
+    pub clock: Clock,
 }
 
 /// Token material held between `TokenIssued` and `GrantStored`, never persisted.
@@ -386,7 +389,7 @@ impl AuthSessionActor {
     /// performs `actions`; returns the actions for the caller to pick the click answer
     /// from (they are performed regardless).
     fn feed(&mut self, input: Input, ctx: &mut Context<Self>) -> Vec<Action> {
-        let now = unix_now_ms();
+        let now = self.deps.clock.now_ms();
         let (next, actions) =
             machine::step_with(&self.record, input, now, &self.deps.settings.cadence);
         let changed = next != self.record;
@@ -493,7 +496,7 @@ impl AuthSessionActor {
                     act.held = Some(Box::new(Held {
                         grant: Some(grant),
                         identity: None,
-                        received_ms: unix_now_ms(),
+                        received_ms: act.deps.clock.now_ms(),
                     }));
                     act.feed(Input::TokenIssued, ctx);
                 }
@@ -564,7 +567,8 @@ impl AuthSessionActor {
         let Some(at) = next else {
             return;
         };
-        let delay = Duration::from_millis(at.saturating_sub(unix_now_ms()) + TIMER_SLACK_MS);
+        let delay =
+            Duration::from_millis(at.saturating_sub(self.deps.clock.now_ms()) + TIMER_SLACK_MS);
         let handle = ctx.run_later(delay, |act, ctx| {
             act.timer = None;
             act.feed(Input::Wake, ctx);
@@ -618,7 +622,10 @@ impl AuthSessionActor {
                 }
                 (None, None) => return,
             };
-            let minutes = r.deadline_ms.saturating_sub(unix_now_ms()).div_ceil(60_000);
+            let minutes = r
+                .deadline_ms
+                .saturating_sub(self.deps.clock.now_ms())
+                .div_ceil(60_000);
             let card = AuthorizeCard {
                 app_name: &settings.app_name,
                 session_id: &r.session_id,
@@ -635,6 +642,7 @@ impl AuthSessionActor {
             let uuid = r.session_id.clone();
             let deadline_ms = r.deadline_ms;
             let retry = settings.card_send_retry;
+            let clock = self.deps.clock.clone();
             self.spawn_io(ctx, async move {
                 let mut attempt = 1;
                 loop {
@@ -647,7 +655,7 @@ impl AuthSessionActor {
                         Err(e) => e,
                     };
                     let jitter = rand::random::<f64>() * 0.4 - 0.2;
-                    match retry.next_wait(attempt, &err, unix_now_ms(), deadline_ms, jitter) {
+                    match retry.next_wait(attempt, &err, clock.now_ms(), deadline_ms, jitter) {
                         Some(wait) => {
                             warn!(session_id = %uuid, attempt, retry_in_ms = wait.as_millis() as u64, error = %err, "authorization card not sent; retrying");
                             actix_rt::time::sleep(wait).await;
@@ -666,7 +674,7 @@ impl AuthSessionActor {
             return;
         };
         let card = self.final_card(kind).to_value();
-        let now = unix_now_ms();
+        let now = self.deps.clock.now_ms();
         let token = self
             .card_token
             .take()
@@ -824,53 +832,14 @@ impl AuthSessionActor {
     }
 
     fn toast(&self, toast: ClickToast) -> Toast {
-        let (kind, zh, en) = match toast {
-            ClickToast::Opening => (
-                ToastKind::Info,
-                "正在打开授权页面".to_string(),
-                "Opening the authorization page".to_string(),
-            ),
-            ClickToast::Declined => (
-                ToastKind::Info,
-                "已拒绝授权".to_string(),
-                "Authorization declined".to_string(),
-            ),
-            ClickToast::NotYours => (
-                ToastKind::Warning,
-                "此授权请求不是发给你的".to_string(),
-                "This authorization is for someone else".to_string(),
-            ),
-            ClickToast::AlreadyFinished(state) => (
-                ToastKind::Info,
-                format!("此授权已结束（{}）", state.as_str()),
-                format!("This authorization has already ended ({})", state.as_str()),
-            ),
-        };
-        click_toast(kind, zh, en, self.locale())
+        let locale = self.locale();
+        match toast {
+            ClickToast::Opening => texts::fixed(ToastKind::Info, texts::OPENING, locale),
+            ClickToast::Declined => texts::fixed(ToastKind::Info, texts::DECLINED, locale),
+            ClickToast::NotYours => texts::fixed(ToastKind::Warning, texts::NOT_YOURS, locale),
+            ClickToast::AlreadyFinished(state) => texts::already_finished(state.as_str(), locale),
+        }
     }
-}
-
-/// A toast in both languages, `content` in `locale`.
-pub(crate) fn click_toast(kind: ToastKind, zh: String, en: String, locale: CardLocale) -> Toast {
-    let content = match locale {
-        CardLocale::ZhCn => zh.clone(),
-        CardLocale::EnUs => en.clone(),
-    };
-    Toast {
-        kind,
-        content,
-        i18n: Some([("zh_cn".to_string(), zh), ("en_us".to_string(), en)].into()),
-    }
-}
-
-/// The toast answered to a click on a finished (stored, not running) session.
-pub(crate) fn finished_toast(state: SessionState, locale: CardLocale) -> Toast {
-    click_toast(
-        ToastKind::Info,
-        format!("此授权已结束（{}）", state.as_str()),
-        format!("This authorization has already ended ({})", state.as_str()),
-        locale,
-    )
 }
 
 fn poll_failure(e: &OpenApiError) -> PollAnswer {
@@ -923,7 +892,7 @@ impl Handler<Click> for AuthSessionActor {
     fn handle(&mut self, msg: Click, ctx: &mut Context<Self>) -> Self::Result {
         let by_user = msg.operator_open_id == self.record.open_id;
         if by_user && msg.choice == Choice::Authorize && !msg.card_token.is_empty() {
-            self.card_token = Some(Box::new((msg.card_token.clone(), unix_now_ms())));
+            self.card_token = Some(Box::new((msg.card_token.clone(), self.deps.clock.now_ms())));
         }
         let actions = self.feed(
             Input::Clicked {

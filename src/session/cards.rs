@@ -12,6 +12,8 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::texts::card as text;
+
 /// Callback `value.action` of the Authorize button.
 pub const ACTION_AUTHORIZE: &str = "authorize";
 /// Callback `value.action` of the Decline button.
@@ -25,20 +27,6 @@ pub const FEISHU_APPLINK_WEB: &str = "https://applink.feishu.cn/client/web_url/o
 
 /// Language of the card text (defined with the configuration, `auth.card_locale`).
 pub use crate::config::CardLocale;
-
-/// Picks the text of a locale.
-trait Pick {
-    fn pick(self, zh: &'static str, en: &'static str) -> &'static str;
-}
-
-impl Pick for CardLocale {
-    fn pick(self, zh: &'static str, en: &'static str) -> &'static str {
-        match self {
-            CardLocale::ZhCn => zh,
-            CardLocale::EnUs => en,
-        }
-    }
-}
 
 /// A card JSON 2.0 document.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -129,30 +117,11 @@ impl Card {
     }
 }
 
-/// Describes a scope in plain words; unknown scopes are shown as they are.
+/// Describes a scope in plain words ([`text::scope`]); unknown scopes are shown as they
+/// are.
 pub fn describe_scope(scope: &str, locale: CardLocale) -> String {
-    let known = match scope {
-        "offline_access" => Some(locale.pick(
-            "保持授权（到期后自动续期，无需再次确认）",
-            "stay authorized (renewed automatically, no need to approve again)",
-        )),
-        "auth:user.id:read" => Some(locale.pick("读取你的用户 ID", "read your user id")),
-        "contact:user.base:readonly" => {
-            Some(locale.pick("读取你的基本信息", "read your basic profile"))
-        }
-        "im:message" | "im:message:readonly" => {
-            Some(locale.pick("读取和发送消息", "read and send messages"))
-        }
-        "calendar:calendar" | "calendar:calendar:readonly" => {
-            Some(locale.pick("访问你的日历", "access your calendar"))
-        }
-        "docx:document" | "docx:document:readonly" => {
-            Some(locale.pick("访问你的云文档", "access your documents"))
-        }
-        _ => None,
-    };
-    match known {
-        Some(text) => format!("{text} (`{scope}`)"),
+    match text::scope(scope) {
+        Some(words) => format!("{} (`{scope}`)", words.get(locale)),
         None => format!("`{scope}`"),
     }
 }
@@ -195,20 +164,12 @@ impl AuthorizeCard<'_> {
             .iter()
             .map(|s| format!("- {}", describe_scope(s, l)))
             .collect();
-        let intro = match l {
-            CardLocale::ZhCn => format!(
-                "**{}** 请求以你的身份访问飞书：\n{}\n\n请在 {} 分钟内完成授权。只有你本人可以操作此卡片。",
-                self.app_name,
-                scopes.join("\n"),
-                self.expires_in_minutes
-            ),
-            CardLocale::EnUs => format!(
-                "**{}** asks to act on your behalf in Feishu:\n{}\n\nPlease decide within {} minutes. Only you can use this card.",
-                self.app_name,
-                scopes.join("\n"),
-                self.expires_in_minutes
-            ),
-        };
+        let intro = text::authorize_intro(
+            l,
+            self.app_name,
+            &scopes.join("\n"),
+            self.expires_in_minutes,
+        );
         let mut authorize = vec![Behavior::OpenUrl { default_url: url }];
         if self.report_authorize_click {
             authorize.push(Behavior::Callback {
@@ -216,18 +177,18 @@ impl AuthorizeCard<'_> {
             });
         }
         Card::new(
-            l.pick("需要你的授权", "Authorization required"),
+            text::AUTHORIZE_TITLE.get(l),
             "blue",
             vec![
                 Element::Markdown { content: intro },
                 Element::Button {
-                    text: PlainText::new(l.pick("授权", "Authorize")),
+                    text: PlainText::new(text::AUTHORIZE_BUTTON.get(l)),
                     kind: "primary_filled",
                     name: "authorize_button",
                     behaviors: authorize,
                 },
                 Element::Button {
-                    text: PlainText::new(l.pick("拒绝", "Decline")),
+                    text: PlainText::new(text::DECLINE_BUTTON.get(l)),
                     kind: "default",
                     name: "decline_button",
                     behaviors: vec![Behavior::Callback {
@@ -255,50 +216,29 @@ pub enum FinalCard<'a> {
 /// Builds the card that replaces the authorize card when the session ends.
 pub fn final_card(app_name: &str, outcome: FinalCard<'_>, locale: CardLocale) -> Card {
     let l = locale;
-    let (title, template, text) = match outcome {
+    let (title, template, body) = match outcome {
         FinalCard::Authorized => (
-            l.pick("已授权", "Authorized"),
+            text::AUTHORIZED_TITLE,
             "green",
-            match l {
-                CardLocale::ZhCn => format!("你已授权 **{app_name}**。可随时联系管理员撤销。"),
-                CardLocale::EnUs => format!(
-                    "You authorized **{app_name}**. Ask your administrator to revoke it at any time."
-                ),
-            },
+            text::authorized_body(l, app_name),
         ),
         FinalCard::Declined => (
-            l.pick("已拒绝", "Declined"),
+            text::DECLINED_TITLE,
             "grey",
-            match l {
-                CardLocale::ZhCn => format!("你拒绝了 **{app_name}** 的授权请求。"),
-                CardLocale::EnUs => format!("You declined **{app_name}**'s request."),
-            },
+            text::declined_body(l, app_name),
         ),
         FinalCard::Expired => (
-            l.pick("已过期", "Expired"),
+            text::EXPIRED_TITLE,
             "grey",
-            l.pick(
-                "授权请求已过期。如仍需授权，请重新发起。",
-                "The request expired. Ask for a new one if you still want to authorize.",
-            )
-            .to_string(),
+            text::EXPIRED_BODY.get(l).to_string(),
         ),
-        FinalCard::Failed(reason) => (
-            l.pick("授权失败", "Authorization failed"),
-            "red",
-            match (l, reason) {
-                (CardLocale::ZhCn, "wrong_user") => {
-                    "授权由其他账号完成（链接可能被转发），已作废。请本人重新授权。".to_string()
-                }
-                (CardLocale::EnUs, "wrong_user") => "The approval came from another account (was the link forwarded?) and was discarded. Please authorize yourself.".to_string(),
-                (CardLocale::ZhCn, r) => format!("授权未完成（原因：`{r}`）。请重新发起。"),
-                (CardLocale::EnUs, r) => {
-                    format!("The authorization did not complete (reason: `{r}`). Please try again.")
-                }
-            },
-        ),
+        FinalCard::Failed(reason) => (text::FAILED_TITLE, "red", text::failed_body(l, reason)),
     };
-    Card::new(title, template, vec![Element::Markdown { content: text }])
+    Card::new(
+        title.get(l),
+        template,
+        vec![Element::Markdown { content: body }],
+    )
 }
 
 #[cfg(test)]

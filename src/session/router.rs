@@ -1,12 +1,12 @@
 //! The RouterActor: owns the authorization sessions and consumes the long connection.
 //!
 //! Accepts: [`StartAuthorization`], [`StartAuthorizationWithLocale`], [`OAuthRedirect`],
-//! [`GetSession`], [`Subscribe`], [`StopRouter`], [`GetTokenEndpointStatus`],
-//! [`CountRunningSessions`], [`GetPruneStats`]; from the ConnectionActor [`EventReceived`], [`CardActionReceived`],
+//! [`GetSession`], [`Subscribe`], [`StopRouter`], [`CountRunningSessions`],
+//! [`GetPruneStats`]; from the ConnectionActor [`EventReceived`], [`CardActionReceived`],
 //! [`ConnectionStateChanged`] (plug [`RouterActor::outputs`] into it); from sessions
 //! [`SessionFinished`].
 //! Sends: [`Click`], [`CodeRedirect`], [`GetSessionView`], [`StopSession`] to
-//! AuthSessionActors; [`EventReceived`] to subscribers.
+//! AuthSessionActors; [`EventReceived`] and [`Subscribe`] to its [`EventDispatcher`].
 //!
 //! - Keeps `session_id → Addr<AuthSessionActor>` for running sessions. A click or redirect
 //!   for a session that is not running reloads it from the store when it is not terminal;
@@ -22,10 +22,14 @@
 //!   [`SessionSettings::prune_period`].
 //! - Per user: at most [`SessionSettings::per_user_limit`] new sessions per window
 //!   ([`StartError::RateLimited`]); while one is in flight, a new request returns it.
-//! - Events other than card callbacks go to the subscribers of their `event_type`; events
-//!   nobody subscribed to are logged at debug (they were acked by the connection).
+//! - Events other than card callbacks go to the [`EventDispatcher`] the router starts
+//!   beside itself (dedup by `event_id`, fan-out to the subscribers of their
+//!   `event_type`); [`Subscribe`] is passed on to it.
+//!
+//! The bookkeeping (per-user limit, in-flight sessions, click answers, OAuth `state`s) is
+//! the pure [`RouterState`]; the time comes from [`RouterParts::clock`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,11 +38,13 @@ use actix::prelude::*;
 use futures_util::future::Either;
 use tracing::{debug, info, warn};
 
-use crate::clock::unix_now_ms;
+use crate::clock::Clock;
 use crate::config::AuthFlow;
 use crate::connection::{
     CallbackFailed, CardActionReceived, ConnectionOutputs, ConnectionStateChanged, EventReceived,
 };
+pub use crate::events::Subscribe;
+use crate::events::{EventDispatcher, event_mark};
 use crate::metrics::Metrics;
 use crate::openapi::oauth::OFFLINE_ACCESS;
 use crate::openapi::{OpenApiClient, PkcePair};
@@ -50,16 +56,18 @@ use crate::vault::{Keyring, TokenVaultActor};
 use super::SessionSettings;
 use super::actor::{
     AuthSessionActor, Click, CodeRedirect, GetSessionView, SessionDeps, SessionFinished,
-    SessionView, StopSession, click_toast, finished_toast,
+    SessionView, StopSession,
 };
 use super::cards::{ACTION_AUTHORIZE, ACTION_DECLINE, CardLocale, VALUE_SESSION_ID};
 use super::machine::{Choice, CodeFlowProgress, SessionRecord, SessionState};
+use super::router_state::{PerUserLimit, RouterState, StateLookup};
 use super::store::{
     ClaimClick, ClickClaim, FlushSessions, KeepClickAnswer, ListSessions, LoadSession,
-    LoadSessions, MarkOnce, PruneSessions, PurgeMarks, PutSession, SessionCodec, SessionStoreActor,
+    LoadSessions, PruneSessions, PurgeMarks, PutSession, SessionCodec, SessionStoreActor,
     SessionStoreError, WriteSeq,
 };
-use crate::token_endpoint::{GetPacerStatus, PacerStatus, TokenEndpointPacer};
+use super::texts::toast as texts;
+use crate::token_endpoint::TokenEndpointPacer;
 
 /// How many click answers are remembered for redeliveries.
 const ANSWERS_REMEMBERED: usize = 4096;
@@ -176,27 +184,11 @@ pub struct GetSession {
     pub session_id: String,
 }
 
-/// Registers `recipient` for every event of `event_type` (e.g. `im.message.receive_v1`)
-/// received over the long connection (after dedup).
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
-pub struct Subscribe {
-    /// `header.event_type`.
-    pub event_type: String,
-    /// Receives each event.
-    pub recipient: Recipient<EventReceived>,
-}
-
 /// Stops every session actor (their records stay, so they resume on the next start),
 /// flushes the store and stops the router. Replies when flushed.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
 pub struct StopRouter;
-
-/// Asks the shared pacer's status (queue length for metrics).
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "Result<PacerStatus, MailboxError>")]
-pub struct GetTokenEndpointStatus;
 
 /// How many sessions are running.
 #[derive(Debug, Clone, Copy, Message)]
@@ -243,15 +235,10 @@ pub struct RouterParts {
     /// Where the session gauges and counters go (`lark_auth_sessions`,
     /// `lark_auth_sessions_finished_total`).
     pub metrics: Metrics,
-}
-
-/// What the router keeps per user (one entry, so a pending session costs one key).
-#[derive(Default)]
-struct UserEntry {
-    /// The session in flight (shares the id with [`RouterActor::sessions`]).
-    in_flight: Option<Rc<str>>,
-    /// Start times (unix ms) within the per-user window.
-    starts: VecDeque<u64>,
+    /// The time for the router, its sessions and the event dispatcher (unix ms):
+    /// [`Clock::system`] in the service, a [`crate::clock::FakeClock`] in tests. Timers
+    /// still run on real time.
+    pub clock: Clock,
 }
 
 /// The router; see the module docs.
@@ -259,13 +246,10 @@ pub struct RouterActor {
     deps: Rc<SessionDeps>,
     /// Running sessions by id.
     sessions: HashMap<Rc<str>, Addr<AuthSessionActor>>,
-    /// Per user: the session in flight and the recent starts.
-    users: HashMap<Box<str>, UserEntry>,
-    oauth_states: HashMap<String, String>,
-    used_states: HashMap<String, String>,
-    subscribers: HashMap<String, Vec<Recipient<EventReceived>>>,
-    answers: HashMap<String, CardActionResponse>,
-    answer_order: VecDeque<String>,
+    /// Per-user limit, sessions in flight, click answers, OAuth `state`s.
+    state: RouterState,
+    /// Dedup and fan-out of the other events.
+    events: Addr<EventDispatcher>,
     /// Clicks being answered, by `event_id`, with the copies waiting for that answer.
     clicks_in_flight: HashMap<String, Vec<tokio::sync::oneshot::Sender<ClickReply>>>,
     pruned: PruneStats,
@@ -305,6 +289,19 @@ impl RouterActor {
         let (store, flusher) = SessionStoreActor::start_with_flusher(parts.store, codec);
         let default_scopes: Arc<[String]> =
             with_offline_access(parts.settings.default_scopes.clone()).into();
+        let events = EventDispatcher::new(
+            store.clone().recipient(),
+            parts.settings.dedup_ttl,
+            parts.clock.clone(),
+        )
+        .start();
+        let state = RouterState::new(
+            PerUserLimit {
+                limit: parts.settings.per_user_limit,
+                window: parts.settings.per_user_window,
+            },
+            ANSWERS_REMEMBERED,
+        );
         let settings = Rc::new(parts.settings);
         Ok(RouterActor::create(move |ctx| RouterActor {
             deps: Rc::new(SessionDeps {
@@ -316,14 +313,11 @@ impl RouterActor {
                 pacer,
                 finished: ctx.address().recipient(),
                 settings,
+                clock: parts.clock,
             }),
             sessions: HashMap::new(),
-            users: HashMap::new(),
-            oauth_states: HashMap::new(),
-            used_states: HashMap::new(),
-            subscribers: HashMap::new(),
-            answers: HashMap::new(),
-            answer_order: VecDeque::new(),
+            state,
+            events,
             clicks_in_flight: HashMap::new(),
             pruned: PruneStats::default(),
             default_scopes,
@@ -348,14 +342,11 @@ impl RouterActor {
         flush_first: Option<WriteSeq>,
     ) -> Addr<AuthSessionActor> {
         let id: Rc<str> = Rc::from(record.session_id.as_str());
-        self.users
-            .entry(Box::from(record.open_id.as_str()))
-            .or_default()
-            .in_flight = Some(id.clone());
-        if let Some(flow) = &record.code_flow {
-            self.oauth_states
-                .insert(flow.oauth_state.clone(), record.session_id.clone());
-        }
+        self.state.session_running(
+            &record.open_id,
+            id.clone(),
+            record.code_flow.as_ref().map(|f| f.oauth_state.as_str()),
+        );
         let mut actor = AuthSessionActor::new(record, resumed, self.deps.clone());
         if let Some(seq) = flush_first {
             actor = actor.after_flush(seq);
@@ -363,17 +354,6 @@ impl RouterActor {
         let addr = actor.start();
         self.sessions.insert(id, addr.clone());
         addr
-    }
-
-    fn remember_answer(&mut self, event_id: String, answer: CardActionResponse) {
-        if self.answers.insert(event_id.clone(), answer).is_none() {
-            self.answer_order.push_back(event_id);
-        }
-        while self.answer_order.len() > ANSWERS_REMEMBERED {
-            if let Some(old) = self.answer_order.pop_front() {
-                self.answers.remove(&old);
-            }
-        }
     }
 
     /// The running actor of `session_id`, reloading it from the store when it is not
@@ -405,7 +385,7 @@ impl RouterActor {
     }
 
     fn prune(&mut self, ctx: &mut Context<Self>) {
-        let now = unix_now_ms();
+        let now = self.deps.clock.now_ms();
         let settings = &self.deps.settings;
         let cutoff = now.saturating_sub(settings.terminal_ttl.as_millis() as u64);
         let store = self.deps.store.clone();
@@ -443,19 +423,8 @@ impl RouterActor {
                 act.pruned.marks += marks;
             }),
         );
-        let window = settings.per_user_window.as_millis() as u64;
-        self.users.retain(|_, u| {
-            u.in_flight.is_some() || u.starts.back().is_some_and(|t| t + window > now)
-        });
-        let used: Vec<String> = self
-            .used_states
-            .iter()
-            .filter(|(_, id)| !self.sessions.contains_key(id.as_str()))
-            .map(|(s, _)| s.clone())
-            .collect();
-        for state in used {
-            self.used_states.remove(&state);
-        }
+        let sessions = &self.sessions;
+        self.state.prune(now, |id| sessions.contains_key(id));
     }
 }
 
@@ -505,9 +474,8 @@ impl Handler<StartAuthorizationWithLocale> for RouterActor {
             return AtomicResponse::new(Box::pin(fut::ready(Err(StartError::InvalidOpenId))));
         }
         if let Some(addr) = self
-            .users
-            .get(msg.open_id.as_str())
-            .and_then(|u| u.in_flight.as_deref())
+            .state
+            .in_flight(&msg.open_id)
             .and_then(|id| self.sessions.get(id))
         {
             let view = addr.send(GetSessionView);
@@ -516,24 +484,13 @@ impl Handler<StartAuthorizationWithLocale> for RouterActor {
                     .map(|res, _, _| res.map_err(|_| StartError::Stopping)),
             ));
         }
-        let now = unix_now_ms();
+        let now = self.deps.clock.now_ms();
         let settings = self.deps.settings.clone();
-        let window = settings.per_user_window.as_millis() as u64;
-        let starts = &mut self
-            .users
-            .entry(Box::from(msg.open_id.as_str()))
-            .or_default()
-            .starts;
-        while starts.front().is_some_and(|t| t + window <= now) {
-            starts.pop_front();
-        }
-        if starts.len() >= settings.per_user_limit {
-            let oldest = starts.front().copied().unwrap_or(now);
+        if let Err(retry_after) = self.state.admit(&msg.open_id, now) {
             return AtomicResponse::new(Box::pin(fut::ready(Err(StartError::RateLimited {
-                retry_after: Duration::from_millis((oldest + window).saturating_sub(now)),
+                retry_after,
             }))));
         }
-        starts.push_back(now);
 
         let scopes = if msg.scopes.is_empty() {
             self.default_scopes.clone()
@@ -575,13 +532,10 @@ impl Handler<OAuthRedirect> for RouterActor {
     type Result = ResponseActFuture<Self, Result<SessionView, RedirectError>>;
 
     fn handle(&mut self, msg: OAuthRedirect, _: &mut Context<Self>) -> Self::Result {
-        let Some(session_id) = self.oauth_states.get(&msg.state).cloned() else {
-            let err = if self.used_states.contains_key(&msg.state) {
-                RedirectError::StateAlreadyUsed
-            } else {
-                RedirectError::UnknownState
-            };
-            return Box::pin(fut::ready(Err(err)));
+        let session_id = match self.state.lookup_state(&msg.state) {
+            StateLookup::Pending(id) => id.to_string(),
+            StateLookup::Used => return Box::pin(fut::ready(Err(RedirectError::StateAlreadyUsed))),
+            StateLookup::Unknown => return Box::pin(fut::ready(Err(RedirectError::UnknownState))),
         };
         let code = match (msg.code, msg.error.as_deref()) {
             (Some(code), _) => Some(code),
@@ -592,8 +546,7 @@ impl Handler<OAuthRedirect> for RouterActor {
             (None, None) => return Box::pin(fut::ready(Err(RedirectError::MissingCode))),
         };
         // One use per state: the next redirect with it is refused.
-        self.oauth_states.remove(&msg.state);
-        self.used_states.insert(msg.state, session_id.clone());
+        self.state.use_state(&msg.state);
         Box::pin(
             self.find_session(session_id)
                 .then(move |found, act, _| {
@@ -693,13 +646,15 @@ impl Handler<ListSessionViews> for RouterActor {
 }
 
 impl Handler<Subscribe> for RouterActor {
-    type Result = ();
+    type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
-        self.subscribers
-            .entry(msg.event_type)
-            .or_default()
-            .push(msg.recipient);
+    /// Passed on to the [`EventDispatcher`]; replies once it registered the recipient.
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
+        // Queued now, so events the router forwards after this reach the recipient.
+        let registered = self.events.send(msg);
+        Box::pin(async move {
+            let _ = registered.await;
+        })
     }
 }
 
@@ -710,9 +665,7 @@ impl Handler<StopRouter> for RouterActor {
         for (_, addr) in self.sessions.drain() {
             addr.do_send(StopSession);
         }
-        for user in self.users.values_mut() {
-            user.in_flight = None;
-        }
+        self.state.all_stopped();
         let flush = self.deps.store.send(FlushSessions);
         Box::pin(flush.into_actor(self).map(|res, _, ctx| {
             if let Ok(Err(e)) = res {
@@ -720,15 +673,6 @@ impl Handler<StopRouter> for RouterActor {
             }
             ctx.stop();
         }))
-    }
-}
-
-impl Handler<GetTokenEndpointStatus> for RouterActor {
-    type Result = ResponseFuture<Result<PacerStatus, MailboxError>>;
-
-    fn handle(&mut self, _: GetTokenEndpointStatus, _: &mut Context<Self>) -> Self::Result {
-        let pacer = self.deps.pacer.clone();
-        Box::pin(async move { pacer.send(GetPacerStatus).await })
     }
 }
 
@@ -753,52 +697,17 @@ impl Handler<SessionFinished> for RouterActor {
 
     fn handle(&mut self, msg: SessionFinished, _: &mut Context<Self>) {
         self.sessions.remove(msg.session_id.as_str());
-        if let Some(user) = self.users.get_mut(msg.open_id.as_str())
-            && user.in_flight.as_deref() == Some(msg.session_id.as_str())
-        {
-            user.in_flight = None;
-        }
-        self.oauth_states.retain(|_, id| *id != msg.session_id);
+        self.state.session_finished(&msg.open_id, &msg.session_id);
         debug!(session_id = %msg.session_id, state = msg.state.as_str(), "session actor finished");
     }
 }
 
-fn dedup_mark(event_id: &str) -> Vec<u8> {
-    let mut mark = b"event/".to_vec();
-    mark.extend_from_slice(event_id.as_bytes());
-    mark
-}
-
 impl Handler<EventReceived> for RouterActor {
-    type Result = ResponseActFuture<Self, ()>;
+    type Result = ();
 
-    fn handle(&mut self, msg: EventReceived, _: &mut Context<Self>) -> Self::Result {
-        let now = unix_now_ms();
-        let mark = self.deps.store.send(MarkOnce {
-            mark: dedup_mark(&msg.event_id),
-            expires_at_ms: now + self.deps.settings.dedup_ttl.as_millis() as u64,
-            now_ms: now,
-        });
-        Box::pin(mark.into_actor(self).map(move |res, act, _| {
-            match res {
-                Ok(Ok(true)) => {}
-                Ok(Ok(false)) => {
-                    debug!(event_id = %msg.event_id, "redelivered event dropped");
-                    return;
-                }
-                // A failing store must not drop events: forward (maybe twice).
-                _ => warn!(event_id = %msg.event_id, "dedup mark not set"),
-            }
-            match act.subscribers.get_mut(msg.event_type.as_str()) {
-                Some(list) => {
-                    list.retain(|r| r.connected());
-                    for r in list.iter() {
-                        r.do_send(msg.clone());
-                    }
-                }
-                None => debug!(event_id = %msg.event_id, event_type = %msg.event_type, "event without subscriber"),
-            }
-        }))
+    /// Passed on to the [`EventDispatcher`] (dedup, subscribers).
+    fn handle(&mut self, msg: EventReceived, _: &mut Context<Self>) {
+        self.events.do_send(msg);
     }
 }
 
@@ -813,7 +722,7 @@ impl Handler<CardActionReceived> for RouterActor {
     /// joining the first while it is being answered, or from the answer kept with the
     /// click's dedup mark (after a restart). A copy never reaches the session.
     fn handle(&mut self, msg: CardActionReceived, _: &mut Context<Self>) -> Self::Result {
-        if let Some(answer) = self.answers.get(&msg.event_id) {
+        if let Some(answer) = self.state.answer(&msg.event_id) {
             debug!(event_id = %msg.event_id, "redelivered click answered again");
             return Box::pin(fut::ready(Ok(answer.clone())));
         }
@@ -843,8 +752,8 @@ impl Handler<CardActionReceived> for RouterActor {
         };
         self.clicks_in_flight
             .insert(msg.event_id.clone(), Vec::new());
-        let now = unix_now_ms();
-        let mark = dedup_mark(&msg.event_id);
+        let now = self.deps.clock.now_ms();
+        let mark = event_mark(&msg.event_id);
         let claim = self.deps.store.send(ClaimClick {
             mark: mark.clone(),
             expires_at_ms: now + self.deps.settings.dedup_ttl.as_millis() as u64,
@@ -887,10 +796,9 @@ impl Handler<CardActionReceived> for RouterActor {
                 .then(
                     move |found: Result<Result<Found, SessionStoreError>, ClickReply>, act, _| {
                         let unknown = || CardActionResponse {
-                            toast: Some(click_toast(
+                            toast: Some(texts::fixed(
                                 ToastKind::Warning,
-                                "此授权请求已失效".into(),
-                                "This authorization request is no longer valid".into(),
+                                texts::REQUEST_NO_LONGER_VALID,
                                 locale,
                             )),
                             card: None,
@@ -908,7 +816,10 @@ impl Handler<CardActionReceived> for RouterActor {
                             Ok(Ok(Found::Unknown)) => (Ok(unknown()), true),
                             Ok(Ok(Found::Finished(state, own))) => (
                                 Ok(CardActionResponse {
-                                    toast: Some(finished_toast(state, own.unwrap_or(locale))),
+                                    toast: Some(texts::already_finished(
+                                        state.as_str(),
+                                        own.unwrap_or(locale),
+                                    )),
                                     card: None,
                                 }),
                                 true,
@@ -927,10 +838,10 @@ impl Handler<CardActionReceived> for RouterActor {
                             act.deps.store.do_send(KeepClickAnswer {
                                 mark,
                                 answer: a.clone(),
-                                now_ms: unix_now_ms(),
+                                now_ms: act.deps.clock.now_ms(),
                             });
                         }
-                        act.remember_answer(msg.event_id.clone(), a.clone());
+                        act.state.remember_answer(msg.event_id.clone(), a.clone());
                     }
                     for waiting in act
                         .clicks_in_flight

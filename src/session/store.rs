@@ -24,6 +24,7 @@ use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use crate::events::{MarkFailed, SetMarkOnce};
 use crate::protocol::event::CardActionResponse;
 use crate::secret::Secret;
 use crate::store::{Store, StoreError};
@@ -516,6 +517,17 @@ impl Handler<MarkOnce> for SessionStoreActor {
         Ok(self
             .store
             .mark_once(&msg.mark, msg.expires_at_ms, msg.now_ms)?)
+    }
+}
+
+impl Handler<SetMarkOnce> for SessionStoreActor {
+    type Result = Result<bool, MarkFailed>;
+
+    /// The event dispatcher's marks ([`crate::events`]).
+    fn handle(&mut self, msg: SetMarkOnce, _: &mut Self::Context) -> Self::Result {
+        self.store
+            .mark_once(&msg.mark, msg.expires_at_ms, msg.now_ms)
+            .map_err(|e| MarkFailed(e.to_string()))
     }
 }
 

@@ -92,6 +92,7 @@ fn start_router(
         vault,
         settings: settings.clone(),
         metrics: metrics.clone(),
+        clock: lark_auth::clock::Clock::system(),
     })
     .expect("router starts")
 }
