@@ -21,10 +21,11 @@ use lark_auth::refresh::{
 };
 use lark_auth::secret::Secret;
 use lark_auth::store::{SledStore, Store};
+use lark_auth::tokens::{NewTokens, RefreshFailure, RefreshGrant, TokenSource};
 use lark_auth::vault::actor::{CompareAndSwapGrant, GetGrant};
 use lark_auth::vault::{
-    DuePolicy, GrantRecord, GrantStatus, Keyring, NewTokens, RefreshFailure, RefreshGrant,
-    SwapOutcome, TokenSource, TokenVaultActor, UserIdentity, Vault, VaultKey, unix_now_ms,
+    DuePolicy, GrantRecord, GrantStatus, Keyring, SwapOutcome, TokenVaultActor, UserIdentity,
+    Vault, VaultKey, unix_now_ms,
 };
 
 struct Counting;
@@ -198,7 +199,7 @@ fn main() {
     let system = actix::System::new();
     system.block_on(async move {
         let addr = TokenVaultActor::start(vault.clone(), 2);
-        let cache = vault.token_cache(lark_auth::vault::DEFAULT_TOKEN_CACHE_ENTRIES);
+        let cache = lark_auth::tokens::TokenCache::for_vault(&vault, lark_auth::config::DEFAULT_TOKEN_CACHE_ENTRIES);
         let source = TokenSource::new(addr.clone(), NeverCalled, Duration::from_secs(300))
             .with_token_cache(cache.clone());
 

@@ -31,7 +31,8 @@ use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use lark_auth::sandbox::{Sandbox, SandboxConfig};
-use lark_auth::vault::{GetTokenError, Keyring, VaultKey};
+use lark_auth::tokens::GetTokenError;
+use lark_auth::vault::{Keyring, VaultKey};
 use lark_auth::{Config, Handle, LarkAuth, StartOptions};
 
 /// `GET /users/{open_id}/calendar`: what a feature of the app looks like. It needs the

@@ -41,13 +41,13 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::connection::{
     ConnectionActor, ConnectionError, ConnectionOutputs, ConnectionState, EventReceived, Shutdown,
+    StateReport, StateWatch,
 };
 use crate::http::{self, ControlState, HttpFront};
 use crate::metrics::Metrics;
 use crate::openapi::OpenApiClient;
 use crate::refresh::scheduler::{GrantChanged, ReauthNeeded, RefreshScheduler, SchedulerSettings};
 use crate::secret::Secret;
-use crate::service::StateReport;
 use crate::session::router::{
     GetSession, StartAuthorization, StartError as SessionStartError, StopRouter, Subscribe,
 };
@@ -55,11 +55,11 @@ use crate::session::store::{SessionStoreError, expire_unsure_sessions};
 use crate::session::{RouterActor, RouterParts, SessionSettings, SessionView};
 use crate::store::{LossReport, SledStore, Store, StoreError};
 use crate::token_endpoint::{AcquireSlot, SlotPriority, TokenEndpointPacer};
-use crate::vault::actor::Revoke;
-use crate::vault::{
-    AccessToken, DuePolicy, GetTokenError, GrantSummary, Keyring, OpenApiRefresher, TokenSource,
-    TokenVaultActor, Vault, VaultError,
+use crate::tokens::{
+    AccessToken, GetToken, GetTokenError, OpenApiRefresher, TokenCache, TokenService, TokenSource,
 };
+use crate::vault::actor::Revoke;
+use crate::vault::{DuePolicy, GrantSummary, Keyring, TokenVaultActor, Vault, VaultError};
 
 /// Threads of the vault's `SyncArbiter` (sled reads, sealing, fsync).
 const VAULT_THREADS: usize = 2;
@@ -136,40 +136,6 @@ pub enum HandleError {
     Vault(#[from] VaultError),
 }
 
-/// Answers `get_token` through the shared single-flight [`TokenSource`], for callers on
-/// other threads (the HTTP workers).
-pub struct TokenService {
-    source: TokenSource<OpenApiRefresher>,
-}
-
-impl TokenService {
-    /// A service answering through `source` (start it on the thread `source` lives on).
-    pub fn new(source: TokenSource<OpenApiRefresher>) -> TokenService {
-        TokenService { source }
-    }
-}
-
-impl Actor for TokenService {
-    type Context = Context<Self>;
-}
-
-/// Asks for a valid access token of `open_id` (refreshing first when inside the margin).
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "Result<AccessToken, GetTokenError>")]
-pub struct GetToken {
-    /// The user.
-    pub open_id: String,
-}
-
-impl Handler<GetToken> for TokenService {
-    type Result = ResponseFuture<Result<AccessToken, GetTokenError>>;
-
-    fn handle(&mut self, msg: GetToken, _: &mut Context<Self>) -> Self::Result {
-        let source = self.source.clone();
-        Box::pin(async move { source.get_token(&msg.open_id).await })
-    }
-}
-
 /// Turns the scheduler's [`ReauthNeeded`] (sent once per grant, only when
 /// `refresh.reauth_card` is on) into a fresh authorization: one new card to the user.
 struct ReauthRelay {
@@ -193,28 +159,6 @@ impl Handler<ReauthNeeded> for ReauthRelay {
             open_id: msg.open_id,
             scopes: Vec::new(),
         });
-    }
-}
-
-/// Forwards connection state changes into a watch channel, then to the router.
-struct StateWatch {
-    sender: watch::Sender<StateReport>,
-    forward: Recipient<crate::connection::ConnectionStateChanged>,
-}
-
-impl Actor for StateWatch {
-    type Context = Context<Self>;
-}
-
-impl Handler<crate::connection::ConnectionStateChanged> for StateWatch {
-    type Result = ();
-
-    fn handle(&mut self, msg: crate::connection::ConnectionStateChanged, _: &mut Context<Self>) {
-        self.sender.send_replace(StateReport {
-            state: msg.state,
-            cause: msg.cause.clone(),
-        });
-        self.forward.do_send(msg);
     }
 }
 
@@ -308,7 +252,10 @@ impl LarkAuth {
             OpenApiRefresher::new(client.clone()),
             config.refresh.margin,
         )
-        .with_token_cache(vault_core.token_cache(config.vault.token_cache_entries))
+        .with_token_cache(TokenCache::for_vault(
+            &vault_core,
+            config.vault.token_cache_entries,
+        ))
         .with_slot_gate({
             let pacer = endpoint_pacer.clone();
             Box::new(move || {
@@ -355,16 +302,8 @@ impl LarkAuth {
         }));
         let tokens = TokenService::new(source).start();
 
-        let (sender, states) = watch::channel(StateReport {
-            state: ConnectionState::Connecting,
-            cause: None,
-        });
         let router_outputs = RouterActor::outputs(&router);
-        let watcher = StateWatch {
-            sender,
-            forward: router_outputs.states.clone(),
-        }
-        .start();
+        let (watcher, states) = StateWatch::start(Some(router_outputs.states.clone()));
         let outputs = ConnectionOutputs {
             states: watcher.recipient(),
             ..router_outputs
@@ -492,7 +431,7 @@ impl Handle {
     /// refreshing first when needed; at most one refresh per grant runs at a time.
     ///
     /// ```no_run
-    /// use lark_auth::vault::GetTokenError;
+    /// use lark_auth::tokens::GetTokenError;
     ///
     /// # async fn example(handle: &lark_auth::Handle) {
     /// let open_id = "ou_7d8a6e6df7621556ce0d21922b676706ccs";

@@ -154,7 +154,7 @@ pub struct AuthConfig {
     /// Language of the cards and toasts when the authorization request names none:
     /// `zh_cn` (default) or `en_us`. The platform does not tell a user's language before
     /// consent, so a caller who knows it passes `locale` with the request.
-    pub card_locale: crate::session::cards::CardLocale,
+    pub card_locale: CardLocale,
     /// The app's name as the card shows it to the user. Default `lark-auth`: set it to
     /// the name users know the app by.
     pub app_name: String,
@@ -167,8 +167,33 @@ impl Default for AuthConfig {
             default_scopes: vec!["offline_access".into()],
             session_timeout: Duration::from_secs(600),
             redirect_uri: String::new(),
-            card_locale: crate::session::cards::CardLocale::ZhCn,
+            card_locale: CardLocale::ZhCn,
             app_name: "lark-auth".into(),
+        }
+    }
+}
+
+/// Language of the card text (`auth.card_locale`; the session's cards and toasts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CardLocale {
+    /// Simplified Chinese.
+    #[default]
+    ZhCn,
+    /// English.
+    EnUs,
+}
+
+impl CardLocale {
+    /// From a platform locale string such as `zh_cn`, `en_us`, `zh-CN`; unknown → `None`.
+    pub fn from_platform(locale: &str) -> Option<CardLocale> {
+        let l = locale.to_ascii_lowercase().replace('-', "_");
+        if l.starts_with("zh") {
+            Some(CardLocale::ZhCn)
+        } else if l.starts_with("en") {
+            Some(CardLocale::EnUs)
+        } else {
+            None
         }
     }
 }
@@ -214,6 +239,9 @@ pub struct OldVaultKey {
     pub env: String,
 }
 
+/// The default cap on cached opened tokens (`vault.token_cache_entries`).
+pub const DEFAULT_TOKEN_CACHE_ENTRIES: usize = 100_000;
+
 impl Default for VaultConfig {
     fn default() -> Self {
         VaultConfig {
@@ -221,7 +249,7 @@ impl Default for VaultConfig {
             key_env: "LARK_AUTH_VAULT_KEY".into(),
             key_id: 1,
             old_keys: Vec::new(),
-            token_cache_entries: crate::vault::DEFAULT_TOKEN_CACHE_ENTRIES,
+            token_cache_entries: DEFAULT_TOKEN_CACHE_ENTRIES,
         }
     }
 }

@@ -10,19 +10,23 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod connection;
+#[cfg(feature = "sandbox")]
 pub mod demo;
 pub mod event_log;
 pub mod http;
+pub mod http_client;
 pub mod metrics;
 pub mod openapi;
 pub mod protocol;
 pub mod refresh;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod secret;
 pub mod service;
 pub mod session;
 pub mod store;
 pub mod token_endpoint;
+pub mod tokens;
 pub mod vault;
 
 pub use app::{Handle, LarkAuth, StartError, StartOptions};

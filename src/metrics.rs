@@ -16,9 +16,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::refresh::RefreshStats;
-use crate::vault::RefreshCounts;
-
 /// Label set with one `state` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
@@ -278,13 +275,71 @@ pub struct StatusLabel {
     pub status: String,
 }
 
-const GRANT_STATUSES: [crate::vault::GrantStatus; 5] = [
-    crate::vault::GrantStatus::Active,
-    crate::vault::GrantStatus::RefreshFailed,
-    crate::vault::GrantStatus::RefreshUncertain,
-    crate::vault::GrantStatus::NeedsReauth,
-    crate::vault::GrantStatus::Revoked,
+/// The grant status names of `lark_auth_grants{status}` (the vault's `GrantStatus`
+/// names), each exported from the start.
+const GRANT_STATUSES: [&str; 5] = [
+    "active",
+    "refresh_failed",
+    "refresh_uncertain",
+    "needs_reauth",
+    "revoked",
 ];
+
+/// What [`Metrics::refresh_stats`] publishes: the refresh scheduler's numbers, as plain
+/// values (the scheduler builds it from its own statistics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RefreshSnapshot {
+    /// Deadlines due now and not yet started.
+    pub backlog: u64,
+    /// How long the oldest due deadline has been waiting, ms (0: none overdue).
+    pub oldest_overdue_ms: u64,
+    /// Grants by status.
+    pub grants: GrantCounts,
+    /// Refresh requests sent since start, by outcome (cumulative).
+    pub attempts: AttemptCounts,
+}
+
+/// Grants by status (`lark_auth_grants{status}`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GrantCounts {
+    /// `active`.
+    pub active: u64,
+    /// `refresh_failed`.
+    pub refresh_failed: u64,
+    /// `refresh_uncertain`.
+    pub refresh_uncertain: u64,
+    /// `needs_reauth`.
+    pub needs_reauth: u64,
+    /// `revoked`.
+    pub revoked: u64,
+}
+
+impl GrantCounts {
+    fn by_name(&self, status: &str) -> u64 {
+        match status {
+            "active" => self.active,
+            "refresh_failed" => self.refresh_failed,
+            "refresh_uncertain" => self.refresh_uncertain,
+            "needs_reauth" => self.needs_reauth,
+            "revoked" => self.revoked,
+            _ => 0,
+        }
+    }
+}
+
+/// Refresh requests sent, by outcome, counted since start
+/// (`lark_auth_refresh_attempts_total{outcome}`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AttemptCounts {
+    /// Answered with a new pair (`ok`).
+    pub refreshed: u64,
+    /// Failed with a retryable error (`retryable_error`).
+    pub retryable: u64,
+    /// Refused: the grant needs re-authorization (`needs_reauth`).
+    pub needs_reauth: u64,
+    /// No answer (`outcome_unknown`).
+    pub outcome_unknown: u64,
+}
 
 struct RefreshMetrics {
     token_endpoint_calls: Family<TokenCallLabels, Counter>,
@@ -295,7 +350,7 @@ struct RefreshMetrics {
     attempts: Family<OutcomeLabel, Counter>,
     /// The scheduler's cumulative attempt counts as last exported (counters move by the
     /// difference).
-    exported: Mutex<RefreshCounts>,
+    exported: Mutex<AttemptCounts>,
 }
 
 impl RefreshMetrics {
@@ -307,7 +362,7 @@ impl RefreshMetrics {
             oldest_overdue: Gauge::default(),
             grants: Family::default(),
             attempts: Family::default(),
-            exported: Mutex::new(RefreshCounts::default()),
+            exported: Mutex::new(AttemptCounts::default()),
         };
         registry.register(
             "token_endpoint_calls",
@@ -343,7 +398,7 @@ impl RefreshMetrics {
         );
         for status in GRANT_STATUSES {
             let _ = m.grants.get_or_create(&StatusLabel {
-                status: status.as_str().to_string(),
+                status: status.to_string(),
             });
         }
         m
@@ -373,22 +428,16 @@ impl Metrics {
     /// Publishes the refresh scheduler's numbers: backlog, oldest overdue deadline
     /// (seconds), grants by status, and the attempt counters (moved by what was sent
     /// since the last call). Cheap: a few atomic stores and one short lock.
-    pub fn refresh_stats(&self, stats: &RefreshStats) {
+    pub fn refresh_stats(&self, stats: &RefreshSnapshot) {
         let m = &self.inner.refresh;
         m.backlog.set(stats.backlog as i64);
         m.oldest_overdue
             .set(stats.oldest_overdue_ms as f64 / 1000.0);
         for status in GRANT_STATUSES {
-            let count = match status {
-                crate::vault::GrantStatus::Active => stats.by_status.active,
-                crate::vault::GrantStatus::RefreshFailed => stats.by_status.refresh_failed,
-                crate::vault::GrantStatus::RefreshUncertain => stats.by_status.refresh_uncertain,
-                crate::vault::GrantStatus::NeedsReauth => stats.by_status.needs_reauth,
-                crate::vault::GrantStatus::Revoked => stats.by_status.revoked,
-            };
+            let count = stats.grants.by_name(status);
             m.grants
                 .get_or_create(&StatusLabel {
-                    status: status.as_str().to_string(),
+                    status: status.to_string(),
                 })
                 .set(count as i64);
         }
@@ -642,12 +691,12 @@ mod tests {
         let m = Metrics::new();
         m.token_endpoint_call("refresh", "ok");
         m.token_endpoint_queue_gauge().set(3);
-        let mut stats = RefreshStats {
+        let mut stats = RefreshSnapshot {
             backlog: 2,
             oldest_overdue_ms: 1500,
-            ..RefreshStats::default()
+            ..RefreshSnapshot::default()
         };
-        stats.by_status.active = 7;
+        stats.grants.active = 7;
         stats.attempts.refreshed = 4;
         m.refresh_stats(&stats);
         stats.attempts.refreshed = 5;

@@ -12,8 +12,8 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::connection::{
-    ConnectionActor, ConnectionError, ConnectionOutputs, ConnectionState, ConnectionStateChanged,
-    Shutdown,
+    ConnectionActor, ConnectionError, ConnectionOutputs, ConnectionState, Shutdown, StateReport,
+    StateWatch,
 };
 use crate::event_log::EventLogActor;
 
@@ -33,39 +33,6 @@ pub enum ServeError {
     /// Installing the signal handlers failed.
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
-}
-
-/// The latest connection state and its cause, for waiters.
-#[derive(Debug, Clone)]
-pub struct StateReport {
-    /// The state.
-    pub state: ConnectionState,
-    /// Why it changed, if known.
-    pub cause: Option<String>,
-}
-
-/// Forwards [`ConnectionStateChanged`] into a `watch` channel and to a second recipient.
-struct StateWatch {
-    sender: watch::Sender<StateReport>,
-    forward: Option<Recipient<ConnectionStateChanged>>,
-}
-
-impl Actor for StateWatch {
-    type Context = Context<Self>;
-}
-
-impl Handler<ConnectionStateChanged> for StateWatch {
-    type Result = ();
-
-    fn handle(&mut self, msg: ConnectionStateChanged, _: &mut Context<Self>) {
-        self.sender.send_replace(StateReport {
-            state: msg.state,
-            cause: msg.cause.clone(),
-        });
-        if let Some(forward) = &self.forward {
-            forward.do_send(msg);
-        }
-    }
 }
 
 /// A started service.
@@ -89,15 +56,7 @@ impl Service {
             .clone()
             .ok_or(ConnectionError::MissingCredentials)?;
         let (consumer, outputs) = EventLogActor::start_outputs();
-        let (sender, states) = watch::channel(StateReport {
-            state: ConnectionState::Connecting,
-            cause: None,
-        });
-        let watcher = StateWatch {
-            sender,
-            forward: Some(outputs.states.clone()),
-        }
-        .start();
+        let (watcher, states) = StateWatch::start(Some(outputs.states.clone()));
         let outputs = ConnectionOutputs {
             states: watcher.recipient(),
             ..outputs

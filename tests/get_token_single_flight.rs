@@ -12,11 +12,9 @@ use actix::Addr;
 use common::*;
 use lark_auth::clock::Clock;
 use lark_auth::sandbox::{OpenApiFault, OpenApiRoute, Sandbox, SandboxConfig};
+use lark_auth::tokens::{GetTokenError, OpenApiRefresher, TokenSource};
 use lark_auth::vault::actor::{GetGrant, ListQuarantined, StoreGrant};
-use lark_auth::vault::{
-    GetTokenError, GrantRecord, GrantStatus, OpenApiRefresher, TokenSource, TokenVaultActor,
-    VaultKey, unix_now_ms,
-};
+use lark_auth::vault::{GrantRecord, GrantStatus, TokenVaultActor, VaultKey, unix_now_ms};
 
 const APP: &str = "cli_sandbox_app";
 const USER: &str = "ou_test_user_1";

@@ -6,7 +6,7 @@ mod service_common;
 
 use std::time::Duration;
 
-use lark_auth::vault::GetTokenError;
+use lark_auth::tokens::GetTokenError;
 use service_common::{
     API_TOKEN, USER, WAIT, authorize_user, eventually, start_instance, start_instance_with,
 };

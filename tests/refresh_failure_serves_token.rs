@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use common::*;
-use lark_auth::app::TokenService;
 use lark_auth::clock::Clock;
 use lark_auth::config::RefreshConfig;
 use lark_auth::http::{self, ControlState, HttpFront};
@@ -21,10 +20,10 @@ use lark_auth::metrics::Metrics;
 use lark_auth::refresh::{RefreshScheduler, SchedulerSettings};
 use lark_auth::sandbox::{OpenApiFault, OpenApiRoute, Sandbox, SandboxConfig};
 use lark_auth::secret::Secret;
+use lark_auth::tokens::TokenService;
+use lark_auth::tokens::{OpenApiRefresher, TokenSource};
 use lark_auth::vault::actor::{GetGrant, StoreGrant};
-use lark_auth::vault::{
-    GrantRecord, GrantStatus, OpenApiRefresher, TokenSource, TokenVaultActor, VaultKey,
-};
+use lark_auth::vault::{GrantRecord, GrantStatus, TokenVaultActor, VaultKey};
 
 const APP: &str = "cli_sandbox_app";
 const USER: &str = "ou_test_user_1";

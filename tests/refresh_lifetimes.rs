@@ -17,10 +17,9 @@ use lark_auth::clock::Clock;
 use lark_auth::config::RefreshConfig;
 use lark_auth::refresh::{GetRefreshStats, RefreshScheduler, RefreshStats, SchedulerSettings};
 use lark_auth::sandbox::{OpenApiSandboxConfig, Sandbox, SandboxConfig};
+use lark_auth::tokens::{OpenApiRefresher, TokenSource};
 use lark_auth::vault::actor::{GetGrant, StoreGrant};
-use lark_auth::vault::{
-    GrantRecord, GrantStatus, OpenApiRefresher, TokenSource, TokenVaultActor, VaultKey,
-};
+use lark_auth::vault::{GrantRecord, GrantStatus, TokenVaultActor, VaultKey};
 
 const APP: &str = "cli_sandbox_app";
 const USER: &str = "ou_test_user_1";

@@ -18,10 +18,9 @@ use lark_auth::refresh::{
 use lark_auth::sandbox::{
     OpenApiFault, OpenApiRoute, OpenApiSandboxConfig, Sandbox, SandboxConfig, SandboxUser,
 };
+use lark_auth::tokens::{OpenApiRefresher, TokenSource};
 use lark_auth::vault::actor::{GetGrant, StoreGrant};
-use lark_auth::vault::{
-    GrantRecord, GrantStatus, OpenApiRefresher, TokenSource, TokenVaultActor, VaultKey, unix_now_ms,
-};
+use lark_auth::vault::{GrantRecord, GrantStatus, TokenVaultActor, VaultKey, unix_now_ms};
 
 const APP: &str = "cli_sandbox_app";
 const USER: &str = "ou_test_user_1";

@@ -14,11 +14,9 @@ use common::*;
 use lark_auth::openapi::OpenApiClient;
 use lark_auth::sandbox::{Sandbox, SandboxConfig};
 use lark_auth::store::{GrantKey, GrantWrite};
+use lark_auth::tokens::{GetTokenError, OpenApiRefresher, TokenCache, TokenSource};
 use lark_auth::vault::actor::{MarkStatus, Revoke, StoreGrant};
-use lark_auth::vault::{
-    GetTokenError, GrantRecord, GrantStatus, OpenApiRefresher, TokenCache, TokenSource,
-    TokenVaultActor, Vault, VaultKey,
-};
+use lark_auth::vault::{GrantRecord, GrantStatus, TokenVaultActor, Vault, VaultKey};
 
 const APP: &str = "cli_sandbox_app";
 const USER: &str = "ou_test_user_1";
@@ -52,7 +50,7 @@ async fn harness() -> Harness {
         .await
         .unwrap()
         .unwrap();
-    let cache = vault.token_cache(16);
+    let cache = TokenCache::for_vault(&vault, 16);
     let source = TokenSource::new(addr.clone(), OpenApiRefresher::new(client.clone()), MARGIN)
         .with_token_cache(cache.clone());
     Harness {

@@ -16,10 +16,9 @@ use lark_auth::session::machine::Cadence;
 use lark_auth::session::{RouterActor, RouterParts, SessionSettings, StartAuthorization};
 use lark_auth::store::{SledStore, Store};
 use lark_auth::token_endpoint::{AcquireSlot, SlotPriority, TokenEndpointPacer};
+use lark_auth::tokens::{OpenApiRefresher, TokenSource};
 use lark_auth::vault::actor::StoreGrant;
-use lark_auth::vault::{
-    DuePolicy, Keyring, OpenApiRefresher, TokenSource, TokenVaultActor, Vault, VaultKey,
-};
+use lark_auth::vault::{DuePolicy, Keyring, TokenVaultActor, Vault, VaultKey};
 use prometheus_client::metrics::gauge::Gauge;
 
 const APP: &str = "cli_sandbox_app";

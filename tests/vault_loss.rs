@@ -13,9 +13,9 @@ use lark_auth::secret::Secret;
 use lark_auth::session::machine::{SessionRecord, SessionState};
 use lark_auth::session::store::SessionCodec;
 use lark_auth::store::{SledStore, Store};
+use lark_auth::tokens::GetTokenError;
 use lark_auth::vault::{
-    DuePolicy, GetTokenError, GrantRecord, GrantStatus, Keyring, UserIdentity, Vault, VaultKey,
-    unix_now_ms,
+    DuePolicy, GrantRecord, GrantStatus, Keyring, UserIdentity, Vault, VaultKey, unix_now_ms,
 };
 use lark_auth::{Handle, LarkAuth, StartError, StartOptions};
 

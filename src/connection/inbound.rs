@@ -76,8 +76,9 @@ pub enum Decision {
     Callback {
         /// The data frame that completed the message.
         frame: FrameView,
-        /// The callback to send.
-        message: CardActionReceived,
+        /// The callback to send (boxed: callbacks are rare, events are not, and the
+        /// decision stays small).
+        message: Box<CardActionReceived>,
         /// True for a redelivered copy (its `message_id` was seen within the window).
         duplicate: bool,
     },
@@ -383,13 +384,13 @@ impl Inbound {
                     };
                 }
             };
-            let message = CardActionReceived {
+            let message = Box::new(CardActionReceived {
                 event_id: envelope.event_id.into_owned(),
                 message_id: message_id.to_string(),
                 trace_id: frame.trace_id().to_string(),
                 trigger,
                 conn_id: self.conn_id.clone(),
-            };
+            });
             return Decision::Callback {
                 frame,
                 message,
@@ -601,8 +602,9 @@ mod tests {
             inbound.on_ws_frame(binary(data_frame("m3", 2, 1, second)), now),
             Decision::Nothing
         ));
-        inbound.on_ws_frame(binary(data_frame("m3", 2, 0, first)), now);
-        match inbound.on_ws_frame(binary(data_frame("m3", 2, 1, second)), now) {
+        // The old first part is gone: the second part alone does not complete the message;
+        // the first part sent again on the new connection does.
+        match inbound.on_ws_frame(binary(data_frame("m3", 2, 0, first)), now) {
             Decision::Forward { event, .. } => assert_eq!(&*event.conn_id, "conn-2"),
             other => panic!("expected a forward, got {other:?}"),
         }
@@ -611,7 +613,8 @@ mod tests {
     #[test]
     fn a_payload_that_is_not_an_envelope_is_answered_500() {
         let mut inbound = inbound();
-        let decision = inbound.on_ws_frame(binary(data_frame("m4", 1, 0, b"not json")), Instant::now());
+        let decision =
+            inbound.on_ws_frame(binary(data_frame("m4", 1, 0, b"not json")), Instant::now());
         assert!(matches!(
             decision,
             Decision::Ack {
@@ -715,7 +718,9 @@ mod tests {
         ));
         assert!(matches!(
             inbound.on_ws_frame(
-                Ok(ws::Frame::Continuation(ws::Item::Last(Bytes::copy_from_slice(b)))),
+                Ok(ws::Frame::Continuation(ws::Item::Last(
+                    Bytes::copy_from_slice(b)
+                ))),
                 now
             ),
             Decision::Forward { .. }
@@ -730,7 +735,9 @@ mod tests {
         );
         assert!(matches!(
             inbound.on_ws_frame(
-                Ok(ws::Frame::Continuation(ws::Item::Last(Bytes::copy_from_slice(&big)))),
+                Ok(ws::Frame::Continuation(ws::Item::Last(
+                    Bytes::copy_from_slice(&big)
+                ))),
                 now
             ),
             Decision::Nothing

@@ -39,6 +39,7 @@ pub mod inbound;
 pub mod recent;
 pub mod reconnect;
 pub mod shared_str;
+pub mod state_watch;
 pub mod transport;
 
 use std::sync::Arc;
@@ -53,6 +54,7 @@ use futures_util::stream::{SplitSink, StreamExt as _};
 use tracing::{debug, error, info, warn};
 
 use crate::config::{AppCredentials, ConnectionConfig};
+use crate::http_client::{http_client, tls_config};
 use crate::metrics::{LinkActivity, Metrics};
 use crate::protocol::endpoint::{ConnectFailure, ConnectionTuning, WsEndpoint};
 use crate::protocol::event::{CardActionResponse, CardActionTrigger};
@@ -61,6 +63,7 @@ use crate::protocol::{AckPayload, Frame, FrameKind, FrameView};
 use self::inbound::{Decision, Inbound, InboundLimits, Reply};
 use self::reconnect::ReconnectPolicy;
 pub use self::shared_str::SharedStr;
+pub use self::state_watch::{StateReport, StateWatch};
 use self::transport::{Outgoing, WsFramed};
 
 /// How often incomplete chunked messages and old message ids are swept.
@@ -299,7 +302,7 @@ impl ConnectionActor {
         config: ConnectionConfig,
         outputs: ConnectionOutputs,
     ) -> Result<Self, ConnectionError> {
-        let tls = transport::tls_config().map_err(|e| ConnectionError::Tls(e.to_string()))?;
+        let tls = tls_config().map_err(|e| ConnectionError::Tls(e.to_string()))?;
         let inbound = Inbound::new(InboundLimits {
             dedup_window: config.dedup_window,
             chunk_expiry: config.chunk_expiry,
@@ -396,7 +399,7 @@ impl ConnectionActor {
             return;
         };
         self.counters.attempts_started += 1;
-        let client = transport::http_client(self.tls.clone(), self.config.discovery_timeout);
+        let client = http_client(self.tls.clone(), self.config.discovery_timeout);
         let base = self.open_base_url.clone();
         let credentials = self.credentials.clone();
         let tls = self.tls.clone();
@@ -612,7 +615,7 @@ impl ConnectionActor {
                 }
             }
             Decision::Callback { frame, message, .. } => {
-                self.answer_callback(frame, message, received_at, ctx)
+                self.answer_callback(frame, *message, received_at, ctx)
             }
             Decision::ServerConfig(server_config) => {
                 if self.apply_client_config(&server_config, "pong") {

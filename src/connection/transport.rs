@@ -62,38 +62,6 @@ impl actix_codec::Encoder<Outgoing> for ClientCodec {
     }
 }
 
-/// The rustls client configuration used for https discovery and wss: ring provider,
-/// webpki roots, ALPN `http/1.1`.
-///
-/// # Errors
-/// Only if the ring provider rejects the default protocol versions (not expected).
-pub fn tls_config() -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
-/// Builds the awc client used for discovery (HTTP/1.1, our TLS config, `timeout` per
-/// request).
-pub fn http_client(tls: Arc<rustls::ClientConfig>, timeout: Duration) -> awc::Client {
-    let connector = awc::Connector::new()
-        .max_http_version(awc::http::Version::HTTP_11)
-        .rustls_0_23(tls)
-        .timeout(timeout)
-        .handshake_timeout(timeout);
-    awc::Client::builder()
-        .connector(connector)
-        .timeout(timeout)
-        .finish()
-}
-
 /// `POST {open_base_url}/callback/ws/endpoint` with header `locale: zh` and JSON
 /// `{"AppID","AppSecret"}` (`lark-ws-protocol.md` §2.1), classified per §2.3.
 ///

@@ -174,7 +174,7 @@ pub struct ControlState {
     /// The session router, for authorizations and the OAuth landing.
     pub router: Option<Addr<RouterActor>>,
     /// The token service, for `GET /v1/grants/{open_id}/token`.
-    pub tokens: Option<Addr<crate::app::TokenService>>,
+    pub tokens: Option<Addr<crate::tokens::TokenService>>,
     /// The metrics rendered by `/metrics`.
     pub metrics: Metrics,
     /// The loss of acknowledged writes the service was started on (`serve
@@ -198,7 +198,7 @@ impl ControlState {
     }
 
     /// The token service, or 503 `unavailable`.
-    fn tokens_addr(&self) -> Result<&Addr<crate::app::TokenService>, ApiError> {
+    fn tokens_addr(&self) -> Result<&Addr<crate::tokens::TokenService>, ApiError> {
         self.tokens
             .as_ref()
             .ok_or_else(|| ApiError::unavailable("the token service"))
@@ -341,13 +341,13 @@ async fn grant_token(
     path: web::Path<String>,
     state: web::Data<ControlState>,
 ) -> Result<HttpResponse, ApiError> {
-    use crate::vault::GetTokenError as E;
+    use crate::tokens::GetTokenError as E;
     state.authorize(&req)?;
     let open_id = path.into_inner();
     ApiError::check_open_id(&open_id)?;
     let tokens = state.tokens_addr()?;
     let result = tokens
-        .send(crate::app::GetToken {
+        .send(crate::tokens::GetToken {
             open_id: open_id.clone(),
         })
         .await

@@ -30,7 +30,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
 use crate::config::{AppCredentials, Config, ConfigError};
-use crate::connection::transport;
+use crate::http_client::{http_client, tls_config};
 
 pub use authen::UserInfo;
 pub use error::{ApiFailure, OpenApiError, RetryAdvice};
@@ -195,7 +195,7 @@ impl OpenApiClient {
                 });
             }
         }
-        let tls = transport::tls_config().map_err(|e| ConfigError::Invalid {
+        let tls = tls_config().map_err(|e| ConfigError::Invalid {
             key: "openapi",
             reason: format!("TLS setup failed: {e}"),
         })?;
@@ -203,7 +203,7 @@ impl OpenApiClient {
         Ok(OpenApiClient {
             inner: Rc::new(Inner {
                 transport: Transport {
-                    http: transport::http_client(tls, timeout),
+                    http: http_client(tls, timeout),
                     open_base_url: config.open_base_url().into(),
                     accounts_base_url: config.accounts_base_url().into(),
                     credentials,

@@ -1,5 +1,5 @@
 //! The RefreshScheduler: the actor that keeps grants refreshed ahead of time, driving the
-//! pure [`RefreshIndex`] and [`Pacer`].
+//! pure [`RefreshIndex`]; its calls take slots of the shared [`TokenEndpointPacer`].
 //!
 //! Accepts: [`GrantChanged`] (a grant was stored, refreshed, revoked or changed status:
 //! re-read it), [`GrantUsed`] (a caller used the grant: it is "hot"), [`SetEager`] (keep a
@@ -57,12 +57,12 @@ use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
 use crate::config::RefreshConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{AttemptCounts, GrantCounts, Metrics, RefreshSnapshot};
 use crate::token_endpoint::{AcquireSlot, SlotPriority, TokenEndpointPacer};
+use crate::tokens::{GetTokenError, RefreshCounts, RefreshGrant, TokenEvent, TokenSource};
 use crate::vault::actor::{CompareAndSwapGrant, GetGrant, ListGrants, TokenVaultActor};
 use crate::vault::{
-    GetTokenError, GrantRecord, GrantStatus, GrantSummary, RefreshCounts, RefreshGrant,
-    SwapOutcome, TokenEvent, TokenSource, VaultError, clamp_lead_ms, clamp_margin_ms,
+    GrantRecord, GrantStatus, GrantSummary, SwapOutcome, VaultError, clamp_lead_ms, clamp_margin_ms,
 };
 
 use super::index::{DeadlineKind, Due, RefreshIndex};
@@ -244,6 +244,30 @@ pub struct RefreshStats {
     pub attempts: RefreshCounts,
     /// [`ReauthNeeded`] messages sent.
     pub reauth_requests_sent: u64,
+}
+
+impl RefreshStats {
+    /// The numbers [`Metrics::refresh_stats`] exports.
+    pub fn snapshot(&self) -> RefreshSnapshot {
+        let (s, a) = (&self.by_status, &self.attempts);
+        RefreshSnapshot {
+            backlog: self.backlog,
+            oldest_overdue_ms: self.oldest_overdue_ms,
+            grants: GrantCounts {
+                active: s.active,
+                refresh_failed: s.refresh_failed,
+                refresh_uncertain: s.refresh_uncertain,
+                needs_reauth: s.needs_reauth,
+                revoked: s.revoked,
+            },
+            attempts: AttemptCounts {
+                refreshed: a.refreshed,
+                retryable: a.retryable,
+                needs_reauth: a.needs_reauth,
+                outcome_unknown: a.outcome_unknown,
+            },
+        }
+    }
 }
 
 // ----- the actor -------------------------------------------------------------------------
@@ -713,7 +737,7 @@ impl<R: RefreshGrant> RefreshScheduler<R> {
 
     fn publish(&self) {
         if let Some(metrics) = &self.metrics {
-            metrics.refresh_stats(&self.stats());
+            metrics.refresh_stats(&self.stats().snapshot());
         }
     }
 

@@ -23,30 +23,15 @@ pub const VALUE_SESSION_ID: &str = "session_id";
 /// official `openclaw-lark` does).
 pub const FEISHU_APPLINK_WEB: &str = "https://applink.feishu.cn/client/web_url/open?mode=sidebar-semi&max_width=800&reload=false&url=";
 
-/// Language of the card text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CardLocale {
-    /// Simplified Chinese.
-    #[default]
-    ZhCn,
-    /// English.
-    EnUs,
+/// Language of the card text (defined with the configuration, `auth.card_locale`).
+pub use crate::config::CardLocale;
+
+/// Picks the text of a locale.
+trait Pick {
+    fn pick(self, zh: &'static str, en: &'static str) -> &'static str;
 }
 
-impl CardLocale {
-    /// From a platform locale string such as `zh_cn`, `en_us`, `zh-CN`; unknown → `None`.
-    pub fn from_platform(locale: &str) -> Option<CardLocale> {
-        let l = locale.to_ascii_lowercase().replace('-', "_");
-        if l.starts_with("zh") {
-            Some(CardLocale::ZhCn)
-        } else if l.starts_with("en") {
-            Some(CardLocale::EnUs)
-        } else {
-            None
-        }
-    }
-
+impl Pick for CardLocale {
     fn pick(self, zh: &'static str, en: &'static str) -> &'static str {
         match self {
             CardLocale::ZhCn => zh,

@@ -2,11 +2,13 @@
 //!
 //! - [`Vault`]: the blocking core (encode and seal, open and verify, quarantine, key
 //!   checks, compare-and-swap with flush). Used by the actor's threads and by tests.
-//! - [`TokenVaultActor`](actor::TokenVaultActor): the actor shell that runs the core on a
+//! - [`TokenVaultActor`]: the actor shell that runs the core on a
 //!   `SyncArbiter` (see [`actor`] for the messages).
-//! - [`TokenSource`](token::TokenSource): `get_token` with single-flight refresh against the
-//!   [`RefreshGrant`](token::RefreshGrant) seam, implemented for the platform by
-//!   [`OpenApiRefresher`](refresher::OpenApiRefresher).
+//!
+//! The vault is storage and sealing only: `get_token`, its opened-token cache and the
+//! refresh live in [`crate::tokens`], above it. Writers of grants are told through
+//! [`Vault::on_grant_written`] (the token cache) and [`Vault::on_grant_changed`] (the
+//! refresh scheduler), so the vault imports neither.
 //!
 //! Secrets (access and refresh tokens) are only ever stored sealed (see [`record`] for the
 //! format and [`seal`] for keys and rotation); identity and other non-secret fields are in
@@ -23,14 +25,11 @@
 //! Instants are unix epoch milliseconds (UTC).
 
 pub mod actor;
-pub mod cache;
 pub mod record;
-pub mod refresher;
 pub mod seal;
-pub mod token;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tracing::{error, info, warn};
@@ -40,16 +39,10 @@ use crate::store::{
 };
 
 pub use self::actor::TokenVaultActor;
-pub use self::cache::{DEFAULT_TOKEN_CACHE_ENTRIES, TokenCache};
 pub use self::record::{
     GrantRecord, GrantStatus, GrantSummary, UserIdentity, clamp_lead_ms, clamp_margin_ms,
 };
-pub use self::refresher::{OpenApiRefresher, refresh_failure_of};
 pub use self::seal::{KeyId, Keyring, VaultKey};
-pub use self::token::{
-    AccessToken, GetTokenError, NewTokens, RefreshCounts, RefreshFailure, RefreshGrant, SlotGate,
-    TokenEvent, TokenObserver, TokenSource,
-};
 
 use self::record::Unreadable;
 
@@ -196,13 +189,17 @@ struct Inner {
     /// Told the `open_id` after a new grant is stored or a grant is revoked (the refresh
     /// scheduler schedules or drops its deadlines). Set once, after start.
     on_grant_changed: std::sync::OnceLock<GrantChangedHook>,
-    /// Opened access tokens, invalidated by every grant write (see [`cache`]). Created
-    /// by the first [`Vault::token_cache`] call.
-    token_cache: std::sync::OnceLock<Arc<TokenCache>>,
+    /// Told the `open_id` after every write of a grant (the opened-token caches drop
+    /// it); see [`Vault::on_grant_written`].
+    on_grant_written: RwLock<Vec<GrantWrittenHook>>,
 }
 
 /// A callback told the `open_id` of a grant that was stored or revoked.
 pub type GrantChangedHook = Box<dyn Fn(&str) + Send + Sync>;
+
+/// A callback told the `open_id` of a grant after any write of it; see
+/// [`Vault::on_grant_written`].
+pub type GrantWrittenHook = Box<dyn Fn(&str) + Send + Sync>;
 
 /// The blocking vault core. Cheap to clone (shared). Every method blocks on disk I/O;
 /// call from a thread that may block (the actor's `SyncArbiter` threads).
@@ -275,7 +272,7 @@ impl Vault {
                 keys,
                 policy,
                 on_grant_changed: std::sync::OnceLock::new(),
-                token_cache: std::sync::OnceLock::new(),
+                on_grant_written: RwLock::new(Vec::new()),
             }),
         })
     }
@@ -287,22 +284,31 @@ impl Vault {
         self.inner.on_grant_changed.set(hook).is_ok()
     }
 
-    /// The cache of opened access tokens that this vault invalidates on every write of a
-    /// grant (see [`cache`]), created with room for `capacity` entries on the first call;
-    /// later calls return the same cache whatever `capacity` they give. Hand it to
-    /// [`TokenSource::with_token_cache`].
-    pub fn token_cache(&self, capacity: usize) -> Arc<TokenCache> {
+    /// Registers a callback told the `open_id` after **every** write of a grant: each
+    /// swapped compare-and-swap (new grants, refreshes and their write-ahead markers,
+    /// status changes, revocations), each quarantine, and each write whose outcome the
+    /// store could not tell. It runs on the writing thread after the store accepted the
+    /// write and before the writer is answered, so it must be quick and must not block
+    /// (the opened-token cache, `crate::tokens::TokenCache::for_vault`, drops the
+    /// entry). Shared by every clone of this vault; every registration counts.
+    pub fn on_grant_written(&self, hook: GrantWrittenHook) {
         self.inner
-            .token_cache
-            .get_or_init(|| Arc::new(TokenCache::new(capacity)))
-            .clone()
+            .on_grant_written
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hook);
     }
 
-    /// Drops `open_id`'s opened token from the cache, if there is one. Runs after every
-    /// write of the grant, before the writer is answered.
+    /// Tells the [`on_grant_written`](Self::on_grant_written) hooks that `open_id`'s grant
+    /// was written. Runs after every write of the grant, before the writer is answered.
     fn invalidate(&self, open_id: &str) {
-        if let Some(cache) = self.inner.token_cache.get() {
-            cache.invalidate(open_id);
+        let hooks = self
+            .inner
+            .on_grant_written
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        for hook in hooks.iter() {
+            hook(open_id);
         }
     }
 

@@ -9,7 +9,7 @@
 //! Accepts: [`AcquireSlot`] (replies when the caller may send one request),
 //! [`GetPacerStatus`]. Sends nothing.
 //!
-//! Built on [`crate::refresh::Pacer`] (token bucket of capacity one with jitter; one timer
+//! Built on the pure [`Pacer`] (token bucket of capacity one with jitter; one timer
 //! armed for the next free slot). Two queues: [`SlotPriority::Waiting`] requests (someone
 //! is waiting for the answer: a `get_token` caller, a user back from the authorization
 //! page) are served before [`SlotPriority::Background`] ones (device polls, scheduled
@@ -18,6 +18,8 @@
 //! the server's `interval` after) is decided by its state machine; the pacer only spaces
 //! the requests.
 
+pub mod pacer;
+
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -25,8 +27,9 @@ use actix::prelude::*;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::oneshot;
 
-use crate::clock::unix_now_ms;
-use crate::refresh::Pacer;
+use crate::clock::Clock;
+
+pub use self::pacer::Pacer;
 
 /// Which queue a request waits in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +77,7 @@ pub struct TokenEndpointPacer {
     timer_armed: bool,
     granted: u64,
     queue_gauge: Option<Gauge>,
+    clock: Clock,
 }
 
 impl TokenEndpointPacer {
@@ -94,6 +98,7 @@ impl TokenEndpointPacer {
             timer_armed: false,
             granted: 0,
             queue_gauge: None,
+            clock: Clock::system(),
         }
     }
 
@@ -101,6 +106,14 @@ impl TokenEndpointPacer {
     /// `lark_auth_token_endpoint_queue` metric).
     pub fn with_queue_gauge(mut self, gauge: Gauge) -> TokenEndpointPacer {
         self.queue_gauge = Some(gauge);
+        self
+    }
+
+    /// Reads the time (unix ms) from `clock` instead of the system clock, for tests that
+    /// move time themselves (the timer for the next slot still runs on the runtime's
+    /// clock).
+    pub fn with_clock(mut self, clock: impl Into<Clock>) -> TokenEndpointPacer {
+        self.clock = clock.into();
         self
     }
 
@@ -134,7 +147,7 @@ impl TokenEndpointPacer {
 
     fn grant_free_slots(&mut self, ctx: &mut Context<Self>) {
         while self.next_queue().is_some() {
-            let now = unix_now_ms();
+            let now = self.clock.now_ms();
             match self.pacer.try_acquire(now) {
                 Ok(()) => {
                     if let Some(tx) = self.next_queue().and_then(VecDeque::pop_front) {

@@ -42,7 +42,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,139 +51,14 @@ use futures_util::future::{FutureExt as _, LocalBoxFuture, Shared};
 use tracing::{info, warn};
 
 use crate::clock::Clock;
+use crate::config::RefreshConfig;
 use crate::secret::Secret;
+use crate::vault::actor::{CompareAndSwapGrant, GetGrant, TokenVaultActor};
+use crate::vault::{GrantRecord, GrantStatus, SwapOutcome};
 
-use super::actor::{CompareAndSwapGrant, GetGrant, TokenVaultActor};
+use super::access::{AccessToken, GetTokenError};
 use super::cache::TokenCache;
-use super::{GrantRecord, GrantStatus, SwapOutcome, VaultError};
-
-/// The answer of a successful refresh (`grant_type=refresh_token`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewTokens {
-    /// The new `user_access_token`.
-    pub access_token: Secret<String>,
-    /// Its lifetime (`expires_in`, seconds on the wire), counted from when the request
-    /// was sent.
-    pub access_expires_in: Duration,
-    /// The new single-use `refresh_token` (the one sent is now dead).
-    pub refresh_token: Secret<String>,
-    /// Its lifetime (`refresh_token_expires_in`), counted from when the request was sent.
-    pub refresh_expires_in: Duration,
-    /// The scopes the answer names, if it names them (else the stored ones are kept).
-    pub scopes: Option<Vec<String>>,
-}
-
-/// Why a refresh did not produce tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum RefreshFailure {
-    /// The platform said the refresh token was not consumed and the call may be retried
-    /// (20050, 20072, another 5xx answer, rate limiting 429 or 99991400, a connection that
-    /// failed before the request was sent).
-    #[error("retryable refresh failure (code {code:?})")]
-    Retryable {
-        /// The platform's code, if one was received.
-        code: Option<u32>,
-    },
-    /// The refresh token is dead (20026, 20037, 20064, 20073, 20074): the user must
-    /// authorize again.
-    #[error("refresh token refused with code {code}: re-authorization needed")]
-    NeedsReauth {
-        /// The platform's code.
-        code: u32,
-    },
-    /// The request may have reached the platform but no answer came (timeout, connection
-    /// lost after sending): the refresh token may be consumed.
-    #[error("refresh outcome unknown (no answer)")]
-    OutcomeUnknown,
-}
-
-impl RefreshFailure {
-    /// Classifies a platform error code of the refresh grant answered with a 4xx status
-    /// (`lark-openapi-auth.md` §2.5; see [`refresh_failure_of`](super::refresh_failure_of)
-    /// for 5xx answers and rate limiting):
-    /// 20026/20037/20064/20073/20074 end the grant; 20050/20072 are retryable; any other
-    /// code is a request the platform refused for a reason a retry will not fix, so it
-    /// ends the grant too.
-    pub fn from_error_code(code: u32) -> RefreshFailure {
-        match code {
-            20050 | 20072 => RefreshFailure::Retryable { code: Some(code) },
-            _ => RefreshFailure::NeedsReauth { code },
-        }
-    }
-}
-
-/// The seam to the token endpoint: exchange a refresh token for a new pair. Implemented by
-/// the OpenAPI client; must time out on its own and report a lost answer as
-/// [`RefreshFailure::OutcomeUnknown`].
-pub trait RefreshGrant: 'static {
-    /// Sends one refresh request with `refresh_token`.
-    fn refresh(
-        &self,
-        refresh_token: Secret<String>,
-    ) -> impl Future<Output = Result<NewTokens, RefreshFailure>>;
-}
-
-/// An access token handed to a caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AccessToken {
-    /// The `user_access_token`.
-    pub token: Secret<String>,
-    /// When it expires, unix ms (at least the margin after the call).
-    pub expires_ms: u64,
-}
-
-/// Why `get_token` gave no token.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum GetTokenError {
-    /// The user has no grant: start an authorization.
-    #[error("no grant for this user: authorization needed")]
-    NoGrant,
-    /// The grant cannot be refreshed any more (the code says why): ask the user to
-    /// authorize again (one card, not a loop).
-    #[error("the grant needs re-authorization (code {code:?})")]
-    NeedsReauth {
-        /// The platform code that ended the grant, if any.
-        code: Option<u32>,
-    },
-    /// The grant was revoked: authorize again if the user wants.
-    #[error("the grant was revoked")]
-    Revoked,
-    /// A refresh was sent and its answer lost: the grant is `refresh_uncertain`, its
-    /// refresh token will not be sent again, and it will need re-authorization.
-    #[error("the refresh outcome is unknown; the grant is refresh_uncertain")]
-    RefreshOutcomeUnknown,
-    /// The refresh failed with a retryable error (just now, or earlier and its backoff
-    /// has not elapsed) and no stored access token is valid beyond the margin; the grant
-    /// is `refresh_failed`. Retry after `retry_after` (the scheduler retries then too).
-    #[error("refresh failed, retryable (code {code:?}); next attempt in {} s", retry_after.as_secs_f64().ceil())]
-    RefreshFailed {
-        /// The platform code, if any.
-        code: Option<u32>,
-        /// How long until the next refresh attempt is allowed (duration; zero: now).
-        retry_after: Duration,
-    },
-    /// The vault failed (see the inner error for what to do).
-    #[error("vault error: {0}")]
-    Vault(Arc<VaultError>),
-    /// The vault actor is not running (shutting down).
-    #[error("the vault actor is not running")]
-    VaultUnavailable,
-    /// The record kept changing under the flight (other writers); retry.
-    #[error("the grant kept changing during the refresh; retry")]
-    Contended,
-}
-
-impl From<VaultError> for GetTokenError {
-    fn from(e: VaultError) -> Self {
-        GetTokenError::Vault(Arc::new(e))
-    }
-}
-
-impl From<actix::MailboxError> for GetTokenError {
-    fn from(_: actix::MailboxError) -> Self {
-        GetTokenError::VaultUnavailable
-    }
-}
+use super::refresher::{NewTokens, RefreshFailure, RefreshGrant};
 
 /// Counts of refresh requests sent through a [`TokenSource`] since it was made, by
 /// outcome (one per request that left the process; callers that joined a flight are not
@@ -229,7 +103,7 @@ enum Need {
     /// The scheduler (`refresh_ahead`), which already holds a token-endpoint slot:
     /// refresh an `active` grant once `now ≥ access_expires − access_lead` or
     /// `now ≥ refresh_expires − refresh_lead` (each lead clamped as
-    /// [`clamp_lead_ms`](super::clamp_lead_ms) says, the same arithmetic as the
+    /// [`clamp_lead_ms`](crate::vault::clamp_lead_ms) says, the same arithmetic as the
     /// scheduler's deadlines); retry a
     /// `refresh_failed` grant once its backoff has elapsed.
     Ahead {
@@ -335,7 +209,7 @@ impl<R: RefreshGrant> TokenSource<R> {
                 refresher,
                 margin_ms: margin.as_millis() as u64,
                 backoff_ms: Cell::new({
-                    let d = crate::config::RefreshConfig::default();
+                    let d = RefreshConfig::default();
                     (
                         d.retry_initial.as_millis() as u64,
                         d.retry_max.as_millis() as u64,
@@ -351,7 +225,7 @@ impl<R: RefreshGrant> TokenSource<R> {
         }
     }
 
-    /// Serves fresh tokens from `cache` (from [`Vault::token_cache`](super::Vault::token_cache)
+    /// Serves fresh tokens from `cache` (from [`TokenCache::for_vault`]
     /// of the vault behind this source's actor: only that vault's writes invalidate it).
     /// Only the first cache given counts.
     pub fn with_token_cache(self, cache: Arc<TokenCache>) -> Self {

@@ -2,10 +2,11 @@
 //! memory so that `get_token` for a fresh token needs no actor hop, no sled read and no
 //! AEAD open (see `docs/performance.md`).
 //!
-//! One [`TokenCache`] belongs to one [`Vault`](super::Vault) ([`Vault::token_cache`]
-//! creates it), and the vault invalidates it on **every** write of a grant: each swapped
-//! compare-and-swap (new grants from sessions, refreshes, their write-ahead markers,
-//! status changes such as `needs_reauth`, revocations) and each quarantine. The
+//! One [`TokenCache`] belongs to one [`Vault`] ([`TokenCache::for_vault`] creates it and
+//! registers it with [`Vault::on_grant_written`]), and the vault invalidates it on
+//! **every** write of a grant: each swapped compare-and-swap (new grants from sessions,
+//! refreshes, their write-ahead markers, status changes such as `needs_reauth`,
+//! revocations) and each quarantine. The
 //! invalidation runs on the vault thread right after the store accepted the write and
 //! before the writer gets its reply, so once a revoke (or any other write) has completed,
 //! no later lookup serves the token it replaced.
@@ -35,14 +36,14 @@
 //! Instants are unix epoch milliseconds.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::secret::Secret;
+use crate::vault::Vault;
 
-use super::token::AccessToken;
+use super::access::AccessToken;
 
-/// The default cap on cached tokens (`vault.token_cache_entries`).
-pub const DEFAULT_TOKEN_CACHE_ENTRIES: usize = 100_000;
+pub use crate::config::DEFAULT_TOKEN_CACHE_ENTRIES;
 
 /// A point in the cache's invalidation history; see [`TokenCache::generation`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,9 +81,22 @@ impl std::fmt::Debug for TokenCache {
 }
 
 impl TokenCache {
-    /// An empty cache of at most `capacity` entries (0: caches nothing). Only a vault
-    /// creates one, so that every cache is invalidated by its vault's writes.
-    pub(crate) fn new(capacity: usize) -> TokenCache {
+    /// An empty cache of at most `capacity` entries (`vault.token_cache_entries`; 0:
+    /// caches nothing) that `vault` invalidates on every write of a grant (registered
+    /// with [`Vault::on_grant_written`]; the vault keeps it as long as it lives). Hand it
+    /// to [`TokenSource::with_token_cache`](super::TokenSource::with_token_cache). Each
+    /// call makes a new cache, each invalidated by the vault.
+    pub fn for_vault(vault: &Vault, capacity: usize) -> Arc<TokenCache> {
+        let cache = Arc::new(TokenCache::new(capacity));
+        let hooked = cache.clone();
+        vault.on_grant_written(Box::new(move |open_id| hooked.invalidate(open_id)));
+        cache
+    }
+
+    /// An empty cache of at most `capacity` entries (0: caches nothing). Only
+    /// [`for_vault`](Self::for_vault) makes one for use, so that every cache is
+    /// invalidated by its vault's writes.
+    fn new(capacity: usize) -> TokenCache {
         TokenCache {
             state: Mutex::new(State {
                 generation: 0,
@@ -122,7 +136,7 @@ impl TokenCache {
 
     /// Caches the opened access token of `open_id` (record `version`, expiring at
     /// `expires_ms`; `margin_cap_ms` is the most margin [`fresh`](Self::fresh) applies to
-    /// it, half its lifetime as [`GrantRecord::access_margin_ms`](super::GrantRecord::access_margin_ms)
+    /// it, half its lifetime as [`GrantRecord::access_margin_ms`](crate::vault::GrantRecord::access_margin_ms)
     /// gives it, `u64::MAX` when unknown), read from the vault after `since` was taken.
     /// Refused (false) when any grant was written since then — the record read may
     /// already be replaced — or when the cache holds a newer version, or when the

@@ -1,4 +1,8 @@
-//! [`OpenApiRefresher`]: the production [`RefreshGrant`], the OpenAPI client's refresh
+//! The refresh seam and its production implementation.
+//!
+//! [`RefreshGrant`] is the seam to the token endpoint ([`TokenSource`](super::TokenSource)
+//! refreshes through it; other token endpoints or test harnesses can be plugged in).
+//! [`OpenApiRefresher`] is the production [`RefreshGrant`], the OpenAPI client's refresh
 //! grant with its errors mapped onto [`RefreshFailure`].
 //!
 //! Mapping (`lark-openapi-auth.md` §2.4, §2.5), see [`refresh_failure_of`]:
@@ -18,10 +22,77 @@
 //! retrying loses nothing and keeps the grant when the error was transient. The last row
 //! stays conservative: whenever no answer came, the token is never sent again.
 
+use std::future::Future;
+use std::time::Duration;
+
 use crate::openapi::{OpenApiClient, OpenApiError};
 use crate::secret::Secret;
 
-use super::token::{NewTokens, RefreshFailure, RefreshGrant};
+/// The answer of a successful refresh (`grant_type=refresh_token`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTokens {
+    /// The new `user_access_token`.
+    pub access_token: Secret<String>,
+    /// Its lifetime (`expires_in`, seconds on the wire), counted from when the request
+    /// was sent.
+    pub access_expires_in: Duration,
+    /// The new single-use `refresh_token` (the one sent is now dead).
+    pub refresh_token: Secret<String>,
+    /// Its lifetime (`refresh_token_expires_in`), counted from when the request was sent.
+    pub refresh_expires_in: Duration,
+    /// The scopes the answer names, if it names them (else the stored ones are kept).
+    pub scopes: Option<Vec<String>>,
+}
+
+/// Why a refresh did not produce tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshFailure {
+    /// The platform said the refresh token was not consumed and the call may be retried
+    /// (20050, 20072, another 5xx answer, rate limiting 429 or 99991400, a connection that
+    /// failed before the request was sent).
+    #[error("retryable refresh failure (code {code:?})")]
+    Retryable {
+        /// The platform's code, if one was received.
+        code: Option<u32>,
+    },
+    /// The refresh token is dead (20026, 20037, 20064, 20073, 20074): the user must
+    /// authorize again.
+    #[error("refresh token refused with code {code}: re-authorization needed")]
+    NeedsReauth {
+        /// The platform's code.
+        code: u32,
+    },
+    /// The request may have reached the platform but no answer came (timeout, connection
+    /// lost after sending): the refresh token may be consumed.
+    #[error("refresh outcome unknown (no answer)")]
+    OutcomeUnknown,
+}
+
+impl RefreshFailure {
+    /// Classifies a platform error code of the refresh grant answered with a 4xx status
+    /// (`lark-openapi-auth.md` §2.5; see [`refresh_failure_of`]
+    /// for 5xx answers and rate limiting):
+    /// 20026/20037/20064/20073/20074 end the grant; 20050/20072 are retryable; any other
+    /// code is a request the platform refused for a reason a retry will not fix, so it
+    /// ends the grant too.
+    pub fn from_error_code(code: u32) -> RefreshFailure {
+        match code {
+            20050 | 20072 => RefreshFailure::Retryable { code: Some(code) },
+            _ => RefreshFailure::NeedsReauth { code },
+        }
+    }
+}
+
+/// The seam to the token endpoint: exchange a refresh token for a new pair. Implemented by
+/// the OpenAPI client; must time out on its own and report a lost answer as
+/// [`RefreshFailure::OutcomeUnknown`].
+pub trait RefreshGrant: 'static {
+    /// Sends one refresh request with `refresh_token`.
+    fn refresh(
+        &self,
+        refresh_token: Secret<String>,
+    ) -> impl Future<Output = Result<NewTokens, RefreshFailure>>;
+}
 
 /// Platform `code` of rate limiting (§7): nothing was processed.
 const CODE_RATE_LIMITED: i64 = 99_991_400;
