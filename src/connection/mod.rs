@@ -27,9 +27,15 @@
 //! re-armed to the latest frame's deadline when it fires early; frames only record their
 //! batch's arrival).
 //!
+//! Inbound decisions: what each received frame asks for (reassembly, duplicate filter,
+//! ack 200/500, forward, callback answer, server config) is decided by the pure
+//! [`inbound::Inbound`], unit-tested without a socket; this actor performs the decisions
+//! (writes, messages, timers).
+//!
 //! Hot path: every complete data message is answered on the connection it came on before
 //! it is forwarded; handlers of other actors never run on the read loop.
 
+pub mod inbound;
 pub mod recent;
 pub mod reconnect;
 pub mod shared_str;
@@ -50,22 +56,16 @@ use tracing::{debug, error, info, warn};
 use crate::config::{AppCredentials, ConnectionConfig};
 use crate::http_client::{http_client, tls_config};
 use crate::metrics::{LinkActivity, Metrics};
-use crate::protocol::chunk::{ChunkAssembler, ChunkLimits, ChunkOutcome};
 use crate::protocol::endpoint::{ConnectFailure, ConnectionTuning, WsEndpoint};
-use crate::protocol::event::{
-    CardActionResponse, CardActionTrigger, EVENT_TYPE_CARD_ACTION_TRIGGER, EnvelopeHead,
-    EnvelopeRef,
-};
+use crate::protocol::event::{CardActionResponse, CardActionTrigger};
 use crate::protocol::{AckPayload, Frame, FrameKind, FrameView};
 
-use self::recent::RecentMessages;
+use self::inbound::{Decision, Inbound, InboundLimits, Reply};
 use self::reconnect::ReconnectPolicy;
 pub use self::shared_str::SharedStr;
 pub use self::state_watch::{StateReport, StateWatch};
 use self::transport::{Outgoing, WsFramed};
 
-/// How many message ids the duplicate filter holds at most.
-const RECENT_MESSAGES_CAPACITY: usize = 100_000;
 /// How often incomplete chunked messages and old message ids are swept.
 const SWEEP_PERIOD: Duration = Duration::from_secs(1);
 /// Size of the buffer acks are written into (many acks per allocation).
@@ -246,7 +246,6 @@ struct Live {
     /// Fires at `last_inbound + PingInterval + liveness_margin`; see
     /// `ConnectionActor::check_liveness`.
     liveness_timer: Option<SpawnHandle>,
-    continuation: Option<BytesMut>,
 }
 
 /// Owns the WebSocket. Start it with [`ConnectionActor::start_supervised`].
@@ -267,18 +266,14 @@ pub struct ConnectionActor {
     /// Incremented on every connection, so a late callback answer is never written to a
     /// newer connection than the one its message came on.
     generation: u64,
-    assembler: ChunkAssembler,
-    recent: RecentMessages,
+    /// Reassembly, duplicate filter and routing decisions of received frames.
+    inbound: Inbound,
     counters: Counters,
     /// When the last read batch with a data frame arrived (any connection).
     last_event: Option<TokioInstant>,
     metrics: Option<Metrics>,
     /// The metrics' link activity (link-age gauges), when metrics are recorded.
     activity: Option<Arc<LinkActivity>>,
-    /// Per-event-type counters taken from `metrics` once, so the frame path neither
-    /// allocates a label nor looks one up in the registry.
-    event_counters:
-        std::collections::HashMap<Box<str>, prometheus_client::metrics::counter::Counter>,
     /// The ack frame being built (reused).
     ack_scratch: BytesMut,
     /// Acks of the current read batch as masked WebSocket frames, written to the socket in
@@ -292,10 +287,7 @@ pub struct ConnectionActor {
 struct Counters {
     attempts_started: u64,
     connects: u64,
-    data_frames_in: u64,
     acks_out: u64,
-    duplicates: u64,
-    rejected_frames: u64,
 }
 
 impl ConnectionActor {
@@ -311,16 +303,16 @@ impl ConnectionActor {
         outputs: ConnectionOutputs,
     ) -> Result<Self, ConnectionError> {
         let tls = tls_config().map_err(|e| ConnectionError::Tls(e.to_string()))?;
-        let limits = ChunkLimits {
-            expiry: config.chunk_expiry,
-            ..ChunkLimits::default()
-        };
+        let inbound = Inbound::new(InboundLimits {
+            dedup_window: config.dedup_window,
+            chunk_expiry: config.chunk_expiry,
+            max_frame_bytes: config.max_frame_bytes,
+        });
         Ok(ConnectionActor {
             credentials,
             open_base_url,
             tuning: config.initial_tuning.unwrap_or_default(),
             policy: ReconnectPolicy::new(config.backoff_initial),
-            recent: RecentMessages::new(config.dedup_window, RECENT_MESSAGES_CAPACITY),
             config,
             outputs,
             tls,
@@ -330,12 +322,11 @@ impl ConnectionActor {
             attempt: None,
             live: None,
             generation: 0,
-            assembler: ChunkAssembler::new(limits),
+            inbound,
             counters: Counters::default(),
             last_event: None,
             metrics: None,
             activity: None,
-            event_counters: std::collections::HashMap::new(),
             ack_scratch: BytesMut::new(),
             ack_buf: BytesMut::new(),
             in_batch: false,
@@ -346,6 +337,7 @@ impl ConnectionActor {
     /// in `metrics`.
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.activity = Some(metrics.link_activity());
+        self.inbound = self.inbound.with_metrics(metrics.clone());
         self.metrics = Some(metrics);
         self
     }
@@ -474,8 +466,8 @@ impl ConnectionActor {
             last_inbound: now,
             ping_timer: None,
             liveness_timer: None,
-            continuation: None,
         });
+        self.inbound.connected(conn_id.clone());
         if let Some(activity) = &self.activity {
             activity.connected(conn_id.clone(), now.into_std());
         }
@@ -595,200 +587,74 @@ impl ConnectionActor {
     }
 
     fn sweep(&mut self) {
-        let now = Instant::now();
-        let expired = self.assembler.expire(now);
-        if expired > 0 {
-            warn!(
-                expired,
-                "incomplete chunked messages expired (the platform will deliver them again)"
-            );
-        }
-        self.recent.prune(now);
+        self.inbound.sweep(Instant::now());
     }
 
-    /// One complete WebSocket binary message.
-    fn on_binary(&mut self, bytes: Bytes, ctx: &mut Context<Self>) {
-        // Data frames are read in place (no header strings) and answered from their bytes.
-        if let Some(view) = FrameView::parse(bytes.clone()) {
-            let kind = view.kind();
-            if kind.is_data() {
-                self.on_data_frame(kind, view, ctx);
-                return;
+    /// Carries out what the inbound path decided for one frame that arrived at
+    /// `received_at`.
+    fn perform(&mut self, decision: Decision, received_at: Instant, ctx: &mut Context<Self>) {
+        match decision {
+            Decision::Nothing => {}
+            Decision::Ack { frame, reply } => {
+                let payload = match reply {
+                    Reply::Ok => &AckPayload::OK,
+                    Reply::Failed => &AckPayload::FAILED,
+                };
+                self.ack(frame, received_at, payload, ctx);
             }
-        }
-        let frame = match Frame::decode_bytes(bytes) {
-            Ok(frame) => frame,
-            Err(e) => {
-                self.counters.rejected_frames += 1;
-                warn!(error = %e, "frame rejected");
-                return;
-            }
-        };
-        match frame.kind() {
-            FrameKind::Pong => {
-                if let Some(payload) = frame.payload.as_ref().filter(|p| !p.is_empty()) {
-                    match serde_json::from_slice(payload) {
-                        Ok(server_config) => {
-                            if self.apply_client_config(&server_config, "pong") {
-                                self.arm_ping_timer(ctx);
-                                // The dead-link deadline moves with the ping interval.
-                                self.arm_liveness_timer(ctx);
-                            }
-                        }
-                        Err(e) => warn!(error = %e, "pong payload is not a ClientConfig; ignored"),
-                    }
-                }
-            }
-            FrameKind::Ping => debug!("ping from the server ignored"),
-            // A data frame the view does not take as it came (fields out of order, unknown
-            // fields): answered from its canonical encoding, as `into_response` would.
-            kind @ (FrameKind::Event | FrameKind::Card) => {
-                match FrameView::parse(frame.encode_to_bytes()) {
-                    Some(view) => self.on_data_frame(kind, view, ctx),
-                    None => {
-                        self.counters.rejected_frames += 1;
-                        warn!(message_id = frame.message_id(), "data frame rejected");
-                    }
-                }
-            }
-            FrameKind::Unknown => {
-                debug!(
-                    method = frame.method,
-                    frame_type = frame.header("type").unwrap_or(""),
-                    "frame of unknown kind ignored"
-                );
-            }
-        }
-    }
-
-    fn on_data_frame(&mut self, kind: FrameKind, frame: FrameView, ctx: &mut Context<Self>) {
-        self.counters.data_frames_in += 1;
-        if let Some(m) = &self.metrics {
-            m.frame_in();
-        }
-        let received_at = Instant::now();
-        // Read once: each read of a header checks its UTF-8 again.
-        let message_id = frame.message_id();
-        let position = match frame.chunk_position(self.assembler.limits().max_parts) {
-            Ok(p) => p,
-            Err(e) => {
-                self.counters.rejected_frames += 1;
-                warn!(message_id = message_id, error = %e, "data frame rejected");
-                return;
-            }
-        };
-        let part = frame.payload().unwrap_or_default();
-        let payload = match self
-            .assembler
-            .accept(message_id, position, part, received_at)
-        {
-            Ok(ChunkOutcome::Complete(payload)) => payload,
-            Ok(ChunkOutcome::Pending | ChunkOutcome::Duplicate) => return,
-            Err(e) => {
-                self.counters.rejected_frames += 1;
-                warn!(message_id = message_id, error = %e, "chunk rejected");
-                return;
-            }
-        };
-        let duplicate = !self.recent.insert(message_id, received_at);
-        if duplicate {
-            self.counters.duplicates += 1;
-            // A redelivered card callback needs its answer again (the platform redelivers
-            // a callback whose ack it did not get in time): it goes to the consumer, which
-            // replays the answer by event_id. Any other duplicate is acked and dropped.
-            if !EnvelopeHead::parse(&payload)
-                .is_ok_and(|e| e.event_type == EVENT_TYPE_CARD_ACTION_TRIGGER)
-            {
-                debug!(
-                    message_id = message_id,
-                    "duplicate delivery acked, not forwarded"
-                );
-                self.ack(frame, received_at, &AckPayload::OK, ctx);
-                return;
-            }
-            debug!(
-                message_id = message_id,
-                "duplicate card callback forwarded for its answer"
-            );
-        }
-        // Routing needs the ids and the type only; the body is read by whoever handles it.
-        let envelope = match EnvelopeHead::parse(&payload) {
-            Ok(envelope) => envelope,
-            Err(e) => {
-                warn!(
-                    message_id = message_id,
-                    trace_id = frame.trace_id(),
-                    error = %e,
-                    "payload is not an event envelope; answered 500"
-                );
-                self.ack(frame, received_at, &AckPayload::FAILED, ctx);
-                return;
-            }
-        };
-        let conn_id = self
-            .live
-            .as_ref()
-            .map(|l| l.conn_id.clone())
-            .unwrap_or_else(|| Arc::from(""));
-        if let Some(m) = self.metrics.as_ref().filter(|_| !duplicate) {
-            match self.event_counters.get(envelope.event_type.as_ref()) {
-                Some(counter) => {
-                    counter.inc();
-                }
-                // Event types are few; past 256 distinct ones, count through the registry.
-                None if self.event_counters.len() >= 256 => m.event(&envelope.event_type),
-                None => {
-                    let counter = m.event_counter(&envelope.event_type);
-                    counter.inc();
-                    self.event_counters
-                        .insert(Box::from(envelope.event_type.as_ref()), counter);
-                }
-            }
-        }
-        if envelope.event_type == EVENT_TYPE_CARD_ACTION_TRIGGER {
-            let trigger = match EnvelopeRef::parse(&payload)
-                .and_then(|full| full.deserialize_event::<CardActionTrigger>())
-            {
-                Ok(trigger) => trigger,
-                Err(e) => {
-                    warn!(message_id = frame.message_id(), error = %e, "card.action.trigger does not parse; answered 500");
+            Decision::Forward { frame, event } => {
+                if self.outputs.events.connected() {
+                    self.ack(frame, received_at, &AckPayload::OK, ctx);
+                    self.outputs.events.do_send(event);
+                } else {
+                    error!(
+                        message_id = %event.message_id,
+                        "event consumer is gone; answered 500"
+                    );
                     self.ack(frame, received_at, &AckPayload::FAILED, ctx);
-                    return;
                 }
-            };
-            let message = CardActionReceived {
-                event_id: envelope.event_id.into_owned(),
-                message_id: frame.message_id().to_string(),
-                trace_id: frame.trace_id().to_string(),
-                trigger,
-                conn_id,
-            };
-            self.answer_callback(frame, message, received_at, ctx);
-            return;
-        }
-        let event = EventReceived {
-            event_id: SharedStr::within(&payload, &envelope.event_id),
-            event_type: SharedStr::within(&payload, &envelope.event_type),
-            message_id: SharedStr::within(frame.bytes(), message_id),
-            trace_id: SharedStr::within(frame.bytes(), frame.trace_id()),
-            frame_kind: kind,
-            payload,
-            conn_id,
-        };
-        if self.outputs.events.connected() {
-            self.ack(frame, received_at, &AckPayload::OK, ctx);
-            self.outputs.events.do_send(event);
-        } else {
-            error!(
-                message_id = %event.message_id,
-                "event consumer is gone; answered 500"
-            );
-            self.ack(frame, received_at, &AckPayload::FAILED, ctx);
+            }
+            Decision::Callback { frame, message, .. } => {
+                self.answer_callback(frame, *message, received_at, ctx)
+            }
+            Decision::ServerConfig(server_config) => {
+                if self.apply_client_config(&server_config, "pong") {
+                    self.arm_ping_timer(ctx);
+                    // The dead-link deadline moves with the ping interval.
+                    self.arm_liveness_timer(ctx);
+                }
+            }
+            Decision::Pong(payload) => {
+                let Some(live) = self.live.as_mut() else {
+                    return;
+                };
+                if live
+                    .sink
+                    .write(Outgoing::Message(ws::Message::Pong(payload)))
+                    .is_err()
+                {
+                    self.connection_lost("write_failed", ctx);
+                }
+            }
+            Decision::Close(reason) => {
+                // The acks of the frames before the Close go out before our Close.
+                self.flush_acks(ctx);
+                let Some(live) = self.live.as_mut() else {
+                    return;
+                };
+                info!(conn_id = %live.conn_id, reason = ?reason, "server closed the connection");
+                let _ = live
+                    .sink
+                    .write(Outgoing::Message(ws::Message::Close(reason)));
+                self.connection_lost("closed_by_server", ctx);
+            }
+            Decision::ProtocolError(e) => {
+                warn!(error = %e, "websocket protocol error");
+                self.connection_lost("protocol_error", ctx);
+            }
         }
     }
 
-    /// Asks the card-action recipient for the answer within the callback budget, then
-    /// acks on the same connection. The read loop goes on meanwhile.
     fn answer_callback(
         &mut self,
         frame: FrameView,
@@ -915,10 +781,7 @@ impl actix::Supervised for ConnectionActor {
         // and counters stay.
         self.live = None;
         self.attempt = None;
-        self.assembler = ChunkAssembler::new(ChunkLimits {
-            expiry: self.config.chunk_expiry,
-            ..ChunkLimits::default()
-        });
+        self.inbound.disconnected();
     }
 }
 
@@ -931,22 +794,25 @@ impl StreamHandler<Vec<Result<ws::Frame, ws::ProtocolError>>> for ConnectionActo
         ctx: &mut Context<Self>,
     ) {
         // One clock read per batch (frames of a batch arrived together): the liveness
-        // deadline and the link-age gauges move per batch, never per event.
+        // deadline and the link-age gauges move per batch, never per event; the acks'
+        // `biz_rt` and latency count from the batch's arrival.
         let now = TokioInstant::now();
+        let received_at = Instant::now();
         if let Some(live) = self.live.as_mut() {
             live.last_inbound = now;
         }
-        let data_frames_before = self.counters.data_frames_in;
+        let data_frames_before = self.inbound.counters().data_frames_in;
         self.in_batch = true;
         for item in batch {
             if self.live.is_none() {
                 break;
             }
-            self.on_ws_frame(item, ctx);
+            let decision = self.inbound.on_ws_frame(item, received_at);
+            self.perform(decision, received_at, ctx);
         }
         self.in_batch = false;
         self.flush_acks(ctx);
-        let with_data = self.counters.data_frames_in != data_frames_before;
+        let with_data = self.inbound.counters().data_frames_in != data_frames_before;
         if with_data {
             self.last_event = Some(now);
         }
@@ -961,82 +827,6 @@ impl StreamHandler<Vec<Result<ws::Frame, ws::ProtocolError>>> for ConnectionActo
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
         self.connection_lost("stream_ended", ctx);
-    }
-}
-
-impl ConnectionActor {
-    fn on_ws_frame(&mut self, item: Result<ws::Frame, ws::ProtocolError>, ctx: &mut Context<Self>) {
-        let frame = match item {
-            Ok(frame) => frame,
-            Err(e) => {
-                warn!(error = %e, "websocket protocol error");
-                self.connection_lost("protocol_error", ctx);
-                return;
-            }
-        };
-        let Some(live) = self.live.as_mut() else {
-            return;
-        };
-        match frame {
-            ws::Frame::Binary(bytes) => self.on_binary(bytes, ctx),
-            ws::Frame::Continuation(item) => {
-                let max = self.config.max_frame_bytes;
-                let (chunk, last) = match item {
-                    ws::Item::FirstBinary(b) => {
-                        live.continuation = Some(BytesMut::new());
-                        (b, false)
-                    }
-                    ws::Item::FirstText(b) => {
-                        live.continuation = None;
-                        debug!(len = b.len(), "fragmented text message ignored");
-                        return;
-                    }
-                    ws::Item::Continue(b) => (b, false),
-                    ws::Item::Last(b) => (b, true),
-                };
-                let Some(buf) = live.continuation.as_mut() else {
-                    return;
-                };
-                if buf.len() + chunk.len() > max {
-                    live.continuation = None;
-                    self.counters.rejected_frames += 1;
-                    warn!(max_bytes = max, "fragmented message too large; dropped");
-                    return;
-                }
-                buf.extend_from_slice(&chunk);
-                if last && let Some(whole) = live.continuation.take() {
-                    self.on_binary(whole.freeze(), ctx);
-                }
-            }
-            ws::Frame::Ping(payload) => {
-                if live
-                    .sink
-                    .write(Outgoing::Message(ws::Message::Pong(payload)))
-                    .is_err()
-                {
-                    self.connection_lost("write_failed", ctx);
-                }
-            }
-            ws::Frame::Pong(_) => {}
-            ws::Frame::Text(text) => {
-                debug!(
-                    len = text.len(),
-                    "text message ignored (the protocol is binary)"
-                );
-            }
-            ws::Frame::Close(reason) => {
-                // The acks of the frames before the Close go out before our Close.
-                self.flush_acks(ctx);
-                let Some(live) = self.live.as_mut() else {
-                    return;
-                };
-                info!(conn_id = %live.conn_id, reason = ?reason, "server closed the connection");
-                let _ = live
-                    .sink
-                    .write(Outgoing::Message(ws::Message::Close(reason)));
-                self.connection_lost("closed_by_server", ctx);
-            }
-        }
     }
 }
 
@@ -1089,10 +879,10 @@ impl Handler<GetConnectionStatus> for ConnectionActor {
             tuning: self.tuning,
             last_failure: self.last_failure.clone(),
             connects: self.counters.connects,
-            data_frames_in: self.counters.data_frames_in,
+            data_frames_in: self.inbound.counters().data_frames_in,
             acks_out: self.counters.acks_out,
-            duplicates: self.counters.duplicates,
-            rejected_frames: self.counters.rejected_frames,
+            duplicates: self.inbound.counters().duplicates,
+            rejected_frames: self.inbound.counters().rejected_frames,
             since_last_frame: self
                 .live
                 .as_ref()
