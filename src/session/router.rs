@@ -66,6 +66,7 @@ use super::store::{
     LoadSessions, PruneSessions, PurgeMarks, PutSession, SessionCodec, SessionStoreActor,
     SessionStoreError, WriteSeq,
 };
+use super::texts::landing;
 use super::texts::toast as texts;
 use crate::token_endpoint::TokenEndpointPacer;
 
@@ -159,19 +160,19 @@ pub struct OAuthRedirect {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RedirectError {
     /// No session issued this `state` (forged, or the session was pruned).
-    #[error("unknown authorization request: start again from the card")]
+    #[error("{}", landing::UNKNOWN_STATE)]
     UnknownState,
     /// This `state` was already used: a redirect is accepted once.
-    #[error("this authorization link was already used")]
+    #[error("{}", landing::STATE_ALREADY_USED)]
     StateAlreadyUsed,
     /// The session has ended (expired, declined, failed, authorized).
-    #[error("this authorization has already ended ({0})")]
+    #[error("{text} ({0})", text = landing::SESSION_ENDED)]
     SessionEnded(&'static str),
     /// Neither `code` nor `error` was given.
-    #[error("the redirect carries no code")]
+    #[error("{}", landing::MISSING_CODE)]
     MissingCode,
     /// The router or the session is stopping.
-    #[error("the service is stopping")]
+    #[error("{}", landing::STOPPING)]
     Stopping,
 }
 

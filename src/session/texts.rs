@@ -208,6 +208,17 @@ pub mod landing {
         "Authorization received",
         "Thank you. The authorization is being completed; the card in Feishu will show the result. You can close this page.",
     );
+    /// Reason: no session issued this `state` (`RedirectError::UnknownState`).
+    pub const UNKNOWN_STATE: &str = "unknown authorization request: start again from the card";
+    /// Reason: the `state` was used before (`RedirectError::StateAlreadyUsed`).
+    pub const STATE_ALREADY_USED: &str = "this authorization link was already used";
+    /// Reason, followed by the session's state in parentheses
+    /// (`RedirectError::SessionEnded`).
+    pub const SESSION_ENDED: &str = "this authorization has already ended";
+    /// Reason: neither `code` nor `error` in the redirect (`RedirectError::MissingCode`).
+    pub const MISSING_CODE: &str = "the redirect carries no code";
+    /// Reason: the router or the session is stopping (`RedirectError::Stopping`).
+    pub const STOPPING: &str = "the service is stopping";
     /// Title above a refused redirect's reason (unknown or used `state`, no code).
     pub const LINK_NOT_VALID: &str = "Link not valid";
     /// Title above the reason when the session has ended.
