@@ -469,3 +469,204 @@ mod cases {
         assert_eq!(store.due_grants(u64::MAX - 1, 10).unwrap().len(), 1);
     }
 }
+
+/// PostgreSQL only: the schema's migrations, several instances on one schema, and the
+/// failures `serve` reports at start.
+mod postgres_only {
+    use std::time::{Duration, Instant};
+
+    use lark_auth::secret::Secret;
+    use lark_auth::store::{PostgresOptions, SCHEMA_VERSION};
+
+    use super::*;
+
+    #[test]
+    fn instances_starting_at_once_migrate_the_schema_once() {
+        let server = pg_common::TestPostgres::start();
+        let threads: Vec<_> = (0..6)
+            .map(|_| {
+                let options = server.options("shared_deploy");
+                std::thread::spawn(move || PostgresStore::open(&options).map(|_| ()))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().expect("every instance opens");
+        }
+        assert_eq!(
+            server.psql("SELECT count(*), max(version) FROM shared_deploy.schema_version"),
+            format!("{SCHEMA_VERSION}|{SCHEMA_VERSION}")
+        );
+        // Opening a current schema changes nothing.
+        drop(PostgresStore::open(&server.options("shared_deploy")).unwrap());
+        assert_eq!(
+            server.psql("SELECT count(*) FROM shared_deploy.schema_version"),
+            SCHEMA_VERSION.to_string()
+        );
+    }
+
+    #[test]
+    fn two_instances_share_grants_sessions_and_marks() {
+        let server = pg_common::TestPostgres::start();
+        let a = PostgresStore::open(&server.options("lark_auth")).unwrap();
+        let b = PostgresStore::open(&server.options("lark_auth")).unwrap();
+        let key = GrantKey::new("cli_a", "ou_1");
+        a.compare_and_swap_grant(&key, None, write(b"from-a", Some(5)))
+            .unwrap();
+        assert_eq!(b.get_grant(&key).unwrap().unwrap().payload, b"from-a");
+        // B read version 1 and writes first: A's write of version 1 is fenced off.
+        b.compare_and_swap_grant(&key, Some(1), write(b"from-b", Some(6)))
+            .unwrap();
+        assert_eq!(
+            a.compare_and_swap_grant(&key, Some(1), write(b"stale", None))
+                .unwrap(),
+            CasOutcome::Conflict { current: Some(2) }
+        );
+        a.put_session("as_1", b"s").unwrap();
+        assert_eq!(b.get_session("as_1").unwrap().as_deref(), Some(&b"s"[..]));
+        assert!(a.mark_once(b"evt", 100, 0).unwrap());
+        assert!(!b.mark_once(b"evt", 100, 0).unwrap(), "one sighting in all");
+        assert!(b.set_mark_value(b"evt", b"answer", 1).unwrap());
+        assert_eq!(
+            a.mark_value(b"evt", 1).unwrap().as_deref(),
+            Some(&b"answer"[..])
+        );
+    }
+
+    #[test]
+    fn the_schema_comes_from_the_options_and_keeps_deployments_apart() {
+        let server = pg_common::TestPostgres::start();
+        let one = PostgresStore::open(&server.options("deploy_one")).unwrap();
+        let two = PostgresStore::open(&server.options("deploy_two")).unwrap();
+        one.put_session("as_1", b"one").unwrap();
+        assert_eq!(two.get_session("as_1").unwrap(), None);
+        assert_eq!(server.psql("SELECT count(*) FROM deploy_one.sessions"), "1");
+        assert_eq!(server.psql("SELECT count(*) FROM deploy_two.sessions"), "0");
+        let err = PostgresStore::open(&server.options("Bad-Name")).unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidSchemaName { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_schema_migrated_by_a_newer_lark_auth_is_refused_before_any_write() {
+        let server = pg_common::TestPostgres::start();
+        drop(PostgresStore::open(&server.options("lark_auth")).unwrap());
+        let newer = SCHEMA_VERSION + 1;
+        server.psql(&format!(
+            "INSERT INTO lark_auth.schema_version (version, description) VALUES ({newer}, 'from the future')"
+        ));
+        let err = PostgresStore::open(&server.options("lark_auth")).unwrap_err();
+        assert!(
+            matches!(err, StoreError::SchemaTooNew { found, supported, .. }
+                if found == newer && supported == SCHEMA_VERSION),
+            "{err:?}"
+        );
+        let line = err.to_string();
+        assert!(line.contains("newer than this lark-auth"), "{line}");
+        assert!(line.contains("schema=lark_auth"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+        let err = PostgresStore::connect_and_check(&server.options("lark_auth")).unwrap_err();
+        assert!(matches!(err, StoreError::SchemaTooNew { .. }), "{err:?}");
+        assert_eq!(
+            server.psql("SELECT max(version) FROM lark_auth.schema_version"),
+            newer.to_string()
+        );
+    }
+
+    #[test]
+    fn check_reports_the_version_without_creating_anything() {
+        let server = pg_common::TestPostgres::start();
+        let (_, version) = PostgresStore::connect_and_check(&server.options("lark_auth")).unwrap();
+        assert_eq!(version, 0);
+        assert_eq!(
+            server.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'lark_auth'"),
+            "0"
+        );
+        drop(PostgresStore::open(&server.options("lark_auth")).unwrap());
+        let (_, version) = PostgresStore::connect_and_check(&server.options("lark_auth")).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn an_unreachable_server_is_one_clear_line_without_the_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = PostgresOptions::new(
+            Secret::new(format!(
+                "host={} port=5432 user=lark password=hunter2-secret dbname=auth",
+                dir.path().display()
+            )),
+            "lark_auth",
+        );
+        options.connect_timeout = Duration::from_secs(2);
+        let err = PostgresStore::open(&options).unwrap_err();
+        let line = err.to_string();
+        eprintln!("{line}");
+        assert!(matches!(err, StoreError::Connect { .. }), "{err:?}");
+        assert!(line.contains("cannot open the PostgreSQL store"), "{line}");
+        assert!(line.contains("dbname=auth user=lark"), "{line}");
+        assert!(!format!("{line} {err:?}").contains("hunter2"), "{line}");
+        let url = PostgresOptions::new(
+            Secret::new("postgres://lark:hunter2-secret@[::1".to_string()),
+            "lark_auth",
+        );
+        let err = PostgresStore::open(&url).unwrap_err();
+        assert!(matches!(err, StoreError::InvalidUrl { .. }), "{err:?}");
+        assert!(!format!("{err} {err:?}").contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_role_without_create_privilege_gets_a_clear_error() {
+        let server = pg_common::TestPostgres::start();
+        server.psql("CREATE ROLE reader LOGIN");
+        let options = PostgresOptions::new(
+            Secret::new(format!(
+                "host={} port=5432 user=reader dbname=postgres",
+                server.socket_dir().display()
+            )),
+            "lark_auth",
+        );
+        let err = PostgresStore::open(&options).unwrap_err();
+        let line = err.to_string();
+        eprintln!("{line}");
+        assert!(matches!(err, StoreError::Connect { .. }), "{err:?}");
+        assert!(line.contains("permission denied"), "{line}");
+        assert!(line.contains("user=reader"), "{line}");
+    }
+
+    /// Latency of the hot store calls on a loopback socket (debug build; numbers on
+    /// stderr with `--no-capture`), with a generous bound that only catches a pathology
+    /// (a per-call connect, a lost pool).
+    #[test]
+    fn mark_once_and_cas_latency_on_loopback() {
+        let server = pg_common::TestPostgres::start();
+        let store = PostgresStore::open(&server.options("lark_auth")).unwrap();
+        let key = GrantKey::new("cli_a", "ou_1");
+        store
+            .compare_and_swap_grant(&key, None, write(b"v", Some(1)))
+            .unwrap();
+        let mut marks = Vec::new();
+        let mut cas = Vec::new();
+        for i in 0..500u64 {
+            let start = Instant::now();
+            assert!(store.mark_once(&i.to_be_bytes(), 1_000, 0).unwrap());
+            marks.push(start.elapsed());
+            let start = Instant::now();
+            let outcome = store
+                .compare_and_swap_grant(&key, Some(i + 1), write(b"v", Some(i)))
+                .unwrap();
+            cas.push(start.elapsed());
+            assert_eq!(outcome, CasOutcome::Swapped { version: i + 2 });
+        }
+        for (name, mut samples) in [("mark_once", marks), ("cas", cas)] {
+            samples.sort();
+            let p50 = samples[samples.len() / 2];
+            let p99 = samples[samples.len() * 99 / 100];
+            eprintln!(
+                "{name}: p50 {p50:?} p99 {p99:?} over {} calls",
+                samples.len()
+            );
+            assert!(p99 < Duration::from_millis(200), "{name} p99 {p99:?}");
+        }
+    }
+}

@@ -121,11 +121,26 @@ struct TimedOut(Duration);
 #[error("the PostgreSQL store's runtime thread has stopped")]
 struct RuntimeGone;
 
-/// A connection string that does not parse. Carries only the parser's phrase, cut before
-/// any character it quotes from the string.
+/// A client error as one line: its message and its causes' (tokio-postgres shows the
+/// server's message, e.g. "permission denied for database", only as a cause).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct UrlParse(String);
+struct OneLine(String);
+
+/// Flattens `e` and its sources into one line, as a [`BackendError`].
+fn one_line(e: &(dyn std::error::Error + 'static)) -> BackendError {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    Box::new(OneLine(text.replace('\n', "; ")))
+}
 
 fn to_db(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64
@@ -153,7 +168,7 @@ fn parse_url(url: &Secret<String>) -> Result<tokio_postgres::Config, StoreError>
             None => text,
         };
         StoreError::InvalidUrl {
-            source: Box::new(UrlParse(text)),
+            source: Box::new(OneLine(text)),
         }
     })
 }
@@ -329,8 +344,8 @@ impl PostgresStore {
                     supported: SCHEMA_VERSION,
                 })
             }
-            Ok(Err(MigrateFailure::Migrate(MigrateError::Db(e)))) => Err(open_error(Box::new(e))),
-            Ok(Err(MigrateFailure::Pool(e))) => Err(open_error(Box::new(e))),
+            Ok(Err(MigrateFailure::Migrate(MigrateError::Db(e)))) => Err(open_error(one_line(&e))),
+            Ok(Err(MigrateFailure::Pool(e))) => Err(open_error(one_line(&e))),
             Err(e) => Err(open_error(e)),
         }
     }
@@ -373,7 +388,10 @@ impl PostgresStore {
     {
         match self.call_raw(f) {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(source)) | Err(source) => Err(StoreError::Backend { op, source }),
+            Ok(Err(source)) | Err(source) => Err(StoreError::Backend {
+                op,
+                source: one_line(&*source),
+            }),
         }
     }
 }
