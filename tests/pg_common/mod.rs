@@ -37,7 +37,14 @@ pub struct TestPostgres {
 /// `/usr/lib/postgresql/<version>/bin`.
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("LARK_TEST_PG_BIN") {
-        return PathBuf::from(dir);
+        let dir = PathBuf::from(dir);
+        assert!(
+            dir.join("initdb").exists() && dir.join("postgres").exists(),
+            "LARK_TEST_PG_BIN={} holds no initdb and postgres: install the PostgreSQL \
+             server with `{INSTALL_LINE}`, or point it at their directory",
+            dir.display()
+        );
+        return dir;
     }
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
