@@ -38,7 +38,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, StoreBackend};
 use crate::connection::{
     ConnectionActor, ConnectionError, ConnectionOutputs, ConnectionState, EventReceived, Shutdown,
     StateReport, StateWatch,
@@ -53,7 +53,7 @@ use crate::session::router::{
 };
 use crate::session::store::{SessionStoreError, expire_unsure_sessions};
 use crate::session::{RouterActor, RouterParts, SessionSettings, SessionView};
-use crate::store::{LossReport, SledStore, Store, StoreError};
+use crate::store::{LossReport, PostgresOptions, PostgresStore, SledStore, Store, StoreError};
 use crate::token_endpoint::{AcquireSlot, SlotPriority, TokenEndpointPacer};
 use crate::tokens::{
     AccessToken, GetToken, GetTokenError, OpenApiRefresher, TokenCache, TokenService, TokenSource,
@@ -183,6 +183,9 @@ impl LarkAuth {
         if config.app.credentials.is_none() {
             config.resolve_credentials(env)?;
         }
+        if config.store.url.is_none() {
+            config.resolve_store_url(env)?;
+        }
         let keyring = Keyring::from_config(&config.vault, env)?;
         let api_token = env(&config.http.api_token_env)
             .filter(|t| !t.is_empty())
@@ -221,7 +224,7 @@ impl LarkAuth {
             .ok_or(StartError::MissingCredentials)?;
         let metrics = Metrics::new();
 
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.vault.path)?);
+        let store = open_store(&config)?;
         let vault_loss = store.detected_loss();
         if let Some(loss) = &vault_loss
             && !options.accept_loss
@@ -346,6 +349,35 @@ impl LarkAuth {
             metrics,
             vault_loss,
         })
+    }
+}
+
+/// Opens the configured store: sled in `vault.path`, or PostgreSQL (`[store]`; the URL
+/// resolved into `store.url`), whose schema is created or migrated here.
+fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    match config.store.backend {
+        StoreBackend::Sled => Ok(Arc::new(SledStore::open(&config.vault.path)?)),
+        StoreBackend::Postgres => {
+            let url =
+                config
+                    .store
+                    .url
+                    .clone()
+                    .ok_or_else(|| crate::config::ConfigError::MissingEnv {
+                        what: "PostgreSQL connection URL",
+                        env: config.store.url_env.clone(),
+                        key: "store.url_env",
+                    })?;
+            let store = PostgresStore::open(&PostgresOptions::new(url, &config.store.schema))?;
+            // Sessions, refreshes and the token-endpoint budget are not shared between
+            // instances yet (issue 14): one instance per store until they are.
+            tracing::warn!(
+                store = %store.location(),
+                "store.backend = \"postgres\": run a single instance on this store; \
+                 several instances on one store are not supported yet"
+            );
+            Ok(Arc::new(store))
+        }
     }
 }
 

@@ -86,6 +86,8 @@ pub struct Config {
     pub openapi: OpenApiConfig,
     /// `[sessions]`: limits, lifetimes and retries of the authorization sessions.
     pub sessions: SessionsConfig,
+    /// `[store]`: which store holds grants, sessions and marks (sled or PostgreSQL).
+    pub store: StoreConfig,
 }
 
 /// `[app]` section.
@@ -253,6 +255,93 @@ impl Default for VaultConfig {
             old_keys: Vec::new(),
             token_cache_entries: DEFAULT_TOKEN_CACHE_ENTRIES,
         }
+    }
+}
+
+/// `[store] backend`: where grants, sessions and dedup marks are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// sled in `vault.path`: embedded, one process (the default).
+    #[default]
+    Sled,
+    /// A PostgreSQL server (`store.url_env`, `store.schema`), meant to be shared by
+    /// several instances.
+    Postgres,
+}
+
+/// `[store]` section (`INTERFACE.md`, "Several instances on one shared store").
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sled` (default) or `postgres`.
+    pub backend: StoreBackend,
+    /// postgres: environment variable holding the libpq connection string or
+    /// `postgres://` URL (it may hold the password, so it is never in the file). Default
+    /// `LARK_AUTH_DATABASE_URL`.
+    pub url_env: String,
+    /// postgres: the schema holding lark-auth's tables, created and migrated at start.
+    /// `a-z`, digits and `_`, at most 63, not starting with a digit or `pg_`. Default
+    /// `lark_auth`.
+    pub schema: String,
+    /// How long an instance's claim on a session or a refresh lasts (s, 1..=3600).
+    /// Default 15. Reserved for several instances on one store (issue 14): not used yet.
+    #[serde(with = "duration_secs", rename = "lease_secs")]
+    pub lease: Duration,
+    /// The connection URL, read from `url_env` by [`Config::resolve_store_url`]; never
+    /// in the file, never printed.
+    #[serde(skip)]
+    pub url: Option<Secret<String>>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreBackend::Sled,
+            url_env: "LARK_AUTH_DATABASE_URL".into(),
+            schema: "lark_auth".into(),
+            lease: Duration::from_secs(15),
+            url: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("backend", &self.backend)
+            .field("url_env", &self.url_env)
+            .field("schema", &self.schema)
+            .field("lease", &self.lease)
+            .field("url", &self.url.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+impl StoreConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            }
+        }
+        if let Err(reason) = crate::store::check_schema_name(&self.schema) {
+            return Err(invalid(
+                "store.schema",
+                format!("`{}` {reason}", self.schema.escape_debug()),
+            ));
+        }
+        if self.backend == StoreBackend::Postgres && self.url_env.trim().is_empty() {
+            return Err(invalid(
+                "store.url_env",
+                "must name the environment variable holding the PostgreSQL URL",
+            ));
+        }
+        if self.lease.is_zero() || self.lease > Duration::from_secs(3600) {
+            return Err(invalid("store.lease_secs", "must be 1..=3600"));
+        }
+        Ok(())
     }
 }
 
@@ -662,6 +751,30 @@ impl Config {
         Ok(())
     }
 
+    /// With `store.backend = "postgres"`, fills [`StoreConfig::url`] from the variable
+    /// `store.url_env` names (sled: nothing to do). `env` looks a variable up.
+    ///
+    /// # Errors
+    /// [`ConfigError::MissingEnv`] when the variable is unset or empty (the message names
+    /// the variable, never a value).
+    pub fn resolve_store_url(
+        &mut self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        if self.store.backend != StoreBackend::Postgres {
+            return Ok(());
+        }
+        let url = env(&self.store.url_env)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| ConfigError::MissingEnv {
+                what: "PostgreSQL connection URL",
+                env: self.store.url_env.clone(),
+                key: "store.url_env",
+            })?;
+        self.store.url = Some(Secret::new(url));
+        Ok(())
+    }
+
     /// Checks every value before anything starts.
     ///
     /// # Errors
@@ -765,6 +878,7 @@ impl Config {
             ));
         }
         self.sessions.validate()?;
+        self.store.validate()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
                 "log.level",
@@ -921,6 +1035,73 @@ mod tests {
         let printed = format!("{config:?}");
         assert!(printed.contains("cli_x"));
         assert!(!printed.contains("s3cr3t-value"), "{printed}");
+    }
+
+    #[test]
+    fn the_store_section_has_the_interface_defaults_and_is_checked() {
+        let config = Config::from_toml_str("").unwrap();
+        let s = &config.store;
+        assert_eq!(s.backend, StoreBackend::Sled);
+        assert_eq!(s.url_env, "LARK_AUTH_DATABASE_URL");
+        assert_eq!(s.schema, "lark_auth");
+        assert_eq!(s.lease, Duration::from_secs(15));
+        let config = Config::from_toml_str(
+            "[store]\nbackend = \"postgres\"\nurl_env = \"DB\"\nschema = \"deploy_1\"\nlease_secs = 20\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.store.backend, StoreBackend::Postgres);
+        assert_eq!(config.store.lease, Duration::from_secs(20));
+
+        let err = Config::from_toml_str("[store]\nbackend = \"mysql\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("mysql") && text.contains("postgres") && text.contains("sled"),
+            "{text}"
+        );
+        let err = Config::from_toml_str("[store]\nurl = \"postgres://x\"\n").unwrap_err();
+        assert!(err.to_string().contains("url"), "{err}");
+        for (bad, key) in [
+            ("schema = \"Lark-Auth\"", "store.schema"),
+            ("schema = \"\"", "store.schema"),
+            ("schema = \"x; drop table y\"", "store.schema"),
+            ("lease_secs = 0", "store.lease_secs"),
+            ("backend = \"postgres\"\nurl_env = \"\"", "store.url_env"),
+        ] {
+            let config = Config::from_toml_str(&format!("[store]\n{bad}\n")).unwrap();
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+            assert!(!err.contains('\n'), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_database_url_comes_from_the_environment_and_is_never_printed() {
+        let mut config = Config::from_toml_str("[store]\nbackend = \"postgres\"\n").unwrap();
+        let err = config
+            .resolve_store_url(env_of(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("LARK_AUTH_DATABASE_URL") && err.contains("store.url_env"),
+            "{err}"
+        );
+        config
+            .resolve_store_url(env_of(&[(
+                "LARK_AUTH_DATABASE_URL",
+                "postgres://lark:hunter2-secret@db/auth",
+            )]))
+            .unwrap();
+        assert_eq!(
+            config.store.url.as_ref().map(|u| u.expose().as_str()),
+            Some("postgres://lark:hunter2-secret@db/auth")
+        );
+        let shown = format!("{config:?} {}", serde_json::to_string(&config).unwrap());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        // sled needs no URL.
+        let mut config = Config::default();
+        config.resolve_store_url(env_of(&[])).unwrap();
+        assert!(config.store.url.is_none());
     }
 
     #[test]

@@ -262,6 +262,7 @@ fn load_config(path: Option<&Path>) -> Result<Config, lark_auth::config::ConfigE
     };
     config.validate()?;
     config.resolve_credentials(|k| std::env::var(k).ok())?;
+    config.resolve_store_url(|k| std::env::var(k).ok())?;
     Ok(config)
 }
 
@@ -326,6 +327,9 @@ fn check_config(path: Option<&Path>) -> ExitCode {
 /// A wrong key or an unreadable store, as `serve` would report them.
 fn check_vault(config: &Config, keyring: lark_auth::vault::Keyring) -> Result<String, String> {
     use lark_auth::store::{SledStore, StoreError};
+    if config.store.backend == lark_auth::config::StoreBackend::Postgres {
+        return check_postgres_store(config, keyring);
+    }
     let path = &config.vault.path;
     if !path.exists() {
         return Ok(format!(
@@ -362,6 +366,51 @@ fn check_vault(config: &Config, keyring: lark_auth::vault::Keyring) -> Result<St
     )
     .map_err(|e| format!("cannot open the vault: {e}"))?;
     Ok(format!("{}: the key opens it", path.display()))
+}
+
+/// `check_vault` on PostgreSQL: connects, checks the schema's version (creating and
+/// migrating nothing) and, on a current schema, that the key opens the store's key check.
+fn check_postgres_store(
+    config: &Config,
+    keyring: lark_auth::vault::Keyring,
+) -> Result<String, String> {
+    use lark_auth::store::{PostgresOptions, PostgresStore, SCHEMA_VERSION};
+    let url = config.store.url.clone().ok_or_else(|| {
+        format!(
+            "missing PostgreSQL connection URL: set `{}`",
+            config.store.url_env
+        )
+    })?;
+    let options = PostgresOptions::new(url, &config.store.schema);
+    let (store, version) = PostgresStore::connect_and_check(&options)
+        .map_err(|e| format!("cannot open the vault store: {e}"))?;
+    let location = store.location().to_string();
+    if version == 0 {
+        return Ok(format!("{location}: no schema yet: serve creates it"));
+    }
+    if version < SCHEMA_VERSION {
+        return Ok(format!(
+            "{location}: schema version {version}: serve migrates it to {SCHEMA_VERSION}; key not checked"
+        ));
+    }
+    let app_id = config
+        .app
+        .credentials
+        .as_ref()
+        .map(|c| c.app_id.clone())
+        .unwrap_or_default();
+    lark_auth::vault::Vault::open(
+        std::sync::Arc::new(store),
+        app_id,
+        keyring,
+        lark_auth::vault::DuePolicy {
+            keepalive_lead: config.refresh.keepalive,
+        },
+    )
+    .map_err(|e| format!("cannot open the vault: {e}"))?;
+    Ok(format!(
+        "{location}: schema version {version}, the key opens it"
+    ))
 }
 
 fn init_logging(config: &Config) {

@@ -6,7 +6,9 @@
 //! The trait is byte-oriented and names no backend type, so a shared SQL store can
 //! implement it later (several instances sharing grants and sessions). The typed encoding,
 //! sealing and status rules live in [`crate::vault`]; this layer only keeps bytes, versions
-//! and orderings. [`SledStore`] is the embedded implementation.
+//! and orderings. [`SledStore`] is the embedded implementation; [`PostgresStore`] the one
+//! shared by several instances (`[store] backend = "postgres"`), with the same contract
+//! (`tests/store_contract.rs` runs one suite against both).
 //!
 //! All methods block (disk I/O, and [`Store::flush`] waits for fsync): call them from a
 //! `SyncArbiter` thread or another thread that may block, never from the System's thread.
@@ -26,10 +28,14 @@
 //! Instants are unix epoch milliseconds (`u64`, UTC) throughout this module.
 
 mod mark;
+mod pg_schema;
+mod postgres_store;
 mod sled_store;
 
 use std::path::PathBuf;
 
+pub use self::pg_schema::{MAX_SCHEMA_NAME, SCHEMA_VERSION, check_schema_name};
+pub use self::postgres_store::{PostgresOptions, PostgresStore};
 pub use self::sled_store::{LOCK_WAIT, MARK_FILE, SledStore};
 
 /// The boxed cause of a backend failure (kept opaque so the trait names no backend type).
@@ -79,6 +85,47 @@ pub enum StoreError {
         key: String,
         /// What is wrong.
         reason: &'static str,
+    },
+    /// The PostgreSQL connection string does not parse. The message names what is wrong
+    /// and never quotes the string (it may hold a password).
+    #[error("invalid PostgreSQL connection URL: {source}")]
+    InvalidUrl {
+        /// The parser's complaint.
+        #[source]
+        source: BackendError,
+    },
+    /// The configured schema name is not a plain identifier (`[store] schema`).
+    #[error("invalid PostgreSQL schema name: {reason}")]
+    InvalidSchemaName {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The PostgreSQL store could not be reached or prepared: server down or unreachable,
+    /// authentication refused, database missing, or the role lacks the privileges to
+    /// create or migrate the schema. Nothing was changed by lark-auth.
+    #[error("cannot open the PostgreSQL store ({location}): {source}")]
+    Connect {
+        /// Host, port, database, user and schema (never the password).
+        location: String,
+        /// The client's error.
+        #[source]
+        source: BackendError,
+    },
+    /// The PostgreSQL schema was migrated by a newer lark-auth than this one: running on
+    /// it could misread or damage records. Nothing was written. Run the newer lark-auth
+    /// (or one at least as new), or point `[store] schema` elsewhere.
+    #[error(
+        "the PostgreSQL store ({location}) has schema version {found}, newer than this \
+         lark-auth supports ({supported}): run a lark-auth at least as new as the one that \
+         migrated it"
+    )]
+    SchemaTooNew {
+        /// Host, port, database, user and schema.
+        location: String,
+        /// The version found in the schema.
+        found: i32,
+        /// The newest version this build knows.
+        supported: i32,
     },
     /// A key part is not storable (empty, or contains a NUL byte). A caller bug: fix the
     /// identifier passed.

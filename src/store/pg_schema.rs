@@ -1,0 +1,347 @@
+//! The PostgreSQL store's schema: its tables, their versioned migrations, and the SQL of
+//! every [`Store`](super::Store) method with the schema name put in.
+//!
+//! Every table lives in one schema named by `[store] schema` (an identifier checked by
+//! [`check_schema_name`], so it can be written into SQL). The schema records its version
+//! in `schema_version` (one row per applied migration). [`migrate`] brings it up to
+//! [`SCHEMA_VERSION`], one migration per transaction, each under a transaction-scoped
+//! advisory lock keyed by the schema name, so several instances starting at once apply each
+//! migration once and the others wait, then find it done. A schema whose version is above
+//! [`SCHEMA_VERSION`] (migrated by a newer lark-auth) is refused with
+//! [`StoreError::SchemaTooNew`], before anything is written.
+//!
+//! Nothing is created when the schema is already current, so the role lark-auth runs
+//! under needs `CREATE` on the database only for the first start (or an upgrade): an
+//! operator may create and migrate the schema with an owner role and run with a role that
+//! only reads and writes rows.
+//!
+//! Text keys use the `"C"` collation, so their order is byte order, as in sled.
+//! Instants and versions are `bigint`: a `u64` above `i64::MAX` (never a real instant) is
+//! stored as `i64::MAX`.
+
+use super::StoreError;
+
+/// The newest schema version this build knows and creates.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// The longest schema name accepted (PostgreSQL's identifier limit, 63 bytes).
+pub const MAX_SCHEMA_NAME: usize = 63;
+
+/// Checks a schema name: 1 to 63 bytes of `a-z`, `0-9` and `_`, not starting with a digit,
+/// and not starting with `pg_` (reserved by PostgreSQL).
+///
+/// # Errors
+/// What is wrong, as one phrase for a config error (the name itself is not repeated).
+pub fn check_schema_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > MAX_SCHEMA_NAME {
+        return Err("must be 1 to 63 characters long");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err("may contain only lowercase letters a-z, digits and `_`");
+    }
+    if name.as_bytes()[0].is_ascii_digit() {
+        return Err("must not start with a digit");
+    }
+    if name.starts_with("pg_") {
+        return Err("must not start with `pg_` (reserved by PostgreSQL)");
+    }
+    Ok(())
+}
+
+/// One migration: the version it brings the schema to and its DDL (`{s}` is the schema).
+struct Migration {
+    version: i32,
+    description: &'static str,
+    sql: &'static str,
+}
+
+/// Every migration, in order; the last one's version is [`SCHEMA_VERSION`].
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "grants, refresh-due index, quarantine, sessions, dedup marks, metadata",
+    sql: r#"
+CREATE TABLE {s}.grants (
+    app_id  text COLLATE "C" NOT NULL,
+    open_id text COLLATE "C" NOT NULL,
+    version bigint NOT NULL,
+    due_ms  bigint,
+    payload bytea NOT NULL,
+    PRIMARY KEY (app_id, open_id)
+);
+CREATE INDEX grants_due ON {s}.grants (due_ms, app_id, open_id) WHERE due_ms IS NOT NULL;
+CREATE TABLE {s}.quarantine (
+    app_id  text COLLATE "C" NOT NULL,
+    open_id text COLLATE "C" NOT NULL,
+    at_ms   bigint NOT NULL,
+    reason  text NOT NULL,
+    raw     bytea NOT NULL,
+    PRIMARY KEY (app_id, open_id, at_ms)
+);
+CREATE TABLE {s}.sessions (
+    session_id text COLLATE "C" PRIMARY KEY,
+    value      bytea NOT NULL
+);
+CREATE TABLE {s}.marks (
+    mark       bytea PRIMARY KEY,
+    expires_ms bigint NOT NULL,
+    value      bytea
+);
+CREATE INDEX marks_expiry ON {s}.marks (expires_ms);
+CREATE TABLE {s}.meta (
+    name  text COLLATE "C" PRIMARY KEY,
+    value bytea NOT NULL
+);
+"#,
+}];
+
+/// The advisory lock key of a schema's migrations: FNV-1a of `lark-auth schema <name>`,
+/// stable across builds.
+fn lock_key(schema: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in "lark-auth schema ".bytes().chain(schema.bytes()) {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash as i64
+}
+
+/// Why a migration step failed.
+pub(super) enum MigrateError {
+    /// The schema is newer than this build.
+    TooNew(i32),
+    /// The database refused (privileges, connection lost …).
+    Db(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for MigrateError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        MigrateError::Db(e)
+    }
+}
+
+/// Brings `schema` to [`SCHEMA_VERSION`], one migration per transaction under the schema's
+/// advisory lock; returns the version found before (0: new schema).
+pub(super) async fn migrate(
+    client: &mut tokio_postgres::Client,
+    schema: &str,
+) -> Result<i32, MigrateError> {
+    let key = lock_key(schema);
+    let mut found = None;
+    loop {
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&key])
+            .await?;
+        let exists = tx
+            .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])
+            .await?
+            .is_some();
+        if !exists {
+            tx.batch_execute(&format!("CREATE SCHEMA {schema}")).await?;
+        }
+        let versioned = tx
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[&format!("{schema}.schema_version")],
+            )
+            .await?
+            .get::<_, bool>(0);
+        if !versioned {
+            tx.batch_execute(&format!(
+                "CREATE TABLE {schema}.schema_version (
+                    version     integer PRIMARY KEY,
+                    applied_at  timestamptz NOT NULL DEFAULT now(),
+                    description text NOT NULL
+                )"
+            ))
+            .await?;
+        }
+        let current: i32 = tx
+            .query_one(
+                &format!("SELECT coalesce(max(version), 0) FROM {schema}.schema_version"),
+                &[],
+            )
+            .await?
+            .get(0);
+        found.get_or_insert(current);
+        if current > SCHEMA_VERSION {
+            return Err(MigrateError::TooNew(current));
+        }
+        let Some(next) = MIGRATIONS.iter().find(|m| m.version == current + 1) else {
+            // Current. Committing only releases the lock (and keeps a schema created above).
+            tx.commit().await?;
+            return Ok(found.unwrap_or(current));
+        };
+        tx.batch_execute(&next.sql.replace("{s}", schema)).await?;
+        tx.execute(
+            &format!("INSERT INTO {schema}.schema_version (version, description) VALUES ($1, $2)"),
+            &[&next.version, &next.description],
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(schema, version = next.version, "store schema migrated");
+    }
+}
+
+/// Reads the schema's version without changing anything (0: no schema or no version table).
+pub(super) async fn read_version(
+    client: &tokio_postgres::Client,
+    schema: &str,
+) -> Result<i32, tokio_postgres::Error> {
+    let versioned = client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&format!("{schema}.schema_version")],
+        )
+        .await?
+        .get::<_, bool>(0);
+    if !versioned {
+        return Ok(0);
+    }
+    Ok(client
+        .query_one(
+            &format!("SELECT coalesce(max(version), 0) FROM {schema}.schema_version"),
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+/// The SQL of the store's operations, with the schema name written in.
+#[derive(Debug)]
+pub(super) struct Sql {
+    pub get_grant: String,
+    pub grant_version: String,
+    pub insert_grant: String,
+    pub update_grant: String,
+    pub delete_grant: String,
+    pub list_grants: String,
+    pub due_grants: String,
+    pub quarantine_grant: String,
+    pub quarantined: String,
+    pub put_session: String,
+    pub get_session: String,
+    pub delete_session: String,
+    pub list_sessions: String,
+    pub mark_once: String,
+    pub mark_value: String,
+    pub set_mark_value: String,
+    pub purge_marks: String,
+    pub get_meta: String,
+    pub put_meta_if_absent: String,
+    pub list_meta: String,
+}
+
+impl Sql {
+    /// The statements for `schema` (already checked by [`check_schema_name`]).
+    pub(super) fn for_schema(schema: &str) -> Result<Sql, StoreError> {
+        check_schema_name(schema).map_err(|reason| StoreError::InvalidSchemaName { reason })?;
+        let s = schema;
+        Ok(Sql {
+            get_grant: format!(
+                "SELECT version, due_ms, payload FROM {s}.grants WHERE app_id = $1 AND open_id = $2"
+            ),
+            grant_version: format!(
+                "SELECT version FROM {s}.grants WHERE app_id = $1 AND open_id = $2"
+            ),
+            insert_grant: format!(
+                "INSERT INTO {s}.grants (app_id, open_id, version, due_ms, payload) \
+                 VALUES ($1, $2, 1, $3, $4) ON CONFLICT DO NOTHING"
+            ),
+            update_grant: format!(
+                "UPDATE {s}.grants SET version = version + 1, due_ms = $4, payload = $5 \
+                 WHERE app_id = $1 AND open_id = $2 AND version = $3 RETURNING version"
+            ),
+            delete_grant: format!(
+                "DELETE FROM {s}.grants WHERE app_id = $1 AND open_id = $2 AND version = $3"
+            ),
+            list_grants: format!(
+                "SELECT open_id, version, due_ms, payload FROM {s}.grants \
+                 WHERE app_id = $1 AND open_id > $2 ORDER BY open_id LIMIT $3"
+            ),
+            due_grants: format!(
+                "SELECT due_ms, app_id, open_id FROM {s}.grants \
+                 WHERE due_ms IS NOT NULL AND due_ms <= $1 \
+                 ORDER BY due_ms, app_id, open_id LIMIT $2"
+            ),
+            quarantine_grant: format!(
+                "WITH moved AS (DELETE FROM {s}.grants WHERE app_id = $1 AND open_id = $2 \
+                 RETURNING app_id, open_id, payload) \
+                 INSERT INTO {s}.quarantine (app_id, open_id, at_ms, reason, raw) \
+                 SELECT app_id, open_id, $3, $4, payload FROM moved \
+                 ON CONFLICT (app_id, open_id, at_ms) \
+                 DO UPDATE SET reason = EXCLUDED.reason, raw = EXCLUDED.raw"
+            ),
+            quarantined: format!(
+                "SELECT app_id, open_id, at_ms, reason, raw FROM {s}.quarantine \
+                 ORDER BY app_id, open_id, at_ms"
+            ),
+            put_session: format!(
+                "INSERT INTO {s}.sessions (session_id, value) VALUES ($1, $2) \
+                 ON CONFLICT (session_id) DO UPDATE SET value = EXCLUDED.value"
+            ),
+            get_session: format!("SELECT value FROM {s}.sessions WHERE session_id = $1"),
+            delete_session: format!("DELETE FROM {s}.sessions WHERE session_id = $1"),
+            list_sessions: format!(
+                "SELECT session_id, value FROM {s}.sessions ORDER BY session_id"
+            ),
+            // A new mark, or one whose expiry passed (it starts afresh, without value).
+            mark_once: format!(
+                "INSERT INTO {s}.marks (mark, expires_ms, value) VALUES ($1, $2, NULL) \
+                 ON CONFLICT (mark) DO UPDATE SET expires_ms = EXCLUDED.expires_ms, value = NULL \
+                 WHERE {s}.marks.expires_ms <= $3"
+            ),
+            mark_value: format!("SELECT value FROM {s}.marks WHERE mark = $1 AND expires_ms > $2"),
+            set_mark_value: format!(
+                "UPDATE {s}.marks SET value = $2 WHERE mark = $1 AND expires_ms > $3"
+            ),
+            purge_marks: format!(
+                "DELETE FROM {s}.marks WHERE mark IN (SELECT mark FROM {s}.marks \
+                 WHERE expires_ms <= $1 ORDER BY expires_ms LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            ),
+            get_meta: format!("SELECT value FROM {s}.meta WHERE name = $1"),
+            put_meta_if_absent: format!(
+                "INSERT INTO {s}.meta (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+            ),
+            list_meta: format!(
+                "SELECT name, value FROM {s}.meta WHERE starts_with(name, $1) ORDER BY name"
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        for good in ["lark_auth", "a", "_x1", &"a".repeat(63)] {
+            assert_eq!(check_schema_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "Lark",
+            "lark-auth",
+            "1abc",
+            "pg_lark",
+            "a b",
+            "x;drop",
+            "lark\"",
+            &"a".repeat(64),
+        ] {
+            assert!(check_schema_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn migrations_are_numbered_one_by_one_up_to_the_schema_version() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version, i as i32 + 1);
+        }
+        assert_eq!(MIGRATIONS.last().map(|m| m.version), Some(SCHEMA_VERSION));
+        assert_ne!(lock_key("a"), lock_key("b"));
+    }
+}

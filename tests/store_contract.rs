@@ -1,0 +1,672 @@
+//! The store contract: one suite of [`Store`] tests run against both backends, the
+//! embedded [`SledStore`] and the shared [`PostgresStore`] (on a throwaway PostgreSQL
+//! server started by the test, `pg_common`), so the two cannot drift apart. Behaviour that
+//! belongs to one backend only is tested beside it: sled's lock and lost-write checks in
+//! `src/store/sled_store.rs`; PostgreSQL's migrations, several instances on one schema, a
+//! schema newer than the binary and connection failures at the end of this file.
+//!
+//! The cases under `cases` (the first seven moved from `sled_store.rs`'s unit tests with
+//! their assertions unchanged) take a [`Backend`] that opens the store under test; opening
+//! again after the previous handle was dropped must find the same data (a restart).
+
+mod pg_common;
+
+use std::sync::Arc;
+
+use lark_auth::store::{
+    CasOutcome, DueEntry, GrantKey, GrantWrite, PostgresStore, SledStore, Store, StoreError,
+};
+
+/// Opens the store under test; every open sees what earlier handles wrote.
+pub trait Backend {
+    /// A new handle on the store (drop the previous one first for sled: one handle per
+    /// directory).
+    fn open(&self) -> Arc<dyn Store>;
+}
+
+/// sled in a temporary directory.
+pub struct Sled {
+    dir: tempfile::TempDir,
+}
+
+impl Sled {
+    fn new() -> Sled {
+        Sled {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+}
+
+impl Backend for Sled {
+    fn open(&self) -> Arc<dyn Store> {
+        Arc::new(SledStore::open(self.dir.path()).unwrap())
+    }
+}
+
+/// Schema `lark_auth` on a throwaway PostgreSQL server.
+pub struct Postgres {
+    server: pg_common::TestPostgres,
+}
+
+impl Postgres {
+    fn new() -> Postgres {
+        Postgres {
+            server: pg_common::TestPostgres::start(),
+        }
+    }
+}
+
+impl Backend for Postgres {
+    fn open(&self) -> Arc<dyn Store> {
+        Arc::new(PostgresStore::open(&self.server.options("lark_auth")).unwrap())
+    }
+}
+
+/// Runs every case of [`cases`] against the backend `$make` builds, as module `$name`.
+macro_rules! contract_suite {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn grants_survive_reopen_with_versions_and_due_index() {
+                cases::grants_survive_reopen_with_versions_and_due_index(&$make);
+            }
+            #[test]
+            fn compare_and_swap_detects_a_stale_version() {
+                cases::compare_and_swap_detects_a_stale_version(&$make);
+            }
+            #[test]
+            fn quarantine_moves_a_record_out_of_grants_and_index() {
+                cases::quarantine_moves_a_record_out_of_grants_and_index(&$make);
+            }
+            #[test]
+            fn marks_dedup_until_expiry_and_purge_costs_only_the_expired() {
+                cases::marks_dedup_until_expiry_and_purge_costs_only_the_expired(&$make);
+            }
+            #[test]
+            fn a_value_lives_and_dies_with_its_mark() {
+                cases::a_value_lives_and_dies_with_its_mark(&$make);
+            }
+            #[test]
+            fn sessions_and_meta() {
+                cases::sessions_and_meta(&$make);
+            }
+            #[test]
+            fn invalid_key_parts_are_refused() {
+                cases::invalid_key_parts_are_refused(&$make);
+            }
+            #[test]
+            fn creating_twice_and_deleting_nothing() {
+                cases::creating_twice_and_deleting_nothing(&$make);
+            }
+            #[test]
+            fn listings_are_in_key_order_and_paged() {
+                cases::listings_are_in_key_order_and_paged(&$make);
+            }
+            #[test]
+            fn concurrent_writers_one_wins() {
+                cases::concurrent_writers_one_wins(&$make);
+            }
+        }
+    };
+}
+
+contract_suite!(sled, Sled::new());
+contract_suite!(postgres, Postgres::new());
+
+fn write(payload: &[u8], due_ms: Option<u64>) -> Option<GrantWrite> {
+    Some(GrantWrite {
+        payload: payload.to_vec(),
+        due_ms,
+    })
+}
+
+mod cases {
+    use super::*;
+
+    pub fn grants_survive_reopen_with_versions_and_due_index(backend: &dyn Backend) {
+        let a = GrantKey::new("cli_a", "ou_1");
+        let b = GrantKey::new("cli_a", "ou_2");
+        {
+            let store = backend.open();
+            assert_eq!(
+                store
+                    .compare_and_swap_grant(&a, None, write(b"one", Some(500)))
+                    .unwrap(),
+                CasOutcome::Swapped { version: 1 }
+            );
+            store
+                .compare_and_swap_grant(&b, None, write(b"two", Some(100)))
+                .unwrap();
+            assert_eq!(
+                store
+                    .compare_and_swap_grant(&a, Some(1), write(b"one-b", Some(300)))
+                    .unwrap(),
+                CasOutcome::Swapped { version: 2 }
+            );
+            store.flush().unwrap();
+        }
+        let store = backend.open();
+        let got = store.get_grant(&a).unwrap().unwrap();
+        assert_eq!(
+            (got.version, got.due_ms, got.payload.as_slice()),
+            (2, Some(300), &b"one-b"[..])
+        );
+        // The old due entry (500) moved with the record: exactly one entry per grant.
+        let due = store.due_grants(u64::MAX - 1, 10).unwrap();
+        assert_eq!(
+            due,
+            vec![
+                DueEntry {
+                    due_ms: 100,
+                    key: b.clone()
+                },
+                DueEntry {
+                    due_ms: 300,
+                    key: a.clone()
+                },
+            ]
+        );
+        assert_eq!(store.due_grants(200, 10).unwrap().len(), 1);
+        let listed = store.list_grants("cli_a", None, 10).unwrap();
+        assert_eq!(listed.len(), 2);
+        let page = store.list_grants("cli_a", Some("ou_1"), 10).unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].0, b);
+        assert!(store.list_grants("cli_other", None, 10).unwrap().is_empty());
+    }
+
+    pub fn compare_and_swap_detects_a_stale_version(backend: &dyn Backend) {
+        let store = backend.open();
+        let a = GrantKey::new("cli_a", "ou_1");
+        store
+            .compare_and_swap_grant(&a, None, write(b"v1", None))
+            .unwrap();
+        store
+            .compare_and_swap_grant(&a, Some(1), write(b"v2", None))
+            .unwrap();
+        // A writer that read version 1 loses and changes nothing.
+        assert_eq!(
+            store
+                .compare_and_swap_grant(&a, Some(1), write(b"stale", None))
+                .unwrap(),
+            CasOutcome::Conflict { current: Some(2) }
+        );
+        // Creating over an existing record is a conflict too.
+        assert_eq!(
+            store
+                .compare_and_swap_grant(&a, None, write(b"new", None))
+                .unwrap(),
+            CasOutcome::Conflict { current: Some(2) }
+        );
+        assert_eq!(store.get_grant(&a).unwrap().unwrap().payload, b"v2");
+        assert_eq!(
+            store.compare_and_swap_grant(&a, Some(2), None).unwrap(),
+            CasOutcome::Swapped { version: 0 }
+        );
+        assert_eq!(store.get_grant(&a).unwrap(), None);
+    }
+
+    pub fn quarantine_moves_a_record_out_of_grants_and_index(backend: &dyn Backend) {
+        let store = backend.open();
+        let a = GrantKey::new("cli_a", "ou_1");
+        store
+            .compare_and_swap_grant(&a, None, write(b"bad", Some(10)))
+            .unwrap();
+        assert!(store.quarantine_grant(&a, "unknown format", 77).unwrap());
+        assert_eq!(store.get_grant(&a).unwrap(), None);
+        assert!(store.due_grants(u64::MAX - 1, 10).unwrap().is_empty());
+        let q = store.quarantined().unwrap();
+        assert_eq!(q.len(), 1);
+        assert_eq!(
+            (q[0].key.clone(), q[0].at_ms, q[0].reason.as_str()),
+            (a.clone(), 77, "unknown format")
+        );
+        assert!(q[0].raw.ends_with(b"bad"));
+        assert!(!store.quarantine_grant(&a, "again", 78).unwrap());
+    }
+
+    pub fn marks_dedup_until_expiry_and_purge_costs_only_the_expired(backend: &dyn Backend) {
+        let store = backend.open();
+        assert!(store.mark_once(b"m1", 100, 0).unwrap());
+        assert!(!store.mark_once(b"m1", 200, 50).unwrap());
+        assert!(store.mark_once(b"m2", 1_000, 50).unwrap());
+        // Expired: may be set again.
+        assert!(store.mark_once(b"m1", 300, 100).unwrap());
+        assert_eq!(store.purge_marks(299, 10).unwrap(), 0);
+        assert_eq!(store.purge_marks(300, 10).unwrap(), 1);
+        assert!(store.mark_once(b"m1", 400, 301).unwrap());
+        assert!(!store.mark_once(b"m2", 2_000, 301).unwrap());
+    }
+
+    pub fn a_value_lives_and_dies_with_its_mark(backend: &dyn Backend) {
+        let store = backend.open();
+        assert!(
+            !store.set_mark_value(b"m1", b"answer", 0).unwrap(),
+            "no mark yet"
+        );
+        assert!(store.mark_once(b"m1", 100, 0).unwrap());
+        assert_eq!(store.mark_value(b"m1", 10).unwrap(), None, "no value yet");
+        assert!(store.set_mark_value(b"m1", b"answer", 10).unwrap());
+        assert_eq!(
+            store.mark_value(b"m1", 10).unwrap().as_deref(),
+            Some(&b"answer"[..])
+        );
+        // The value neither extends nor shortens the mark.
+        assert!(!store.mark_once(b"m1", 500, 99).unwrap());
+        assert_eq!(
+            store.mark_value(b"m1", 100).unwrap(),
+            None,
+            "expired with the mark"
+        );
+        assert!(!store.set_mark_value(b"m1", b"late", 100).unwrap());
+        // Set again after expiry: a fresh mark without the old value.
+        assert!(store.mark_once(b"m1", 300, 100).unwrap());
+        assert_eq!(store.mark_value(b"m1", 100).unwrap(), None);
+        assert!(store.set_mark_value(b"m1", b"second", 100).unwrap());
+        assert_eq!(store.purge_marks(300, 10).unwrap(), 1);
+        assert_eq!(
+            store.mark_value(b"m1", 0).unwrap(),
+            None,
+            "purged with the mark"
+        );
+        assert!(
+            store.mark_once(b"m1", 400, 0).unwrap(),
+            "nothing left of it"
+        );
+    }
+
+    pub fn sessions_and_meta(backend: &dyn Backend) {
+        let store = backend.open();
+        store.put_session("s1", b"x").unwrap();
+        assert_eq!(store.get_session("s1").unwrap(), Some(b"x".to_vec()));
+        assert_eq!(store.list_sessions().unwrap().len(), 1);
+        assert!(store.delete_session("s1").unwrap());
+        assert!(!store.delete_session("s1").unwrap());
+        assert!(store.put_meta_if_absent("keycheck/1", b"a").unwrap());
+        assert!(!store.put_meta_if_absent("keycheck/1", b"b").unwrap());
+        assert_eq!(store.get_meta("keycheck/1").unwrap(), Some(b"a".to_vec()));
+        assert_eq!(store.list_meta("keycheck/").unwrap().len(), 1);
+    }
+
+    pub fn invalid_key_parts_are_refused(backend: &dyn Backend) {
+        let store = backend.open();
+        let err = store
+            .get_grant(&GrantKey::new("cli\0a", "ou_1"))
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidKey { what: "app_id" }),
+            "{err:?}"
+        );
+    }
+
+    /// Creating over a record conflicts; deleting where there is nothing is done (version 0);
+    /// deleting with a stale version conflicts.
+    pub fn creating_twice_and_deleting_nothing(backend: &dyn Backend) {
+        let store = backend.open();
+        let a = GrantKey::new("cli_a", "ou_1");
+        assert_eq!(
+            store.compare_and_swap_grant(&a, None, None).unwrap(),
+            CasOutcome::Swapped { version: 0 }
+        );
+        assert_eq!(
+            store.compare_and_swap_grant(&a, Some(1), None).unwrap(),
+            CasOutcome::Conflict { current: None }
+        );
+        assert_eq!(
+            store
+                .compare_and_swap_grant(&a, Some(3), write(b"x", None))
+                .unwrap(),
+            CasOutcome::Conflict { current: None }
+        );
+        store
+            .compare_and_swap_grant(&a, None, write(b"v1", Some(5)))
+            .unwrap();
+        assert_eq!(
+            store.compare_and_swap_grant(&a, None, None).unwrap(),
+            CasOutcome::Conflict { current: Some(1) }
+        );
+        assert_eq!(
+            store.compare_and_swap_grant(&a, Some(2), None).unwrap(),
+            CasOutcome::Conflict { current: Some(1) }
+        );
+        // Out of the due index, still stored.
+        assert_eq!(
+            store
+                .compare_and_swap_grant(&a, Some(1), write(b"v2", None))
+                .unwrap(),
+            CasOutcome::Swapped { version: 2 }
+        );
+        assert!(store.due_grants(u64::MAX - 1, 10).unwrap().is_empty());
+        let got = store.get_grant(&a).unwrap().unwrap();
+        assert_eq!((got.version, got.due_ms), (2, None));
+    }
+
+    /// Grants page in `open_id` byte order per app, due entries come nearest first (ties by
+    /// key), sessions in id order, metadata by prefix, quarantine by key then time.
+    pub fn listings_are_in_key_order_and_paged(backend: &dyn Backend) {
+        let store = backend.open();
+        for (app, open, due) in [
+            ("cli_b", "ou_Z", Some(7)),
+            ("cli_a", "ou_b", Some(7)),
+            ("cli_a", "ou_a", Some(9)),
+            ("cli_a", "ou_B", None),
+            ("cli_a", "ou_aa", Some(1)),
+        ] {
+            store
+                .compare_and_swap_grant(&GrantKey::new(app, open), None, write(b"g", due))
+                .unwrap();
+        }
+        let ids = |page: Vec<(GrantKey, Result<lark_auth::store::StoredGrant, StoreError>)>| {
+            page.into_iter().map(|(k, _)| k.open_id).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ids(store.list_grants("cli_a", None, 2).unwrap()),
+            ["ou_B", "ou_a"]
+        );
+        assert_eq!(
+            ids(store.list_grants("cli_a", Some("ou_a"), 2).unwrap()),
+            ["ou_aa", "ou_b"]
+        );
+        assert!(ids(store.list_grants("cli_a", Some("ou_b"), 2).unwrap()).is_empty());
+        let due: Vec<(u64, String)> = store
+            .due_grants(8, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.due_ms, e.key.to_string()))
+            .collect();
+        assert_eq!(
+            due,
+            [
+                (1, "cli_a/ou_aa".to_string()),
+                (7, "cli_a/ou_b".to_string()),
+                (7, "cli_b/ou_Z".to_string()),
+            ]
+        );
+        assert_eq!(store.due_grants(8, 1).unwrap().len(), 1);
+
+        for id in ["s_b", "s_A", "s_a"] {
+            store.put_session(id, id.as_bytes()).unwrap();
+        }
+        store.put_session("s_a", b"replaced").unwrap();
+        let sessions = store.list_sessions().unwrap();
+        assert_eq!(
+            sessions,
+            [
+                ("s_A".to_string(), b"s_A".to_vec()),
+                ("s_a".to_string(), b"replaced".to_vec()),
+                ("s_b".to_string(), b"s_b".to_vec()),
+            ]
+        );
+
+        assert!(store.put_meta_if_absent("keycheck/2", b"k2").unwrap());
+        assert!(store.put_meta_if_absent("keycheck/1", b"k1").unwrap());
+        assert!(store.put_meta_if_absent("other", b"o").unwrap());
+        assert_eq!(
+            store.list_meta("keycheck/").unwrap(),
+            [
+                ("keycheck/1".to_string(), b"k1".to_vec()),
+                ("keycheck/2".to_string(), b"k2".to_vec()),
+            ]
+        );
+        assert_eq!(store.list_meta("").unwrap().len(), 3);
+        assert_eq!(store.get_meta("missing").unwrap(), None);
+
+        let b = GrantKey::new("cli_a", "ou_b");
+        let a = GrantKey::new("cli_a", "ou_a");
+        assert!(store.quarantine_grant(&b, "second", 20).unwrap());
+        assert!(store.quarantine_grant(&a, "first", 30).unwrap());
+        let q: Vec<(String, u64)> = store
+            .quarantined()
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.key.to_string(), r.at_ms))
+            .collect();
+        assert_eq!(
+            q,
+            [
+                ("cli_a/ou_a".to_string(), 30),
+                ("cli_a/ou_b".to_string(), 20)
+            ]
+        );
+    }
+
+    /// Writers racing on one grant version or one dedup mark: exactly one wins, the others
+    /// see a conflict or a duplicate.
+    pub fn concurrent_writers_one_wins(backend: &dyn Backend) {
+        let store = backend.open();
+        let key = GrantKey::new("cli_a", "ou_race");
+        store
+            .compare_and_swap_grant(&key, None, write(b"v1", Some(10)))
+            .unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let store = store.clone();
+                let key = key.clone();
+                std::thread::spawn(move || {
+                    let payload = format!("writer-{i}");
+                    let cas = store
+                        .compare_and_swap_grant(&key, Some(1), write(payload.as_bytes(), Some(20)))
+                        .unwrap();
+                    let marked = store.mark_once(b"event-1", 1_000, 0).unwrap();
+                    (cas, marked)
+                })
+            })
+            .collect();
+        let results: Vec<(CasOutcome, bool)> =
+            threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let swapped = results
+            .iter()
+            .filter(|(cas, _)| *cas == CasOutcome::Swapped { version: 2 })
+            .count();
+        let conflicts = results
+            .iter()
+            .filter(|(cas, _)| *cas == CasOutcome::Conflict { current: Some(2) })
+            .count();
+        assert_eq!((swapped, conflicts), (1, 7), "{results:?}");
+        assert_eq!(results.iter().filter(|(_, marked)| *marked).count(), 1);
+        assert_eq!(store.due_grants(u64::MAX - 1, 10).unwrap().len(), 1);
+    }
+}
+
+/// PostgreSQL only: the schema's migrations, several instances on one schema, and the
+/// failures `serve` reports at start.
+mod postgres_only {
+    use std::time::{Duration, Instant};
+
+    use lark_auth::secret::Secret;
+    use lark_auth::store::{PostgresOptions, SCHEMA_VERSION};
+
+    use super::*;
+
+    #[test]
+    fn instances_starting_at_once_migrate_the_schema_once() {
+        let server = pg_common::TestPostgres::start();
+        let threads: Vec<_> = (0..6)
+            .map(|_| {
+                let options = server.options("shared_deploy");
+                std::thread::spawn(move || PostgresStore::open(&options).map(|_| ()))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().expect("every instance opens");
+        }
+        assert_eq!(
+            server.psql("SELECT count(*), max(version) FROM shared_deploy.schema_version"),
+            format!("{SCHEMA_VERSION}|{SCHEMA_VERSION}")
+        );
+        // Opening a current schema changes nothing.
+        drop(PostgresStore::open(&server.options("shared_deploy")).unwrap());
+        assert_eq!(
+            server.psql("SELECT count(*) FROM shared_deploy.schema_version"),
+            SCHEMA_VERSION.to_string()
+        );
+    }
+
+    #[test]
+    fn two_instances_share_grants_sessions_and_marks() {
+        let server = pg_common::TestPostgres::start();
+        let a = PostgresStore::open(&server.options("lark_auth")).unwrap();
+        let b = PostgresStore::open(&server.options("lark_auth")).unwrap();
+        let key = GrantKey::new("cli_a", "ou_1");
+        a.compare_and_swap_grant(&key, None, write(b"from-a", Some(5)))
+            .unwrap();
+        assert_eq!(b.get_grant(&key).unwrap().unwrap().payload, b"from-a");
+        // B read version 1 and writes first: A's write of version 1 is fenced off.
+        b.compare_and_swap_grant(&key, Some(1), write(b"from-b", Some(6)))
+            .unwrap();
+        assert_eq!(
+            a.compare_and_swap_grant(&key, Some(1), write(b"stale", None))
+                .unwrap(),
+            CasOutcome::Conflict { current: Some(2) }
+        );
+        a.put_session("as_1", b"s").unwrap();
+        assert_eq!(b.get_session("as_1").unwrap().as_deref(), Some(&b"s"[..]));
+        assert!(a.mark_once(b"evt", 100, 0).unwrap());
+        assert!(!b.mark_once(b"evt", 100, 0).unwrap(), "one sighting in all");
+        assert!(b.set_mark_value(b"evt", b"answer", 1).unwrap());
+        assert_eq!(
+            a.mark_value(b"evt", 1).unwrap().as_deref(),
+            Some(&b"answer"[..])
+        );
+    }
+
+    #[test]
+    fn the_schema_comes_from_the_options_and_keeps_deployments_apart() {
+        let server = pg_common::TestPostgres::start();
+        let one = PostgresStore::open(&server.options("deploy_one")).unwrap();
+        let two = PostgresStore::open(&server.options("deploy_two")).unwrap();
+        one.put_session("as_1", b"one").unwrap();
+        assert_eq!(two.get_session("as_1").unwrap(), None);
+        assert_eq!(server.psql("SELECT count(*) FROM deploy_one.sessions"), "1");
+        assert_eq!(server.psql("SELECT count(*) FROM deploy_two.sessions"), "0");
+        let err = PostgresStore::open(&server.options("Bad-Name")).unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidSchemaName { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_schema_migrated_by_a_newer_lark_auth_is_refused_before_any_write() {
+        let server = pg_common::TestPostgres::start();
+        drop(PostgresStore::open(&server.options("lark_auth")).unwrap());
+        let newer = SCHEMA_VERSION + 1;
+        server.psql(&format!(
+            "INSERT INTO lark_auth.schema_version (version, description) VALUES ({newer}, 'from the future')"
+        ));
+        let err = PostgresStore::open(&server.options("lark_auth")).unwrap_err();
+        assert!(
+            matches!(err, StoreError::SchemaTooNew { found, supported, .. }
+                if found == newer && supported == SCHEMA_VERSION),
+            "{err:?}"
+        );
+        let line = err.to_string();
+        assert!(line.contains("newer than this lark-auth"), "{line}");
+        assert!(line.contains("schema=lark_auth"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+        let err = PostgresStore::connect_and_check(&server.options("lark_auth")).unwrap_err();
+        assert!(matches!(err, StoreError::SchemaTooNew { .. }), "{err:?}");
+        assert_eq!(
+            server.psql("SELECT max(version) FROM lark_auth.schema_version"),
+            newer.to_string()
+        );
+    }
+
+    #[test]
+    fn check_reports_the_version_without_creating_anything() {
+        let server = pg_common::TestPostgres::start();
+        let (_, version) = PostgresStore::connect_and_check(&server.options("lark_auth")).unwrap();
+        assert_eq!(version, 0);
+        assert_eq!(
+            server.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'lark_auth'"),
+            "0"
+        );
+        drop(PostgresStore::open(&server.options("lark_auth")).unwrap());
+        let (_, version) = PostgresStore::connect_and_check(&server.options("lark_auth")).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn an_unreachable_server_is_one_clear_line_without_the_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = PostgresOptions::new(
+            Secret::new(format!(
+                "host={} port=5432 user=lark password=hunter2-secret dbname=auth",
+                dir.path().display()
+            )),
+            "lark_auth",
+        );
+        options.connect_timeout = Duration::from_secs(2);
+        let err = PostgresStore::open(&options).unwrap_err();
+        let line = err.to_string();
+        eprintln!("{line}");
+        assert!(matches!(err, StoreError::Connect { .. }), "{err:?}");
+        assert!(line.contains("cannot open the PostgreSQL store"), "{line}");
+        assert!(line.contains("dbname=auth user=lark"), "{line}");
+        assert!(!format!("{line} {err:?}").contains("hunter2"), "{line}");
+        let url = PostgresOptions::new(
+            Secret::new("postgres://lark:hunter2-secret@[::1".to_string()),
+            "lark_auth",
+        );
+        let err = PostgresStore::open(&url).unwrap_err();
+        assert!(matches!(err, StoreError::InvalidUrl { .. }), "{err:?}");
+        assert!(!format!("{err} {err:?}").contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_role_without_create_privilege_gets_a_clear_error() {
+        let server = pg_common::TestPostgres::start();
+        server.psql("CREATE ROLE reader LOGIN");
+        let options = PostgresOptions::new(
+            Secret::new(format!(
+                "host={} port=5432 user=reader dbname=postgres",
+                server.socket_dir().display()
+            )),
+            "lark_auth",
+        );
+        let err = PostgresStore::open(&options).unwrap_err();
+        let line = err.to_string();
+        eprintln!("{line}");
+        assert!(matches!(err, StoreError::Connect { .. }), "{err:?}");
+        assert!(line.contains("permission denied"), "{line}");
+        assert!(line.contains("user=reader"), "{line}");
+    }
+
+    /// Latency of the hot store calls on a loopback socket (debug build; numbers on
+    /// stderr with `--no-capture`), with a generous bound that only catches a pathology
+    /// (a per-call connect, a lost pool).
+    #[test]
+    fn mark_once_and_cas_latency_on_loopback() {
+        let server = pg_common::TestPostgres::start();
+        let store = PostgresStore::open(&server.options("lark_auth")).unwrap();
+        let key = GrantKey::new("cli_a", "ou_1");
+        store
+            .compare_and_swap_grant(&key, None, write(b"v", Some(1)))
+            .unwrap();
+        let mut marks = Vec::new();
+        let mut cas = Vec::new();
+        for i in 0..500u64 {
+            let start = Instant::now();
+            assert!(store.mark_once(&i.to_be_bytes(), 1_000, 0).unwrap());
+            marks.push(start.elapsed());
+            let start = Instant::now();
+            let outcome = store
+                .compare_and_swap_grant(&key, Some(i + 1), write(b"v", Some(i)))
+                .unwrap();
+            cas.push(start.elapsed());
+            assert_eq!(outcome, CasOutcome::Swapped { version: i + 2 });
+        }
+        for (name, mut samples) in [("mark_once", marks), ("cas", cas)] {
+            samples.sort();
+            let p50 = samples[samples.len() / 2];
+            let p99 = samples[samples.len() * 99 / 100];
+            eprintln!(
+                "{name}: p50 {p50:?} p99 {p99:?} over {} calls",
+                samples.len()
+            );
+            assert!(p99 < Duration::from_millis(200), "{name} p99 {p99:?}");
+        }
+    }
+}
