@@ -350,6 +350,19 @@ fn check_vault(config: &Config, keyring: lark_auth::vault::Keyring) -> Result<St
     if let Some(loss) = lark_auth::store::Store::detected_loss(&*store) {
         return Err(lark_auth::StartError::VaultLoss(loss).to_string());
     }
+    open_vault_with_key(config, store, keyring)?;
+    Ok(format!("{}: the key opens it", path.display()))
+}
+
+/// Opens the vault on `store` with the configured app id and key, as `serve` would.
+///
+/// # Errors
+/// A wrong key (or a store the vault cannot read), as one line.
+fn open_vault_with_key(
+    config: &Config,
+    store: std::sync::Arc<dyn lark_auth::store::Store>,
+    keyring: lark_auth::vault::Keyring,
+) -> Result<(), String> {
     let app_id = config
         .app
         .credentials
@@ -364,8 +377,8 @@ fn check_vault(config: &Config, keyring: lark_auth::vault::Keyring) -> Result<St
             keepalive_lead: config.refresh.keepalive,
         },
     )
-    .map_err(|e| format!("cannot open the vault: {e}"))?;
-    Ok(format!("{}: the key opens it", path.display()))
+    .map(|_| ())
+    .map_err(|e| format!("cannot open the vault: {e}"))
 }
 
 /// `check_vault` on PostgreSQL: connects, checks the schema's version (creating and
@@ -393,21 +406,7 @@ fn check_postgres_store(
             "{location}: schema version {version}: serve migrates it to {SCHEMA_VERSION}; key not checked"
         ));
     }
-    let app_id = config
-        .app
-        .credentials
-        .as_ref()
-        .map(|c| c.app_id.clone())
-        .unwrap_or_default();
-    lark_auth::vault::Vault::open(
-        std::sync::Arc::new(store),
-        app_id,
-        keyring,
-        lark_auth::vault::DuePolicy {
-            keepalive_lead: config.refresh.keepalive,
-        },
-    )
-    .map_err(|e| format!("cannot open the vault: {e}"))?;
+    open_vault_with_key(config, std::sync::Arc::new(store), keyring)?;
     Ok(format!(
         "{location}: schema version {version}, the key opens it"
     ))
