@@ -78,6 +78,32 @@ const CONNECTION_STATES: [&str; 5] = [
     "stopped",
 ];
 
+/// Causes of `lark_auth_connection_reconnects_total{cause}` exported at 0 from the start
+/// (the ConnectionActor's loss causes and `ConnectFailure::cause` of retryable attempts;
+/// a cause outside the list still gets its own series when it first happens).
+pub const RECONNECT_CAUSES: [&str; 13] = [
+    "closed_by_server",
+    "silence",
+    "stream_ended",
+    "protocol_error",
+    "write_failed",
+    "writer_closed",
+    "transport",
+    "discovery_http",
+    "discovery_code",
+    "discovery_no_url",
+    "discovery_malformed",
+    "handshake_refused",
+    "unknown",
+];
+
+/// Outcomes of `lark_auth_callback_answers_total{outcome}`, exported at 0 from the start.
+pub const CALLBACK_OUTCOMES: [&str; 3] = ["answered", "late", "failed"];
+
+/// Event types of `lark_auth_events_total{event_type}` exported at 0 from the start: the
+/// card callbacks lark-auth consumes itself (other types appear when first received).
+pub const KNOWN_EVENT_TYPES: [&str; 1] = ["card.action.trigger"];
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -169,7 +195,30 @@ impl Metrics {
             }),
         };
         metrics.connection_state("connecting");
+        metrics.preregister();
         metrics
+    }
+
+    /// Creates every known label set at 0, so that each family the dashboard and the
+    /// alert rules use is in the first scrape (a series that appears only with its first
+    /// increment breaks `rate()`, `increase()` and `absent()`).
+    fn preregister(&self) {
+        let inner = &self.inner;
+        for cause in RECONNECT_CAUSES {
+            let _ = inner.reconnects.get_or_create(&CauseLabel {
+                cause: cause.to_string(),
+            });
+        }
+        for outcome in CALLBACK_OUTCOMES {
+            let _ = inner.callback_answer.get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            });
+        }
+        for event_type in KNOWN_EVENT_TYPES {
+            let _ = inner.events.get_or_create(&EventTypeLabel {
+                event_type: event_type.to_string(),
+            });
+        }
     }
 
     /// Renders every metric in the OpenMetrics text format (accepted by Prometheus).
@@ -284,6 +333,28 @@ const GRANT_STATUSES: [&str; 5] = [
     "needs_reauth",
     "revoked",
 ];
+
+/// `kind` values of `lark_auth_token_endpoint_calls_total`.
+pub const TOKEN_CALL_KINDS: [&str; 3] = ["refresh", "device_poll", "code_exchange"];
+
+/// Error `outcome`s of `lark_auth_token_endpoint_calls_total`, for every kind.
+pub const TOKEN_CALL_ERRORS: [&str; 7] = [
+    "rate_limited",
+    "platform_error",
+    "transport_error",
+    "timeout",
+    "outcome_unknown",
+    "invalid_response",
+    "invalid_request",
+];
+
+/// Successful `outcome`s of device polls (`refresh` and `code_exchange` succeed as `ok`).
+pub const DEVICE_POLL_OUTCOMES: [&str; 5] =
+    ["granted", "pending", "slow_down", "denied", "expired"];
+
+/// `outcome`s of `lark_auth_refresh_attempts_total`.
+pub const REFRESH_ATTEMPT_OUTCOMES: [&str; 4] =
+    ["ok", "retryable_error", "needs_reauth", "outcome_unknown"];
 
 /// What [`Metrics::refresh_stats`] publishes: the refresh scheduler's numbers, as plain
 /// values (the scheduler builds it from its own statistics).
@@ -401,6 +472,24 @@ impl RefreshMetrics {
                 status: status.to_string(),
             });
         }
+        for kind in TOKEN_CALL_KINDS {
+            let successes: &[&str] = if kind == "device_poll" {
+                &DEVICE_POLL_OUTCOMES
+            } else {
+                &["ok"]
+            };
+            for outcome in successes.iter().chain(&TOKEN_CALL_ERRORS) {
+                let _ = m.token_endpoint_calls.get_or_create(&TokenCallLabels {
+                    kind: kind.to_string(),
+                    outcome: outcome.to_string(),
+                });
+            }
+        }
+        for outcome in REFRESH_ATTEMPT_OUTCOMES {
+            let _ = m.attempts.get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            });
+        }
         m
     }
 }
@@ -476,6 +565,27 @@ pub struct FinishedLabels {
     pub reason: String,
 }
 
+/// The running states of `lark_auth_sessions{state}` (the terminal ones are counted in
+/// `lark_auth_sessions_finished_total`).
+pub const RUNNING_SESSION_STATES: [&str; 4] =
+    ["created", "card_sent", "awaiting_user", "exchanging"];
+
+/// Terminal outcomes of `lark_auth_sessions_finished_total{outcome}` other than `failed`
+/// (their `reason` is `none`).
+pub const SESSION_OUTCOMES: [&str; 3] = ["authorized", "denied", "expired"];
+
+/// Failure reasons of `lark_auth_sessions_finished_total{outcome="failed",reason}` (the
+/// session machine's `FailureReason` names).
+pub const SESSION_FAILURE_REASONS: [&str; 7] = [
+    "device_authorization_failed",
+    "card_not_sent",
+    "exchange_failed",
+    "wrong_user",
+    "identity_check_failed",
+    "vault_failed",
+    "interrupted",
+];
+
 /// The session families: `lark_auth_sessions{state}` (gauge) and
 /// `lark_auth_sessions_finished_total{outcome,reason}` (counter).
 struct SessionMetrics {
@@ -497,6 +607,19 @@ impl SessionMetrics {
             "Authorization sessions that reached a terminal state, by outcome and failure reason",
             finished.clone(),
         );
+        for state in RUNNING_SESSION_STATES {
+            let _ = by_state.get_or_create(&StateLabel {
+                state: state.to_string(),
+            });
+        }
+        let outcomes = SESSION_OUTCOMES.iter().map(|o| (*o, "none"));
+        let failures = SESSION_FAILURE_REASONS.iter().map(|r| ("failed", *r));
+        for (outcome, reason) in outcomes.chain(failures) {
+            let _ = finished.get_or_create(&FinishedLabels {
+                outcome: outcome.to_string(),
+                reason: reason.to_string(),
+            });
+        }
         SessionMetrics { by_state, finished }
     }
 }
@@ -710,6 +833,89 @@ mod tests {
             "lark_auth_grants{status=\"active\"} 7",
             "lark_auth_grants{status=\"needs_reauth\"} 0",
             "lark_auth_refresh_attempts_total{outcome=\"ok\"} 5",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_fresh_registry_exports_every_known_label_set_at_zero() {
+        let text = Metrics::new().encode();
+        let mut expected: Vec<String> = Vec::new();
+        for cause in RECONNECT_CAUSES {
+            expected.push(format!(
+                "lark_auth_connection_reconnects_total{{cause=\"{cause}\"}} 0"
+            ));
+        }
+        for outcome in CALLBACK_OUTCOMES {
+            expected.push(format!(
+                "lark_auth_callback_answers_total{{outcome=\"{outcome}\"}} 0"
+            ));
+        }
+        expected.push("lark_auth_events_total{event_type=\"card.action.trigger\"} 0".to_string());
+        for (kind, outcome) in [
+            ("refresh", "ok"),
+            ("refresh", "rate_limited"),
+            ("refresh", "outcome_unknown"),
+            ("device_poll", "granted"),
+            ("device_poll", "slow_down"),
+            ("device_poll", "rate_limited"),
+            ("code_exchange", "ok"),
+            ("code_exchange", "platform_error"),
+        ] {
+            expected.push(format!(
+                "lark_auth_token_endpoint_calls_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} 0"
+            ));
+        }
+        for state in RUNNING_SESSION_STATES {
+            expected.push(format!("lark_auth_sessions{{state=\"{state}\"}} 0"));
+        }
+        for outcome in SESSION_OUTCOMES {
+            expected.push(format!(
+                "lark_auth_sessions_finished_total{{outcome=\"{outcome}\",reason=\"none\"}} 0"
+            ));
+        }
+        for reason in SESSION_FAILURE_REASONS {
+            expected.push(format!(
+                "lark_auth_sessions_finished_total{{outcome=\"failed\",reason=\"{reason}\"}} 0"
+            ));
+        }
+        for status in GRANT_STATUSES {
+            expected.push(format!("lark_auth_grants{{status=\"{status}\"}} 0"));
+        }
+        for outcome in REFRESH_ATTEMPT_OUTCOMES {
+            expected.push(format!(
+                "lark_auth_refresh_attempts_total{{outcome=\"{outcome}\"}} 0"
+            ));
+        }
+        for line in [
+            "lark_auth_refresh_backlog 0",
+            "lark_auth_refresh_oldest_overdue_seconds 0",
+            "lark_auth_token_endpoint_queue 0",
+            "lark_auth_vault_loss_detected 0",
+            "lark_auth_frames_in_total 0",
+            "lark_auth_ack_latency_seconds_count 0",
+            "lark_auth_callback_answer_seconds_count 0",
+        ] {
+            expected.push(line.to_string());
+        }
+        for line in expected {
+            assert!(text.contains(&line), "{line} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_preregistered_counter_counts_from_zero() {
+        let m = Metrics::new();
+        m.reconnect("silence");
+        m.callback_answered("late", 3.0);
+        m.token_endpoint_call("refresh", "rate_limited");
+        let text = m.encode();
+        for line in [
+            "lark_auth_connection_reconnects_total{cause=\"silence\"} 1",
+            "lark_auth_connection_reconnects_total{cause=\"transport\"} 0",
+            "lark_auth_callback_answers_total{outcome=\"late\"} 1",
+            "lark_auth_token_endpoint_calls_total{kind=\"refresh\",outcome=\"rate_limited\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }
