@@ -244,6 +244,7 @@ impl LarkAuth {
         let client = OpenApiClient::new(&config)?;
         client.set_metrics(metrics.clone());
         // One token-endpoint budget for device polls, code exchanges and refreshes.
+        metrics.token_endpoint_budget(config.refresh.budget_per_sec);
         let endpoint_pacer = TokenEndpointPacer::new(config.refresh.budget_per_sec)
             .with_queue_gauge(metrics.token_endpoint_queue_gauge())
             .start();

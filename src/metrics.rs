@@ -415,6 +415,7 @@ pub struct AttemptCounts {
 struct RefreshMetrics {
     token_endpoint_calls: Family<TokenCallLabels, Counter>,
     token_endpoint_queue: Gauge,
+    token_endpoint_budget: Gauge,
     backlog: Gauge,
     oldest_overdue: Gauge<f64, AtomicU64>,
     grants: Family<StatusLabel, Gauge>,
@@ -429,6 +430,7 @@ impl RefreshMetrics {
         let m = RefreshMetrics {
             token_endpoint_calls: Family::default(),
             token_endpoint_queue: Gauge::default(),
+            token_endpoint_budget: Gauge::default(),
             backlog: Gauge::default(),
             oldest_overdue: Gauge::default(),
             grants: Family::default(),
@@ -445,6 +447,11 @@ impl RefreshMetrics {
             "token_endpoint_queue",
             "Requests waiting for a slot of the shared token-endpoint pacer",
             m.token_endpoint_queue.clone(),
+        );
+        registry.register(
+            "token_endpoint_budget_per_second",
+            "The configured token-endpoint budget (refresh.budget_per_sec), calls per second",
+            m.token_endpoint_budget.clone(),
         );
         registry.register(
             "refresh_backlog",
@@ -512,6 +519,16 @@ impl Metrics {
     /// keep up to date.
     pub fn token_endpoint_queue_gauge(&self) -> Gauge {
         self.inner.refresh.token_endpoint_queue.clone()
+    }
+
+    /// Sets `lark_auth_token_endpoint_budget_per_second`: the configured budget
+    /// (`refresh.budget_per_sec`, calls per second) the pacer holds every token-endpoint
+    /// call to, for dashboards to draw the calls against.
+    pub fn token_endpoint_budget(&self, per_sec: u32) {
+        self.inner
+            .refresh
+            .token_endpoint_budget
+            .set(i64::from(per_sec));
     }
 
     /// Publishes the refresh scheduler's numbers: backlog, oldest overdue deadline
@@ -892,6 +909,7 @@ mod tests {
             "lark_auth_refresh_backlog 0",
             "lark_auth_refresh_oldest_overdue_seconds 0",
             "lark_auth_token_endpoint_queue 0",
+            "lark_auth_token_endpoint_budget_per_second 0",
             "lark_auth_vault_loss_detected 0",
             "lark_auth_frames_in_total 0",
             "lark_auth_ack_latency_seconds_count 0",
