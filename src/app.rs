@@ -253,6 +253,7 @@ impl LarkAuth {
             OpenApiRefresher::new(client.clone()),
             config.refresh.margin,
         )
+        .with_metrics(metrics.clone())
         .with_token_cache(TokenCache::for_vault(
             &vault_core,
             config.vault.token_cache_entries,

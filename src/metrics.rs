@@ -64,6 +64,8 @@ struct Inner {
     /// Token endpoint, refresh and grants (issue 5).
     refresh: RefreshMetrics,
     sessions: SessionMetrics,
+    /// `get_token` answers and latency (issue 17).
+    get_token: GetTokenMetrics,
     /// Behind the link-age gauges (issue 12).
     link: Arc<LinkActivity>,
     /// 1 when this instance started on a vault that lost acknowledged writes.
@@ -169,6 +171,7 @@ impl Metrics {
         );
         let refresh = RefreshMetrics::register(&mut registry);
         let sessions = SessionMetrics::register(&mut registry);
+        let get_token = GetTokenMetrics::register(&mut registry);
         let link = Arc::new(LinkActivity::new());
         registry.register_collector(Box::new(LinkAgeCollector(link.clone())));
         let vault_loss = Gauge::default();
@@ -190,6 +193,7 @@ impl Metrics {
                 callback_latency,
                 refresh,
                 sessions,
+                get_token,
                 link,
                 vault_loss,
             }),
@@ -608,6 +612,8 @@ pub const SESSION_FAILURE_REASONS: [&str; 7] = [
 struct SessionMetrics {
     by_state: Family<StateLabel, Gauge>,
     finished: Family<FinishedLabels, Counter>,
+    /// Seconds from a session's creation to `authorized`.
+    authorized_after: Histogram,
 }
 
 impl SessionMetrics {
@@ -624,6 +630,16 @@ impl SessionMetrics {
             "Authorization sessions that reached a terminal state, by outcome and failure reason",
             finished.clone(),
         );
+        // Seconds: 1 s .. ~34 min (sessions last 10 minutes by default).
+        let authorized_after = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 12),
+        );
+        registry.register(
+            "authorization_seconds",
+            "Time from an authorization session's creation to authorized (the user's \
+             click and approval included)",
+            authorized_after.clone(),
+        );
         for state in RUNNING_SESSION_STATES {
             let _ = by_state.get_or_create(&StateLabel {
                 state: state.to_string(),
@@ -637,7 +653,11 @@ impl SessionMetrics {
                 reason: reason.to_string(),
             });
         }
-        SessionMetrics { by_state, finished }
+        SessionMetrics {
+            by_state,
+            finished,
+            authorized_after,
+        }
     }
 }
 
@@ -672,6 +692,12 @@ impl Metrics {
             .inc();
     }
 
+    /// A session became `authorized` `secs` seconds after it was created
+    /// (`lark_auth_authorization_seconds`).
+    pub fn session_authorized_after(&self, secs: f64) {
+        self.inner.sessions.authorized_after.observe(secs);
+    }
+
     fn session_gauge(&self, state: &str) -> Gauge {
         self.inner
             .sessions
@@ -684,6 +710,68 @@ impl Metrics {
 }
 
 // ----- end of authorization sessions ---------------------------------------------------
+
+// ----- get_token (issue 17) ------------------------------------------------------------
+
+/// `source` values of `lark_auth_get_token_total`: `cache` (the opened-token cache),
+/// `vault` (the stored record, opened), `refresh` (after a refresh flight, joined or
+/// started), `error` (the call failed).
+pub const GET_TOKEN_SOURCES: [&str; 4] = ["cache", "vault", "refresh", "error"];
+
+/// Label set with one `source` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    /// Where the answer came from (see [`GET_TOKEN_SOURCES`]).
+    pub source: String,
+}
+
+/// `lark_auth_get_token_total{source}` and `lark_auth_get_token_seconds`.
+struct GetTokenMetrics {
+    answers: Family<SourceLabel, Counter>,
+    latency: Histogram,
+}
+
+impl GetTokenMetrics {
+    fn register(registry: &mut Registry) -> GetTokenMetrics {
+        let answers = Family::<SourceLabel, Counter>::default();
+        registry.register(
+            "get_token",
+            "get_token answers by where the token came from (cache, vault, refresh) or error",
+            answers.clone(),
+        );
+        // Seconds: 10 µs .. ~5 s.
+        let latency = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+            0.00001, 3.0, 15,
+        ));
+        registry.register(
+            "get_token_seconds",
+            "Time to answer get_token (a refresh included when one was needed)",
+            latency.clone(),
+        );
+        for source in GET_TOKEN_SOURCES {
+            let _ = answers.get_or_create(&SourceLabel {
+                source: source.to_string(),
+            });
+        }
+        GetTokenMetrics { answers, latency }
+    }
+}
+
+impl Metrics {
+    /// Counts a `get_token` answer from `source` (see [`GET_TOKEN_SOURCES`]) and
+    /// observes its latency in seconds.
+    pub fn get_token_answered(&self, source: &str, secs: f64) {
+        let m = &self.inner.get_token;
+        m.answers
+            .get_or_create(&SourceLabel {
+                source: source.to_string(),
+            })
+            .inc();
+        m.latency.observe(secs);
+    }
+}
+
+// ----- end of get_token ----------------------------------------------------------------
 
 // ----- link activity: is the long connection alive but quiet? (issue 12) ---------------
 
@@ -914,6 +1002,10 @@ mod tests {
             "lark_auth_frames_in_total 0",
             "lark_auth_ack_latency_seconds_count 0",
             "lark_auth_callback_answer_seconds_count 0",
+            "lark_auth_authorization_seconds_count 0",
+            "lark_auth_get_token_seconds_count 0",
+            "lark_auth_get_token_total{source=\"cache\"} 0",
+            "lark_auth_get_token_total{source=\"error\"} 0",
         ] {
             expected.push(line.to_string());
         }
@@ -928,12 +1020,19 @@ mod tests {
         m.reconnect("silence");
         m.callback_answered("late", 3.0);
         m.token_endpoint_call("refresh", "rate_limited");
+        m.get_token_answered("cache", 0.0001);
+        m.session_authorized_after(42.0);
         let text = m.encode();
         for line in [
             "lark_auth_connection_reconnects_total{cause=\"silence\"} 1",
             "lark_auth_connection_reconnects_total{cause=\"transport\"} 0",
             "lark_auth_callback_answers_total{outcome=\"late\"} 1",
             "lark_auth_token_endpoint_calls_total{kind=\"refresh\",outcome=\"rate_limited\"} 1",
+            "lark_auth_get_token_total{source=\"cache\"} 1",
+            "lark_auth_get_token_total{source=\"vault\"} 0",
+            "lark_auth_get_token_seconds_count 1",
+            "lark_auth_authorization_seconds_count 1",
+            "lark_auth_authorization_seconds_sum 42.0",
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }

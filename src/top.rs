@@ -371,6 +371,15 @@ pub fn sections(now: &Snapshot, prev: Option<&Snapshot>) -> Vec<Section> {
                 counts(&errors)
             }
         ),
+        format!(
+            "get_token answers: {}",
+            counts(&ordered(
+                m,
+                "lark_auth_get_token_total",
+                "source",
+                &crate::metrics::GET_TOKEN_SOURCES
+            ))
+        ),
     ];
 
     // Recent failures.

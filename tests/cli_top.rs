@@ -85,6 +85,7 @@ async fn top_once_prints_every_section_with_the_servers_numbers() {
         "backlog 0",
         "of a budget of 40/s",
         "device_poll",
+        "get_token answers: cache 0, vault 0, refresh 0, error 0",
     ] {
         assert!(stdout.contains(expected), "{expected} missing in\n{stdout}");
     }

@@ -232,6 +232,9 @@ fn the_dashboard_has_its_variables_and_every_panel_a_title_the_datasource_and_a_
         "Refresh backlog and oldest overdue",
         "Token-endpoint calls vs budget",
         "Token-endpoint errors and 429s",
+        "Authorization latency (created → authorized)",
+        "get_token latency",
+        "get_token cache hit rate",
     ] {
         assert!(titles.contains(needed), "no panel `{needed}`: {titles:?}");
     }
@@ -338,6 +341,14 @@ async fn every_metric_the_dashboard_and_the_rules_use_is_exported_by_a_running_s
     assert!(
         text.contains("lark_auth_token_endpoint_budget_per_second 40"),
         "the configured budget: {text}"
+    );
+    assert!(
+        text.contains("lark_auth_authorization_seconds_count 1"),
+        "one authorization timed: {text}"
+    );
+    assert!(
+        !text.contains("lark_auth_get_token_seconds_count 0"),
+        "the token lookup timed: {text}"
     );
     instance.handle.shutdown(Duration::from_secs(2)).await;
 }
