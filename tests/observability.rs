@@ -240,6 +240,35 @@ fn the_dashboard_has_its_variables_and_every_panel_a_title_the_datasource_and_a_
     }
 }
 
+#[test]
+fn every_dashboard_query_is_valid_promql() {
+    // promtool parses each query as a recording rule, with the variables given values.
+    let mut rules = String::from("groups:\n  - name: dashboard-queries\n    rules:\n");
+    for (n, p) in dashboard_panels(&dashboard()).iter().enumerate() {
+        for (m, t) in p["targets"].as_array().into_iter().flatten().enumerate() {
+            let expr = t["expr"]
+                .as_str()
+                .unwrap_or_default()
+                .replace("$__rate_interval", "5m")
+                .replace("$instance", ".*");
+            let quoted = serde_json::to_string(&expr).unwrap();
+            rules.push_str(&format!(
+                "      - record: dashboard:panel{n}:query{m}\n        expr: {quoted}\n"
+            ));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dashboard-queries.yml");
+    std::fs::write(&file, &rules).unwrap();
+    let out = promtool(&["check", "rules", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}{}\n{rules}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Every `lark_auth_…` name in `text`.
 fn metric_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
