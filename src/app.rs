@@ -247,6 +247,7 @@ impl LarkAuth {
         let client = OpenApiClient::new(&config)?;
         client.set_metrics(metrics.clone());
         // One token-endpoint budget for device polls, code exchanges and refreshes.
+        metrics.token_endpoint_budget(config.refresh.budget_per_sec);
         let endpoint_pacer = TokenEndpointPacer::new(config.refresh.budget_per_sec)
             .with_queue_gauge(metrics.token_endpoint_queue_gauge())
             .start();
@@ -255,6 +256,7 @@ impl LarkAuth {
             OpenApiRefresher::new(client.clone()),
             config.refresh.margin,
         )
+        .with_metrics(metrics.clone())
         .with_token_cache(TokenCache::for_vault(
             &vault_core,
             config.vault.token_cache_entries,

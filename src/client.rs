@@ -1,5 +1,5 @@
 //! A typed client of the control API (`INTERFACE.md`, "Control API"): what the CLI
-//! subcommands `authorize`, `token`, `sessions`, `grants` and `revoke` use, and what
+//! subcommands `authorize`, `token`, `sessions`, `grants`, `revoke` and `top` use, and what
 //! another Rust process can use to reach a running `lark-auth serve`.
 //!
 //! Runs on an actix System (it uses `awc`). Every request carries the bearer token; every
@@ -136,6 +136,11 @@ impl ControlClient {
             token: api_token,
             http,
         })
+    }
+
+    /// The server's base URL, as given (with a trailing `/`).
+    pub fn base_url(&self) -> &str {
+        self.base.as_str()
     }
 
     /// `base` + `segments` (each percent-encoded as one path segment).
@@ -282,6 +287,45 @@ impl ControlClient {
         self.call::<serde_json::Value>(self.http.delete(url.as_str()), None)
             .await
             .map(|_| ())
+    }
+
+    /// `GET /metrics`: the server's metrics in the OpenMetrics text format, as Prometheus
+    /// scrapes them.
+    ///
+    /// # Errors
+    /// [`ClientError::Api`] with `unauthorized` (401); transport errors;
+    /// [`ClientError::UnexpectedAnswer`] when the body is not UTF-8.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let url = self.url(&["metrics"]);
+        let shown = url.to_string();
+        let req = self.http.get(url.as_str()).bearer_auth(self.token.expose());
+        let mut res = req.send().await.map_err(|e| ClientError::Unreachable {
+            url: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        let status = res.status().as_u16();
+        let bytes = res
+            .body()
+            .limit(BODY_LIMIT)
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: shown.clone(),
+                reason: e.to_string(),
+            })?;
+        if !(200..300).contains(&status) {
+            let body: ErrorBody =
+                serde_json::from_slice(&bytes).map_err(|e| ClientError::UnexpectedAnswer {
+                    url: shown.clone(),
+                    status,
+                    reason: format!("not a lark-auth error body: {e}"),
+                })?;
+            return Err(ClientError::Api { status, body });
+        }
+        String::from_utf8(bytes.to_vec()).map_err(|e| ClientError::UnexpectedAnswer {
+            url: shown,
+            status,
+            reason: e.to_string(),
+        })
     }
 
     /// `GET /healthz` (the token is sent but not needed). A `503` answer is returned as

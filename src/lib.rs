@@ -28,6 +28,7 @@ pub mod session;
 pub mod store;
 pub mod token_endpoint;
 pub mod tokens;
+pub mod top;
 pub mod vault;
 
 pub use app::{Handle, LarkAuth, StartError, StartOptions};

@@ -160,6 +160,24 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Watch a running server live: the long connection, events per second, sessions by
+    /// state, grants by status, the refresh backlog, the token endpoint's use against its
+    /// budget and the recent failures, from /metrics and the control API, redrawn every
+    /// second. Quit with q, Esc or Ctrl-C. With --once, print the same sections once as
+    /// plain text (for scripts; rates need the live view).
+    ///
+    /// Exits 0, 1 when the server is unreachable or refuses the token (--once) or the
+    /// terminal cannot be used, 2 on bad arguments or no API token.
+    ///
+    /// Example: lark-auth top --server http://127.0.0.1:8787
+    #[command(after_help = CLIENT_HELP)]
+    Top {
+        /// Print one snapshot as plain text and exit, instead of the live view.
+        #[arg(long)]
+        once: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 /// The configuration read when `--config` is not given and the file exists.
@@ -218,6 +236,13 @@ fn main() -> ExitCode {
         }),
         Command::Revoke { open_id, server } => client_command(&server, |client| async move {
             lark_auth::cli::revoke(&client, &open_id, &mut std::io::stdout()).await
+        }),
+        Command::Top { once, server } => client_command(&server, |client| async move {
+            if once {
+                lark_auth::top::once(&client, &mut std::io::stdout()).await
+            } else {
+                lark_auth::top::live(&client).await
+            }
         }),
     }
 }

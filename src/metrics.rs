@@ -64,6 +64,8 @@ struct Inner {
     /// Token endpoint, refresh and grants (issue 5).
     refresh: RefreshMetrics,
     sessions: SessionMetrics,
+    /// `get_token` answers and latency (issue 17).
+    get_token: GetTokenMetrics,
     /// Behind the link-age gauges (issue 12).
     link: Arc<LinkActivity>,
     /// 1 when this instance started on a vault that lost acknowledged writes.
@@ -77,6 +79,32 @@ const CONNECTION_STATES: [&str; 5] = [
     "failed",
     "stopped",
 ];
+
+/// Causes of `lark_auth_connection_reconnects_total{cause}` exported at 0 from the start
+/// (the ConnectionActor's loss causes and `ConnectFailure::cause` of retryable attempts;
+/// a cause outside the list still gets its own series when it first happens).
+pub const RECONNECT_CAUSES: [&str; 13] = [
+    "closed_by_server",
+    "silence",
+    "stream_ended",
+    "protocol_error",
+    "write_failed",
+    "writer_closed",
+    "transport",
+    "discovery_http",
+    "discovery_code",
+    "discovery_no_url",
+    "discovery_malformed",
+    "handshake_refused",
+    "unknown",
+];
+
+/// Outcomes of `lark_auth_callback_answers_total{outcome}`, exported at 0 from the start.
+pub const CALLBACK_OUTCOMES: [&str; 3] = ["answered", "late", "failed"];
+
+/// Event types of `lark_auth_events_total{event_type}` exported at 0 from the start: the
+/// card callbacks lark-auth consumes itself (other types appear when first received).
+pub const KNOWN_EVENT_TYPES: [&str; 1] = ["card.action.trigger"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -143,6 +171,7 @@ impl Metrics {
         );
         let refresh = RefreshMetrics::register(&mut registry);
         let sessions = SessionMetrics::register(&mut registry);
+        let get_token = GetTokenMetrics::register(&mut registry);
         let link = Arc::new(LinkActivity::new());
         registry.register_collector(Box::new(LinkAgeCollector(link.clone())));
         let vault_loss = Gauge::default();
@@ -164,12 +193,36 @@ impl Metrics {
                 callback_latency,
                 refresh,
                 sessions,
+                get_token,
                 link,
                 vault_loss,
             }),
         };
         metrics.connection_state("connecting");
+        metrics.preregister();
         metrics
+    }
+
+    /// Creates every known label set at 0, so that each family the dashboard and the
+    /// alert rules use is in the first scrape (a series that appears only with its first
+    /// increment breaks `rate()`, `increase()` and `absent()`).
+    fn preregister(&self) {
+        let inner = &self.inner;
+        for cause in RECONNECT_CAUSES {
+            let _ = inner.reconnects.get_or_create(&CauseLabel {
+                cause: cause.to_string(),
+            });
+        }
+        for outcome in CALLBACK_OUTCOMES {
+            let _ = inner.callback_answer.get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            });
+        }
+        for event_type in KNOWN_EVENT_TYPES {
+            let _ = inner.events.get_or_create(&EventTypeLabel {
+                event_type: event_type.to_string(),
+            });
+        }
     }
 
     /// Renders every metric in the OpenMetrics text format (accepted by Prometheus).
@@ -285,6 +338,28 @@ const GRANT_STATUSES: [&str; 5] = [
     "revoked",
 ];
 
+/// `kind` values of `lark_auth_token_endpoint_calls_total`.
+pub const TOKEN_CALL_KINDS: [&str; 3] = ["refresh", "device_poll", "code_exchange"];
+
+/// Error `outcome`s of `lark_auth_token_endpoint_calls_total`, for every kind.
+pub const TOKEN_CALL_ERRORS: [&str; 7] = [
+    "rate_limited",
+    "platform_error",
+    "transport_error",
+    "timeout",
+    "outcome_unknown",
+    "invalid_response",
+    "invalid_request",
+];
+
+/// Successful `outcome`s of device polls (`refresh` and `code_exchange` succeed as `ok`).
+pub const DEVICE_POLL_OUTCOMES: [&str; 5] =
+    ["granted", "pending", "slow_down", "denied", "expired"];
+
+/// `outcome`s of `lark_auth_refresh_attempts_total`.
+pub const REFRESH_ATTEMPT_OUTCOMES: [&str; 4] =
+    ["ok", "retryable_error", "needs_reauth", "outcome_unknown"];
+
 /// What [`Metrics::refresh_stats`] publishes: the refresh scheduler's numbers, as plain
 /// values (the scheduler builds it from its own statistics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -344,6 +419,7 @@ pub struct AttemptCounts {
 struct RefreshMetrics {
     token_endpoint_calls: Family<TokenCallLabels, Counter>,
     token_endpoint_queue: Gauge,
+    token_endpoint_budget: Gauge,
     backlog: Gauge,
     oldest_overdue: Gauge<f64, AtomicU64>,
     grants: Family<StatusLabel, Gauge>,
@@ -358,6 +434,7 @@ impl RefreshMetrics {
         let m = RefreshMetrics {
             token_endpoint_calls: Family::default(),
             token_endpoint_queue: Gauge::default(),
+            token_endpoint_budget: Gauge::default(),
             backlog: Gauge::default(),
             oldest_overdue: Gauge::default(),
             grants: Family::default(),
@@ -374,6 +451,11 @@ impl RefreshMetrics {
             "token_endpoint_queue",
             "Requests waiting for a slot of the shared token-endpoint pacer",
             m.token_endpoint_queue.clone(),
+        );
+        registry.register(
+            "token_endpoint_budget_per_second",
+            "The configured token-endpoint budget (refresh.budget_per_sec), calls per second",
+            m.token_endpoint_budget.clone(),
         );
         registry.register(
             "refresh_backlog",
@@ -401,6 +483,24 @@ impl RefreshMetrics {
                 status: status.to_string(),
             });
         }
+        for kind in TOKEN_CALL_KINDS {
+            let successes: &[&str] = if kind == "device_poll" {
+                &DEVICE_POLL_OUTCOMES
+            } else {
+                &["ok"]
+            };
+            for outcome in successes.iter().chain(&TOKEN_CALL_ERRORS) {
+                let _ = m.token_endpoint_calls.get_or_create(&TokenCallLabels {
+                    kind: kind.to_string(),
+                    outcome: outcome.to_string(),
+                });
+            }
+        }
+        for outcome in REFRESH_ATTEMPT_OUTCOMES {
+            let _ = m.attempts.get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            });
+        }
         m
     }
 }
@@ -423,6 +523,16 @@ impl Metrics {
     /// keep up to date.
     pub fn token_endpoint_queue_gauge(&self) -> Gauge {
         self.inner.refresh.token_endpoint_queue.clone()
+    }
+
+    /// Sets `lark_auth_token_endpoint_budget_per_second`: the configured budget
+    /// (`refresh.budget_per_sec`, calls per second) the pacer holds every token-endpoint
+    /// call to, for dashboards to draw the calls against.
+    pub fn token_endpoint_budget(&self, per_sec: u32) {
+        self.inner
+            .refresh
+            .token_endpoint_budget
+            .set(i64::from(per_sec));
     }
 
     /// Publishes the refresh scheduler's numbers: backlog, oldest overdue deadline
@@ -476,11 +586,34 @@ pub struct FinishedLabels {
     pub reason: String,
 }
 
+/// The running states of `lark_auth_sessions{state}` (the terminal ones are counted in
+/// `lark_auth_sessions_finished_total`).
+pub const RUNNING_SESSION_STATES: [&str; 4] =
+    ["created", "card_sent", "awaiting_user", "exchanging"];
+
+/// Terminal outcomes of `lark_auth_sessions_finished_total{outcome}` other than `failed`
+/// (their `reason` is `none`).
+pub const SESSION_OUTCOMES: [&str; 3] = ["authorized", "denied", "expired"];
+
+/// Failure reasons of `lark_auth_sessions_finished_total{outcome="failed",reason}` (the
+/// session machine's `FailureReason` names).
+pub const SESSION_FAILURE_REASONS: [&str; 7] = [
+    "device_authorization_failed",
+    "card_not_sent",
+    "exchange_failed",
+    "wrong_user",
+    "identity_check_failed",
+    "vault_failed",
+    "interrupted",
+];
+
 /// The session families: `lark_auth_sessions{state}` (gauge) and
 /// `lark_auth_sessions_finished_total{outcome,reason}` (counter).
 struct SessionMetrics {
     by_state: Family<StateLabel, Gauge>,
     finished: Family<FinishedLabels, Counter>,
+    /// Seconds from a session's creation to `authorized`.
+    authorized_after: Histogram,
 }
 
 impl SessionMetrics {
@@ -497,7 +630,34 @@ impl SessionMetrics {
             "Authorization sessions that reached a terminal state, by outcome and failure reason",
             finished.clone(),
         );
-        SessionMetrics { by_state, finished }
+        // Seconds: 1 s .. ~34 min (sessions last 10 minutes by default).
+        let authorized_after = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 12),
+        );
+        registry.register(
+            "authorization_seconds",
+            "Time from an authorization session's creation to authorized (the user's \
+             click and approval included)",
+            authorized_after.clone(),
+        );
+        for state in RUNNING_SESSION_STATES {
+            let _ = by_state.get_or_create(&StateLabel {
+                state: state.to_string(),
+            });
+        }
+        let outcomes = SESSION_OUTCOMES.iter().map(|o| (*o, "none"));
+        let failures = SESSION_FAILURE_REASONS.iter().map(|r| ("failed", *r));
+        for (outcome, reason) in outcomes.chain(failures) {
+            let _ = finished.get_or_create(&FinishedLabels {
+                outcome: outcome.to_string(),
+                reason: reason.to_string(),
+            });
+        }
+        SessionMetrics {
+            by_state,
+            finished,
+            authorized_after,
+        }
     }
 }
 
@@ -532,6 +692,12 @@ impl Metrics {
             .inc();
     }
 
+    /// A session became `authorized` `secs` seconds after it was created
+    /// (`lark_auth_authorization_seconds`).
+    pub fn session_authorized_after(&self, secs: f64) {
+        self.inner.sessions.authorized_after.observe(secs);
+    }
+
     fn session_gauge(&self, state: &str) -> Gauge {
         self.inner
             .sessions
@@ -544,6 +710,68 @@ impl Metrics {
 }
 
 // ----- end of authorization sessions ---------------------------------------------------
+
+// ----- get_token (issue 17) ------------------------------------------------------------
+
+/// `source` values of `lark_auth_get_token_total`: `cache` (the opened-token cache),
+/// `vault` (the stored record, opened), `refresh` (after a refresh flight, joined or
+/// started), `error` (the call failed).
+pub const GET_TOKEN_SOURCES: [&str; 4] = ["cache", "vault", "refresh", "error"];
+
+/// Label set with one `source` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    /// Where the answer came from (see [`GET_TOKEN_SOURCES`]).
+    pub source: String,
+}
+
+/// `lark_auth_get_token_total{source}` and `lark_auth_get_token_seconds`.
+struct GetTokenMetrics {
+    answers: Family<SourceLabel, Counter>,
+    latency: Histogram,
+}
+
+impl GetTokenMetrics {
+    fn register(registry: &mut Registry) -> GetTokenMetrics {
+        let answers = Family::<SourceLabel, Counter>::default();
+        registry.register(
+            "get_token",
+            "get_token answers by where the token came from (cache, vault, refresh) or error",
+            answers.clone(),
+        );
+        // Seconds: 10 µs .. ~5 s.
+        let latency = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+            0.00001, 3.0, 15,
+        ));
+        registry.register(
+            "get_token_seconds",
+            "Time to answer get_token (a refresh included when one was needed)",
+            latency.clone(),
+        );
+        for source in GET_TOKEN_SOURCES {
+            let _ = answers.get_or_create(&SourceLabel {
+                source: source.to_string(),
+            });
+        }
+        GetTokenMetrics { answers, latency }
+    }
+}
+
+impl Metrics {
+    /// Counts a `get_token` answer from `source` (see [`GET_TOKEN_SOURCES`]) and
+    /// observes its latency in seconds.
+    pub fn get_token_answered(&self, source: &str, secs: f64) {
+        let m = &self.inner.get_token;
+        m.answers
+            .get_or_create(&SourceLabel {
+                source: source.to_string(),
+            })
+            .inc();
+        m.latency.observe(secs);
+    }
+}
+
+// ----- end of get_token ----------------------------------------------------------------
 
 // ----- link activity: is the long connection alive but quiet? (issue 12) ---------------
 
@@ -710,6 +938,101 @@ mod tests {
             "lark_auth_grants{status=\"active\"} 7",
             "lark_auth_grants{status=\"needs_reauth\"} 0",
             "lark_auth_refresh_attempts_total{outcome=\"ok\"} 5",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_fresh_registry_exports_every_known_label_set_at_zero() {
+        let text = Metrics::new().encode();
+        let mut expected: Vec<String> = Vec::new();
+        for cause in RECONNECT_CAUSES {
+            expected.push(format!(
+                "lark_auth_connection_reconnects_total{{cause=\"{cause}\"}} 0"
+            ));
+        }
+        for outcome in CALLBACK_OUTCOMES {
+            expected.push(format!(
+                "lark_auth_callback_answers_total{{outcome=\"{outcome}\"}} 0"
+            ));
+        }
+        expected.push("lark_auth_events_total{event_type=\"card.action.trigger\"} 0".to_string());
+        for (kind, outcome) in [
+            ("refresh", "ok"),
+            ("refresh", "rate_limited"),
+            ("refresh", "outcome_unknown"),
+            ("device_poll", "granted"),
+            ("device_poll", "slow_down"),
+            ("device_poll", "rate_limited"),
+            ("code_exchange", "ok"),
+            ("code_exchange", "platform_error"),
+        ] {
+            expected.push(format!(
+                "lark_auth_token_endpoint_calls_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} 0"
+            ));
+        }
+        for state in RUNNING_SESSION_STATES {
+            expected.push(format!("lark_auth_sessions{{state=\"{state}\"}} 0"));
+        }
+        for outcome in SESSION_OUTCOMES {
+            expected.push(format!(
+                "lark_auth_sessions_finished_total{{outcome=\"{outcome}\",reason=\"none\"}} 0"
+            ));
+        }
+        for reason in SESSION_FAILURE_REASONS {
+            expected.push(format!(
+                "lark_auth_sessions_finished_total{{outcome=\"failed\",reason=\"{reason}\"}} 0"
+            ));
+        }
+        for status in GRANT_STATUSES {
+            expected.push(format!("lark_auth_grants{{status=\"{status}\"}} 0"));
+        }
+        for outcome in REFRESH_ATTEMPT_OUTCOMES {
+            expected.push(format!(
+                "lark_auth_refresh_attempts_total{{outcome=\"{outcome}\"}} 0"
+            ));
+        }
+        for line in [
+            "lark_auth_refresh_backlog 0",
+            "lark_auth_refresh_oldest_overdue_seconds 0",
+            "lark_auth_token_endpoint_queue 0",
+            "lark_auth_token_endpoint_budget_per_second 0",
+            "lark_auth_vault_loss_detected 0",
+            "lark_auth_frames_in_total 0",
+            "lark_auth_ack_latency_seconds_count 0",
+            "lark_auth_callback_answer_seconds_count 0",
+            "lark_auth_authorization_seconds_count 0",
+            "lark_auth_get_token_seconds_count 0",
+            "lark_auth_get_token_total{source=\"cache\"} 0",
+            "lark_auth_get_token_total{source=\"error\"} 0",
+        ] {
+            expected.push(line.to_string());
+        }
+        for line in expected {
+            assert!(text.contains(&line), "{line} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_preregistered_counter_counts_from_zero() {
+        let m = Metrics::new();
+        m.reconnect("silence");
+        m.callback_answered("late", 3.0);
+        m.token_endpoint_call("refresh", "rate_limited");
+        m.get_token_answered("cache", 0.0001);
+        m.session_authorized_after(42.0);
+        let text = m.encode();
+        for line in [
+            "lark_auth_connection_reconnects_total{cause=\"silence\"} 1",
+            "lark_auth_connection_reconnects_total{cause=\"transport\"} 0",
+            "lark_auth_callback_answers_total{outcome=\"late\"} 1",
+            "lark_auth_token_endpoint_calls_total{kind=\"refresh\",outcome=\"rate_limited\"} 1",
+            "lark_auth_get_token_total{source=\"cache\"} 1",
+            "lark_auth_get_token_total{source=\"vault\"} 0",
+            "lark_auth_get_token_seconds_count 1",
+            "lark_auth_authorization_seconds_count 1",
+            "lark_auth_authorization_seconds_sum 42.0",
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }

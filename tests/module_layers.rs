@@ -45,8 +45,8 @@ const LAYERS: &[&[&str]] = &[
     &["http"],
     // The whole tree (LarkAuth::start, Handle); the control API client.
     &["app", "client"],
-    // Running the service until a signal; the CLI's client subcommands.
-    &["service", "cli"],
+    // Running the service until a signal; the CLI's client subcommands; `top`'s live view.
+    &["service", "cli", "top"],
     // The in-process fake platform (feature `sandbox`).
     &["sandbox"],
     // The self-contained demo on the sandbox (feature `sandbox`).

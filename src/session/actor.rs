@@ -533,6 +533,16 @@ impl AuthSessionActor {
             self.visible.state.as_str(),
             self.visible.reason.map_or("none", FailureReason::as_str),
         );
+        if self.visible.state == SessionState::Authorized {
+            let took_ms = self
+                .deps
+                .clock
+                .now_ms()
+                .saturating_sub(self.record.created_at_ms);
+            self.deps
+                .metrics
+                .session_authorized_after(took_ms as f64 / 1000.0);
+        }
         self.deps.finished.do_send(SessionFinished {
             session_id: self.record.session_id.clone(),
             open_id: self.record.open_id.clone(),

@@ -166,6 +166,7 @@ struct Inner<R> {
     observer: RefCell<Option<TokenObserver>>,
     cache: std::cell::OnceCell<Arc<TokenCache>>,
     gate: std::cell::OnceCell<SlotGate>,
+    metrics: std::cell::OnceCell<crate::metrics::Metrics>,
 }
 
 /// Serves access tokens with single-flight refresh. Lives on the System's thread (not
@@ -221,6 +222,7 @@ impl<R: RefreshGrant> TokenSource<R> {
                 observer: RefCell::new(None),
                 cache: std::cell::OnceCell::new(),
                 gate: std::cell::OnceCell::new(),
+                metrics: std::cell::OnceCell::new(),
             }),
         }
     }
@@ -239,6 +241,14 @@ impl<R: RefreshGrant> TokenSource<R> {
     /// caller (the scheduler takes a slot first). Only the first gate given counts.
     pub fn with_slot_gate(self, gate: SlotGate) -> Self {
         let _ = self.inner.gate.set(gate);
+        self
+    }
+
+    /// Counts every `get_token` answer in `metrics` by where it came from, with its
+    /// latency (`lark_auth_get_token_total{source}`, `lark_auth_get_token_seconds`). Only
+    /// the first call counts.
+    pub fn with_metrics(self, metrics: crate::metrics::Metrics) -> Self {
+        let _ = self.inner.metrics.set(metrics);
         self
     }
 
@@ -323,6 +333,21 @@ impl<R: RefreshGrant> TokenSource<R> {
     /// # Errors
     /// Every [`GetTokenError`] variant; each says what to do.
     pub async fn get_token(&self, open_id: &str) -> Result<AccessToken, GetTokenError> {
+        let started = std::time::Instant::now();
+        let (result, source) = self.get_token_from(open_id).await;
+        if let Some(metrics) = self.inner.metrics.get() {
+            let source = if result.is_err() { "error" } else { source };
+            metrics.get_token_answered(source, started.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    /// [`TokenSource::get_token`], and where the answer came from: `cache` (the
+    /// opened-token cache), `vault` (the stored record), `refresh` (after a flight).
+    async fn get_token_from(
+        &self,
+        open_id: &str,
+    ) -> (Result<AccessToken, GetTokenError>, &'static str) {
         self.inner.notify(TokenEvent::Used(open_id));
         let now = self.inner.clock.now_ms();
         let margin = self.inner.margin_ms;
@@ -330,11 +355,15 @@ impl<R: RefreshGrant> TokenSource<R> {
         if let Some(cache) = cache
             && let Some(token) = cache.fresh(open_id, now, margin)
         {
-            return Ok(token);
+            return (Ok(token), "cache");
         }
         // Taken before the read: an insert is refused if any write happened since.
         let since = cache.map(|c| c.generation());
-        if let Some(record) = self.inner.get(open_id).await?
+        let stored = match self.inner.get(open_id).await {
+            Ok(stored) => stored,
+            Err(e) => return (Err(e), "vault"),
+        };
+        if let Some(record) = stored
             && record.refresh_started_ms.is_none()
             && record.serves_token(now, margin)
         {
@@ -348,9 +377,9 @@ impl<R: RefreshGrant> TokenSource<R> {
                     record.version,
                 );
             }
-            return Ok(served(record));
+            return (Ok(served(record)), "vault");
         }
-        match self.join_flight(open_id, Need::Serve).await {
+        let result = match self.join_flight(open_id, Need::Serve).await {
             // A flight (maybe the scheduler's, started while the token was still valid)
             // failed without an answer that ends the grant: the stored token, if still
             // valid beyond the margin, is served all the same.
@@ -358,14 +387,16 @@ impl<R: RefreshGrant> TokenSource<R> {
                 e @ (GetTokenError::RefreshFailed { .. }
                 | GetTokenError::RefreshOutcomeUnknown
                 | GetTokenError::Contended),
-            ) => match self.inner.get(open_id).await? {
-                Some(record) if record.serves_token(self.inner.clock.now_ms(), margin) => {
+            ) => match self.inner.get(open_id).await {
+                Ok(Some(record)) if record.serves_token(self.inner.clock.now_ms(), margin) => {
                     Ok(served(record))
                 }
-                _ => Err(e),
+                Ok(_) => Err(e),
+                Err(read) => Err(read),
             },
             other => other,
-        }
+        };
+        (result, "refresh")
     }
 
     async fn join_flight(&self, open_id: &str, need: Need) -> Result<AccessToken, GetTokenError> {
