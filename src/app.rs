@@ -186,6 +186,9 @@ impl LarkAuth {
         if config.store.url.is_none() {
             config.resolve_store_url(env)?;
         }
+        if config.check_forward_keys().is_err() {
+            config.resolve_forward_keys(env)?;
+        }
         let keyring = Keyring::from_config(&config.vault, env)?;
         let api_token = env(&config.http.api_token_env)
             .filter(|t| !t.is_empty())
@@ -217,6 +220,7 @@ impl LarkAuth {
     /// [`StartOptions::accept_loss`]), the HTTP address in use.
     pub fn start_with(config: Config, options: StartOptions) -> Result<Handle, StartError> {
         config.validate()?;
+        config.check_forward_keys()?;
         let credentials = config
             .app
             .credentials

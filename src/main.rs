@@ -263,6 +263,7 @@ fn load_config(path: Option<&Path>) -> Result<Config, lark_auth::config::ConfigE
     config.validate()?;
     config.resolve_credentials(|k| std::env::var(k).ok())?;
     config.resolve_store_url(|k| std::env::var(k).ok())?;
+    config.resolve_forward_keys(|k| std::env::var(k).ok())?;
     Ok(config)
 }
 
