@@ -21,6 +21,7 @@
 //! The time of a mark comes from the injected [`Clock`]. The event gateway (forwarding to
 //! configured HTTP targets) is meant to grow from this actor.
 
+pub mod gateway;
 pub mod push;
 
 use std::collections::HashMap;
