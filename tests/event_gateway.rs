@@ -563,6 +563,28 @@ async fn a_backlog_survives_kill_9_of_serve_and_is_delivered_after_the_restart()
     assert_eq!(status[0]["target"], receiver.url.as_str());
     assert_eq!(status[0]["pending"], 20, "{status}");
     assert!(status[0]["oldest_pending_at"].is_string(), "{status}");
+    // `lark-auth events` prints the same.
+    let events_cli = |json: bool| {
+        let server = format!("http://127.0.0.1:{port}");
+        let mut args = vec!["events", "--server", server.as_str()];
+        if json {
+            args.push("--json");
+        }
+        let out = Command::new(BIN)
+            .args(&args)
+            .env("LARK_AUTH_API_TOKEN", API_TOKEN)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = events_cli(false);
+    assert!(
+        table.contains("PENDING") && table.contains(&receiver.url) && table.contains(" 20 "),
+        "{table}"
+    );
+    let printed: serde_json::Value = serde_json::from_str(&events_cli(true)).unwrap();
+    assert_eq!(printed[0]["pending"], 20, "{printed}");
     serve.kill().unwrap();
     serve.wait().unwrap();
 
