@@ -138,6 +138,32 @@ impl Store for DropSessions {
     fn mark_once(&self, mark: &[u8], expires_at_ms: u64, now_ms: u64) -> Result<bool, StoreError> {
         self.0.mark_once(mark, expires_at_ms, now_ms)
     }
+    fn outbox_put(
+        &self,
+        events: &[lark_auth::store::OutboxEvent],
+        mark_expires_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<bool>, StoreError> {
+        self.0.outbox_put(events, mark_expires_ms, now_ms)
+    }
+    fn outbox_list(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<lark_auth::store::OutboxEntry>, StoreError> {
+        self.0.outbox_list(after, limit)
+    }
+    fn outbox_update(
+        &self,
+        target: &str,
+        event_id: &str,
+        retry: lark_auth::store::OutboxRetry,
+    ) -> Result<bool, StoreError> {
+        self.0.outbox_update(target, event_id, retry)
+    }
+    fn outbox_remove(&self, entries: &[(String, String)]) -> Result<usize, StoreError> {
+        self.0.outbox_remove(entries)
+    }
     fn mark_value(&self, mark: &[u8], now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
         self.0.mark_value(mark, now_ms)
     }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Fidelity check of the sandbox against the official Python SDK (lark-oapi 1.7.5):
-# creates .venv-check/ if needed, installs the SDK, builds and runs
-# examples/official_client_check.rs. Exits non-zero if any check fails.
+# Fidelity checks against the official Python SDK (lark-oapi 1.7.5): creates .venv-check/
+# if needed, installs the SDK, then runs examples/official_client_check.rs (the sandbox
+# against the SDK's long-connection client) and examples/official_push_check.rs (the event
+# gateway's forwarded requests taken by webhook receivers built on the SDK's
+# EventDispatcherHandler). Exits non-zero if any check fails.
 # Environment: PYTHON (interpreter used to create the venv, default python3),
 # VENV (venv directory, default .venv-check), CHECK_TIMEOUT_SECS (per wait, default 30),
 # CHECK_KEEPALIVE_SECS (hold time for the websockets keepalive check, default 25; 0 skips).
@@ -22,7 +24,9 @@ if [ "$installed" != "$SDK_VERSION" ]; then
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "lark-oapi==$SDK_VERSION"
 fi
 
-cargo build --quiet --example official_client_check
-exec cargo run --quiet --example official_client_check -- \
+cargo build --quiet --example official_client_check --example official_push_check
+cargo run --quiet --example official_client_check -- \
     --python "$VENV/bin/python" --timeout-secs "${CHECK_TIMEOUT_SECS:-30}" \
     --keepalive-secs "${CHECK_KEEPALIVE_SECS:-25}"
+exec cargo run --quiet --example official_push_check -- \
+    --python "$VENV/bin/python" --timeout-secs "${CHECK_TIMEOUT_SECS:-30}"

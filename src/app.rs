@@ -43,6 +43,7 @@ use crate::connection::{
     ConnectionActor, ConnectionError, ConnectionOutputs, ConnectionState, EventReceived, Shutdown,
     StateReport, StateWatch,
 };
+use crate::events::gateway::{EventGateway, ForwardStatus, GatewaySettings, GetForwardStatus};
 use crate::http::{self, ControlState, HttpFront};
 use crate::metrics::Metrics;
 use crate::openapi::OpenApiClient;
@@ -186,6 +187,9 @@ impl LarkAuth {
         if config.store.url.is_none() {
             config.resolve_store_url(env)?;
         }
+        if config.check_forward_keys().is_err() {
+            config.resolve_forward_keys(env)?;
+        }
         let keyring = Keyring::from_config(&config.vault, env)?;
         let api_token = env(&config.http.api_token_env)
             .filter(|t| !t.is_empty())
@@ -217,6 +221,7 @@ impl LarkAuth {
     /// [`StartOptions::accept_loss`]), the HTTP address in use.
     pub fn start_with(config: Config, options: StartOptions) -> Result<Handle, StartError> {
         config.validate()?;
+        config.check_forward_keys()?;
         let credentials = config
             .app
             .credentials
@@ -273,6 +278,16 @@ impl LarkAuth {
                 })
             })
         });
+        let gateway = if config.events.forward.is_empty() {
+            None
+        } else {
+            Some(EventGateway::start(
+                store.clone(),
+                GatewaySettings::from_config(&config),
+                crate::clock::Clock::system(),
+                Some(metrics.clone()),
+            )?)
+        };
         let router = RouterActor::start_with_pacer(
             RouterParts {
                 client,
@@ -314,14 +329,21 @@ impl LarkAuth {
             states: watcher.recipient(),
             ..router_outputs
         };
-        let connection = ConnectionActor::new(
+        let mut connection = ConnectionActor::new(
             credentials,
             config.open_base_url(),
             config.connection.clone(),
             outputs,
         )?
-        .with_metrics(metrics.clone())
-        .start_supervised();
+        .with_metrics(metrics.clone());
+        if let Some(gateway) = &gateway {
+            let events = config.events.clone();
+            connection = connection.with_outbox(
+                gateway.clone().recipient(),
+                Arc::new(move |event_type: &str| events.forwards(event_type)),
+            );
+        }
+        let connection = connection.start_supervised();
 
         let http = if options.http {
             let mut state = ControlState::new(options.api_token.as_ref(), metrics.clone());
@@ -330,6 +352,7 @@ impl LarkAuth {
             state.router = Some(router.clone());
             state.tokens = Some(tokens.clone());
             state.vault_loss = vault_loss.as_ref().map(|l| l.to_string());
+            state.gateway = gateway.clone();
             let front =
                 http::start(config.http.listen, state).map_err(|source| StartError::Http {
                     addr: config.http.listen,
@@ -350,6 +373,7 @@ impl LarkAuth {
             http,
             metrics,
             vault_loss,
+            gateway,
         })
     }
 }
@@ -422,6 +446,7 @@ pub struct Handle {
     http: Option<HttpFront>,
     metrics: Metrics,
     vault_loss: Option<LossReport>,
+    gateway: Option<Addr<EventGateway>>,
 }
 
 impl Handle {
@@ -554,6 +579,21 @@ impl Handle {
             .send(crate::refresh::scheduler::GetRefreshStats)
             .await
             .map_err(|_| HandleError::Stopped)
+    }
+
+    /// The event gateway's outbox per `[[events.forward]]` target (empty without
+    /// targets).
+    ///
+    /// # Errors
+    /// [`HandleError::Stopped`].
+    pub async fn forward_status(&self) -> Result<Vec<ForwardStatus>, HandleError> {
+        match &self.gateway {
+            None => Ok(Vec::new()),
+            Some(g) => g
+                .send(GetForwardStatus)
+                .await
+                .map_err(|_| HandleError::Stopped),
+        }
     }
 
     /// The connection state as it changes.

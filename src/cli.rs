@@ -203,6 +203,45 @@ pub async fn grants(client: &ControlClient, json: bool, out: &mut impl Write) ->
     )
 }
 
+/// `lark-auth events`: the event gateway's outbox per target, as a table (or the JSON
+/// array of `GET /v1/events/forward`).
+///
+/// # Errors
+/// [`EXIT_ERROR`].
+pub async fn events(client: &ControlClient, json: bool, out: &mut impl Write) -> CommandResult {
+    let targets = client.forward_status().await?;
+    if json {
+        let text = serde_json::to_string_pretty(&targets).unwrap_or_default();
+        return writeln!(out, "{text}").map_err(io_failure);
+    }
+    let rows: Vec<[String; 6]> = targets
+        .into_iter()
+        .map(|t| {
+            [
+                t.target,
+                t.pending.to_string(),
+                t.delivered_total.to_string(),
+                t.failed_total.to_string(),
+                t.dead.to_string(),
+                t.oldest_pending_at.unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    write_table(
+        out,
+        [
+            "TARGET",
+            "PENDING",
+            "DELIVERED",
+            "FAILED",
+            "DEAD",
+            "OLDEST_PENDING_AT",
+        ],
+        &rows,
+        "no [[events.forward]] targets configured: events are not forwarded",
+    )
+}
+
 /// Checks a `--state` value against the session states.
 ///
 /// # Errors

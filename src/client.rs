@@ -267,6 +267,17 @@ impl ControlClient {
         self.get(self.url(&["v1", "grants"])).await
     }
 
+    /// `GET /v1/events/forward`: the event gateway's outbox per `[[events.forward]]`
+    /// target (empty without targets).
+    ///
+    /// # Errors
+    /// [`ClientError::Api`]; transport errors.
+    pub async fn forward_status(
+        &self,
+    ) -> Result<Vec<crate::http::resources::ForwardTargetResource>, ClientError> {
+        self.get(self.url(&["v1", "events", "forward"])).await
+    }
+
     /// `GET /v1/grants/{open_id}/token`: a valid `user_access_token` (the server refreshes
     /// first when it is inside the margin).
     ///

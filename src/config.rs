@@ -88,6 +88,8 @@ pub struct Config {
     pub sessions: SessionsConfig,
     /// `[store]`: which store holds grants, sessions and marks (sled or PostgreSQL).
     pub store: StoreConfig,
+    /// `[events]` and its `[[events.forward]]` targets: the event gateway.
+    pub events: EventsConfig,
 }
 
 /// `[app]` section.
@@ -340,6 +342,179 @@ impl StoreConfig {
         }
         if self.lease.is_zero() || self.lease > Duration::from_secs(3600) {
             return Err(invalid("store.lease_secs", "must be 1..=3600"));
+        }
+        Ok(())
+    }
+}
+
+/// `[events]` section: the event gateway (`INTERFACE.md`, "Event gateway"). Without
+/// `[[events.forward]]` targets nothing is stored or sent.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// `[[events.forward]]`: where events other than lark-auth's own card callbacks are
+    /// POSTed. Default none.
+    pub forward: Vec<ForwardTarget>,
+    /// Most deliveries (one event for one target) the outbox holds undelivered; when it is
+    /// full, new events are acked 500 so the platform keeps them and delivers them again
+    /// later. Default 100000 (1..=10000000).
+    pub outbox_capacity: usize,
+    /// How long a delivery is retried before it is kept as dead, seconds. Default 21600
+    /// (6 h, the platform's own retry ladder). 1..=604800.
+    #[serde(with = "duration_secs", rename = "retry_for_secs")]
+    pub retry_for: Duration,
+    /// First wait between two tries of a delivery, seconds; doubled per try, jittered.
+    /// Default 1.
+    #[serde(with = "duration_secs", rename = "retry_initial_secs")]
+    pub retry_initial: Duration,
+    /// Longest wait between two tries, seconds. Default 30 (a target that comes back is
+    /// fed within half a minute). 1..=30.
+    #[serde(with = "duration_secs", rename = "retry_max_secs")]
+    pub retry_max: Duration,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            forward: Vec::new(),
+            outbox_capacity: 100_000,
+            retry_for: Duration::from_secs(6 * 3600),
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One `[[events.forward]]` target.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ForwardTarget {
+    /// The `http(s)` URL events are POSTed to (an existing webhook handler). Also the
+    /// target's name in metrics, logs and `GET /v1/events/forward`. Required.
+    pub url: String,
+    /// `["*"]` (every event, the default) or a list of `header.event_type`s, e.g.
+    /// `["im.message.receive_v1"]`.
+    pub event_types: Vec<String>,
+    /// Environment variable holding the app's Encrypt Key; set, events are sent
+    /// encrypted and signed as the platform does. Default `""`: plain, unsigned.
+    pub encrypt_key_env: String,
+    /// Upper bound of one delivery (connect, send, answer), seconds. Default 3 (1..=60).
+    #[serde(with = "duration_secs", rename = "timeout_secs")]
+    pub timeout: Duration,
+    /// Deliveries to this target in flight at once. Default 16 (1..=1024).
+    pub concurrency: usize,
+    /// The Encrypt Key, read from `encrypt_key_env` by [`Config::resolve_forward_keys`];
+    /// never in the file, never printed.
+    #[serde(skip)]
+    pub encrypt_key: Option<Secret<String>>,
+}
+
+impl Default for ForwardTarget {
+    fn default() -> Self {
+        ForwardTarget {
+            url: String::new(),
+            event_types: vec!["*".into()],
+            encrypt_key_env: String::new(),
+            timeout: Duration::from_secs(3),
+            concurrency: 16,
+            encrypt_key: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for ForwardTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForwardTarget")
+            .field("url", &self.url)
+            .field("event_types", &self.event_types)
+            .field("encrypt_key_env", &self.encrypt_key_env)
+            .field("timeout", &self.timeout)
+            .field("concurrency", &self.concurrency)
+            .field(
+                "encrypt_key",
+                &self.encrypt_key.as_ref().map(|_| "[redacted]"),
+            )
+            .finish()
+    }
+}
+
+impl ForwardTarget {
+    /// Whether this target takes events of `event_type`.
+    pub fn takes(&self, event_type: &str) -> bool {
+        self.event_types.iter().any(|t| t == "*" || t == event_type)
+    }
+}
+
+impl EventsConfig {
+    /// Whether any target takes events of `event_type` (false without targets).
+    pub fn forwards(&self, event_type: &str) -> bool {
+        self.forward.iter().any(|t| t.takes(event_type))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            }
+        }
+        if !(1..=10_000_000).contains(&self.outbox_capacity) {
+            return Err(invalid("events.outbox_capacity", "must be 1..=10000000"));
+        }
+        if self.retry_for.is_zero() || self.retry_for > Duration::from_secs(7 * 86_400) {
+            return Err(invalid("events.retry_for_secs", "must be 1..=604800"));
+        }
+        if self.retry_max.is_zero() || self.retry_max > Duration::from_secs(30) {
+            return Err(invalid("events.retry_max_secs", "must be 1..=30"));
+        }
+        if self.retry_initial.is_zero() || self.retry_initial > self.retry_max {
+            return Err(invalid(
+                "events.retry_initial_secs",
+                "must be at least 1 and at most events.retry_max_secs",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in self.forward.iter().enumerate() {
+            let n = i + 1;
+            match url::Url::parse(&t.url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => {
+                    return Err(invalid(
+                        "events.forward.url",
+                        format!(
+                            "target {n}: `{}` is not an http(s) URL",
+                            t.url.escape_debug()
+                        ),
+                    ));
+                }
+            }
+            if !seen.insert(t.url.as_str()) {
+                return Err(invalid(
+                    "events.forward.url",
+                    format!("target {n}: `{}` is configured twice", t.url),
+                ));
+            }
+            if t.event_types.is_empty() || t.event_types.iter().any(|e| e.trim().is_empty()) {
+                return Err(invalid(
+                    "events.forward.event_types",
+                    format!(
+                        "target {n} ({}): must be [\"*\"] or a list of event types",
+                        t.url
+                    ),
+                ));
+            }
+            if t.timeout.is_zero() || t.timeout > Duration::from_secs(60) {
+                return Err(invalid(
+                    "events.forward.timeout_secs",
+                    format!("target {n} ({}): must be 1..=60", t.url),
+                ));
+            }
+            if !(1..=1024).contains(&t.concurrency) {
+                return Err(invalid(
+                    "events.forward.concurrency",
+                    format!("target {n} ({}): must be 1..=1024", t.url),
+                ));
+            }
         }
         Ok(())
     }
@@ -775,6 +950,53 @@ impl Config {
         Ok(())
     }
 
+    /// Fills [`ForwardTarget::encrypt_key`] of every `[[events.forward]]` target that
+    /// names an `encrypt_key_env`, from that variable. `env` looks a variable up.
+    ///
+    /// # Errors
+    /// [`ConfigError::MissingEnv`] when a named variable is unset or empty (the message
+    /// names the variable, never a value).
+    pub fn resolve_forward_keys(
+        &mut self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        for target in &mut self.events.forward {
+            if target.encrypt_key_env.is_empty() {
+                continue;
+            }
+            let key = env(&target.encrypt_key_env)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| ConfigError::MissingEnv {
+                    what: "event forward Encrypt Key",
+                    env: target.encrypt_key_env.clone(),
+                    key: "events.forward.encrypt_key_env",
+                })?;
+            target.encrypt_key = Some(Secret::new(key));
+        }
+        Ok(())
+    }
+
+    /// Checks that every `[[events.forward]]` target naming an `encrypt_key_env` has its
+    /// key resolved ([`Config::resolve_forward_keys`], or set by an embedder).
+    ///
+    /// # Errors
+    /// [`ConfigError::MissingEnv`] for the first target without its key.
+    pub fn check_forward_keys(&self) -> Result<(), ConfigError> {
+        match self
+            .events
+            .forward
+            .iter()
+            .find(|t| !t.encrypt_key_env.is_empty() && t.encrypt_key.is_none())
+        {
+            Some(t) => Err(ConfigError::MissingEnv {
+                what: "event forward Encrypt Key",
+                env: t.encrypt_key_env.clone(),
+                key: "events.forward.encrypt_key_env",
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Checks every value before anything starts.
     ///
     /// # Errors
@@ -879,6 +1101,7 @@ impl Config {
         }
         self.sessions.validate()?;
         self.store.validate()?;
+        self.events.validate()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
                 "log.level",
@@ -1035,6 +1258,91 @@ mod tests {
         let printed = format!("{config:?}");
         assert!(printed.contains("cli_x"));
         assert!(!printed.contains("s3cr3t-value"), "{printed}");
+    }
+
+    #[test]
+    fn forward_targets_have_the_interface_defaults_and_are_checked() {
+        let config = Config::from_toml_str("").unwrap();
+        assert!(config.events.forward.is_empty());
+        assert!(!config.events.forwards("im.message.receive_v1"));
+        let config = Config::from_toml_str(
+            "[[events.forward]]\nurl = \"http://127.0.0.1:9000/webhook/event\"\n\
+             [[events.forward]]\nurl = \"https://bot.example/hook\"\n\
+             event_types = [\"im.message.receive_v1\"]\nencrypt_key_env = \"BOT_KEY\"\n\
+             timeout_secs = 5\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let [all, one] = &config.events.forward[..] else {
+            panic!("two targets expected")
+        };
+        assert_eq!(all.event_types, vec!["*".to_string()]);
+        assert_eq!(all.timeout, Duration::from_secs(3));
+        assert_eq!(all.encrypt_key_env, "");
+        assert!(all.takes("anything.at_all"));
+        assert!(one.takes("im.message.receive_v1") && !one.takes("approval.instance"));
+        assert_eq!(one.timeout, Duration::from_secs(5));
+        assert_eq!(config.events.outbox_capacity, 100_000);
+        assert_eq!(config.events.retry_for, Duration::from_secs(21_600));
+        assert_eq!(config.events.retry_max, Duration::from_secs(30));
+
+        for (bad, key) in [
+            ("url = \"ftp://x/\"", "events.forward.url"),
+            ("url = \"not a url\"", "events.forward.url"),
+            ("url = \"\"", "events.forward.url"),
+            (
+                "url = \"http://x/\"\nevent_types = []",
+                "events.forward.event_types",
+            ),
+            (
+                "url = \"http://x/\"\ntimeout_secs = 0",
+                "events.forward.timeout_secs",
+            ),
+            (
+                "url = \"http://x/\"\nconcurrency = 0",
+                "events.forward.concurrency",
+            ),
+        ] {
+            let config = Config::from_toml_str(&format!("[[events.forward]]\n{bad}\n")).unwrap();
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+        let config = Config::from_toml_str("[events]\nretry_max_secs = 60\n").unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("events.retry_max_secs"), "{err}");
+        let err =
+            Config::from_toml_str("[[events.forward]]\nurl = \"http://x/\"\nencrypt_key = \"k\"\n")
+                .unwrap_err();
+        assert!(err.to_string().contains("encrypt_key"), "{err}");
+    }
+
+    #[test]
+    fn the_forward_encrypt_key_comes_from_the_environment_and_stays_redacted() {
+        let mut config = Config::from_toml_str(
+            "[[events.forward]]\nurl = \"http://127.0.0.1:9000/\"\nencrypt_key_env = \"BOT_KEY\"\n",
+        )
+        .unwrap();
+        let err = config.check_forward_keys().unwrap_err().to_string();
+        assert!(err.contains("BOT_KEY"), "{err}");
+        let err = config
+            .resolve_forward_keys(env_of(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("BOT_KEY") && err.contains("events.forward.encrypt_key_env"),
+            "{err}"
+        );
+        config
+            .resolve_forward_keys(env_of(&[("BOT_KEY", "ek-s3cr3t-value")]))
+            .unwrap();
+        config.check_forward_keys().unwrap();
+        let key = config.events.forward[0].encrypt_key.as_ref().unwrap();
+        assert_eq!(key.expose(), "ek-s3cr3t-value");
+        let printed = format!("{config:?}");
+        assert!(printed.contains("BOT_KEY"), "{printed}");
+        assert!(!printed.contains("ek-s3cr3t-value"), "{printed}");
+        let serialized = serde_json::to_string(&config).unwrap();
+        assert!(!serialized.contains("ek-s3cr3t-value"), "{serialized}");
     }
 
     #[test]

@@ -131,6 +131,22 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Show the event gateway's outbox per [[events.forward]] target: pending deliveries,
+    /// delivered and failed tries since the start, dead deliveries, the oldest pending
+    /// event's arrival.
+    ///
+    /// Exits 0, 1 when the server is unreachable or refuses, 2 on bad arguments or no API
+    /// token.
+    ///
+    /// Example: lark-auth events
+    #[command(after_help = CLIENT_HELP)]
+    Events {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// List the stored grants: user, status, expiry of both tokens, scopes. No secrets.
     ///
     /// Exits 0, 1 when the server is unreachable or refuses, 2 on bad arguments or no API
@@ -231,6 +247,9 @@ fn main() -> ExitCode {
         } => client_command(&server, |client| async move {
             lark_auth::cli::sessions(&client, state.as_deref(), json, &mut std::io::stdout()).await
         }),
+        Command::Events { json, server } => client_command(&server, |client| async move {
+            lark_auth::cli::events(&client, json, &mut std::io::stdout()).await
+        }),
         Command::Grants { json, server } => client_command(&server, |client| async move {
             lark_auth::cli::grants(&client, json, &mut std::io::stdout()).await
         }),
@@ -288,6 +307,7 @@ fn load_config(path: Option<&Path>) -> Result<Config, lark_auth::config::ConfigE
     config.validate()?;
     config.resolve_credentials(|k| std::env::var(k).ok())?;
     config.resolve_store_url(|k| std::env::var(k).ok())?;
+    config.resolve_forward_keys(|k| std::env::var(k).ok())?;
     Ok(config)
 }
 

@@ -70,6 +70,8 @@ struct Inner {
     link: Arc<LinkActivity>,
     /// 1 when this instance started on a vault that lost acknowledged writes.
     vault_loss: Gauge,
+    /// The event gateway (issue 15).
+    forward: ForwardMetrics,
 }
 
 const CONNECTION_STATES: [&str; 5] = [
@@ -180,6 +182,7 @@ impl Metrics {
             "1 when the service was started with --accept-loss on a vault that lost acknowledged writes",
             vault_loss.clone(),
         );
+        let forward = ForwardMetrics::register(&mut registry);
         let metrics = Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -196,6 +199,7 @@ impl Metrics {
                 get_token,
                 link,
                 vault_loss,
+                forward,
             }),
         };
         metrics.connection_state("connecting");
@@ -889,6 +893,137 @@ impl Metrics {
 }
 
 // ----- end of link activity ------------------------------------------------------------
+
+// ----- event gateway (issue 15) -----------------------------------------------------------
+
+/// Label set with one `target` label (a `[[events.forward]]` URL).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabel {
+    /// The target's URL.
+    pub target: String,
+}
+
+/// Label set with `target` and `outcome`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetOutcomeLabels {
+    /// The target's URL.
+    pub target: String,
+    /// `delivered` (2xx), `failed` (anything else; retried) or `dead` (given up).
+    pub outcome: String,
+}
+
+/// The event gateway's families.
+struct ForwardMetrics {
+    deliveries: Family<TargetOutcomeLabels, Counter>,
+    retries: Family<TargetLabel, Counter>,
+    pending: Family<TargetLabel, Gauge>,
+    dead: Family<TargetLabel, Gauge>,
+    latency: Family<TargetLabel, Histogram>,
+    outbox_full: Counter,
+}
+
+impl ForwardMetrics {
+    fn register(registry: &mut Registry) -> ForwardMetrics {
+        let deliveries = Family::<TargetOutcomeLabels, Counter>::default();
+        registry.register(
+            "forward_deliveries",
+            "Event gateway delivery tries, by target and outcome (delivered, failed, dead)",
+            deliveries.clone(),
+        );
+        let retries = Family::<TargetLabel, Counter>::default();
+        registry.register(
+            "forward_retries",
+            "Event gateway tries after a delivery's first, by target",
+            retries.clone(),
+        );
+        let pending = Family::<TargetLabel, Gauge>::default();
+        registry.register(
+            "forward_pending",
+            "Deliveries in the event gateway's outbox not yet taken by their target",
+            pending.clone(),
+        );
+        let dead = Family::<TargetLabel, Gauge>::default();
+        registry.register(
+            "forward_dead",
+            "Deliveries given up after events.retry_for_secs, kept in the outbox",
+            dead.clone(),
+        );
+        let latency = Family::<TargetLabel, Histogram>::new_with_constructor(|| {
+            // Seconds: 0.5 ms .. ~4.6 h.
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.0005, 3.0, 18,
+            ))
+        });
+        registry.register(
+            "forward_delivery_seconds",
+            "Time from an event's arrival to its target's 2xx answer, by target",
+            latency.clone(),
+        );
+        let outbox_full = Counter::default();
+        registry.register(
+            "forward_outbox_full",
+            "Events acked 500 because the event gateway's outbox was full",
+            outbox_full.clone(),
+        );
+        ForwardMetrics {
+            deliveries,
+            retries,
+            pending,
+            dead,
+            latency,
+            outbox_full,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one delivery try to `target` ending `outcome` (`delivered`, `failed`,
+    /// `dead`); `retry` when it was not the delivery's first try.
+    pub fn forward_try(&self, target: &str, outcome: &str, retry: bool) {
+        let f = &self.inner.forward;
+        f.deliveries
+            .get_or_create(&TargetOutcomeLabels {
+                target: target.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        if retry {
+            f.retries
+                .get_or_create(&TargetLabel {
+                    target: target.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    /// Records a delivery's latency (arrival to 2xx), seconds.
+    pub fn forward_latency(&self, target: &str, secs: f64) {
+        self.inner
+            .forward
+            .latency
+            .get_or_create(&TargetLabel {
+                target: target.to_string(),
+            })
+            .observe(secs);
+    }
+
+    /// Sets the pending and dead gauges of `target`.
+    pub fn forward_backlog(&self, target: &str, pending: u64, dead: u64) {
+        let label = TargetLabel {
+            target: target.to_string(),
+        };
+        let f = &self.inner.forward;
+        f.pending.get_or_create(&label).set(pending as i64);
+        f.dead.get_or_create(&label).set(dead as i64);
+    }
+
+    /// Counts an event acked 500 because the outbox was full.
+    pub fn forward_outbox_full(&self) {
+        self.inner.forward.outbox_full.inc();
+    }
+}
+
+// ----- end of event gateway --------------------------------------------------------------
 
 #[cfg(test)]
 mod tests {

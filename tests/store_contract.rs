@@ -14,7 +14,8 @@ mod pg_common;
 use std::sync::Arc;
 
 use lark_auth::store::{
-    CasOutcome, DueEntry, GrantKey, GrantWrite, PostgresStore, SledStore, Store, StoreError,
+    CasOutcome, DueEntry, GrantKey, GrantWrite, OutboxEntry, OutboxEvent, OutboxRetry,
+    PostgresStore, SledStore, Store, StoreError,
 };
 
 /// Opens the store under test; every open sees what earlier handles wrote.
@@ -107,6 +108,14 @@ macro_rules! contract_suite {
             #[test]
             fn concurrent_writers_one_wins() {
                 cases::concurrent_writers_one_wins(&$make);
+            }
+            #[test]
+            fn the_outbox_takes_an_event_once_per_event_id_and_survives_reopen() {
+                cases::the_outbox_takes_an_event_once_per_event_id_and_survives_reopen(&$make);
+            }
+            #[test]
+            fn outbox_retry_state_paging_and_invalid_keys() {
+                cases::outbox_retry_state_paging_and_invalid_keys(&$make);
             }
         }
     };
@@ -430,6 +439,168 @@ mod cases {
                 ("cli_a/ou_b".to_string(), 20)
             ]
         );
+    }
+
+    fn outbox_event(event_id: &str, targets: &[&str]) -> OutboxEvent {
+        OutboxEvent {
+            event_id: event_id.into(),
+            event_type: "im.message.receive_v1".into(),
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            payload: format!("{{\"event_id\":\"{event_id}\"}}").into_bytes(),
+        }
+    }
+
+    fn keys(entries: &[OutboxEntry]) -> Vec<(String, String)> {
+        entries
+            .iter()
+            .map(|e| (e.target.clone(), e.event_id.clone()))
+            .collect()
+    }
+
+    /// One entry per target; a redelivery (same event id, mark alive) is not stored again,
+    /// even after its entries were delivered and removed; entries outlive a reopen.
+    pub fn the_outbox_takes_an_event_once_per_event_id_and_survives_reopen(backend: &dyn Backend) {
+        let (t1, t2) = ("http://127.0.0.1:9/a", "http://127.0.0.1:9/b");
+        {
+            let store = backend.open();
+            let stored = store
+                .outbox_put(
+                    &[
+                        outbox_event("ev_1", &[t1, t2]),
+                        outbox_event("ev_2", &[t1]),
+                        outbox_event("ev_1", &[t1, t2]),
+                    ],
+                    10_000,
+                    1_000,
+                )
+                .unwrap();
+            assert_eq!(stored, [true, true, false]);
+            assert_eq!(
+                store
+                    .outbox_put(&[outbox_event("ev_2", &[t1])], 10_000, 2_000)
+                    .unwrap(),
+                [false]
+            );
+            let all = store.outbox_list(None, 100).unwrap();
+            assert_eq!(
+                keys(&all),
+                [
+                    (t1.to_string(), "ev_1".to_string()),
+                    (t1.to_string(), "ev_2".to_string()),
+                    (t2.to_string(), "ev_1".to_string()),
+                ]
+            );
+            let first = &all[0];
+            assert_eq!(first.event_type, "im.message.receive_v1");
+            assert_eq!(first.payload, br#"{"event_id":"ev_1"}"#);
+            assert_eq!(
+                (
+                    first.enqueued_ms,
+                    first.attempts,
+                    first.next_attempt_ms,
+                    first.dead_at_ms
+                ),
+                (1_000, 0, 1_000, None)
+            );
+            assert_eq!(
+                store
+                    .outbox_remove(&[
+                        (t1.to_string(), "ev_1".to_string()),
+                        (t1.to_string(), "ev_unknown".to_string()),
+                    ])
+                    .unwrap(),
+                1
+            );
+            // Delivered and removed: a redelivery is still not taken again.
+            assert_eq!(
+                store
+                    .outbox_put(&[outbox_event("ev_1", &[t1])], 10_000, 3_000)
+                    .unwrap(),
+                [false]
+            );
+            store.flush().unwrap();
+        }
+        let store = backend.open();
+        assert_eq!(
+            keys(&store.outbox_list(None, 100).unwrap()),
+            [
+                (t1.to_string(), "ev_2".to_string()),
+                (t2.to_string(), "ev_1".to_string()),
+            ]
+        );
+        // Once its mark expired, the same event id is a new event.
+        assert_eq!(
+            store
+                .outbox_put(&[outbox_event("ev_1", &[t1])], 30_000, 10_000)
+                .unwrap(),
+            [true]
+        );
+        assert_eq!(store.outbox_list(None, 100).unwrap().len(), 3);
+        // The marks expire with the other marks.
+        assert!(store.purge_marks(20_000, 100).unwrap() >= 1);
+    }
+
+    pub fn outbox_retry_state_paging_and_invalid_keys(backend: &dyn Backend) {
+        let store = backend.open();
+        let t = "http://127.0.0.1:9/a";
+        let events: Vec<_> = (0..5)
+            .map(|i| outbox_event(&format!("ev_{i}"), &[t]))
+            .collect();
+        assert_eq!(store.outbox_put(&events, 10_000, 100).unwrap(), [true; 5]);
+        let retry = OutboxRetry {
+            attempts: 3,
+            next_attempt_ms: 5_000,
+            dead_at_ms: None,
+        };
+        assert!(store.outbox_update(t, "ev_1", retry).unwrap());
+        let dead = OutboxRetry {
+            attempts: 9,
+            next_attempt_ms: u64::MAX,
+            dead_at_ms: Some(7_000),
+        };
+        assert!(store.outbox_update(t, "ev_2", dead).unwrap());
+        assert!(!store.outbox_update(t, "ev_none", retry).unwrap());
+        let page1 = store.outbox_list(None, 2).unwrap();
+        assert_eq!(
+            page1
+                .iter()
+                .map(|e| e.event_id.as_str())
+                .collect::<Vec<_>>(),
+            ["ev_0", "ev_1"]
+        );
+        assert_eq!(
+            (
+                page1[1].attempts,
+                page1[1].next_attempt_ms,
+                page1[1].dead_at_ms
+            ),
+            (3, 5_000, None)
+        );
+        assert_eq!(page1[1].payload, br#"{"event_id":"ev_1"}"#);
+        let last = page1.last().unwrap();
+        let page2 = store
+            .outbox_list(Some((&last.target, &last.event_id)), 10)
+            .unwrap();
+        assert_eq!(
+            page2
+                .iter()
+                .map(|e| e.event_id.as_str())
+                .collect::<Vec<_>>(),
+            ["ev_2", "ev_3", "ev_4"]
+        );
+        assert_eq!(page2[0].dead_at_ms, Some(7_000));
+        assert_eq!(page2[0].attempts, 9);
+        for bad in [
+            outbox_event("", &[t]),
+            outbox_event("ev_x", &[""]),
+            outbox_event("e\0", &[t]),
+        ] {
+            assert!(matches!(
+                store.outbox_put(&[bad], 10_000, 100),
+                Err(StoreError::InvalidKey { .. })
+            ),);
+        }
+        assert_eq!(store.outbox_list(None, 100).unwrap().len(), 5);
     }
 
     /// Writers racing on one grant version or one dedup mark: exactly one wins, the others

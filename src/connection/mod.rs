@@ -168,6 +168,29 @@ pub struct CardActionReceived {
 #[error("callback handler failed: {0}")]
 pub struct CallbackFailed(pub String);
 
+/// Asks the event gateway's outbox to keep an event before its ack goes out (sent only
+/// for events a `[[events.forward]]` target takes, see
+/// [`ConnectionActor::with_outbox`]). Reply `Ok(())` once the event is durably stored (or
+/// known as a redelivery): the ack then says `{"code":200}`. `Err` makes the ack
+/// `{"code":500}`, so the platform keeps the event and delivers it again later.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), HoldRefused>")]
+pub struct HoldEvent(pub EventReceived);
+
+/// Why the outbox did not keep an event (the ack says 500).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HoldRefused {
+    /// The outbox holds `events.outbox_capacity` undelivered deliveries already.
+    #[error("the event gateway's outbox is full")]
+    Full,
+    /// The store could not write or flush the event.
+    #[error("the outbox could not store the event: {0}")]
+    Store(String),
+}
+
+/// Which event types the outbox keeps before the ack (the others are acked at once).
+pub type HoldFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// Sent on every change of [`ConnectionState`].
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
@@ -281,6 +304,9 @@ pub struct ConnectionActor {
     ack_buf: BytesMut,
     /// True while a read batch is handled.
     in_batch: bool,
+    /// The event gateway's outbox and the types it keeps; `None`: every event is acked
+    /// at once.
+    outbox: Option<(Recipient<HoldEvent>, HoldFilter)>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -330,6 +356,7 @@ impl ConnectionActor {
             ack_scratch: BytesMut::new(),
             ack_buf: BytesMut::new(),
             in_batch: false,
+            outbox: None,
         })
     }
 
@@ -339,6 +366,14 @@ impl ConnectionActor {
         self.activity = Some(metrics.link_activity());
         self.inbound = self.inbound.with_metrics(metrics.clone());
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Events whose type `holds` accepts are first sent to `outbox` as [`HoldEvent`] and
+    /// acked only once it answered (200 when kept, 500 when refused); the others are
+    /// acked at once as without an outbox. Acks of other events do not wait for it.
+    pub fn with_outbox(mut self, outbox: Recipient<HoldEvent>, holds: HoldFilter) -> Self {
+        self.outbox = Some((outbox, holds));
         self
     }
 
@@ -603,7 +638,12 @@ impl ConnectionActor {
                 self.ack(frame, received_at, payload, ctx);
             }
             Decision::Forward { frame, event } => {
-                if self.outputs.events.connected() {
+                if let Some((outbox, holds)) = &self.outbox
+                    && holds(&event.event_type)
+                {
+                    let request = outbox.send(HoldEvent(event.clone()));
+                    self.ack_after_hold(frame, event, request, received_at, ctx);
+                } else if self.outputs.events.connected() {
                     self.ack(frame, received_at, &AckPayload::OK, ctx);
                     self.outputs.events.do_send(event);
                 } else {
@@ -653,6 +693,54 @@ impl ConnectionActor {
                 self.connection_lost("protocol_error", ctx);
             }
         }
+    }
+
+    /// Acks `frame` once the outbox answered `request` (200 kept, 500 refused), on the
+    /// connection it came on, then forwards `event` as without an outbox.
+    fn ack_after_hold(
+        &mut self,
+        frame: FrameView,
+        event: EventReceived,
+        request: actix::dev::RecipientRequest<HoldEvent>,
+        received_at: Instant,
+        ctx: &mut Context<Self>,
+    ) {
+        let generation = self.generation;
+        ctx.spawn(request.into_actor(self).map(move |result, act, ctx| {
+            if act.generation != generation || act.live.is_none() {
+                // Kept or not, the platform delivers it again (its ack never left).
+                warn!(
+                    message_id = %event.message_id,
+                    "event stored after its connection closed; ack dropped"
+                );
+                return;
+            }
+            match result {
+                Ok(Ok(())) => {
+                    act.ack(frame, received_at, &AckPayload::OK, ctx);
+                    if act.outputs.events.connected() {
+                        act.outputs.events.do_send(event);
+                    }
+                }
+                Ok(Err(refused)) => {
+                    warn!(
+                        message_id = %event.message_id,
+                        event_id = %event.event_id,
+                        error = %refused,
+                        "event not kept for forwarding; answered 500 (the platform delivers it again)"
+                    );
+                    act.ack(frame, received_at, &AckPayload::FAILED, ctx);
+                }
+                Err(mailbox) => {
+                    error!(
+                        message_id = %event.message_id,
+                        error = %mailbox,
+                        "event gateway unreachable; answered 500"
+                    );
+                    act.ack(frame, received_at, &AckPayload::FAILED, ctx);
+                }
+            }
+        }));
     }
 
     fn answer_callback(

@@ -181,6 +181,8 @@ pub struct ControlState {
     /// The loss of acknowledged writes the service was started on (`serve
     /// --accept-loss`), one line; `/healthz` shows it as `vault_loss`.
     pub vault_loss: Option<String>,
+    /// The event gateway, for `GET /v1/events/forward` (`None`: no targets, empty list).
+    pub gateway: Option<Addr<crate::events::gateway::EventGateway>>,
 }
 
 impl ControlState {
@@ -217,6 +219,7 @@ impl ControlState {
             tokens: None,
             metrics,
             vault_loss: None,
+            gateway: None,
         }
     }
 
@@ -311,6 +314,32 @@ async fn metrics(
     Ok(HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(state.metrics.encode()))
+}
+
+async fn forward_status(
+    req: HttpRequest,
+    state: web::Data<ControlState>,
+) -> Result<HttpResponse, ApiError> {
+    state.authorize(&req)?;
+    let targets = match &state.gateway {
+        None => Vec::new(),
+        Some(g) => g
+            .send(crate::events::gateway::GetForwardStatus)
+            .await
+            .map_err(|_| ApiError::unavailable("the event gateway"))?,
+    };
+    let body: Vec<resources::ForwardTargetResource> = targets
+        .into_iter()
+        .map(|t| resources::ForwardTargetResource {
+            target: t.target,
+            pending: t.pending,
+            delivered_total: t.delivered_total,
+            failed_total: t.failed_total,
+            dead: t.dead,
+            oldest_pending_at: t.oldest_pending_at_ms.map(rfc3339_ms),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(body))
 }
 
 async fn list_grants(
@@ -671,7 +700,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .route("/v1/grants", web::get().to(list_grants))
     .route("/v1/grants/{open_id}", web::delete().to(revoke_grant))
-    .route("/v1/grants/{open_id}/token", web::get().to(grant_token));
+    .route("/v1/grants/{open_id}/token", web::get().to(grant_token))
+    .route("/v1/events/forward", web::get().to(forward_status));
 }
 
 /// A running HTTP front.

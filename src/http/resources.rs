@@ -85,6 +85,26 @@ pub struct GrantResource {
     pub refresh_expires_at: String,
 }
 
+/// One entry of `GET /v1/events/forward`: the event gateway's outbox for one
+/// `[[events.forward]]` target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardTargetResource {
+    /// The target's URL.
+    pub target: String,
+    /// Deliveries not yet taken (waiting, retrying or in flight).
+    pub pending: u64,
+    /// Deliveries the target took (2xx) since the start.
+    pub delivered_total: u64,
+    /// Failed tries (non-2xx, timeout, connection refused) since the start.
+    pub failed_total: u64,
+    /// Deliveries given up after `events.retry_for_secs`, kept in the outbox.
+    pub dead: u64,
+    /// When the oldest pending delivery's event arrived, RFC 3339 UTC; absent when none
+    /// is pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_pending_at: Option<String>,
+}
+
 /// The answer of `GET /v1/grants/{open_id}/token`, as the client reads it. `Debug` and
 /// `Serialize` redact the token (the server writes it with [`Secret::expose`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]

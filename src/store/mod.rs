@@ -1,7 +1,8 @@
 //! The storage seam: everything lark-auth keeps across restarts goes through the [`Store`]
 //! trait — grant records, the refresh-due index, authorization sessions, dedup marks with
-//! an expiry (and an optional value, e.g. a card click's answer), small metadata records (the vault's key checks) and the quarantine of corrupt
-//! records.
+//! an expiry (and an optional value, e.g. a card click's answer), small metadata records (the vault's key checks), the quarantine of corrupt
+//! records, and the event gateway's outbox (one delivery per event and target, until the
+//! target took it).
 //!
 //! The trait is byte-oriented and names no backend type, so a shared SQL store can
 //! implement it later (several instances sharing grants and sessions). The typed encoding,
@@ -300,6 +301,85 @@ impl std::fmt::Display for LossReport {
     }
 }
 
+/// One event to put in the outbox ([`Store::outbox_put`]): one delivery per target.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    /// `header.event_id`: the id platform redeliveries share.
+    pub event_id: String,
+    /// `header.event_type`.
+    pub event_type: String,
+    /// The targets (their URLs) that take it; at least one.
+    pub targets: Vec<String>,
+    /// The envelope bytes as received.
+    pub payload: Vec<u8>,
+}
+
+impl std::fmt::Debug for OutboxEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxEvent")
+            .field("event_id", &self.event_id)
+            .field("event_type", &self.event_type)
+            .field("targets", &self.targets)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}
+
+/// One delivery in the outbox: an event for one target, with its retry state.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// The target's URL.
+    pub target: String,
+    /// `header.event_id`.
+    pub event_id: String,
+    /// `header.event_type`.
+    pub event_type: String,
+    /// The envelope bytes as received.
+    pub payload: Vec<u8>,
+    /// When it was put in the outbox, unix ms.
+    pub enqueued_ms: u64,
+    /// Tries made so far.
+    pub attempts: u32,
+    /// When the next try is due, unix ms.
+    pub next_attempt_ms: u64,
+    /// When it was given up (retried for `events.retry_for_secs`); `None` while pending.
+    pub dead_at_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for OutboxEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxEntry")
+            .field("target", &self.target)
+            .field("event_id", &self.event_id)
+            .field("event_type", &self.event_type)
+            .field("payload_len", &self.payload.len())
+            .field("enqueued_ms", &self.enqueued_ms)
+            .field("attempts", &self.attempts)
+            .field("next_attempt_ms", &self.next_attempt_ms)
+            .field("dead_at_ms", &self.dead_at_ms)
+            .finish()
+    }
+}
+
+/// The retry state written by [`Store::outbox_update`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxRetry {
+    /// Tries made so far.
+    pub attempts: u32,
+    /// When the next try is due, unix ms.
+    pub next_attempt_ms: u64,
+    /// Set: the delivery was given up at this instant (kept as dead).
+    pub dead_at_ms: Option<u64>,
+}
+
+/// The dedup mark of an event in the outbox: `forward/<event_id>` (apart from the
+/// dispatcher's `event/` marks, so subscribers and targets dedup independently).
+pub fn outbox_mark(event_id: &str) -> Vec<u8> {
+    let mut mark = b"forward/".to_vec();
+    mark.extend_from_slice(event_id.as_bytes());
+    mark
+}
+
 /// Everything persistent. Implementations must make each method atomic on its own: a
 /// crash leaves either the state before or the state after a call, never a mix.
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -416,6 +496,53 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// [`StoreError::Backend`].
     fn purge_marks(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError>;
+
+    /// Puts each event of `events` in the outbox, one entry per target (due at `now_ms`,
+    /// no try made), unless its dedup mark [`outbox_mark`] is set and not expired at
+    /// `now_ms` (a redelivery of an event already taken). The mark is set until
+    /// `mark_expires_ms` in the same atomic step, per event. Returns, per event in order,
+    /// true when it was stored, false for a redelivery. Not flushed: call
+    /// [`Store::flush`] before acknowledging the events.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`]; [`StoreError::InvalidKey`] for an empty or NUL-holding
+    /// event id or target (nothing of the batch is stored then).
+    fn outbox_put(
+        &self,
+        events: &[OutboxEvent],
+        mark_expires_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<bool>, StoreError>;
+
+    /// Up to `limit` outbox entries (pending and dead) in `(target, event_id)` order,
+    /// starting after `after` (for paging).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`]; [`StoreError::CorruptRecord`] for a damaged entry.
+    fn outbox_list(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError>;
+
+    /// Writes the retry state of the entry `(target, event_id)`; false (nothing written)
+    /// when there is no such entry. Not flushed.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn outbox_update(
+        &self,
+        target: &str,
+        event_id: &str,
+        retry: OutboxRetry,
+    ) -> Result<bool, StoreError>;
+
+    /// Removes the entries `(target, event_id)` (delivered); returns how many existed.
+    /// Their dedup marks stay until they expire. Not flushed.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn outbox_remove(&self, entries: &[(String, String)]) -> Result<usize, StoreError>;
 
     /// Reads a metadata record (e.g. the vault's key checks).
     ///

@@ -22,7 +22,7 @@
 use super::StoreError;
 
 /// The newest schema version this build knows and creates.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The longest schema name accepted (PostgreSQL's identifier limit, 63 bytes).
 pub const MAX_SCHEMA_NAME: usize = 63;
@@ -59,10 +59,11 @@ struct Migration {
 }
 
 /// Every migration, in order; the last one's version is [`SCHEMA_VERSION`].
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "grants, refresh-due index, quarantine, sessions, dedup marks, metadata",
-    sql: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "grants, refresh-due index, quarantine, sessions, dedup marks, metadata",
+        sql: r#"
 CREATE TABLE {s}.grants (
     app_id  text COLLATE "C" NOT NULL,
     open_id text COLLATE "C" NOT NULL,
@@ -95,7 +96,25 @@ CREATE TABLE {s}.meta (
     value bytea NOT NULL
 );
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        description: "event gateway outbox",
+        sql: r#"
+CREATE TABLE {s}.outbox (
+    target          text COLLATE "C" NOT NULL,
+    event_id        text COLLATE "C" NOT NULL,
+    event_type      text NOT NULL,
+    payload         bytea NOT NULL,
+    enqueued_ms     bigint NOT NULL,
+    attempts        integer NOT NULL,
+    next_attempt_ms bigint NOT NULL,
+    dead_at_ms      bigint,
+    PRIMARY KEY (target, event_id)
+);
+"#,
+    },
+];
 
 /// The advisory lock key of a schema's migrations: FNV-1a of `lark-auth schema <name>`,
 /// stable across builds.
@@ -232,6 +251,10 @@ pub(super) struct Sql {
     pub get_meta: String,
     pub put_meta_if_absent: String,
     pub list_meta: String,
+    pub outbox_insert: String,
+    pub outbox_list: String,
+    pub outbox_update: String,
+    pub outbox_remove: String,
 }
 
 impl Sql {
@@ -308,6 +331,21 @@ impl Sql {
             list_meta: format!(
                 "SELECT name, value FROM {s}.meta WHERE starts_with(name, $1) ORDER BY name"
             ),
+            outbox_insert: format!(
+                "INSERT INTO {s}.outbox (target, event_id, event_type, payload, enqueued_ms, \
+                 attempts, next_attempt_ms, dead_at_ms) VALUES ($1, $2, $3, $4, $5, 0, $5, NULL) \
+                 ON CONFLICT (target, event_id) DO NOTHING"
+            ),
+            outbox_list: format!(
+                "SELECT target, event_id, event_type, payload, enqueued_ms, attempts, \
+                 next_attempt_ms, dead_at_ms FROM {s}.outbox WHERE (target, event_id) > ($1, $2) \
+                 ORDER BY target, event_id LIMIT $3"
+            ),
+            outbox_update: format!(
+                "UPDATE {s}.outbox SET attempts = $3, next_attempt_ms = $4, dead_at_ms = $5 \
+                 WHERE target = $1 AND event_id = $2"
+            ),
+            outbox_remove: format!("DELETE FROM {s}.outbox WHERE target = $1 AND event_id = $2"),
         })
     }
 }

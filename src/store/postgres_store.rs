@@ -43,8 +43,8 @@ use tokio_postgres::config::Host;
 
 use super::pg_schema::{self, MigrateError, SCHEMA_VERSION, Sql};
 use super::{
-    BackendError, CasOutcome, DueEntry, GrantKey, GrantWrite, QuarantinedRecord, Store, StoreError,
-    StoredGrant,
+    BackendError, CasOutcome, DueEntry, GrantKey, GrantWrite, OutboxEntry, OutboxEvent,
+    OutboxRetry, QuarantinedRecord, Store, StoreError, StoredGrant, outbox_mark,
 };
 use crate::secret::Secret;
 
@@ -642,6 +642,107 @@ impl Store for PostgresStore {
             let client = pool.get().await?;
             let stmt = client.prepare_cached(&sql.purge_marks).await?;
             Ok(client.execute(&stmt, &[&now, &limit]).await? as usize)
+        })
+    }
+
+    fn outbox_put(
+        &self,
+        events: &[OutboxEvent],
+        mark_expires_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<bool>, StoreError> {
+        for e in events {
+            check_part("event_id", &e.event_id)?;
+            for t in &e.targets {
+                check_part("target", t)?;
+            }
+        }
+        let events = events.to_vec();
+        let (expires, now) = (to_db(mark_expires_ms), to_db(now_ms));
+        self.call("outbox_put", move |pool, sql| async move {
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            let mark_stmt = tx.prepare_cached(&sql.mark_once).await?;
+            let insert = tx.prepare_cached(&sql.outbox_insert).await?;
+            let mut stored = Vec::with_capacity(events.len());
+            for e in &events {
+                let mark = outbox_mark(&e.event_id);
+                if tx.execute(&mark_stmt, &[&mark, &expires, &now]).await? != 1 {
+                    stored.push(false);
+                    continue;
+                }
+                for t in &e.targets {
+                    tx.execute(&insert, &[t, &e.event_id, &e.event_type, &e.payload, &now])
+                        .await?;
+                }
+                stored.push(true);
+            }
+            tx.commit().await?;
+            Ok(stored)
+        })
+    }
+
+    fn outbox_list(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let (target, event_id) = after
+            .map(|(t, e)| (t.to_string(), e.to_string()))
+            .unwrap_or_default();
+        let limit = to_db(limit as u64);
+        self.call("outbox_list", move |pool, sql| async move {
+            let client = pool.get().await?;
+            let stmt = client.prepare_cached(&sql.outbox_list).await?;
+            let rows = client.query(&stmt, &[&target, &event_id, &limit]).await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| OutboxEntry {
+                    target: r.get(0),
+                    event_id: r.get(1),
+                    event_type: r.get(2),
+                    payload: r.get(3),
+                    enqueued_ms: from_db(r.get(4)),
+                    attempts: r.get::<_, i32>(5).max(0) as u32,
+                    next_attempt_ms: from_db(r.get(6)),
+                    dead_at_ms: r.get::<_, Option<i64>>(7).map(from_db),
+                })
+                .collect())
+        })
+    }
+
+    fn outbox_update(
+        &self,
+        target: &str,
+        event_id: &str,
+        retry: OutboxRetry,
+    ) -> Result<bool, StoreError> {
+        let (target, event_id) = (target.to_string(), event_id.to_string());
+        let attempts = retry.attempts.min(i32::MAX as u32) as i32;
+        let next = to_db(retry.next_attempt_ms);
+        let dead = retry.dead_at_ms.map(to_db);
+        self.call("outbox_update", move |pool, sql| async move {
+            let client = pool.get().await?;
+            let stmt = client.prepare_cached(&sql.outbox_update).await?;
+            Ok(client
+                .execute(&stmt, &[&target, &event_id, &attempts, &next, &dead])
+                .await?
+                == 1)
+        })
+    }
+
+    fn outbox_remove(&self, entries: &[(String, String)]) -> Result<usize, StoreError> {
+        let entries = entries.to_vec();
+        self.call("outbox_remove", move |pool, sql| async move {
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            let stmt = tx.prepare_cached(&sql.outbox_remove).await?;
+            let mut removed = 0;
+            for (target, event_id) in &entries {
+                removed += tx.execute(&stmt, &[target, event_id]).await? as usize;
+            }
+            tx.commit().await?;
+            Ok(removed)
         })
     }
 

@@ -9,6 +9,9 @@
 //! - `marks`: `mark` → `expires_ms u64 ‖ value` (the value, empty for most marks, is set
 //!   by [`Store::set_mark_value`]); `marks_expiry`: `expires_ms u64 ‖ mark` → empty;
 //! - `meta`: `name` → value;
+//! - `outbox`: `target 0x00 event_id` → `enqueued_ms u64 ‖ attempts u32 ‖ next_ms u64 ‖
+//!   dead_ms u64 (u64::MAX = pending) ‖ type_len u16 ‖ event_type ‖ payload` (its dedup
+//!   mark `forward/<event_id>` lives in `marks`, set in the same transaction);
 //! - `acknowledged`: `generation` → the [`WriteMark`] of the newest [`Store::flush`]
 //!   (`generation u64 ‖ at_ms u64`).
 //!
@@ -38,8 +41,8 @@ use sled::{Db, Transactional, Tree};
 
 use super::mark::{self, MarkFile, Recorded};
 use super::{
-    CasOutcome, DueEntry, GrantKey, GrantWrite, LossReport, QuarantinedRecord, Store, StoreError,
-    StoredGrant, WriteMark,
+    CasOutcome, DueEntry, GrantKey, GrantWrite, LossReport, OutboxEntry, OutboxEvent, OutboxRetry,
+    QuarantinedRecord, Store, StoreError, StoredGrant, WriteMark, outbox_mark,
 };
 
 /// The mark file's name inside the store directory: the newest acknowledged write
@@ -67,6 +70,7 @@ pub struct SledStore {
     marks: Tree,
     marks_expiry: Tree,
     meta: Tree,
+    outbox: Tree,
     durability: Arc<Durability>,
 }
 
@@ -201,6 +205,66 @@ enum Abort {
     Corrupt(&'static str),
 }
 
+const OUTBOX_HEADER: usize = 8 + 4 + 8 + 8 + 2;
+
+fn outbox_key(target: &str, event_id: &str) -> Result<Vec<u8>, StoreError> {
+    check_part("target", target)?;
+    check_part("event_id", event_id)?;
+    let mut k = Vec::with_capacity(target.len() + 1 + event_id.len());
+    k.extend_from_slice(target.as_bytes());
+    k.push(0);
+    k.extend_from_slice(event_id.as_bytes());
+    Ok(k)
+}
+
+fn encode_outbox_value(
+    enqueued_ms: u64,
+    retry: OutboxRetry,
+    event_type: &str,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut v = Vec::with_capacity(OUTBOX_HEADER + event_type.len() + payload.len());
+    v.extend_from_slice(&enqueued_ms.to_be_bytes());
+    v.extend_from_slice(&retry.attempts.to_be_bytes());
+    v.extend_from_slice(&retry.next_attempt_ms.to_be_bytes());
+    v.extend_from_slice(&retry.dead_at_ms.unwrap_or(u64::MAX).to_be_bytes());
+    let type_len = event_type.len().min(u16::MAX as usize);
+    v.extend_from_slice(&(type_len as u16).to_be_bytes());
+    v.extend_from_slice(&event_type.as_bytes()[..type_len]);
+    v.extend_from_slice(payload);
+    v
+}
+
+fn parse_outbox(key: &[u8], value: &[u8]) -> Result<OutboxEntry, StoreError> {
+    let corrupt = |reason| StoreError::CorruptRecord {
+        key: String::from_utf8_lossy(key).replace('\0', "/"),
+        reason,
+    };
+    let split = key
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or_else(|| corrupt("outbox key without separator"))?;
+    if value.len() < OUTBOX_HEADER {
+        return Err(corrupt("outbox entry shorter than its header"));
+    }
+    let type_len = u16::from_be_bytes([value[28], value[29]]) as usize;
+    if value.len() < OUTBOX_HEADER + type_len {
+        return Err(corrupt("outbox entry shorter than its event type"));
+    }
+    let dead = u64_at(value, 20);
+    Ok(OutboxEntry {
+        target: String::from_utf8_lossy(&key[..split]).into_owned(),
+        event_id: String::from_utf8_lossy(&key[split + 1..]).into_owned(),
+        event_type: String::from_utf8_lossy(&value[OUTBOX_HEADER..OUTBOX_HEADER + type_len])
+            .into_owned(),
+        payload: value[OUTBOX_HEADER + type_len..].to_vec(),
+        enqueued_ms: u64_at(value, 0),
+        attempts: u32::from_be_bytes([value[8], value[9], value[10], value[11]]),
+        next_attempt_ms: u64_at(value, 12),
+        dead_at_ms: (dead != u64::MAX).then_some(dead),
+    })
+}
+
 impl SledStore {
     /// Opens (or creates) the store in directory `path`. Blocks up to [`LOCK_WAIT`] while
     /// the directory is locked (a handle being dropped releases its lock a moment later).
@@ -287,6 +351,7 @@ impl SledStore {
             marks: tree("marks")?,
             marks_expiry: tree("marks_expiry")?,
             meta: tree("meta")?,
+            outbox: tree("outbox")?,
             db,
             path,
         })
@@ -604,6 +669,129 @@ impl Store for SledStore {
             purged += 1;
         }
         Ok(purged)
+    }
+
+    fn outbox_put(
+        &self,
+        events: &[OutboxEvent],
+        mark_expires_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut prepared = Vec::with_capacity(events.len());
+        for e in events {
+            let keys = e
+                .targets
+                .iter()
+                .map(|t| outbox_key(t, &e.event_id))
+                .collect::<Result<Vec<_>, _>>()?;
+            if keys.is_empty() {
+                check_part("event_id", &e.event_id)?;
+            }
+            let value = encode_outbox_value(
+                now_ms,
+                OutboxRetry {
+                    attempts: 0,
+                    next_attempt_ms: now_ms,
+                    dead_at_ms: None,
+                },
+                &e.event_type,
+                &e.payload,
+            );
+            prepared.push((outbox_mark(&e.event_id), keys, value));
+        }
+        let result = (&self.marks, &self.marks_expiry, &self.outbox).transaction(
+            |(marks, expiry, outbox)| {
+                let mut stored = Vec::with_capacity(prepared.len());
+                for (mark, keys, value) in &prepared {
+                    if let Some(old) = marks.get(mark)? {
+                        let old_exp = mark_expiry(&old);
+                        if old_exp > now_ms {
+                            stored.push(false);
+                            continue;
+                        }
+                        expiry.remove(due_key(old_exp, mark))?;
+                    }
+                    marks.insert(mark.as_slice(), &mark_expires_ms.to_be_bytes())?;
+                    expiry.insert(due_key(mark_expires_ms, mark), &[] as &[u8])?;
+                    for k in keys {
+                        outbox.insert(k.as_slice(), value.as_slice())?;
+                    }
+                    stored.push(true);
+                }
+                Ok(stored)
+            },
+        );
+        result.map_err(|e: TransactionError<()>| match e {
+            TransactionError::Storage(e) => backend("outbox_put")(e),
+            TransactionError::Abort(()) => unreachable!("the outbox transaction never aborts"),
+        })
+    }
+
+    fn outbox_list(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let iter = match after {
+            Some((target, event_id)) => {
+                let mut start = outbox_key(target, event_id)?;
+                start.push(0);
+                self.outbox.range(start..)
+            }
+            None => self.outbox.iter(),
+        };
+        iter.take(limit)
+            .map(|item| {
+                let (k, v) = item.map_err(backend("outbox_list"))?;
+                parse_outbox(&k, &v)
+            })
+            .collect()
+    }
+
+    fn outbox_update(
+        &self,
+        target: &str,
+        event_id: &str,
+        retry: OutboxRetry,
+    ) -> Result<bool, StoreError> {
+        let key = outbox_key(target, event_id)?;
+        let result = self.outbox.transaction(|outbox| {
+            let Some(old) = outbox.get(&key)? else {
+                return Ok(false);
+            };
+            let Ok(entry) = parse_outbox(&key, &old) else {
+                return Ok(false);
+            };
+            outbox.insert(
+                key.as_slice(),
+                encode_outbox_value(entry.enqueued_ms, retry, &entry.event_type, &entry.payload),
+            )?;
+            Ok(true)
+        });
+        result.map_err(|e: TransactionError<()>| match e {
+            TransactionError::Storage(e) => backend("outbox_update")(e),
+            TransactionError::Abort(()) => unreachable!("the outbox transaction never aborts"),
+        })
+    }
+
+    fn outbox_remove(&self, entries: &[(String, String)]) -> Result<usize, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut found = 0;
+        for (target, event_id) in entries {
+            let key = outbox_key(target, event_id)?;
+            if self
+                .outbox
+                .contains_key(&key)
+                .map_err(backend("outbox_remove"))?
+            {
+                found += 1;
+            }
+            batch.remove(key);
+        }
+        self.outbox
+            .apply_batch(batch)
+            .map_err(backend("outbox_remove"))?;
+        Ok(found)
     }
 
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {

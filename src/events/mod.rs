@@ -19,7 +19,11 @@
 //!   them already). Subscribers that stopped are forgotten at their type's next event.
 //!
 //! The time of a mark comes from the injected [`Clock`]. The event gateway (forwarding to
-//! configured HTTP targets) is meant to grow from this actor.
+//! `[[events.forward]]` HTTP targets) is [`gateway`], with the push form in [`push`]; it
+//! takes events from the connection before their ack, apart from this dispatcher.
+
+pub mod gateway;
+pub mod push;
 
 use std::collections::HashMap;
 use std::time::Duration;

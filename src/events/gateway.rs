@@ -1,0 +1,705 @@
+//! The event gateway: events received over the long connection, other than lark-auth's
+//! own card callbacks, go to every `[[events.forward]]` target that takes their type, in
+//! the platform's HTTP push form ([`super::push`]), at least once.
+//!
+//! Accepts: [`HoldEvent`] (from the ConnectionActor, before it acks), [`GetForwardStatus`].
+//! Sends: HTTP POSTs to the targets; writes to the [`Store`] through its own writer thread
+//! ([`OutboxWriter`], a one-thread `SyncArbiter`).
+//!
+//! - **Before the ack.** A held event is put in the outbox (one entry per target, with the
+//!   dedup mark `forward/<event_id>` in the same step: a redelivery is not taken again) and
+//!   the store is flushed; only then does the reply let the connection ack 200. Group
+//!   commit: while one write is under way, the events arriving are gathered and written
+//!   (and flushed) together next, so the ack path pays one flush per batch, not per
+//!   event. A store failure answers [`HoldRefused::Store`] (ack 500: the platform keeps
+//!   the event).
+//! - **Bounded.** Deliveries not yet taken (pending, in flight, being written) are at most
+//!   `events.outbox_capacity`; past it a new event is refused with [`HoldRefused::Full`]
+//!   (ack 500, counted in `lark_auth_forward_outbox_full_total`, one warning per full
+//!   spell), never accepted and dropped.
+//! - **Delivery.** Per target at most `concurrency` POSTs in flight, oldest first. 2xx: the
+//!   entry is removed (in batches; not flushed, so a crash may deliver it again: at least
+//!   once). Anything else (status, timeout, connection refused): retried after
+//!   `min(retry_max, retry_initial × 2^(tries−1))`, jittered down to half, until
+//!   `retry_for` after it was enqueued; then it is kept in the store as dead, counted,
+//!   and logged once (event id and type, never the body).
+//! - **Restarts.** At start every entry of the store is read back: pending ones are
+//!   delivered (with their try count), dead ones counted. Entries of targets no longer
+//!   configured stay in the store untouched (logged at start).
+//!
+//! One instance per store: two instances on one PostgreSQL store would both deliver the
+//! entries they load (issue 14 shares the outbox later).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use tokio::sync::oneshot;
+use tracing::{debug, error, info, warn};
+
+use super::push::{self, PushKey};
+use crate::clock::Clock;
+use crate::config::{Config, ForwardTarget};
+use crate::connection::{HoldEvent, HoldRefused};
+use crate::metrics::Metrics;
+use crate::store::{OutboxEntry, OutboxEvent, OutboxRetry, Store, StoreError};
+
+/// How often due retries are moved to the ready queues and delivered entries removed.
+const TICK: Duration = Duration::from_millis(20);
+/// Entries read per page at start.
+const LOAD_PAGE: usize = 1000;
+/// Largest answer body read from a target (the rest is dropped).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// The gateway's settings (from `[events]`).
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// The targets, in configuration order.
+    pub targets: Vec<ForwardTarget>,
+    /// Most deliveries not yet taken.
+    pub capacity: usize,
+    /// How long a delivery is retried before it is dead.
+    pub retry_for: Duration,
+    /// First wait between tries.
+    pub retry_initial: Duration,
+    /// Longest wait between tries.
+    pub retry_max: Duration,
+    /// Lifetime of an event's dedup mark (`sessions.dedup_ttl_secs`, ≥ 7 h).
+    pub dedup_ttl: Duration,
+}
+
+impl GatewaySettings {
+    /// The settings of `config` (`[events]`, and `sessions.dedup_ttl_secs` for the marks).
+    pub fn from_config(config: &Config) -> GatewaySettings {
+        let e = &config.events;
+        GatewaySettings {
+            targets: e.forward.clone(),
+            capacity: e.outbox_capacity,
+            retry_for: e.retry_for,
+            retry_initial: e.retry_initial,
+            retry_max: e.retry_max,
+            dedup_ttl: config.sessions.dedup_ttl,
+        }
+    }
+}
+
+/// Asks for the outbox's state per target.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Vec<ForwardStatus>")]
+pub struct GetForwardStatus;
+
+/// One target's outbox state (`GET /v1/events/forward`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ForwardStatus {
+    /// The target's URL.
+    pub target: String,
+    /// Deliveries not yet taken (waiting, retrying or in flight).
+    pub pending: u64,
+    /// Deliveries taken (2xx) since the start.
+    pub delivered_total: u64,
+    /// Failed tries (non-2xx, timeout, refused) since the start.
+    pub failed_total: u64,
+    /// Deliveries given up and kept as dead (in the store, across restarts).
+    pub dead: u64,
+    /// When the oldest pending delivery's event arrived, unix ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_pending_at_ms: Option<u64>,
+}
+
+// ----- the writer thread ------------------------------------------------------------------
+
+/// Owns the store's outbox writes on one blocking thread.
+pub struct OutboxWriter {
+    store: Arc<dyn Store>,
+}
+
+impl Actor for OutboxWriter {
+    type Context = SyncContext<Self>;
+}
+
+/// Puts a batch in the outbox and flushes; replies per event whether it was new.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<bool>, StoreError>")]
+struct PutEvents {
+    events: Vec<OutboxEvent>,
+    mark_expires_ms: u64,
+    now_ms: u64,
+}
+
+impl Handler<PutEvents> for OutboxWriter {
+    type Result = Result<Vec<bool>, StoreError>;
+
+    fn handle(&mut self, msg: PutEvents, _: &mut SyncContext<Self>) -> Self::Result {
+        let stored = self
+            .store
+            .outbox_put(&msg.events, msg.mark_expires_ms, msg.now_ms)?;
+        self.store.flush()?;
+        Ok(stored)
+    }
+}
+
+/// Removes delivered entries (not flushed).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RemoveDelivered(Vec<(String, String)>);
+
+impl Handler<RemoveDelivered> for OutboxWriter {
+    type Result = ();
+
+    fn handle(&mut self, msg: RemoveDelivered, _: &mut SyncContext<Self>) {
+        if let Err(e) = self.store.outbox_remove(&msg.0) {
+            warn!(error = %e, count = msg.0.len(), "delivered outbox entries not removed; they may be delivered again after a restart");
+        }
+    }
+}
+
+/// Writes a delivery's retry state (not flushed).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct UpdateRetry {
+    target: String,
+    event_id: Arc<str>,
+    retry: OutboxRetry,
+}
+
+impl Handler<UpdateRetry> for OutboxWriter {
+    type Result = ();
+
+    fn handle(&mut self, msg: UpdateRetry, _: &mut SyncContext<Self>) {
+        if let Err(e) = self
+            .store
+            .outbox_update(&msg.target, &msg.event_id, msg.retry)
+        {
+            warn!(event_id = %msg.event_id, error = %e, "outbox retry state not written");
+        }
+    }
+}
+
+// ----- the gateway ------------------------------------------------------------------------
+
+/// One delivery of an event to one target.
+#[derive(Debug, Clone)]
+struct Delivery {
+    event_id: Arc<str>,
+    event_type: Arc<str>,
+    payload: Bytes,
+    enqueued_ms: u64,
+    attempts: u32,
+}
+
+struct TargetState {
+    config: ForwardTarget,
+    key: Option<PushKey>,
+    ready: VecDeque<Delivery>,
+    /// Retries by due instant (unix ms) and a sequence number.
+    waiting: BTreeMap<(u64, u64), Delivery>,
+    /// `enqueued_ms` of the deliveries in flight, by sequence number.
+    in_flight: HashMap<u64, u64>,
+    delivered_total: u64,
+    failed_total: u64,
+    dead: u64,
+}
+
+impl TargetState {
+    fn pending(&self) -> usize {
+        self.ready.len() + self.waiting.len() + self.in_flight.len()
+    }
+}
+
+type Reply = oneshot::Sender<Result<(), HoldRefused>>;
+
+/// An event waiting for the next group-committed write.
+struct Held {
+    event: OutboxEvent,
+    targets: Vec<usize>,
+    payload: Bytes,
+    enqueued_ms: u64,
+    reply: Reply,
+}
+
+/// The gateway actor; see the module docs. Start it with [`EventGateway::start`].
+pub struct EventGateway {
+    writer: Addr<OutboxWriter>,
+    settings: GatewaySettings,
+    clock: Clock,
+    metrics: Option<Metrics>,
+    client: Option<awc::Client>,
+    targets: Vec<TargetState>,
+    /// Events gathered for the next write.
+    batch: Vec<Held>,
+    /// Deliveries in `batch` and in the write under way.
+    batched: usize,
+    writing: bool,
+    removals: Vec<(String, String)>,
+    seq: u64,
+    full_logged: bool,
+}
+
+impl EventGateway {
+    /// Reads the outbox back from `store` (pending entries are delivered again, dead ones
+    /// counted) and starts the gateway and its writer thread on the current System. Reads
+    /// the store on the calling thread (start-up only).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the outbox cannot be read.
+    pub fn start(
+        store: Arc<dyn Store>,
+        settings: GatewaySettings,
+        clock: Clock,
+        metrics: Option<Metrics>,
+    ) -> Result<Addr<EventGateway>, StoreError> {
+        let mut targets: Vec<TargetState> = settings
+            .targets
+            .iter()
+            .map(|t| TargetState {
+                config: t.clone(),
+                key: t.encrypt_key.as_ref().map(PushKey::new),
+                ready: VecDeque::new(),
+                waiting: BTreeMap::new(),
+                in_flight: HashMap::new(),
+                delivered_total: 0,
+                failed_total: 0,
+                dead: 0,
+            })
+            .collect();
+        let mut seq = 0u64;
+        let mut unknown = 0usize;
+        let mut after: Option<(String, String)> = None;
+        let mut loaded: Vec<(usize, OutboxEntry)> = Vec::new();
+        loop {
+            let page = store.outbox_list(
+                after.as_ref().map(|(t, e)| (t.as_str(), e.as_str())),
+                LOAD_PAGE,
+            )?;
+            let Some(last) = page.last() else { break };
+            after = Some((last.target.clone(), last.event_id.clone()));
+            let full = page.len() == LOAD_PAGE;
+            for entry in page {
+                match targets.iter().position(|t| t.config.url == entry.target) {
+                    Some(i) if entry.dead_at_ms.is_some() => targets[i].dead += 1,
+                    Some(i) => loaded.push((i, entry)),
+                    None => unknown += 1,
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        // Oldest first.
+        loaded.sort_by_key(|(_, e)| e.enqueued_ms);
+        let pending = loaded.len();
+        for (i, e) in loaded {
+            let d = Delivery {
+                event_id: e.event_id.into(),
+                event_type: e.event_type.into(),
+                payload: Bytes::from(e.payload),
+                enqueued_ms: e.enqueued_ms,
+                attempts: e.attempts,
+            };
+            if e.attempts == 0 {
+                targets[i].ready.push_back(d);
+            } else {
+                seq += 1;
+                targets[i].waiting.insert((e.next_attempt_ms, seq), d);
+            }
+        }
+        if pending > 0 || unknown > 0 {
+            info!(
+                pending,
+                unknown_target_entries = unknown,
+                "event gateway outbox read back: pending deliveries resume"
+            );
+        }
+        let writer = SyncArbiter::start(1, move || OutboxWriter {
+            store: store.clone(),
+        });
+        Ok(EventGateway {
+            writer,
+            settings,
+            clock,
+            metrics,
+            client: None,
+            targets,
+            batch: Vec::new(),
+            batched: 0,
+            writing: false,
+            removals: Vec::new(),
+            seq,
+            full_logged: false,
+        }
+        .start())
+    }
+
+    fn pending(&self) -> usize {
+        self.targets.iter().map(TargetState::pending).sum::<usize>() + self.batched
+    }
+
+    fn publish_backlog(&self, i: usize) {
+        if let Some(m) = &self.metrics {
+            let t = &self.targets[i];
+            m.forward_backlog(&t.config.url, t.pending() as u64, t.dead);
+        }
+    }
+
+    /// Starts the next group-committed write when none is under way.
+    fn write_batch(&mut self, ctx: &mut Context<Self>) {
+        if self.writing || self.batch.is_empty() {
+            return;
+        }
+        self.writing = true;
+        let held = std::mem::take(&mut self.batch);
+        let now = self.clock.now_ms();
+        let events: Vec<OutboxEvent> = held.iter().map(|h| h.event.clone()).collect();
+        let put = self.writer.send(PutEvents {
+            events,
+            mark_expires_ms: now + self.settings.dedup_ttl.as_millis() as u64,
+            now_ms: now,
+        });
+        ctx.spawn(put.into_actor(self).map(move |result, act, ctx| {
+            act.writing = false;
+            let written: usize = held.iter().map(|h| h.targets.len()).sum();
+            act.batched -= written;
+            match result {
+                Ok(Ok(stored)) => {
+                    for (h, new) in held.into_iter().zip(stored) {
+                        if new {
+                            for &i in &h.targets {
+                                act.targets[i].ready.push_back(Delivery {
+                                    event_id: h.event.event_id.as_str().into(),
+                                    event_type: h.event.event_type.as_str().into(),
+                                    payload: h.payload.clone(),
+                                    enqueued_ms: h.enqueued_ms,
+                                    attempts: 0,
+                                });
+                            }
+                        } else {
+                            debug!(event_id = %h.event.event_id, "redelivered event not forwarded again");
+                        }
+                        let _ = h.reply.send(Ok(()));
+                    }
+                }
+                Ok(Err(e)) => {
+                    error!(error = %e, events = held.len(), "outbox write failed; events answered 500");
+                    for h in held {
+                        let _ = h.reply.send(Err(HoldRefused::Store(e.to_string())));
+                    }
+                }
+                Err(e) => {
+                    error!(error = %e, "outbox writer gone; events answered 500");
+                    for h in held {
+                        let _ = h.reply.send(Err(HoldRefused::Store(e.to_string())));
+                    }
+                }
+            }
+            act.write_batch(ctx);
+            for i in 0..act.targets.len() {
+                act.pump(i, ctx);
+            }
+        }));
+    }
+
+    /// Starts deliveries of target `i` up to its concurrency.
+    fn pump(&mut self, i: usize, ctx: &mut Context<Self>) {
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        loop {
+            let t = &mut self.targets[i];
+            if t.in_flight.len() >= t.config.concurrency {
+                break;
+            }
+            let Some(d) = t.ready.pop_front() else { break };
+            self.seq += 1;
+            let seq = self.seq;
+            t.in_flight.insert(seq, d.enqueued_ms);
+            let request = match &t.key {
+                Some(key) => push::encrypted(&d.payload, key, self.clock.now_ms() / 1000),
+                None => push::plain(d.payload.clone()),
+            };
+            let fut = post(
+                client.clone(),
+                t.config.url.clone(),
+                request,
+                t.config.timeout,
+            );
+            ctx.spawn(fut.into_actor(self).map(move |outcome, act, ctx| {
+                act.delivered(i, seq, d, outcome, ctx);
+            }));
+        }
+        self.publish_backlog(i);
+    }
+
+    fn delivered(
+        &mut self,
+        i: usize,
+        seq: u64,
+        mut d: Delivery,
+        outcome: Result<u16, String>,
+        ctx: &mut Context<Self>,
+    ) {
+        let now = self.clock.now_ms();
+        let retry = d.attempts > 0;
+        d.attempts += 1;
+        let t = &mut self.targets[i];
+        t.in_flight.remove(&seq);
+        let url = t.config.url.clone();
+        match outcome {
+            Ok(status) if (200..300).contains(&status) => {
+                t.delivered_total += 1;
+                if let Some(m) = &self.metrics {
+                    m.forward_try(&url, "delivered", retry);
+                    m.forward_latency(&url, now.saturating_sub(d.enqueued_ms) as f64 / 1000.0);
+                }
+                self.removals.push((url, d.event_id.to_string()));
+            }
+            failure => {
+                t.failed_total += 1;
+                let cause = match &failure {
+                    Ok(status) => format!("status {status}"),
+                    Err(e) => e.clone(),
+                };
+                let give_up = now >= d.enqueued_ms + self.settings.retry_for.as_millis() as u64;
+                if give_up {
+                    t.dead += 1;
+                    if let Some(m) = &self.metrics {
+                        m.forward_try(&url, "dead", retry);
+                    }
+                    error!(
+                        target_url = %url,
+                        event_id = %d.event_id,
+                        event_type = %d.event_type,
+                        attempts = d.attempts,
+                        cause = %cause,
+                        "event delivery given up after events.retry_for_secs; kept in the outbox as dead"
+                    );
+                    self.writer.do_send(UpdateRetry {
+                        target: url,
+                        event_id: d.event_id.clone(),
+                        retry: OutboxRetry {
+                            attempts: d.attempts,
+                            next_attempt_ms: u64::MAX,
+                            dead_at_ms: Some(now),
+                        },
+                    });
+                } else {
+                    if let Some(m) = &self.metrics {
+                        m.forward_try(&url, "failed", retry);
+                    }
+                    let delay = backoff(
+                        d.attempts,
+                        self.settings.retry_initial,
+                        self.settings.retry_max,
+                        rand::random::<f64>(),
+                    );
+                    let due = now + delay.as_millis() as u64;
+                    debug!(
+                        target_url = %url,
+                        event_id = %d.event_id,
+                        attempts = d.attempts,
+                        cause = %cause,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "event delivery failed; retrying"
+                    );
+                    self.writer.do_send(UpdateRetry {
+                        target: url,
+                        event_id: d.event_id.clone(),
+                        retry: OutboxRetry {
+                            attempts: d.attempts,
+                            next_attempt_ms: due,
+                            dead_at_ms: None,
+                        },
+                    });
+                    self.seq += 1;
+                    self.targets[i].waiting.insert((due, self.seq), d);
+                }
+            }
+        }
+        if self.full_logged && self.pending() < self.settings.capacity {
+            self.full_logged = false;
+        }
+        self.pump(i, ctx);
+    }
+
+    /// Moves due retries to the ready queues, delivers, and removes delivered entries.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let now = self.clock.now_ms();
+        for i in 0..self.targets.len() {
+            let t = &mut self.targets[i];
+            while let Some(entry) = t.waiting.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                let d = entry.remove();
+                t.ready.push_back(d);
+            }
+            self.pump(i, ctx);
+        }
+        if !self.removals.is_empty() {
+            self.writer
+                .do_send(RemoveDelivered(std::mem::take(&mut self.removals)));
+        }
+    }
+}
+
+/// The wait before try `attempts + 1` of a delivery that failed `attempts` times:
+/// `min(max, initial × 2^(attempts−1))`, scaled by `0.5 + jitter / 2` (`jitter` in
+/// `[0, 1)`), so never above `max`.
+pub fn backoff(attempts: u32, initial: Duration, max: Duration, jitter: f64) -> Duration {
+    let exp = attempts.saturating_sub(1).min(30);
+    let base = initial.saturating_mul(1u32 << exp).min(max);
+    base.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0).min(max)
+}
+
+/// POSTs one push; the answer's status, or why there was none.
+async fn post(
+    client: awc::Client,
+    url: String,
+    request: push::PushRequest,
+    timeout: Duration,
+) -> Result<u16, String> {
+    let mut req = client
+        .post(&url)
+        .camel_case()
+        .timeout(timeout)
+        .insert_header(("Content-Type", push::CONTENT_TYPE));
+    for (name, value) in request.headers {
+        req = req.insert_header((name, value));
+    }
+    let send = req.send_body(request.body);
+    let answer = async move {
+        let mut resp = send.await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let _ = resp.body().limit(MAX_ANSWER_BYTES).await;
+        Ok(status)
+    };
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("timeout after {} ms", timeout.as_millis())),
+    }
+}
+
+impl Actor for EventGateway {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let timeout = self
+            .settings
+            .targets
+            .iter()
+            .map(|t| t.timeout)
+            .max()
+            .unwrap_or(Duration::from_secs(3));
+        match crate::http_client::tls_config() {
+            Ok(tls) => self.client = Some(crate::http_client::http_client(tls, timeout)),
+            Err(e) => error!(error = %e, "event gateway: TLS setup failed; nothing is delivered"),
+        }
+        ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
+        for i in 0..self.targets.len() {
+            self.pump(i, ctx);
+        }
+    }
+}
+
+impl Handler<HoldEvent> for EventGateway {
+    type Result = ResponseFuture<Result<(), HoldRefused>>;
+
+    fn handle(&mut self, msg: HoldEvent, ctx: &mut Context<Self>) -> Self::Result {
+        let event = msg.0;
+        let targets: Vec<usize> = self
+            .targets
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.config.takes(&event.event_type))
+            .map(|(i, _)| i)
+            .collect();
+        if targets.is_empty() {
+            return Box::pin(async { Ok(()) });
+        }
+        if self.pending() + targets.len() > self.settings.capacity {
+            if let Some(m) = &self.metrics {
+                m.forward_outbox_full();
+            }
+            if !self.full_logged {
+                self.full_logged = true;
+                warn!(
+                    capacity = self.settings.capacity,
+                    event_id = %event.event_id,
+                    "event gateway outbox full: new events are answered 500 (the platform delivers them again later) until deliveries drain"
+                );
+            }
+            return Box::pin(async { Err(HoldRefused::Full) });
+        }
+        let (reply, answer) = oneshot::channel();
+        self.batched += targets.len();
+        self.batch.push(Held {
+            event: OutboxEvent {
+                event_id: event.event_id.to_string(),
+                event_type: event.event_type.to_string(),
+                targets: targets
+                    .iter()
+                    .map(|&i| self.targets[i].config.url.clone())
+                    .collect(),
+                payload: event.payload.to_vec(),
+            },
+            targets,
+            payload: event.payload.clone(),
+            enqueued_ms: self.clock.now_ms(),
+            reply,
+        });
+        self.write_batch(ctx);
+        Box::pin(async move {
+            answer
+                .await
+                .unwrap_or_else(|_| Err(HoldRefused::Store("event gateway stopped".into())))
+        })
+    }
+}
+
+impl Handler<GetForwardStatus> for EventGateway {
+    type Result = Vec<ForwardStatus>;
+
+    fn handle(&mut self, _: GetForwardStatus, _: &mut Context<Self>) -> Vec<ForwardStatus> {
+        self.targets
+            .iter()
+            .map(|t| {
+                let oldest = t
+                    .ready
+                    .iter()
+                    .map(|d| d.enqueued_ms)
+                    .chain(t.waiting.values().map(|d| d.enqueued_ms))
+                    .chain(t.in_flight.values().copied())
+                    .min();
+                ForwardStatus {
+                    target: t.config.url.clone(),
+                    pending: t.pending() as u64,
+                    delivered_total: t.delivered_total,
+                    failed_total: t.failed_total,
+                    dead: t.dead,
+                    oldest_pending_at_ms: oldest,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped_at_the_maximum() {
+        let (i, m) = (Duration::from_secs(1), Duration::from_secs(30));
+        assert_eq!(backoff(1, i, m, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff(1, i, m, 0.0), Duration::from_millis(500));
+        assert_eq!(backoff(3, i, m, 1.0), Duration::from_secs(4));
+        assert_eq!(backoff(5, i, m, 1.0), Duration::from_secs(16));
+        for attempts in [6, 7, 20, 1000, u32::MAX] {
+            for jitter in [0.0, 0.3, 0.99, 1.0] {
+                let d = backoff(attempts, i, m, jitter);
+                assert!(d <= m && d >= m / 2, "{attempts} {jitter}: {d:?}");
+            }
+        }
+    }
+}
