@@ -912,6 +912,9 @@ pub struct TargetOutcomeLabels {
     pub outcome: String,
 }
 
+/// The outcomes of `lark_auth_forward_deliveries_total{target,outcome}`.
+pub const FORWARD_OUTCOMES: [&str; 3] = ["delivered", "failed", "dead"];
+
 /// The event gateway's families.
 struct ForwardMetrics {
     deliveries: Family<TargetOutcomeLabels, Counter>,
@@ -1015,6 +1018,26 @@ impl Metrics {
         let f = &self.inner.forward;
         f.pending.get_or_create(&label).set(pending as i64);
         f.dead.get_or_create(&label).set(dead as i64);
+    }
+
+    /// Creates every series of `target` at 0 (deliveries by outcome, retries, pending,
+    /// dead, the latency histogram), so a configured target is in the first scrape and
+    /// `rate()`/`increase()` alerts see its first failure.
+    pub fn forward_target_known(&self, target: &str) {
+        let f = &self.inner.forward;
+        for outcome in FORWARD_OUTCOMES {
+            let _ = f.deliveries.get_or_create(&TargetOutcomeLabels {
+                target: target.to_string(),
+                outcome: outcome.to_string(),
+            });
+        }
+        let label = TargetLabel {
+            target: target.to_string(),
+        };
+        let _ = f.retries.get_or_create(&label);
+        let _ = f.pending.get_or_create(&label);
+        let _ = f.dead.get_or_create(&label);
+        let _ = f.latency.get_or_create(&label);
     }
 
     /// Counts an event acked 500 because the outbox was full.

@@ -322,6 +322,11 @@ async fn every_metric_the_dashboard_and_the_rules_use_is_exported_by_a_running_s
         sandbox.openapi.access_token_lifetime = Duration::from_secs(8);
         config.refresh.margin = Duration::from_secs(2);
         config.refresh.ahead = Duration::from_secs(5);
+        // A configured event target: its gateway series are in the first scrape at 0.
+        config.events.forward = vec![lark_auth::config::ForwardTarget {
+            url: "http://127.0.0.1:9/hook".into(),
+            ..Default::default()
+        }];
     })
     .await;
     let base = instance.base_url();

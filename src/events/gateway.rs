@@ -596,7 +596,13 @@ impl Actor for EventGateway {
             Err(e) => error!(error = %e, "event gateway: TLS setup failed; nothing is delivered"),
         }
         ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
+        if let Some(m) = &self.metrics {
+            for t in &self.targets {
+                m.forward_target_known(&t.config.url);
+            }
+        }
         for i in 0..self.targets.len() {
+            self.publish_backlog(i);
             self.pump(i, ctx);
         }
     }
