@@ -70,6 +70,8 @@ struct Inner {
     link: Arc<LinkActivity>,
     /// 1 when this instance started on a vault that lost acknowledged writes.
     vault_loss: Gauge,
+    /// 1 when the store answered the last probe.
+    store_up: Gauge,
     /// The event gateway (issue 15).
     forward: ForwardMetrics,
 }
@@ -182,6 +184,14 @@ impl Metrics {
             "1 when the service was started with --accept-loss on a vault that lost acknowledged writes",
             vault_loss.clone(),
         );
+        let store_up = Gauge::default();
+        registry.register(
+            "store_up",
+            "1 when the token store (the sled vault or PostgreSQL) answered a read at the last scrape or /healthz, 0 when it failed or took over 2 s",
+            store_up.clone(),
+        );
+        // The service starts only on a store it could open.
+        store_up.set(1);
         let forward = ForwardMetrics::register(&mut registry);
         let metrics = Metrics {
             inner: Arc::new(Inner {
@@ -199,6 +209,7 @@ impl Metrics {
                 get_token,
                 link,
                 vault_loss,
+                store_up,
                 forward,
             }),
         };
@@ -241,6 +252,12 @@ impl Metrics {
     /// that lost acknowledged writes (`serve --accept-loss`).
     pub fn vault_loss_detected(&self, detected: bool) {
         self.inner.vault_loss.set(i64::from(detected));
+    }
+
+    /// Sets `lark_auth_store_up`: whether the store answered the last probe (a one-grant
+    /// read made by `/metrics` and `/healthz`).
+    pub fn store_up(&self, up: bool) {
+        self.inner.store_up.set(i64::from(up));
     }
 
     /// Records the current connection state (`connecting`, `connected`, …).

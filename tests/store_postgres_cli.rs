@@ -1,7 +1,8 @@
 //! The binary on `[store] backend = "postgres"`, against a throwaway PostgreSQL server:
 //! `check-config` connects and checks the schema (and the key once the schema exists),
 //! `serve` creates the schema and runs on it (one instance), and every failure at start
-//! is one line on stderr that never shows the URL's password.
+//! is one line on stderr that never shows the URL's password. A database that goes away
+//! under a running `serve` shows as `/healthz` 503 and `lark_auth_store_up 0`.
 
 mod pg_common;
 
@@ -76,6 +77,34 @@ fn assert_one_line_without_password(out: &Output) -> String {
     stderr
 }
 
+/// `/healthz` once it answers 200 with a connected link, within 15 s.
+async fn wait_healthy(port: u16) -> Option<serde_json::Value> {
+    let client = awc::Client::default();
+    let health = format!("http://127.0.0.1:{port}/healthz");
+    for _ in 0..300 {
+        if let Ok(mut res) = client.get(&health).send().await {
+            let body: serde_json::Value = res.json().await.unwrap_or_default();
+            if res.status().as_u16() == 200 && body["connection"] == "connected" {
+                return Some(body);
+            }
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// `GET path` on the control API with the API token: (status, body).
+async fn get(port: u16, path: &str) -> (u16, String) {
+    let mut res = awc::Client::default()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .bearer_auth("api-token-value")
+        .send()
+        .await
+        .unwrap();
+    let body = res.body().limit(1 << 22).await.unwrap();
+    (res.status().as_u16(), text(&body))
+}
+
 #[actix_rt::test]
 async fn check_config_and_serve_run_on_postgresql() {
     let server = pg_common::TestPostgres::start();
@@ -113,19 +142,7 @@ async fn check_config_and_serve_run_on_postgresql() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let client = awc::Client::default();
-    let health = format!("http://127.0.0.1:{port}/healthz");
-    let mut healthy = None;
-    for _ in 0..300 {
-        if let Ok(mut res) = client.get(&health).send().await {
-            let body: serde_json::Value = res.json().await.unwrap_or_default();
-            if res.status().as_u16() == 200 && body["connection"] == "connected" {
-                healthy = Some(body);
-                break;
-            }
-        }
-        actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let healthy = wait_healthy(port).await;
     let pid = child.id().to_string();
     let stop = move || {
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
@@ -213,4 +230,40 @@ async fn failures_at_start_are_one_line_without_the_password() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = assert_one_line_without_password(&out);
     assert!(stderr.contains("store.schema"), "{stderr}");
+}
+
+#[actix_rt::test]
+async fn a_database_that_goes_away_shows_in_healthz_and_store_up() {
+    let mut server = pg_common::TestPostgres::start();
+    let url = format!("{} password={PASSWORD}", server.url());
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), &sandbox, "lark_auth", port);
+    let mut child = command(&["serve", "--config", &config], VAULT_KEY, Some(&url))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let healthy = wait_healthy(port).await;
+    let up = get(port, "/metrics").await;
+
+    server.stop();
+    let health_down = get(port, "/healthz").await;
+    let metrics_down = get(port, "/metrics").await;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    assert_eq!(healthy.expect("healthy on PostgreSQL")["vault"], "ok");
+    assert_eq!(up.0, 200);
+    assert!(up.1.contains("lark_auth_store_up 1"), "{}", up.1);
+    assert_eq!(health_down.0, 503, "{}", health_down.1);
+    let body: serde_json::Value = serde_json::from_str(&health_down.1).unwrap();
+    assert_eq!(body["vault"], "unavailable", "{body}");
+    assert_eq!(metrics_down.0, 200);
+    assert!(
+        metrics_down.1.contains("lark_auth_store_up 0"),
+        "{}",
+        metrics_down.1
+    );
 }

@@ -276,17 +276,7 @@ async fn healthz(state: web::Data<ControlState>) -> HttpResponse {
         },
         None => ConnectionState::Stopped,
     };
-    let vault_ok = match &state.vault {
-        Some(addr) => matches!(
-            addr.send(ListGrants {
-                after_open_id: None,
-                limit: 1
-            })
-            .await,
-            Ok(Ok(_))
-        ),
-        None => true,
-    };
+    let vault_ok = probe_store(&state).await;
     let healthy = vault_ok
         && !matches!(
             connection,
@@ -306,11 +296,33 @@ async fn healthz(state: web::Data<ControlState>) -> HttpResponse {
     }
 }
 
+/// Longest wait for the store's answer to a health probe.
+const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether the store answers a one-grant read within [`STORE_PROBE_TIMEOUT`] (true without
+/// a vault); sets `lark_auth_store_up`.
+async fn probe_store(state: &ControlState) -> bool {
+    let Some(addr) = &state.vault else {
+        return true;
+    };
+    let read = addr.send(ListGrants {
+        after_open_id: None,
+        limit: 1,
+    });
+    let up = matches!(
+        tokio::time::timeout(STORE_PROBE_TIMEOUT, read).await,
+        Ok(Ok(Ok(_)))
+    );
+    state.metrics.store_up(up);
+    up
+}
+
 async fn metrics(
     req: HttpRequest,
     state: web::Data<ControlState>,
 ) -> Result<HttpResponse, ApiError> {
     state.authorize(&req)?;
+    probe_store(&state).await;
     Ok(HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(state.metrics.encode()))
