@@ -50,7 +50,8 @@ use crate::openapi::OpenApiClient;
 use crate::refresh::scheduler::{GrantChanged, ReauthNeeded, RefreshScheduler, SchedulerSettings};
 use crate::secret::Secret;
 use crate::session::router::{
-    GetSession, StartAuthorization, StartError as SessionStartError, StopRouter, Subscribe,
+    ForwardForeignClicks, GetSession, StartAuthorization, StartError as SessionStartError,
+    StopRouter, Subscribe,
 };
 use crate::session::store::{SessionStoreError, expire_unsure_sessions};
 use crate::session::{RouterActor, RouterParts, SessionSettings, SessionView};
@@ -323,6 +324,9 @@ impl LarkAuth {
         }));
         let tokens = TokenService::new(source).start();
 
+        if let Some(gateway) = &gateway {
+            router.do_send(ForwardForeignClicks(gateway.clone().recipient()));
+        }
         let router_outputs = RouterActor::outputs(&router);
         let (watcher, states) = StateWatch::start(Some(router_outputs.states.clone()));
         let outputs = ConnectionOutputs {

@@ -925,12 +925,16 @@ pub struct TargetLabel {
 pub struct TargetOutcomeLabels {
     /// The target's URL.
     pub target: String,
-    /// `delivered` (2xx), `failed` (anything else; retried) or `dead` (given up).
+    /// Deliveries: `delivered` (2xx), `failed` (anything else; retried) or `dead` (given
+    /// up). Callbacks: `answered`, `failed`, `late`.
     pub outcome: String,
 }
 
 /// The outcomes of `lark_auth_forward_deliveries_total{target,outcome}`.
 pub const FORWARD_OUTCOMES: [&str; 3] = ["delivered", "failed", "dead"];
+
+/// The outcomes of `lark_auth_forward_callbacks_total{target,outcome}`.
+pub const FORWARD_CALLBACK_OUTCOMES: [&str; 3] = ["answered", "failed", "late"];
 
 /// The event gateway's families.
 struct ForwardMetrics {
@@ -940,6 +944,7 @@ struct ForwardMetrics {
     dead: Family<TargetLabel, Gauge>,
     latency: Family<TargetLabel, Histogram>,
     outbox_full: Counter,
+    callbacks: Family<TargetOutcomeLabels, Counter>,
 }
 
 impl ForwardMetrics {
@@ -985,7 +990,14 @@ impl ForwardMetrics {
             "Events acked 500 because the event gateway's outbox was full",
             outbox_full.clone(),
         );
+        let callbacks = Family::<TargetOutcomeLabels, Counter>::default();
+        registry.register(
+            "forward_callbacks",
+            "Card callbacks of cards lark-auth did not send, POSTed to a target, by target and outcome (answered, failed, late)",
+            callbacks.clone(),
+        );
         ForwardMetrics {
+            callbacks,
             deliveries,
             retries,
             pending,
@@ -1055,6 +1067,25 @@ impl Metrics {
         let _ = f.pending.get_or_create(&label);
         let _ = f.dead.get_or_create(&label);
         let _ = f.latency.get_or_create(&label);
+        for outcome in FORWARD_CALLBACK_OUTCOMES {
+            let _ = f.callbacks.get_or_create(&TargetOutcomeLabels {
+                target: target.to_string(),
+                outcome: outcome.to_string(),
+            });
+        }
+    }
+
+    /// Counts one card callback POSTed to `target` ending `outcome` (`answered`,
+    /// `failed`, `late`).
+    pub fn forward_callback(&self, target: &str, outcome: &str) {
+        self.inner
+            .forward
+            .callbacks
+            .get_or_create(&TargetOutcomeLabels {
+                target: target.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
     }
 
     /// Counts an event acked 500 because the outbox was full.

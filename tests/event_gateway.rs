@@ -4,7 +4,9 @@
 //! delivered once; with an Encrypt Key the body decrypts (independently of the gateway's
 //! code) and the signature verifies; a receiver answering 500 or not listening gets every
 //! event once it is back; an outbox that is full answers 500 and loses nothing; a backlog
-//! survives `kill -9` of `serve`.
+//! survives `kill -9` of `serve`. Clicks on cards lark-auth did not send go to the target
+//! at once and its answer comes back in the ack; a target slower than the callback budget
+//! leaves the card unchanged.
 
 #[path = "sessions_common/mod.rs"]
 mod sessions_common;
@@ -49,6 +51,10 @@ impl Received {
 struct ReceiverState {
     /// Status answered; 200 when `None`.
     answer: Option<u16>,
+    /// Body answered; `{}` when `None`.
+    reply: Option<String>,
+    /// Wait before answering.
+    delay: Duration,
     got: Vec<Received>,
 }
 
@@ -69,19 +75,23 @@ impl Receiver {
             App::new().default_service(web::to(move |req: HttpRequest, body: Bytes| {
                 let shared = shared.clone();
                 async move {
-                    let mut s = shared.lock().unwrap();
-                    let status = s.answer.unwrap_or(200);
-                    s.got.push(Received {
-                        headers: req
-                            .headers()
-                            .iter()
-                            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-                            .collect(),
-                        body,
-                        status,
-                    });
+                    let (status, reply, delay) = {
+                        let mut s = shared.lock().unwrap();
+                        let status = s.answer.unwrap_or(200);
+                        s.got.push(Received {
+                            headers: req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                                .collect(),
+                            body,
+                            status,
+                        });
+                        (status, s.reply.clone(), s.delay)
+                    };
+                    actix_rt::time::sleep(delay).await;
                     HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
-                        .body("{}")
+                        .body(reply.unwrap_or_else(|| "{}".into()))
                 }
             }))
         })
@@ -101,6 +111,13 @@ impl Receiver {
 
     fn answer(&self, status: u16) {
         self.state.lock().unwrap().answer = Some(status);
+    }
+
+    /// Answers `body` (after `delay`) from now on.
+    fn reply(&self, body: &str, delay: Duration) {
+        let mut s = self.state.lock().unwrap();
+        s.reply = Some(body.to_string());
+        s.delay = delay;
     }
 
     fn got(&self) -> Vec<Received> {
@@ -215,6 +232,44 @@ impl Instance {
         })
         .await
         .code()
+    }
+}
+
+/// A `card.action.trigger` envelope of a card lark-auth did not send (`value` of another
+/// program), or of a lark-auth card when `value` names a session and an action.
+fn click_envelope(event_id: &str, value: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "schema": "2.0",
+        "header": {
+            "event_id": event_id,
+            "event_type": "card.action.trigger",
+            "create_time": "1767225600000",
+            "token": VERIFICATION_TOKEN,
+            "app_id": "cli_sandbox_app",
+            "tenant_key": "tk"
+        },
+        "event": {
+            "operator": {"tenant_key": "tk", "open_id": "ou_clicker"},
+            "token": "c-card-token",
+            "action": {"tag": "button", "value": value}
+        }
+    }))
+    .unwrap()
+}
+
+impl Instance {
+    /// The `data` of the (first) ack of `message_id`, as JSON; `None` without data.
+    async fn ack_data(&self, message_id: &str) -> Option<serde_json::Value> {
+        let ack = eventually(&format!("ack of {message_id}"), || async {
+            self.sandbox
+                .acks()
+                .into_iter()
+                .find(|a| a.message_id == message_id)
+        })
+        .await;
+        assert_eq!(ack.code(), Some(200));
+        let data = ack.payload.expect("an ack payload").data?;
+        Some(serde_json::from_slice(&data).expect("data is JSON"))
     }
 }
 
@@ -612,4 +667,140 @@ async fn a_backlog_survives_kill_9_of_serve_and_is_delivered_after_the_restart()
     assert!(status[0].get("oldest_pending_at").is_none(), "{status}");
     let _ = serve.kill();
     let _ = serve.wait();
+}
+
+#[actix_rt::test]
+async fn clicks_on_other_cards_go_to_the_target_and_its_answer_comes_back_in_the_ack() {
+    let approvals = Receiver::start(0);
+    approvals.reply(
+        r#"{"toast":{"type":"success","content":"Approved #42"}}"#,
+        Duration::ZERO,
+    );
+    let second = Receiver::start(0);
+    second.reply(
+        r#"{"toast":{"type":"error","content":"not me"}}"#,
+        Duration::ZERO,
+    );
+    let messages = Receiver::start(0);
+    let mut only_messages = target(&messages.url);
+    only_messages.event_types = vec!["im.message.receive_v1".into()];
+    let i = start(
+        vec![only_messages, target(&approvals.url), target(&second.url)],
+        |_| {},
+    )
+    .await;
+
+    let click = click_envelope(
+        "ev_click_1",
+        serde_json::json!({"order": "42", "do": "approve"}),
+    );
+    let first = i.sandbox.push_event(&click).unwrap();
+    assert_eq!(
+        i.ack_data(&first).await,
+        Some(serde_json::json!({"toast": {"type": "success", "content": "Approved #42"}})),
+        "the first target taking callbacks answers"
+    );
+    let got = approvals.got();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body[..], click[..], "the envelope bytes as received");
+    assert_eq!(
+        second.got().len(),
+        1,
+        "every target taking callbacks gets it"
+    );
+
+    // The platform delivers the click again (its ack was "lost"): the same answer, not
+    // POSTed again.
+    i.sandbox.push_duplicate(&first).unwrap();
+    eventually("the copy's ack", || async {
+        (i.sandbox
+            .acks()
+            .iter()
+            .filter(|a| a.message_id == first)
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .await;
+    let copy = i
+        .sandbox
+        .acks()
+        .into_iter()
+        .filter(|a| a.message_id == first)
+        .nth(1)
+        .unwrap();
+    let data: serde_json::Value =
+        serde_json::from_slice(&copy.payload.unwrap().data.unwrap()).unwrap();
+    assert_eq!(data["toast"]["content"], "Approved #42");
+
+    // A click on a lark-auth card is lark-auth's: never forwarded.
+    let own = click_envelope(
+        "ev_click_own",
+        serde_json::json!({"action": "authorize", "session_id": "as_unknown"}),
+    );
+    let own_id = i.sandbox.push_event(&own).unwrap();
+    let answer = i.ack_data(&own_id).await.expect("lark-auth's toast");
+    assert!(answer["toast"]["content"].is_string(), "{answer}");
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        approvals.got().len(),
+        1,
+        "not POSTed again, own click not forwarded"
+    );
+    assert!(
+        messages.got().is_empty(),
+        "a target not taking callbacks gets none"
+    );
+    let status = i.handle.forward_status().await.unwrap();
+    assert!(
+        status
+            .iter()
+            .all(|s| s.pending == 0 && s.delivered_total == 0),
+        "callbacks do not go through the outbox: {status:?}"
+    );
+    let metrics = i.handle.metrics().encode();
+    assert!(
+        metrics.contains(&format!(
+            "lark_auth_forward_callbacks_total{{target=\"{}\",outcome=\"answered\"}} 1",
+            approvals.url
+        )),
+        "{metrics}"
+    );
+}
+
+#[actix_rt::test]
+async fn a_callback_target_slower_than_the_budget_leaves_the_card_unchanged() {
+    let slow = Receiver::start(0);
+    slow.reply(
+        r#"{"toast":{"type":"info","content":"too late"}}"#,
+        Duration::from_secs(3),
+    );
+    let mut slow_target = target(&slow.url);
+    slow_target.timeout = Duration::from_secs(10);
+    let i = start(vec![slow_target], |config| {
+        config.connection.callback_budget = Duration::from_millis(800);
+    })
+    .await;
+
+    let click = click_envelope("ev_click_slow", serde_json::json!({"k": "v"}));
+    let m = i.sandbox.push_event(&click).unwrap();
+    let data = i.ack_data(&m).await;
+    assert!(
+        data.is_none() || data == Some(serde_json::json!({})),
+        "no answer from a late target: {data:?}"
+    );
+    assert_eq!(slow.got().len(), 1);
+    let metrics = eventually("the late callback counted", || async {
+        let m = i.handle.metrics().encode();
+        m.contains(&format!(
+            "lark_auth_forward_callbacks_total{{target=\"{}\",outcome=\"late\"}} 1",
+            slow.url
+        ))
+        .then_some(m)
+    })
+    .await;
+    assert!(
+        metrics.contains("lark_auth_callback_answers_total"),
+        "{metrics}"
+    );
 }

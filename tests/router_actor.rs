@@ -147,6 +147,7 @@ fn click(event_id: &str, session_id: &str, action: &str) -> CardActionReceived {
         message_id: format!("msg_{event_id}"),
         trace_id: "trace".into(),
         trigger,
+        payload: bytes::Bytes::from_static(b"{}"),
         conn_id: Arc::from("conn_1"),
     }
 }

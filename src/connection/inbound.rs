@@ -389,6 +389,7 @@ impl Inbound {
                 message_id: message_id.to_string(),
                 trace_id: frame.trace_id().to_string(),
                 trigger,
+                payload: payload.clone(),
                 conn_id: self.conn_id.clone(),
             });
             return Decision::Callback {

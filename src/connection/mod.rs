@@ -159,6 +159,8 @@ pub struct CardActionReceived {
     pub trace_id: String,
     /// The parsed callback.
     pub trigger: CardActionTrigger,
+    /// The whole (reassembled) JSON envelope as received, for handing it on unchanged.
+    pub payload: Bytes,
     /// `device_id` of the connection it came on.
     pub conn_id: Arc<str>,
 }

@@ -39,11 +39,13 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
+use super::callbacks::{self, CallbackPost, ForwardCallback};
 use super::push::{self, PushKey};
 use crate::clock::Clock;
 use crate::config::{Config, ForwardTarget};
 use crate::connection::{HoldEvent, HoldRefused};
 use crate::metrics::Metrics;
+use crate::protocol::event::CardActionResponse;
 use crate::store::{OutboxEntry, OutboxEvent, OutboxRetry, Store, StoreError};
 
 /// How often due retries are moved to the ready queues and delivered entries removed.
@@ -68,6 +70,10 @@ pub struct GatewaySettings {
     pub retry_max: Duration,
     /// Lifetime of an event's dedup mark (`sessions.dedup_ttl_secs`, ≥ 7 h).
     pub dedup_ttl: Duration,
+    /// How long a card callback may wait for its answer
+    /// (`connection.callback_budget_secs`); a forwarded callback's POST gets this less
+    /// [`callbacks::ANSWER_MARGIN`] at most.
+    pub callback_budget: Duration,
 }
 
 impl GatewaySettings {
@@ -81,6 +87,7 @@ impl GatewaySettings {
             retry_initial: e.retry_initial,
             retry_max: e.retry_max,
             dedup_ttl: config.sessions.dedup_ttl,
+            callback_budget: config.connection.callback_budget,
         }
     }
 }
@@ -660,6 +667,44 @@ impl Handler<HoldEvent> for EventGateway {
                 .await
                 .unwrap_or_else(|_| Err(HoldRefused::Store("event gateway stopped".into())))
         })
+    }
+}
+
+impl Handler<ForwardCallback> for EventGateway {
+    type Result = ResponseFuture<Option<CardActionResponse>>;
+
+    /// POSTs the callback to the targets taking `card.action.trigger` (see
+    /// [`callbacks`]); `None` at once when none does.
+    fn handle(&mut self, msg: ForwardCallback, _: &mut Context<Self>) -> Self::Result {
+        let within = self
+            .settings
+            .callback_budget
+            .saturating_sub(callbacks::ANSWER_MARGIN)
+            .max(Duration::from_millis(100));
+        let now_s = self.clock.now_ms() / 1000;
+        let posts: Vec<CallbackPost> = self
+            .targets
+            .iter()
+            .filter(|t| {
+                t.config
+                    .takes(crate::protocol::event::EVENT_TYPE_CARD_ACTION_TRIGGER)
+            })
+            .map(|t| CallbackPost {
+                url: t.config.url.clone(),
+                request: match &t.key {
+                    Some(key) => push::encrypted(&msg.payload, key, now_s),
+                    None => push::plain(msg.payload.clone()),
+                },
+                timeout: t.config.timeout.min(within),
+            })
+            .collect();
+        let Some(client) = self.client.clone().filter(|_| !posts.is_empty()) else {
+            return Box::pin(async { None });
+        };
+        let metrics = self.metrics.clone();
+        Box::pin(
+            async move { Some(callbacks::forward(client, posts, msg.event_id, metrics).await) },
+        )
     }
 }
 

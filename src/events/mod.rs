@@ -20,8 +20,10 @@
 //!
 //! The time of a mark comes from the injected [`Clock`]. The event gateway (forwarding to
 //! `[[events.forward]]` HTTP targets) is [`gateway`], with the push form in [`push`]; it
-//! takes events from the connection before their ack, apart from this dispatcher.
+//! takes events from the connection before their ack, apart from this dispatcher, and
+//! the card callbacks of cards lark-auth did not send from the router ([`callbacks`]).
 
+pub mod callbacks;
 pub mod gateway;
 pub mod push;
 

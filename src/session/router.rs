@@ -2,11 +2,12 @@
 //!
 //! Accepts: [`StartAuthorization`], [`StartAuthorizationWithLocale`], [`OAuthRedirect`],
 //! [`GetSession`], [`Subscribe`], [`StopRouter`], [`CountRunningSessions`],
-//! [`GetPruneStats`]; from the ConnectionActor [`EventReceived`], [`CardActionReceived`],
+//! [`GetPruneStats`], [`ForwardForeignClicks`]; from the ConnectionActor [`EventReceived`], [`CardActionReceived`],
 //! [`ConnectionStateChanged`] (plug [`RouterActor::outputs`] into it); from sessions
 //! [`SessionFinished`].
 //! Sends: [`Click`], [`CodeRedirect`], [`GetSessionView`], [`StopSession`] to
-//! AuthSessionActors; [`EventReceived`] and [`Subscribe`] to its [`EventDispatcher`].
+//! AuthSessionActors; [`EventReceived`] and [`Subscribe`] to its [`EventDispatcher`];
+//! [`ForwardCallback`] to the event gateway for clicks on cards lark-auth did not send.
 //!
 //! - Keeps `session_id → Addr<AuthSessionActor>` for running sessions. A click or redirect
 //!   for a session that is not running reloads it from the store when it is not terminal;
@@ -25,6 +26,10 @@
 //! - Events other than card callbacks go to the [`EventDispatcher`] the router starts
 //!   beside itself (dedup by `event_id`, fan-out to the subscribers of their
 //!   `event_type`); [`Subscribe`] is passed on to it.
+//! - A click on a card lark-auth did not send (no lark-auth session in `action.value`)
+//!   goes to the event gateway once it was given ([`ForwardForeignClicks`]): the answer
+//!   of its first target taking `card.action.trigger` is the click's answer (remembered
+//!   in memory for the copies, not kept in the store); without it, an empty answer.
 //!
 //! The bookkeeping (per-user limit, in-flight sessions, click answers, OAuth `state`s) is
 //! the pure [`RouterState`]; the time comes from [`RouterParts::clock`].
@@ -44,6 +49,7 @@ use crate::connection::{
     CallbackFailed, CardActionReceived, ConnectionOutputs, ConnectionStateChanged, EventReceived,
 };
 pub use crate::events::Subscribe;
+use crate::events::callbacks::ForwardCallback;
 use crate::events::{EventDispatcher, event_mark};
 use crate::metrics::Metrics;
 use crate::openapi::oauth::OFFLINE_ACCESS;
@@ -253,6 +259,8 @@ pub struct RouterActor {
     events: Addr<EventDispatcher>,
     /// Clicks being answered, by `event_id`, with the copies waiting for that answer.
     clicks_in_flight: HashMap<String, Vec<tokio::sync::oneshot::Sender<ClickReply>>>,
+    /// Where clicks on cards lark-auth did not send go (the event gateway), if anywhere.
+    foreign_clicks: Option<Recipient<ForwardCallback>>,
     pruned: PruneStats,
     /// The configured default scopes with `offline_access`, shared by the sessions.
     default_scopes: Arc<[String]>,
@@ -320,6 +328,7 @@ impl RouterActor {
             state,
             events,
             clicks_in_flight: HashMap::new(),
+            foreign_clicks: None,
             pruned: PruneStats::default(),
             default_scopes,
         }))
@@ -748,8 +757,7 @@ impl Handler<CardActionReceived> for RouterActor {
             _ => None,
         };
         let (Some(session_id), Some(choice)) = (session_id, choice) else {
-            debug!(event_id = %msg.event_id, "card callback of another feature");
-            return Box::pin(fut::ready(Ok(CardActionResponse::default())));
+            return self.foreign_click(msg);
         };
         self.clicks_in_flight
             .insert(msg.event_id.clone(), Vec::new());
@@ -831,29 +839,79 @@ impl Handler<CardActionReceived> for RouterActor {
                     },
                 )
                 .map(move |(answer, new), act, _| {
-                    if let Ok(a) = &answer {
-                        if new {
-                            // Queued on the store's one thread before the reply leaves, so
-                            // any later claim of this mark reads it; not awaited, so the
-                            // ack does not wait for the write.
-                            act.deps.store.do_send(KeepClickAnswer {
-                                mark,
-                                answer: a.clone(),
-                                now_ms: act.deps.clock.now_ms(),
-                            });
-                        }
-                        act.state.remember_answer(msg.event_id.clone(), a.clone());
+                    if let (Ok(a), true) = (&answer, new) {
+                        // Queued on the store's one thread before the reply leaves, so
+                        // any later claim of this mark reads it; not awaited, so the
+                        // ack does not wait for the write.
+                        act.deps.store.do_send(KeepClickAnswer {
+                            mark,
+                            answer: a.clone(),
+                            now_ms: act.deps.clock.now_ms(),
+                        });
                     }
-                    for waiting in act
-                        .clicks_in_flight
-                        .remove(&msg.event_id)
-                        .unwrap_or_default()
-                    {
-                        let _ = waiting.send(answer.clone());
-                    }
+                    act.settle_click(msg.event_id, &answer);
                     answer
                 }),
         )
+    }
+}
+
+impl RouterActor {
+    /// A click on a card of another feature: handed to the event gateway when it takes
+    /// callbacks (its first target's answer is the answer), else answered empty. Copies
+    /// arriving meanwhile join it; later copies get the remembered answer.
+    fn foreign_click(&mut self, msg: CardActionReceived) -> ResponseActFuture<Self, ClickReply> {
+        let Some(forwarder) = &self.foreign_clicks else {
+            debug!(event_id = %msg.event_id, "card callback of another feature");
+            return Box::pin(fut::ready(Ok(CardActionResponse::default())));
+        };
+        let request = forwarder.send(ForwardCallback {
+            event_id: msg.event_id.clone(),
+            payload: msg.payload,
+        });
+        self.clicks_in_flight
+            .insert(msg.event_id.clone(), Vec::new());
+        let event_id = msg.event_id;
+        Box::pin(request.into_actor(self).map(move |res, act, _| {
+            let answer = match res {
+                Ok(Some(answer)) => answer,
+                Ok(None) => {
+                    debug!(event_id = %event_id, "card callback of another feature; no target takes callbacks");
+                    CardActionResponse::default()
+                }
+                Err(e) => {
+                    warn!(event_id = %event_id, error = %e, "event gateway unreachable; card callback answered empty");
+                    CardActionResponse::default()
+                }
+            };
+            let answer = Ok(answer);
+            act.settle_click(event_id, &answer);
+            answer
+        }))
+    }
+
+    /// Remembers a click's answer and hands it to the copies that waited for it.
+    fn settle_click(&mut self, event_id: String, answer: &ClickReply) {
+        for waiting in self.clicks_in_flight.remove(&event_id).unwrap_or_default() {
+            let _ = waiting.send(answer.clone());
+        }
+        if let Ok(a) = answer {
+            self.state.remember_answer(event_id, a.clone());
+        }
+    }
+}
+
+/// Sends the clicks on cards lark-auth did not send (no lark-auth session in
+/// `action.value`) to `0` (the event gateway) instead of answering them empty.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ForwardForeignClicks(pub Recipient<ForwardCallback>);
+
+impl Handler<ForwardForeignClicks> for RouterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ForwardForeignClicks, _: &mut Context<Self>) {
+        self.foreign_clicks = Some(msg.0);
     }
 }
 
