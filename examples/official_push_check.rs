@@ -13,7 +13,10 @@
 //!
 //! Pushes an `im.message.receive_v1` (chunked, out of order; the SDK's typed handler) and
 //! an `approval.approval.updated_v4` (a customized handler) over the long connection, and
-//! checks every receiver's output and the gateway's counters.
+//! checks every receiver's output and the gateway's counters. Then a `card.action.trigger`
+//! of a card lark-auth did not send: the SDK's card-action handler runs in the receivers,
+//! and the first target's answer (the encrypted one: toast and card) comes back in the
+//! click's ack.
 //!
 //! Run: `cargo run --example official_push_check -- --python .venv-check/bin/python` (or
 //! `scripts/check-official-client.sh`). Exit code 0 only when every check passed. The
@@ -240,21 +243,36 @@ async fn run(args: Args) -> Result<bool, String> {
         .push_chunked(&message, 3, &[2, 0, 1])
         .map_err(|e| e.to_string())?;
     sandbox.push_event(&approval).map_err(|e| e.to_string())?;
+    let click = envelope(
+        "ev_fidelity_click",
+        "card.action.trigger",
+        serde_json::json!({
+            "operator": {"tenant_key": "tk", "open_id": "ou_clicker", "union_id": "on_1"},
+            "token": "c-fidelity-card-token",
+            "action": {"tag": "button", "value": {"order": "42"}},
+            "context": {"open_message_id": "om_card", "open_chat_id": "oc_1"}
+        }),
+    );
+    let click_id = sandbox.push_event(&click).map_err(|e| e.to_string())?;
 
     let mut report = Report(Vec::new());
     for (name, r) in [("encrypted and signed", &encrypted), ("plain", &plain)] {
         let both = r
             .wait(timeout, |l| {
-                ["ev_fidelity_msg", "ev_fidelity_approval"]
-                    .iter()
-                    .all(|id| {
-                        l.iter()
-                            .any(|v| v["event_id"] == *id && v.get("handled").is_some())
-                    })
+                [
+                    "ev_fidelity_msg",
+                    "ev_fidelity_approval",
+                    "ev_fidelity_click",
+                ]
+                .iter()
+                .all(|id| {
+                    l.iter()
+                        .any(|v| v["event_id"] == *id && v.get("handled").is_some())
+                })
             })
             .await;
         report.check(
-            &format!("{name}: the SDK's handlers ran for both events"),
+            &format!("{name}: the SDK's handlers ran for both events and the click"),
             if both {
                 Ok(())
             } else {
@@ -277,13 +295,16 @@ async fn run(args: Args) -> Result<bool, String> {
                 .filter(|v| v.get("status").is_some())
                 .collect::<Vec<_>>()
             {
-                s if s.len() == 2 && s.iter().all(|v| v["status"] == 200) => Ok(()),
+                s if s.len() == 3 && s.iter().all(|v| v["status"] == 200) => Ok(()),
                 s => Err(format!("{s:?}")),
             },
         );
         report.check(
             &format!("{name}: each event handled once"),
-            if msg.len() == 1 && r.handled("ev_fidelity_approval").len() == 1 {
+            if msg.len() == 1
+                && r.handled("ev_fidelity_approval").len() == 1
+                && r.handled("ev_fidelity_click").len() == 1
+            {
                 Ok(())
             } else {
                 Err(format!("{:?}", r.lines()))
@@ -292,7 +313,7 @@ async fn run(args: Args) -> Result<bool, String> {
     }
     let refused = wrong
         .wait(timeout, |l| {
-            l.iter().filter(|v| v["status"] == 500).count() >= 2
+            l.iter().filter(|v| v["status"] == 500).count() >= 3
         })
         .await;
     report.check(
@@ -301,6 +322,28 @@ async fn run(args: Args) -> Result<bool, String> {
             Ok(())
         } else {
             Err(format!("{:?}", wrong.lines()))
+        },
+    );
+    let ack = sandbox
+        .acks()
+        .into_iter()
+        .find(|a| a.message_id == click_id)
+        .and_then(|a| a.payload.ok());
+    let answer: Option<serde_json::Value> = ack
+        .as_ref()
+        .and_then(|p| p.data.as_ref())
+        .and_then(|d| serde_json::from_slice(d).ok());
+    report.check(
+        "the click's ack carries the SDK handler's answer (toast and card)",
+        match &answer {
+            Some(a)
+                if a["toast"]["content"] == "order 42 approved"
+                    && a["card"]["data"]["body"]["elements"][0]["content"] == "Approved"
+                    && ack.as_ref().and_then(|p| p.code) == Some(200) =>
+            {
+                Ok(())
+            }
+            _ => Err(format!("ack payload {ack:?}")),
         },
     );
     let status = handle.forward_status().await.map_err(|e| e.to_string())?;

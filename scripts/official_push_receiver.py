@@ -7,23 +7,36 @@ Usage: official_push_receiver.py PORT ENCRYPT_KEY VERIFICATION_TOKEN
 
 Every POST goes to handler.do() unchanged, with the headers as Flask (the SDK's own
 adapter, lark_oapi.adapter.flask) presents them. Prints one JSON line per handled event
-({"handled": type, "event_id": ...}) and per answer ({"status": code}) on stdout.
+({"handled": type, "event_id": ...}) and per answer ({"status": code, "body": ...}) on
+stdout. A card.action.trigger is answered with a toast naming `action.value.order` and a
+replacement card, as an app's own callback handler would.
 """
 
 import json
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import lark_oapi as lark
 from lark_oapi.core.model import RawRequest
+from lark_oapi.event.callback.model.p2_card_action_trigger import (
+    P2CardActionTrigger,
+    P2CardActionTriggerResponse,
+)
 
 PORT = int(sys.argv[1])
 ENCRYPT_KEY = sys.argv[2]
 VERIFICATION_TOKEN = sys.argv[3]
 
 
+_out_lock = threading.Lock()
+
+
 def out(obj):
-    print(json.dumps(obj), flush=True)
+    # Requests are handled on several threads: one whole line at a time.
+    with _out_lock:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
 
 
 def on_message(data: lark.im.v1.P2ImMessageReceiveV1) -> None:
@@ -40,10 +53,35 @@ def on_approval(data: lark.CustomizedEvent) -> None:
     out({"handled": data.header.event_type, "event_id": data.header.event_id})
 
 
+def on_card_action(data: P2CardActionTrigger) -> P2CardActionTriggerResponse:
+    value = data.event.action.value or {}
+    out(
+        {
+            "handled": "card.action.trigger",
+            "event_id": data.header.event_id,
+            "operator": data.event.operator.open_id,
+            "value": value,
+        }
+    )
+    return P2CardActionTriggerResponse(
+        {
+            "toast": {"type": "success", "content": f"order {value.get('order')} approved"},
+            "card": {
+                "type": "raw",
+                "data": {
+                    "schema": "2.0",
+                    "body": {"elements": [{"tag": "markdown", "content": "Approved"}]},
+                },
+            },
+        }
+    )
+
+
 handler = (
     lark.EventDispatcherHandler.builder(ENCRYPT_KEY, VERIFICATION_TOKEN, lark.LogLevel.ERROR)
     .register_p2_im_message_receive_v1(on_message)
     .register_p2_customized_event("approval.approval.updated_v4", on_approval)
+    .register_p2_card_action_trigger(on_card_action)
     .build()
 )
 

@@ -804,3 +804,71 @@ async fn a_callback_target_slower_than_the_budget_leaves_the_card_unchanged() {
         "{metrics}"
     );
 }
+
+/// A target answering as HTTP/1.0 servers do (Python's `http.server`): no `Connection:
+/// close`, then the connection is closed. Counts the requests it answered.
+fn http10_receiver() -> (String, Arc<Mutex<usize>>) {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let answered = Arc::new(Mutex::new(0));
+    let count = answered.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Headers, then Content-Length bytes of body.
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request);
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+            *count.lock().unwrap() += 1;
+            // Closed a moment later, as an HTTP/1.0 server does once its handler returns
+            // (the client may have sent the next request on it by then).
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    (url, answered)
+}
+
+#[actix_rt::test]
+async fn a_target_closing_its_connections_after_each_answer_gets_every_event_without_a_failure() {
+    let (url, answered) = http10_receiver();
+    let i = start(vec![target(&url)], |_| {}).await;
+    for n in 0..5 {
+        let m = i
+            .sandbox
+            .push_event(&envelope(&format!("ev_h10_{n}"), "im.message.receive_v1"))
+            .unwrap();
+        assert_eq!(i.ack_code(&m).await, Some(200));
+        // One at a time, so each POST finds the previous one's connection in the pool.
+        eventually("delivered", || async {
+            (*answered.lock().unwrap() > n).then_some(())
+        })
+        .await;
+    }
+    let status = i.handle.forward_status().await.unwrap();
+    assert_eq!(
+        (status[0].delivered_total, status[0].failed_total),
+        (5, 0),
+        "a connection the target closed is not a failed delivery"
+    );
+}

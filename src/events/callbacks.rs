@@ -30,6 +30,7 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use tracing::{debug, warn};
 
+use super::delivery::{self, Answer, PostError};
 use super::push;
 use crate::metrics::Metrics;
 use crate::protocol::event::CardActionResponse;
@@ -127,36 +128,28 @@ pub(super) async fn forward(
 }
 
 async fn post(client: &awc::Client, p: &CallbackPost) -> Outcome {
-    let mut req = client
-        .post(&p.url)
-        .camel_case()
-        .timeout(p.timeout)
-        .insert_header(("Content-Type", push::CONTENT_TYPE));
-    for (name, value) in &p.request.headers {
-        req = req.insert_header((*name, value.clone()));
+    match delivery::post(
+        client,
+        &p.url,
+        &p.request,
+        p.timeout,
+        MAX_CALLBACK_ANSWER_BYTES,
+    )
+    .await
+    {
+        Err(PostError::Timeout(_)) => Outcome::Late,
+        Err(PostError::Failed(e)) => Outcome::Failed(e),
+        Ok(answer) if !(200..300).contains(&answer.status) => {
+            Outcome::Failed(format!("status {}", answer.status))
+        }
+        Ok(Answer {
+            body: Err(e),
+            status,
+        }) => Outcome::Failed(format!("status {status}, answer not read: {e}")),
+        Ok(Answer { body: Ok(body), .. }) => {
+            parse_answer(&body).map_or_else(Outcome::Failed, Outcome::Answered)
+        }
     }
-    let send = req.send_body(p.request.body.clone());
-    let answer = async move {
-        let mut resp = match send.await {
-            Ok(resp) => resp,
-            Err(awc::error::SendRequestError::Timeout) => return Outcome::Late,
-            Err(e) => return Outcome::Failed(e.to_string()),
-        };
-        let status = resp.status().as_u16();
-        if !(200..300).contains(&status) {
-            return Outcome::Failed(format!("status {status}"));
-        }
-        match resp.body().limit(MAX_CALLBACK_ANSWER_BYTES).await {
-            Ok(body) => parse_answer(&body).map_or_else(Outcome::Failed, Outcome::Answered),
-            Err(awc::error::PayloadError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                Outcome::Late
-            }
-            Err(e) => Outcome::Failed(format!("status {status}, answer not read: {e}")),
-        }
-    };
-    tokio::time::timeout(p.timeout, answer)
-        .await
-        .unwrap_or(Outcome::Late)
 }
 
 /// A target's 2xx body as a callback answer: empty or blank → no toast, no card.

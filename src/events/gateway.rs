@@ -40,6 +40,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
 use super::callbacks::{self, CallbackPost, ForwardCallback};
+use super::delivery;
 use super::push::{self, PushKey};
 use crate::clock::Clock;
 use crate::config::{Config, ForwardTarget};
@@ -566,25 +567,10 @@ async fn post(
     request: push::PushRequest,
     timeout: Duration,
 ) -> Result<u16, String> {
-    let mut req = client
-        .post(&url)
-        .camel_case()
-        .timeout(timeout)
-        .insert_header(("Content-Type", push::CONTENT_TYPE));
-    for (name, value) in request.headers {
-        req = req.insert_header((name, value));
-    }
-    let send = req.send_body(request.body);
-    let answer = async move {
-        let mut resp = send.await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let _ = resp.body().limit(MAX_ANSWER_BYTES).await;
-        Ok(status)
-    };
-    match tokio::time::timeout(timeout, answer).await {
-        Ok(result) => result,
-        Err(_) => Err(format!("timeout after {} ms", timeout.as_millis())),
-    }
+    delivery::post(&client, &url, &request, timeout, MAX_ANSWER_BYTES)
+        .await
+        .map(|answer| answer.status)
+        .map_err(|e| e.to_string())
 }
 
 impl Actor for EventGateway {

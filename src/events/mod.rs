@@ -24,6 +24,7 @@
 //! the card callbacks of cards lark-auth did not send from the router ([`callbacks`]).
 
 pub mod callbacks;
+pub mod delivery;
 pub mod gateway;
 pub mod push;
 
