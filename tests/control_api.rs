@@ -175,7 +175,7 @@ async fn healthz_is_open_and_reports_connection_and_vault() {
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(
         body,
-        serde_json::json!({"connection": "connected", "vault": "ok"})
+        serde_json::json!({"connection": "connected", "vault": "ok", "store": "ok"})
     );
 }
 

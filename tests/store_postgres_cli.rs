@@ -254,12 +254,15 @@ async fn a_database_that_goes_away_shows_in_healthz_and_store_up() {
     let _ = child.kill();
     let _ = child.wait();
 
-    assert_eq!(healthy.expect("healthy on PostgreSQL")["vault"], "ok");
+    let healthy = healthy.expect("healthy on PostgreSQL");
+    assert_eq!(healthy["vault"], "ok");
+    assert_eq!(healthy["store"], "ok");
     assert_eq!(up.0, 200);
     assert!(up.1.contains("lark_auth_store_up 1"), "{}", up.1);
     assert_eq!(health_down.0, 503, "{}", health_down.1);
     let body: serde_json::Value = serde_json::from_str(&health_down.1).unwrap();
     assert_eq!(body["vault"], "unavailable", "{body}");
+    assert_eq!(body["store"], "unreachable", "{body}");
     assert_eq!(metrics_down.0, 200);
     assert!(
         metrics_down.1.contains("lark_auth_store_up 0"),

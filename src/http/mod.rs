@@ -286,6 +286,11 @@ async fn healthz(state: web::Data<ControlState>) -> HttpResponse {
         "connection": connection.as_str(),
         "vault": if state.vault.is_none() { "absent" } else if vault_ok { "ok" } else { "unavailable" },
     });
+    if state.vault.is_some() {
+        // INTERFACE.md "Several instances on one shared store": `store` is `ok` or
+        // `unreachable` (for sled as for PostgreSQL).
+        body["store"] = serde_json::Value::from(if vault_ok { "ok" } else { "unreachable" });
+    }
     if let Some(loss) = &state.vault_loss {
         body["vault_loss"] = serde_json::Value::String(loss.clone());
     }
