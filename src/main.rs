@@ -65,6 +65,28 @@ enum Command {
         #[arg(long, short, value_name = "PATH")]
         config: Option<PathBuf>,
     },
+    /// Copy a sled vault into the PostgreSQL store of the configuration ([store] backend =
+    /// "postgres"): the key checks, every grant, every session and the event gateway's
+    /// outbox, sealed as they are (the same vault key opens both; it is checked on both
+    /// sides first). Idempotent: what the PostgreSQL store already holds is left as it is,
+    /// so an interrupted copy is finished by running it again. Creates or migrates the
+    /// schema as serve does. Stop the sled instance first (its vault is locked while it
+    /// runs). Prints what was copied as JSON.
+    ///
+    /// Exits 0 when copied, 1 when a store cannot be opened or read (or the key does not
+    /// open it), 2 on invalid configuration or environment.
+    ///
+    /// Example: LARK_AUTH_DATABASE_URL=postgres://lark@db/lark lark-auth migrate-store
+    /// --config config.toml --from-sled /var/lib/lark-auth/vault
+    MigrateStore {
+        /// Path of the TOML configuration (with [store] backend = "postgres"). Default:
+        /// ./config.toml when it exists.
+        #[arg(long, short, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// The sled vault directory to copy from ([vault] path of the single instance).
+        #[arg(long, value_name = "PATH")]
+        from_sled: PathBuf,
+    },
     /// Ask a running server to start an authorization: the user gets a card in
     /// Feishu/Lark and approves there. Prints the session; with --wait, shows its progress
     /// until it ends.
@@ -213,6 +235,7 @@ fn main() -> ExitCode {
             accept_loss,
         } => serve(config.as_deref(), accept_loss),
         Command::CheckConfig { config } => check_config(config.as_deref()),
+        Command::MigrateStore { config, from_sled } => migrate_store(config.as_deref(), &from_sled),
         Command::Demo => demo(),
         Command::Authorize {
             open_id,
@@ -361,6 +384,103 @@ fn check_config(path: Option<&Path>) -> ExitCode {
         Err(e) => {
             eprintln!("lark-auth: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// `migrate-store`: copies the sled vault at `from` into the configured PostgreSQL store.
+fn migrate_store(path: Option<&Path>, from: &Path) -> ExitCode {
+    use lark_auth::store::{PostgresOptions, PostgresStore, SledStore, Store, migrate};
+    let prepared = load_config(path)
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            if config.store.backend != lark_auth::config::StoreBackend::Postgres {
+                return Err(
+                    "migrate-store copies into PostgreSQL: set [store] backend = \"postgres\" in the configuration"
+                        .to_string(),
+                );
+            }
+            let keyring = lark_auth::vault::Keyring::from_config(&config.vault, |k| {
+                std::env::var(k).ok()
+            })
+            .map_err(|e| e.to_string())?;
+            let app_id = config
+                .app
+                .credentials
+                .as_ref()
+                .map(|c| c.app_id.clone())
+                .ok_or("missing app id: set LARK_APP_ID (the grants are copied per app)")?;
+            if !from.join("conf").exists() && !from.join("db").exists() {
+                return Err(format!("{}: not a sled vault (no such store)", from.display()));
+            }
+            Ok((config, keyring, app_id))
+        });
+    let (config, keyring, app_id) = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            eprintln!("lark-auth: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let copied = (|| {
+        let source: std::sync::Arc<dyn Store> = std::sync::Arc::new(
+            SledStore::open(from).map_err(|e| format!("cannot open {}: {e}", from.display()))?,
+        );
+        if let Some(loss) = source.detected_loss() {
+            return Err(format!(
+                "{}: {}; restore its backup first (docs/operations.md, \"Restore a damaged vault\")",
+                from.display(),
+                lark_auth::StartError::VaultLoss(loss)
+            ));
+        }
+        open_vault_with_key(&config, source.clone(), keyring.clone())
+            .map_err(|e| format!("{}: {e}", from.display()))?;
+        let url = config.store.url.clone().ok_or_else(|| {
+            format!(
+                "missing PostgreSQL connection URL: set `{}`",
+                config.store.url_env
+            )
+        })?;
+        let target = PostgresStore::open(&PostgresOptions::new(url, &config.store.schema))
+            .map_err(|e| format!("cannot open the PostgreSQL store: {e}"))?;
+        let location = target.location().to_string();
+        let target: std::sync::Arc<dyn Store> = std::sync::Arc::new(target);
+        open_vault_with_key(&config, target.clone(), keyring)
+            .map_err(|e| format!("{location}: {e}"))?;
+        let report = migrate::copy_store(
+            &*source,
+            &*target,
+            &app_id,
+            config.sessions.dedup_ttl.as_millis() as u64,
+        )
+        .map_err(|e| format!("copy stopped (run again to finish): {e}"))?;
+        Ok((location, report))
+    })();
+    match copied {
+        Ok((location, report)) => {
+            let shown = serde_json::json!({
+                "from": from.display().to_string(),
+                "to": location,
+                "copied": report,
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&shown).unwrap_or_default()
+            );
+            println!(
+                "copied {} grants ({} already there), {} sessions ({} already there), {} outbox entries ({} already there)",
+                report.grants_copied,
+                report.grants_present,
+                report.sessions_copied,
+                report.sessions_present,
+                report.outbox_copied,
+                report.outbox_present
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lark-auth: {e}");
+            ExitCode::from(1)
         }
     }
 }

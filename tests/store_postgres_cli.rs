@@ -270,3 +270,124 @@ async fn a_database_that_goes_away_shows_in_healthz_and_store_up() {
         metrics_down.1
     );
 }
+
+/// A grant of the sandbox app for `open_id` (secrets sealed by the vault).
+fn grant(open_id: &str) -> lark_auth::vault::GrantRecord {
+    use lark_auth::secret::Secret;
+    use lark_auth::vault::{GrantRecord, GrantStatus, UserIdentity};
+    GrantRecord {
+        app_id: "cli_sandbox_app".into(),
+        identity: UserIdentity {
+            open_id: open_id.into(),
+            union_id: None,
+            user_id: None,
+            name: Some("Migrated User".into()),
+            tenant_key: None,
+        },
+        access_token: Secret::new("u-ACCESS".into()),
+        refresh_token: Secret::new("ur-REFRESH".into()),
+        access_expires_ms: 4_102_444_800_000,
+        refresh_expires_ms: 4_103_049_600_000,
+        issued_ms: 0,
+        scopes: vec!["offline_access".into()],
+        consent_ms: 1_767_218_400_000,
+        last_used_ms: 1_767_218_400_000,
+        status: GrantStatus::Active,
+        status_code: None,
+        failures: 0,
+        retry_at_ms: None,
+        refresh_started_ms: None,
+        reauth_requested_ms: None,
+        version: 0,
+    }
+}
+
+#[actix_rt::test]
+async fn migrate_store_copies_a_sled_vault_into_postgresql_once() {
+    use lark_auth::store::{OutboxEvent, SledStore, Store};
+    use lark_auth::vault::{DuePolicy, Keyring, Vault};
+    let server = pg_common::TestPostgres::start();
+    let url = format!("{} password={PASSWORD}", server.url());
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), &sandbox, "lark_auth", port);
+    let sled_path = dir.path().join("old-vault");
+    {
+        let store: std::sync::Arc<dyn Store> =
+            std::sync::Arc::new(SledStore::open(&sled_path).unwrap());
+        let keyring = Keyring::from_config(&lark_auth::config::VaultConfig::default(), |_| {
+            Some(VAULT_KEY.to_string())
+        })
+        .unwrap();
+        let vault = Vault::open(
+            store.clone(),
+            "cli_sandbox_app",
+            keyring,
+            DuePolicy {
+                keepalive_lead: std::time::Duration::from_secs(3600),
+            },
+        )
+        .unwrap();
+        vault.store_grant(grant("ou_migrated_one")).unwrap();
+        vault.store_grant(grant("ou_migrated_two")).unwrap();
+        store
+            .put_session("as_migrated", b"sealed session bytes")
+            .unwrap();
+        let event = OutboxEvent {
+            event_id: "ev_pending".into(),
+            event_type: "im.message.receive_v1".into(),
+            targets: vec!["http://a/hook".into(), "http://b/hook".into()],
+            payload: b"{}".to_vec(),
+        };
+        store.outbox_put(&[event], u64::MAX / 2, 1_000).unwrap();
+        store.flush().unwrap();
+    }
+    let from = sled_path.to_str().unwrap();
+    let migrate = [
+        "migrate-store",
+        "--config",
+        config.as_str(),
+        "--from-sled",
+        from,
+    ];
+
+    // A wrong key is refused before anything is copied.
+    let out = run(&migrate, OTHER_KEY, Some(&url));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_one_line_without_password(&out);
+
+    let out = run(&migrate, VAULT_KEY, Some(&url));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains(PASSWORD), "{stdout}");
+    assert!(stdout.contains("\"grants_copied\": 2"), "{stdout}");
+    assert!(stdout.contains("\"sessions_copied\": 1"), "{stdout}");
+    assert!(stdout.contains("\"outbox_copied\": 2"), "{stdout}");
+
+    // Again: nothing new, nothing overwritten.
+    let out = run(&migrate, VAULT_KEY, Some(&url));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("\"grants_copied\": 0"), "{stdout}");
+    assert!(stdout.contains("\"grants_present\": 2"), "{stdout}");
+    assert!(stdout.contains("\"outbox_present\": 2"), "{stdout}");
+
+    // serve on PostgreSQL serves the copied grants with the same key.
+    let mut child = command(&["serve", "--config", &config], VAULT_KEY, Some(&url))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let healthy = wait_healthy(port).await;
+    let grants = get(port, "/v1/grants").await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(healthy.is_some(), "serve on the migrated store");
+    assert_eq!(grants.0, 200, "{}", grants.1);
+    assert!(
+        grants.1.contains("ou_migrated_one") && grants.1.contains("ou_migrated_two"),
+        "{}",
+        grants.1
+    );
+}

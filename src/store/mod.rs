@@ -29,6 +29,7 @@
 //! Instants are unix epoch milliseconds (`u64`, UTC) throughout this module.
 
 mod mark;
+pub mod migrate;
 mod pg_schema;
 mod postgres_store;
 mod sled_store;
