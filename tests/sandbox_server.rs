@@ -669,3 +669,48 @@ async fn flood_refuses_a_chunk_order_that_is_not_a_permutation() {
         assert_eq!(err, FloodError::BadChunkOrder(order));
     }
 }
+
+#[actix_rt::test]
+async fn random_push_gives_each_message_to_one_connection_of_several() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let mut conns = vec![
+        connect(&sandbox).await,
+        connect(&sandbox).await,
+        connect(&sandbox).await,
+    ];
+    sandbox.wait_for_connections(3, WAIT).await.unwrap();
+    sandbox.set_random_push(Some(7));
+    let mut pushed = std::collections::BTreeSet::new();
+    for n in 0..60 {
+        pushed.insert(
+            sandbox
+                .push_event(format!("{{\"n\":{n}}}").as_bytes())
+                .unwrap(),
+        );
+    }
+    // Every message reaches exactly one connection; each connection gets some.
+    let mut got = Vec::new();
+    for conn in &mut conns {
+        let mut ids = Vec::new();
+        while let Ok(item) = tokio::time::timeout(Duration::from_millis(300), conn.next()).await {
+            if let Some(Ok(ws::Frame::Binary(bytes))) = item {
+                let frame = Frame::decode_bytes(bytes).unwrap();
+                ids.push(frame.header("message_id").unwrap().to_string());
+            }
+        }
+        got.push(ids);
+    }
+    assert!(
+        got.iter().all(|ids| !ids.is_empty()),
+        "spread: {:?}",
+        got.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    let all: Vec<&String> = got.iter().flatten().collect();
+    assert_eq!(all.len(), 60, "each message once");
+    let distinct: std::collections::BTreeSet<String> = all.into_iter().cloned().collect();
+    assert_eq!(distinct, pushed);
+    // Back to the newest connection.
+    sandbox.set_random_push(None);
+    sandbox.push_event(b"{}").unwrap();
+    assert_eq!(next_frame(&mut conns[2]).await.kind(), FrameKind::Event);
+}

@@ -465,6 +465,8 @@ pub(crate) struct State {
     pub(crate) connections: BTreeMap<ConnectionId, ConnEntry>,
     pub(crate) accepted: u64,
     pub(crate) push_target: Option<ConnectionId>,
+    /// Cluster mode: each message to one random live connection.
+    pub(crate) random_push: Option<rand::rngs::StdRng>,
     pub(crate) messages: HashMap<String, PushedMessage>,
     pub(crate) acks: Vec<RecordedAck>,
     pub(crate) pings: Vec<RecordedPing>,
@@ -858,6 +860,16 @@ impl Sandbox {
         self.shared.lock().push_target = target;
     }
 
+    /// Cluster mode as the platform runs it for an app with several long connections
+    /// (several lark-auth instances): `Some(seed)` sends each pushed message, and each
+    /// redelivery, to one live connection picked at random (seeded, so a failing test
+    /// replays the same picks); `None` goes back to the most recent connection. A target
+    /// set with [`Sandbox::set_push_target`] still wins.
+    pub fn set_random_push(&self, seed: Option<u64>) {
+        use rand::SeedableRng as _;
+        self.shared.lock().random_push = seed.map(rand::rngs::StdRng::seed_from_u64);
+    }
+
     /// Pushes a whole `type=event` message (`sum=1`, `seq=0`, headers `type, message_id,
     /// sum, seq, trace_id` in that order, §4.3; fresh `SeqID`/`LogID` above 2^53 and a
     /// `LogIDNew`) and returns its `message_id`.
@@ -920,7 +932,7 @@ impl Sandbox {
         }
         let bytes = order.iter().map(|&i| frames[i].encode_to_bytes()).collect();
         let mut state = self.shared.lock();
-        let target = push_target(&state)?;
+        let target = push_target(&mut state)?;
         state.messages.insert(
             message_id.clone(),
             PushedMessage {
@@ -940,7 +952,7 @@ impl Sandbox {
     /// [`PushError::UnknownMessage`] or [`PushError::NoConnection`].
     pub fn push_duplicate(&self, message_id: &str) -> Result<(), PushError> {
         let mut state = self.shared.lock();
-        let target = push_target(&state)?;
+        let target = push_target(&mut state)?;
         let message = state
             .messages
             .get_mut(message_id)
@@ -958,7 +970,7 @@ impl Sandbox {
     /// [`PushError::NoConnection`] when no client is connected.
     pub fn push_raw(&self, bytes: impl Into<Bytes>) -> Result<(), PushError> {
         let mut state = self.shared.lock();
-        let target = push_target(&state)?;
+        let target = push_target(&mut state)?;
         send_to(&mut state, target, Command::Send(vec![bytes.into()]))
     }
 
@@ -970,7 +982,7 @@ impl Sandbox {
     pub fn push_frame(&self, frame: Frame) -> Result<(), PushError> {
         let bytes = frame.encode_to_bytes();
         let mut state = self.shared.lock();
-        let target = push_target(&state)?;
+        let target = push_target(&mut state)?;
         if frame.method == METHOD_DATA
             && let Some(id) = frame.header(HEADER_MESSAGE_ID).map(str::to_string)
         {
@@ -1006,7 +1018,7 @@ impl Sandbox {
         let (tx, rx) = oneshot::channel();
         {
             let mut state = self.shared.lock();
-            let target = push_target(&state).map_err(|_| FloodError::NoConnection)?;
+            let target = push_target(&mut state).map_err(|_| FloodError::NoConnection)?;
             send_to(&mut state, target, Command::Flood(spec, tx))
                 .map_err(|_| FloodError::NoConnection)?;
         }
@@ -1024,10 +1036,24 @@ impl Drop for Sandbox {
 }
 
 /// The connection pushes go to: the chosen one, else the most recently connected.
-fn push_target(state: &State) -> Result<ConnectionId, PushError> {
+fn push_target(state: &mut State) -> Result<ConnectionId, PushError> {
     match state.push_target {
         Some(id) if state.connections.contains_key(&id) => Ok(id),
         Some(_) => Err(PushError::NoConnection),
+        None if state.random_push.is_some() && !state.connections.is_empty() => {
+            use rand::Rng as _;
+            let n = state.connections.len();
+            let pick = state
+                .random_push
+                .as_mut()
+                .map_or(0, |rng| rng.gen_range(0..n));
+            state
+                .connections
+                .keys()
+                .nth(pick)
+                .copied()
+                .ok_or(PushError::NoConnection)
+        }
         None => state
             .connections
             .keys()
