@@ -257,28 +257,33 @@ impl LarkAuth {
         let endpoint_pacer = TokenEndpointPacer::new(config.refresh.budget_per_sec)
             .with_queue_gauge(metrics.token_endpoint_queue_gauge())
             .start();
-        let source = TokenSource::new(
+        let mut source = TokenSource::new(
             vault.clone(),
             OpenApiRefresher::new(client.clone()),
             config.refresh.margin,
-        )
-        .with_metrics(metrics.clone())
-        .with_token_cache(TokenCache::for_vault(
-            &vault_core,
-            config.vault.token_cache_entries,
-        ))
-        .with_slot_gate({
-            let pacer = endpoint_pacer.clone();
-            Box::new(move || {
-                // A get_token caller waits for this refresh: ahead of polls.
-                let slot = pacer.send(AcquireSlot {
-                    priority: SlotPriority::Waiting,
-                });
-                Box::pin(async move {
-                    let _ = slot.await;
+        );
+        if config.store.backend == crate::config::StoreBackend::Postgres {
+            // Another instance's write-ahead marker is its refresh in flight.
+            source = source.with_shared_store(config.store.lease);
+        }
+        let source = source
+            .with_metrics(metrics.clone())
+            .with_token_cache(TokenCache::for_vault(
+                &vault_core,
+                config.vault.token_cache_entries,
+            ))
+            .with_slot_gate({
+                let pacer = endpoint_pacer.clone();
+                Box::new(move || {
+                    // A get_token caller waits for this refresh: ahead of polls.
+                    let slot = pacer.send(AcquireSlot {
+                        priority: SlotPriority::Waiting,
+                    });
+                    Box::pin(async move {
+                        let _ = slot.await;
+                    })
                 })
-            })
-        });
+            });
         let gateway = if config.events.forward.is_empty() {
             None
         } else {

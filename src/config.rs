@@ -287,7 +287,8 @@ pub struct StoreConfig {
     /// `lark_auth`.
     pub schema: String,
     /// How long an instance's claim on a session or a refresh lasts (s, 1..=3600).
-    /// Default 15. Reserved for several instances on one store (issue 14): not used yet.
+    /// Default 15. Used by postgres: another instance's refresh marker younger than this
+    /// is its refresh in flight (waited for, never replaced); sessions do not use it yet.
     #[serde(with = "duration_secs", rename = "lease_secs")]
     pub lease: Duration,
     /// The connection URL, read from `url_env` by [`Config::resolve_store_url`]; never

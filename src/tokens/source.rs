@@ -167,6 +167,9 @@ struct Inner<R> {
     cache: std::cell::OnceCell<Arc<TokenCache>>,
     gate: std::cell::OnceCell<SlotGate>,
     metrics: std::cell::OnceCell<crate::metrics::Metrics>,
+    /// With a store shared by several instances: how long another instance's
+    /// write-ahead marker stands for its refresh in flight, ms.
+    claim_lease_ms: Cell<Option<u64>>,
 }
 
 /// Serves access tokens with single-flight refresh. Lives on the System's thread (not
@@ -182,6 +185,9 @@ impl<R: RefreshGrant> Clone for TokenSource<R> {
         }
     }
 }
+
+/// How often a caller waiting for another instance's refresh re-reads the grant.
+pub const CLAIM_POLL: Duration = Duration::from_millis(50);
 
 enum Settled {
     Done(Result<AccessToken, GetTokenError>),
@@ -223,6 +229,7 @@ impl<R: RefreshGrant> TokenSource<R> {
                 cache: std::cell::OnceCell::new(),
                 gate: std::cell::OnceCell::new(),
                 metrics: std::cell::OnceCell::new(),
+                claim_lease_ms: Cell::new(None),
             }),
         }
     }
@@ -249,6 +256,22 @@ impl<R: RefreshGrant> TokenSource<R> {
     /// the first call counts.
     pub fn with_metrics(self, metrics: crate::metrics::Metrics) -> Self {
         let _ = self.inner.metrics.set(metrics);
+        self
+    }
+
+    /// For a store shared by several instances (`[store] backend = "postgres"`): a
+    /// write-ahead marker younger than `lease` (`store.lease_secs`) is another instance's
+    /// refresh in flight, not a leftover of a crash. A caller is then served the stored
+    /// token while it is valid beyond the margin, else waits (polling the record every
+    /// [`CLAIM_POLL`]) until that refresh is stored or the lease runs out; the scheduler
+    /// leaves the grant to that instance. Only a marker older than the lease becomes
+    /// `refresh_uncertain` (its refresh token is never sent twice). Without this call
+    /// (one process per store, sled) every marker found outside a flight of this
+    /// process is a leftover and becomes `refresh_uncertain` at once.
+    pub fn with_shared_store(self, lease: Duration) -> Self {
+        self.inner
+            .claim_lease_ms
+            .set(Some(lease.as_millis().max(1) as u64));
         self
     }
 
@@ -462,6 +485,27 @@ impl<R: RefreshGrant> Inner<R> {
             .await??)
     }
 
+    /// Polls the record every [`CLAIM_POLL`] until the marker set at `started` (another
+    /// instance's refresh) is gone or older than `lease_ms`.
+    async fn wait_for_claim(
+        &self,
+        open_id: &str,
+        started: u64,
+        lease_ms: u64,
+    ) -> Result<(), GetTokenError> {
+        loop {
+            let left = (started + lease_ms).saturating_sub(self.clock.now_ms());
+            if left == 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(CLAIM_POLL.min(Duration::from_millis(left))).await;
+            match self.get(open_id).await? {
+                Some(record) if record.refresh_started_ms == Some(started) => {}
+                _ => return Ok(()),
+            }
+        }
+    }
+
     /// Sets `status` if the record is still `record.version`; true when stored.
     async fn set_status(
         &self,
@@ -525,6 +569,20 @@ impl<R: RefreshGrant> Inner<R> {
                     }
                 }
                 GrantStatus::Active => {}
+            }
+            if let (Some(started), Some(lease)) =
+                (record.refresh_started_ms, this.claim_lease_ms.get())
+                && now.saturating_sub(started) < lease
+            {
+                // Another instance's refresh in flight.
+                if need == Need::Serve && record.serves_token(now, this.margin_ms) {
+                    return Ok(served(record));
+                }
+                if need != Need::Serve {
+                    return Err(GetTokenError::Contended);
+                }
+                this.wait_for_claim(open_id, started, lease).await?;
+                continue;
             }
             if record.refresh_started_ms.is_some() {
                 // No flight of ours was in progress (we hold the gate): a previous process

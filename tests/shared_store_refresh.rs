@@ -1,0 +1,139 @@
+//! Two instances on one PostgreSQL store, one grant with short-lived tokens read through
+//! both at once: every read gets a token, each refresh is made by one instance (the
+//! other waits for it or serves the still-valid token), a refresh token is never sent
+//! twice, and the grant never falls out of service (INTERFACE.md, "Several instances on one shared
+//! store": "each refresh of a grant is made by exactly one instance").
+
+mod pg_common;
+#[path = "sessions_common/mod.rs"]
+mod sessions_common;
+
+use std::time::{Duration, Instant};
+
+use lark_auth::config::{Config, StoreBackend};
+use lark_auth::connection::ConnectionState;
+use lark_auth::sandbox::Sandbox;
+use lark_auth::secret::Secret;
+use lark_auth::session::machine::SessionState;
+use lark_auth::vault::{Keyring, VaultKey};
+use lark_auth::{Handle, LarkAuth, StartOptions};
+use sessions_common::{USER, WAIT, authorize_url, click_json, eventually, query_param};
+
+/// Seconds an access token lives in the sandbox here.
+const LIFETIME_SECS: u64 = 6;
+/// Seconds of reading.
+const READ_SECS: u64 = 14;
+
+async fn start(config: Config, keyring: Keyring) -> Handle {
+    let handle = LarkAuth::start_with(
+        config,
+        StartOptions {
+            keyring,
+            api_token: None,
+            http: false,
+            accept_loss: false,
+        },
+    )
+    .expect("starts on PostgreSQL");
+    let mut states = handle.connection_states();
+    tokio::time::timeout(
+        WAIT,
+        states.wait_for(|r| r.state == ConnectionState::Connected),
+    )
+    .await
+    .expect("connects in time")
+    .unwrap();
+    handle
+}
+
+/// One device-flow authorization of `USER` through `handle` (whose connection gets the
+/// click).
+async fn authorize(sandbox: &Sandbox, handle: &Handle) {
+    let view = handle.authorize(USER, vec![]).await.expect("started");
+    let cards = sandbox.wait_for_sent_cards(1, WAIT).await.unwrap();
+    let card = &cards[0];
+    let card_token = sandbox.issue_card_update_token(&card.message_id);
+    sandbox
+        .push_event(&click_json(
+            "ev_click_shared",
+            &view.session_id,
+            USER,
+            "authorize",
+            card_token.expose(),
+            &card.message_id,
+        ))
+        .unwrap();
+    let url = authorize_url(&card.card);
+    let user_code = query_param(&url, "user_code").expect("user code");
+    sandbox.approve_device(&user_code, USER).unwrap();
+    let session_id = view.session_id.clone();
+    eventually("the session is authorized", || {
+        let session_id = session_id.clone();
+        async move {
+            handle
+                .session(&session_id)
+                .await
+                .ok()
+                .flatten()
+                .filter(|v| v.state == SessionState::Authorized)
+        }
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn two_instances_reading_one_grant_refresh_it_once_per_lifetime_without_reuse() {
+    let server = pg_common::TestPostgres::start();
+    let mut sandbox_config = sessions_common::sandbox_config();
+    sandbox_config.openapi.access_token_lifetime = Duration::from_secs(LIFETIME_SECS);
+    let sandbox = Sandbox::start(sandbox_config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(&sandbox.base_url());
+    config.vault.path = dir.path().join("unused");
+    config.store.backend = StoreBackend::Postgres;
+    config.store.url = Some(Secret::new(server.url()));
+    config.store.schema = "shared_refresh".into();
+    config.refresh.margin = Duration::from_secs(2);
+    config.refresh.ahead = Duration::from_secs(3);
+    let keyring = Keyring::single(1, VaultKey::generate());
+
+    let a = start(config.clone(), keyring.clone()).await;
+    authorize(&sandbox, &a).await;
+    let b = start(config, keyring).await;
+
+    let started = Instant::now();
+    let mut reads = 0usize;
+    let mut failures = Vec::new();
+    while started.elapsed() < Duration::from_secs(READ_SECS) {
+        let (ta, tb) = futures_util::join!(a.token(USER), b.token(USER));
+        for (name, t) in [("a", ta), ("b", tb)] {
+            match t {
+                Ok(_) => reads += 1,
+                Err(e) => failures.push(format!("{name}: {e}")),
+            }
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refreshes = sandbox
+        .token_requests()
+        .iter()
+        .filter(|r| r.grant_type.as_deref() == Some("refresh_token"))
+        .count();
+    a.shutdown(Duration::from_secs(2)).await;
+    b.shutdown(Duration::from_secs(2)).await;
+
+    assert!(failures.is_empty(), "every read served: {failures:?}");
+    assert!(reads > 100, "{reads} reads");
+    assert_eq!(
+        sandbox.refresh_token_reuse_violations(),
+        0,
+        "a refresh token was sent twice"
+    );
+    // One refresh per lifetime (each a little before its token's end), whatever the
+    // number of instances: at most READ_SECS / (LIFETIME − ahead) + 1.
+    let most = (READ_SECS / (LIFETIME_SECS - 3)) as usize + 1;
+    assert!(
+        (1..=most).contains(&refreshes),
+        "{refreshes} refreshes in {READ_SECS} s of {LIFETIME_SECS} s tokens (at most {most})"
+    );
+}
