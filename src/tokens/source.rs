@@ -402,7 +402,13 @@ impl<R: RefreshGrant> TokenSource<R> {
             }
             return (Ok(served(record)), "vault");
         }
-        let result = match self.join_flight(open_id, Need::Serve).await {
+        let mut flown = self.join_flight(open_id, Need::Serve).await;
+        if matches!(flown, Err(GetTokenError::Contended)) {
+            // Maybe a joined scheduler flight that left the grant to another instance's
+            // refresh (shared store): wait for that refresh as a caller does.
+            flown = self.join_flight(open_id, Need::Serve).await;
+        }
+        let result = match flown {
             // A flight (maybe the scheduler's, started while the token was still valid)
             // failed without an answer that ends the grant: the stored token, if still
             // valid beyond the margin, is served all the same.
