@@ -288,6 +288,7 @@ impl LarkAuth {
                 Some(metrics.clone()),
             )?)
         };
+        let tenant = crate::proxy::TenantTokenService::new(client.clone()).start();
         let router = RouterActor::start_with_pacer(
             RouterParts {
                 client,
@@ -353,6 +354,13 @@ impl LarkAuth {
             state.tokens = Some(tokens.clone());
             state.vault_loss = vault_loss.as_ref().map(|l| l.to_string());
             state.gateway = gateway.clone();
+            state.proxy = Some(
+                crate::proxy::ProxySettings::new(&config, tokens.clone(), tenant, metrics.clone())
+                    .map_err(|e| crate::config::ConfigError::Invalid {
+                        key: "proxy",
+                        reason: e.to_string(),
+                    })?,
+            );
             let front =
                 http::start(config.http.listen, state).map_err(|source| StartError::Http {
                     addr: config.http.listen,

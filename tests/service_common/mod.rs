@@ -46,8 +46,10 @@ pub async fn start_instance_with(adjust: impl FnOnce(&mut SandboxConfig, &mut Co
     let sandbox = Sandbox::start(sandbox_config).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let refresh = config.refresh.clone();
+    let proxy = config.proxy.clone();
     let mut config = Config::for_tests(&sandbox.base_url());
     config.refresh = refresh;
+    config.proxy = proxy;
     config.vault.path = dir.path().join("vault");
     config.http.listen = "127.0.0.1:0".parse().unwrap();
     let handle = LarkAuth::start_with(
