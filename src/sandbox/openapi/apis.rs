@@ -233,13 +233,23 @@ async fn download(
         return json_answer(&shared, 404, json!({"code": 1_061_004, "msg": "not found"}));
     };
     record(&shared, index, 0, 0);
-    let chunks = futures_util::stream::unfold(0u64, move |offset| async move {
-        if offset >= size {
-            return None;
+    let hold = shared.lock().openapi.download_hold.clone();
+    let chunks = futures_util::stream::unfold(0u64, move |offset| {
+        let hold = hold.clone();
+        async move {
+            if offset >= size {
+                return None;
+            }
+            if offset > 0
+                && let Some(hold) = hold
+            {
+                // Held after the first chunk until the test releases downloads.
+                let _ = hold.acquire().await.map(|p| p.forget());
+            }
+            let len = (size - offset).min(CHUNK as u64);
+            let chunk: Vec<u8> = (offset..offset + len).map(download_byte).collect();
+            Some((Ok::<_, actix_web::Error>(Bytes::from(chunk)), offset + len))
         }
-        let len = (size - offset).min(CHUNK as u64);
-        let chunk: Vec<u8> = (offset..offset + len).map(download_byte).collect();
-        Some((Ok::<_, actix_web::Error>(Bytes::from(chunk)), offset + len))
     });
     super::answer_builder(&shared, 200)
         .content_type("application/octet-stream")
@@ -337,6 +347,21 @@ impl Sandbox {
         }
         drop(state);
         self.shared.notify();
+    }
+
+    /// Holds every download that starts from now on after its first chunk, until
+    /// [`release_downloads`](Self::release_downloads): a test sees that the first bytes
+    /// reach the client while the rest is not even produced.
+    pub fn hold_downloads(&self) {
+        self.shared.lock().openapi.download_hold =
+            Some(std::sync::Arc::new(tokio::sync::Semaphore::new(0)));
+    }
+
+    /// Lets held downloads go on to their end (and stops holding new ones).
+    pub fn release_downloads(&self) {
+        if let Some(hold) = self.shared.lock().openapi.download_hold.take() {
+            hold.close();
+        }
     }
 
     /// Ends every tenant_access_token issued so far: calls with one answer 99991663, and

@@ -412,6 +412,9 @@ pub(crate) struct OpenApiState {
     pub(crate) delayed_updates: Vec<DelayedCardUpdate>,
     pub(crate) card_tokens: HashMap<String, CardToken>,
     pub(crate) api_requests: Vec<RecordedApiRequest>,
+    /// While set, downloads stop after their first chunk until permits are added
+    /// ([`Sandbox::hold_downloads`]).
+    pub(crate) download_hold: Option<std::sync::Arc<tokio::sync::Semaphore>>,
 }
 
 impl OpenApiState {
