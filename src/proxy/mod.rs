@@ -199,3 +199,71 @@ pub fn check_path(path: &str) -> Result<(), ProxyError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_outside_the_openapi_tree_are_refused() {
+        assert!(check_path("/open-apis/im/v1/messages").is_ok());
+        assert!(check_path("/open-apis/drive/v1/medias/a.b/download").is_ok());
+        for bad in [
+            "/callback/ws/endpoint",
+            "/open-apis/../callback/ws/endpoint",
+            "/open-apis/%2e%2E/callback",
+            "/open-apis/./x",
+            "/open-apis/a%2Fb",
+            "/open-apis/a%5c..",
+            "/open-apisx/y",
+        ] {
+            assert!(
+                matches!(check_path(bad), Err(ProxyError::InvalidPath(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn ids_are_masked_and_route_words_kept() {
+        for (path, masked) in [
+            (
+                "/open-apis/drive/v1/medias/sandbox_bytes_42/download?x=ou_1",
+                "/open-apis/drive/v1/medias/:id/download",
+            ),
+            (
+                "/open-apis/contact/v3/users/ou_abcdefgh",
+                "/open-apis/contact/v3/users/:id",
+            ),
+            (
+                "/open-apis/auth/v3/tenant_access_token/internal",
+                "/open-apis/auth/v3/tenant_access_token/internal",
+            ),
+            (
+                "/open-apis/drive/v1/medias/upload_all",
+                "/open-apis/drive/v1/medias/upload_all",
+            ),
+        ] {
+            assert_eq!(mask_path(path), masked);
+        }
+    }
+
+    #[test]
+    fn every_error_has_its_status_and_code() {
+        assert_eq!(ProxyError::NoGrant("ou_x".into()).status().as_u16(), 404);
+        assert_eq!(ProxyError::NoGrant("ou_x".into()).code(), "no_grant");
+        let reauth = ProxyError::NeedsReauth {
+            open_id: "ou_x".into(),
+            why: "revoked".into(),
+        };
+        assert_eq!(
+            (reauth.status().as_u16(), reauth.code()),
+            (409, "needs_reauth")
+        );
+        let large = ProxyError::BodyTooLarge { limit: 1 };
+        assert_eq!(
+            (large.status().as_u16(), large.code()),
+            (413, "payload_too_large")
+        );
+    }
+}
