@@ -354,13 +354,23 @@ impl LarkAuth {
             state.tokens = Some(tokens.clone());
             state.vault_loss = vault_loss.as_ref().map(|l| l.to_string());
             state.gateway = gateway.clone();
-            state.proxy = Some(
+            let mut proxy =
                 crate::proxy::ProxySettings::new(&config, tokens.clone(), tenant, metrics.clone())
                     .map_err(|e| crate::config::ConfigError::Invalid {
                         key: "proxy",
                         reason: e.to_string(),
-                    })?,
-            );
+                    })?;
+            if config.proxy.scope_authorization {
+                proxy.scopes = Some(
+                    crate::proxy::ScopeAuthorizer::new(
+                        router.clone(),
+                        vault.clone(),
+                        metrics.clone(),
+                    )
+                    .start(),
+                );
+            }
+            state.proxy = Some(proxy);
             let front =
                 http::start(config.http.listen, state).map_err(|source| StartError::Http {
                     addr: config.http.listen,

@@ -105,6 +105,10 @@ pub struct ProxyConfig {
     /// seconds (the answer's body then streams without a bound). Default 60.
     #[serde(with = "duration_secs", rename = "upstream_timeout_secs")]
     pub upstream_timeout: Duration,
+    /// On a 99991679 answer (the user lacks a scope), start an authorization for the
+    /// missing scopes plus the granted ones (at most one card per user per 30 s) and name
+    /// it in the `X-Lark-Auth-Session` answer header. Default true.
+    pub scope_authorization: bool,
 }
 
 impl Default for ProxyConfig {
@@ -112,6 +116,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             max_body_bytes: 32 << 20,
             upstream_timeout: Duration::from_secs(60),
+            scope_authorization: true,
         }
     }
 }

@@ -1064,6 +1064,7 @@ struct ProxyMetrics {
     requests: Family<ProxyRequestLabels, Counter>,
     retries: Family<DoorIdentityLabels, Counter>,
     upstream: Histogram,
+    scope_authorizations: Counter,
 }
 
 impl ProxyMetrics {
@@ -1089,6 +1090,12 @@ impl ProxyMetrics {
             "Time from sending a proxied call upstream to its answer's headers (both tries when retried)",
             upstream.clone(),
         );
+        let scope_authorizations = Counter::default();
+        registry.register(
+            "openapi_proxy_scope_authorizations",
+            "Authorizations started for scopes a proxied call lacked (99991679)",
+            scope_authorizations.clone(),
+        );
         for door in PROXY_DOORS {
             for identity in PROXY_IDENTITIES {
                 let _ = retries.get_or_create(&DoorIdentityLabels {
@@ -1108,6 +1115,7 @@ impl ProxyMetrics {
             requests,
             retries,
             upstream,
+            scope_authorizations,
         }
     }
 }
@@ -1150,6 +1158,13 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+}
+
+impl Metrics {
+    /// Counts an authorization started for missing scopes.
+    pub fn proxy_scope_authorization(&self) {
+        self.inner.proxy.scope_authorizations.inc();
     }
 }
 

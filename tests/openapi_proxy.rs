@@ -25,7 +25,7 @@ fn url(i: &Instance, open_id: &str, path: &str) -> String {
     format!("{}/v1/openapi/{open_id}{path}", i.base_url())
 }
 
-/// Authorizes `USER` for `scopes` (besides the default ones) through a card and the
+/// Authorizes `USER` for `scopes` (besides `offline_access`) through a card and the
 /// device page.
 async fn authorize_for(i: &Instance, scopes: &[&str]) {
     let view = i
@@ -35,18 +35,18 @@ async fn authorize_for(i: &Instance, scopes: &[&str]) {
         .expect("started");
     let n = i.sandbox.sent_cards().len();
     answer_card(i, n, &view.session_id, UserChoice::Approve).await;
+    wait_authorized(i, &view.session_id).await;
+}
+
+async fn wait_authorized(i: &Instance, session_id: &str) {
     let handle = &i.handle;
-    let session_id = view.session_id.clone();
-    eventually("the session is authorized", || {
-        let session_id = session_id.clone();
-        async move {
-            handle
-                .session(&session_id)
-                .await
-                .ok()
-                .flatten()
-                .filter(|v| v.state == SessionState::Authorized)
-        }
+    eventually("the session is authorized", || async move {
+        handle
+            .session(session_id)
+            .await
+            .ok()
+            .flatten()
+            .filter(|v| v.state == SessionState::Authorized)
     })
     .await;
 }
@@ -447,9 +447,127 @@ async fn rate_limit_answers_pass_through_with_their_headers() {
 }
 
 #[actix_rt::test]
-async fn a_missing_scope_answer_is_passed_back_unchanged() {
+async fn a_missing_scope_is_passed_back_and_one_merged_authorization_starts() {
     let i = start_instance().await;
+    authorize_for(&i, &["contact:user.id:readonly"]).await;
+    let cards = i.sandbox.sent_cards().len();
+    let tasks = "/open-apis/task/v2/tasks";
+    let calendars = "/open-apis/calendar/v4/calendars?page_size=5";
+    // Three refused calls within the merge window (the later two 100 ms after the
+    // first): passed back unchanged, one session for them all.
+    let calls = [(tasks, 0), (calendars, 100), (tasks, 100)].map(|(path, after_ms)| {
+        let request = client().get(url(&i, USER, path)).bearer_auth(API_TOKEN);
+        async move {
+            tokio::time::sleep(Duration::from_millis(after_ms)).await;
+            request.send().await
+        }
+    });
+    let mut sessions = Vec::new();
+    for res in futures_util::future::join_all(calls).await {
+        let mut res = res.unwrap();
+        assert_eq!(res.status().as_u16(), 400);
+        let session = res
+            .headers()
+            .get("x-lark-auth-session")
+            .expect("X-Lark-Auth-Session")
+            .to_str()
+            .unwrap()
+            .to_string();
+        sessions.push(session);
+        let body = json_of(&mut res).await;
+        assert_eq!(body["code"], 99_991_679);
+        assert!(
+            body["error"]["permission_violations"][0]["subject"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("task:") || s.starts_with("calendar:")),
+            "{body}"
+        );
+    }
+    assert!(sessions.iter().all(|s| *s == sessions[0]), "{sessions:?}");
+    assert_eq!(i.sandbox.api_requests().len(), 3, "not retried");
+    let sent = i
+        .sandbox
+        .wait_for_sent_cards(cards + 1, WAIT)
+        .await
+        .unwrap();
+    let card = sent[cards].card.to_string();
+    for expected in [
+        "task:task:read",
+        "task:task:write",
+        "calendar:calendar:readonly",
+        "contact:user.id:readonly",
+        "offline_access",
+        "GET /open-apis/task/v2/tasks",
+        "GET /open-apis/calendar/v4/calendars",
+    ] {
+        assert!(
+            card.contains(expected),
+            "{expected} not in the card: {card}"
+        );
+    }
+    // Within 30 s, another refusal names the same session and sends no card.
+    let res = client()
+        .get(url(&i, USER, tasks))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()
+            .get("x-lark-auth-session")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        sessions[0]
+    );
+    assert_eq!(
+        metric(&i, "lark_auth_openapi_proxy_scope_authorizations_total"),
+        1.0
+    );
+
+    // The user approves: the same calls now succeed.
+    answer_card(&i, cards, &sessions[0], UserChoice::Approve).await;
+    wait_authorized(&i, &sessions[0]).await;
+    assert_eq!(i.sandbox.sent_cards().len(), cards + 1, "one card in all");
+    let mut res = client()
+        .get(url(&i, USER, tasks))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert!(res.headers().get("x-lark-auth-session").is_none());
+    assert_eq!(json_of(&mut res).await["code"], 0);
+    let res = client()
+        .get(url(&i, USER, calendars))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    // The new grant holds the union: the scope granted before is kept.
+    let mut res = client()
+        .get(format!("{}/v1/grants", i.base_url()))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let grants = json_of(&mut res).await;
+    let scopes = grants[0]["scopes"].to_string();
+    for scope in [
+        "contact:user.id:readonly",
+        "task:task:read",
+        "calendar:calendar:readonly",
+    ] {
+        assert!(scopes.contains(scope), "{scope} not in {scopes}");
+    }
+}
+
+#[actix_rt::test]
+async fn with_scope_authorization_off_a_missing_scope_is_only_passed_back() {
+    let i = start_instance_with(|_, config| config.proxy.scope_authorization = false).await;
     authorize_user(&i).await;
+    let cards = i.sandbox.sent_cards().len();
     let mut res = client()
         .get(url(&i, USER, "/open-apis/task/v2/tasks"))
         .bearer_auth(API_TOKEN)
@@ -457,22 +575,9 @@ async fn a_missing_scope_answer_is_passed_back_unchanged() {
         .await
         .unwrap();
     assert_eq!(res.status().as_u16(), 400);
-    let body = json_of(&mut res).await;
-    assert_eq!(body["code"], 99_991_679);
-    assert_eq!(
-        body["error"]["permission_violations"][0]["subject"],
-        "task:task:read"
-    );
+    assert!(res.headers().get("x-lark-auth-session").is_none());
+    assert_eq!(json_of(&mut res).await["code"], 99_991_679);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(i.sandbox.sent_cards().len(), cards, "no card");
     assert_eq!(i.sandbox.api_requests().len(), 1, "not retried");
-
-    // With the scope granted, the same call succeeds.
-    authorize_for(&i, &["task:task:read"]).await;
-    let mut res = client()
-        .get(url(&i, USER, "/open-apis/task/v2/tasks"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 200);
-    assert_eq!(json_of(&mut res).await["code"], 0);
 }

@@ -17,7 +17,9 @@
 //!    platform `code`: 99991668 / 99991677 for a user (the grant is refreshed once,
 //!    `RefreshRejected`, same single flight as `get_token`) or 99991663 for the app (the
 //!    tenant token is renewed) lead to **one** retry with the new token; any other answer,
-//!    and the answer to the retry, is passed back as it is.
+//!    and the answer to the retry, is passed back as it is. A 99991679 (missing user
+//!    scope) answer is passed back too, with the `X-Lark-Auth-Session` header naming the
+//!    authorization the [`ScopeAuthorizer`] started for the missing scopes (when on).
 //!
 //! Every request ends with one audit line (target `lark_auth::audit`: door, caller,
 //! identity, open_id, method, path with ids masked, status, upstream latency, retried —
@@ -27,12 +29,13 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 use actix_web::body::{BodyStream, SizedStream};
-use actix_web::http::header::{self, HeaderMap, HeaderName};
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpResponse, web};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 
+use super::scopes::{ScopeAuthorizer, ScopesMissing};
 use super::tenant::{GetTenantToken, TenantTokenService};
 use super::{Identity, ProxyError, mask_path};
 use crate::metrics::Metrics;
@@ -80,6 +83,10 @@ pub const HOP_BY_HOP: [&str; 8] = [
 pub const USER_TOKEN_CODES: [i64; 2] = [99_991_668, 99_991_677];
 /// Platform code that means "this tenant token is invalid" (§6).
 pub const TENANT_TOKEN_CODE: i64 = 99_991_663;
+/// Platform code that means "the user has not granted a scope this API needs" (§6).
+pub const SCOPE_CODE: i64 = 99_991_679;
+/// Answer header naming the authorization started for missing scopes (lowercase).
+pub const AUTH_SESSION_HEADER: &str = "x-lark-auth-session";
 
 /// What every worker's [`Forwarder`] is built from (`Send`, cloned per worker).
 #[derive(Clone)]
@@ -98,6 +105,9 @@ pub struct ProxySettings {
     pub metrics: Metrics,
     /// TLS for https base URLs.
     pub tls: std::sync::Arc<rustls::ClientConfig>,
+    /// Starts authorizations for missing scopes (`proxy.scope_authorization`); `None`:
+    /// off, 99991679 answers are only passed back.
+    pub scopes: Option<Addr<ScopeAuthorizer>>,
 }
 
 impl ProxySettings {
@@ -122,6 +132,7 @@ impl ProxySettings {
             tenant,
             metrics,
             tls,
+            scopes: None,
         })
     }
 }
@@ -269,7 +280,7 @@ impl Forwarder {
             let answer = self.send(request, &token).await;
             trace.upstream += sent.elapsed();
             let answer = answer?;
-            if trace.retried || !peekable(&answer) {
+            if !peekable(&answer) {
                 return Ok(stream_back(answer, None));
             }
             let (answer, peeked) = peek(answer).await;
@@ -277,10 +288,11 @@ impl Forwarder {
                 Peeked::Whole(body) => platform_code(body),
                 Peeked::Partial(_) => None,
             };
-            let retry = code.is_some_and(|code| match request.identity {
-                Identity::User(_) => USER_TOKEN_CODES.contains(&code),
-                Identity::App => code == TENANT_TOKEN_CODE,
-            });
+            let retry = !trace.retried
+                && code.is_some_and(|code| match request.identity {
+                    Identity::User(_) => USER_TOKEN_CODES.contains(&code),
+                    Identity::App => code == TENANT_TOKEN_CODE,
+                });
             if retry {
                 match self.token(&request.identity, Some(&token)).await {
                     Ok(fresh) if fresh != token => {
@@ -294,7 +306,40 @@ impl Forwarder {
                     _ => {}
                 }
             }
-            return Ok(stream_back(answer, Some(peeked)));
+            let session = match (&request.identity, &peeked, &self.settings.scopes) {
+                (Identity::User(open_id), Peeked::Whole(body), Some(scopes))
+                    if code == Some(SCOPE_CODE) =>
+                {
+                    let missing = missing_scopes(body);
+                    if missing.is_empty() {
+                        None
+                    } else {
+                        scopes
+                            .send(ScopesMissing {
+                                open_id: open_id.clone(),
+                                scopes: missing,
+                                api: format!(
+                                    "{} {}",
+                                    request.method,
+                                    mask_path(&request.path_and_query)
+                                ),
+                            })
+                            .await
+                            .ok()
+                            .flatten()
+                    }
+                }
+                _ => None,
+            };
+            let mut answer = stream_back(answer, Some(peeked));
+            if let Some(session) = session
+                && let Ok(value) = HeaderValue::from_str(&session)
+            {
+                answer
+                    .headers_mut()
+                    .insert(HeaderName::from_static(AUTH_SESSION_HEADER), value);
+            }
+            return Ok(answer);
         }
     }
 
@@ -455,6 +500,24 @@ fn platform_code(body: &[u8]) -> Option<i64> {
         serde_json::Value::String(s) => s.parse().ok(),
         _ => None,
     }
+}
+
+/// The scopes a 99991679 answer names (`error.permission_violations[].subject`).
+fn missing_scopes(body: &[u8]) -> Vec<String> {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    value["error"]["permission_violations"]
+        .as_array()
+        .map(|violations| {
+            violations
+                .iter()
+                .filter_map(|v| v["subject"].as_str())
+                .filter(|s| !s.is_empty() && s.len() <= 128 && !s.contains(char::is_whitespace))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The answer for the caller: the platform's status and headers (but hop-by-hop ones),

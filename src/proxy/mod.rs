@@ -12,10 +12,13 @@
 //!   ([`ProxyRequest`]), the request-body reader with its limit ([`read_body`]), the
 //!   header rules and the token-freshness retry;
 //! - [`tenant`]: the [`TenantTokenService`] actor, the app identity's token;
+//! - [`scopes`]: the [`ScopeAuthorizer`] actor, authorizations for missing scopes
+//!   (99991679) merged per user, at most one per 30 s;
 //! - here: the layer's one error enum ([`ProxyError`]), the [`Identity`] a call is made
 //!   as, and [`mask_path`] for the audit line.
 
 pub mod forwarder;
+pub mod scopes;
 pub mod tenant;
 
 use std::time::Duration;
@@ -23,6 +26,7 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 
 pub use forwarder::{Forwarder, ProxyRequest, ProxySettings, read_body};
+pub use scopes::{ScopeAuthorizer, ScopesMissing};
 pub use tenant::{GetTenantToken, TenantTokenService};
 
 /// Who a proxied call is made as.

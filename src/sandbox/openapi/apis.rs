@@ -1,8 +1,10 @@
 //! Plain OpenAPI routes of the sandbox, for the OpenAPI proxy's tests: what a user or the
 //! app calls with its token once it has one (§6 general errors apply to all of them).
 //!
-//! - `GET /open-apis/task/v2/tasks` ([`TASKS_PATH`]): user token only, needs one of
-//!   [`TASK_SCOPES`] in the token's grant, else HTTP 400 `99991679` with
+//! - `GET /open-apis/task/v2/tasks` ([`TASKS_PATH`]) and
+//!   `GET /open-apis/calendar/v4/calendars` ([`CALENDARS_PATH`]): user token only, need
+//!   one of [`TASK_SCOPES`] / [`CALENDAR_SCOPES`] in the token's grant, else HTTP 400
+//!   `99991679` with
 //!   `error.permission_violations` listing them (as
 //!   `shared/fixtures/openapi/api_error_user_scope_insufficient.json`);
 //! - `GET /open-apis/drive/v1/medias/{file_token}/download` ([`DOWNLOAD_PREFIX`]): user or
@@ -35,6 +37,10 @@ use crate::sandbox::{Sandbox, Shared};
 pub const TASKS_PATH: &str = "/open-apis/task/v2/tasks";
 /// Scopes of which the task list needs one (both are named when missing).
 pub const TASK_SCOPES: [&str; 2] = ["task:task:read", "task:task:write"];
+/// The calendar list route (needs a calendar scope).
+pub const CALENDARS_PATH: &str = "/open-apis/calendar/v4/calendars";
+/// Scopes of which the calendar list needs one (both are named when missing).
+pub const CALENDAR_SCOPES: [&str; 2] = ["calendar:calendar:readonly", "calendar:calendar"];
 /// Prefix of the download route: `{DOWNLOAD_PREFIX}/{file_token}/download`.
 pub const DOWNLOAD_PREFIX: &str = "/open-apis/drive/v1/medias";
 /// The upload route.
@@ -53,6 +59,7 @@ pub fn download_byte(i: u64) -> u8 {
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route(TASKS_PATH, web::get().to(tasks))
+        .route(CALENDARS_PATH, web::get().to(calendars))
         .route(UPLOAD_PATH, web::post().to(upload))
         .route(
             &format!("{DOWNLOAD_PREFIX}/{{file_token}}/download"),
@@ -173,6 +180,16 @@ fn refuse(shared: &Shared, index: usize, code: i64) -> HttpResponse {
 
 /// `GET /open-apis/task/v2/tasks`.
 async fn tasks(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    scoped(req, shared, &TASK_SCOPES).await
+}
+
+/// `GET /open-apis/calendar/v4/calendars`.
+async fn calendars(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    scoped(req, shared, &CALENDAR_SCOPES).await
+}
+
+/// A user-token route needing one of `needed`.
+async fn scoped(req: HttpRequest, shared: web::Data<Shared>, needed: &[&str]) -> HttpResponse {
     let (fault, index) = arrive(&req, &shared);
     if let Some(answer) = fault {
         return answer;
@@ -182,7 +199,7 @@ async fn tasks(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
         Ok(Caller::Tenant) => return refuse(&shared, index, 99_991_668),
         Err(code) => return refuse(&shared, index, code),
     };
-    if !scope.split(' ').any(|s| TASK_SCOPES.contains(&s)) {
+    if !scope.split(' ').any(|s| needed.contains(&s)) {
         record(&shared, index, 99_991_679, 0);
         let n = shared.lock().openapi.next();
         return json_answer(
@@ -192,11 +209,11 @@ async fn tasks(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
                 "code": 99_991_679,
                 "msg": format!(
                     "Unauthorized. You do not have permission to perform the requested operation on the resource. Please request user re-authorization and try again. required one of these privileges: [{}]",
-                    TASK_SCOPES.join(", ")
+                    needed.join(", ")
                 ),
                 "error": {
                     "log_id": format!("sandbox-log-{n:08}"),
-                    "permission_violations": TASK_SCOPES
+                    "permission_violations": needed
                         .iter()
                         .map(|s| json!({"subject": s, "type": "action_privilege_required"}))
                         .collect::<Vec<_>>(),
