@@ -96,6 +96,7 @@ async fn the_users_fresh_token_is_injected_and_the_callers_own_headers_are_not_f
         .insert_header(("Cookie", "session=lark-auth-caller"))
         .insert_header(("X-Lark-Proxy-Target", "https://evil.example"))
         .insert_header(("Proxy-Authorization", "Basic c2VjcmV0"))
+        .insert_header(("Accept-Encoding", "gzip, br"))
         .send()
         .await
         .unwrap();
@@ -122,6 +123,8 @@ async fn the_users_fresh_token_is_injected_and_the_callers_own_headers_are_not_f
     assert_eq!(seen.header("authorization").len(), 1);
     assert_eq!(seen.bearer(), Some(token.expose().as_str()));
     assert_eq!(seen.header("x-custom"), vec!["kept"]);
+    // Answers must come uncompressed for the token-expired check.
+    assert_eq!(seen.header("accept-encoding"), vec!["identity"]);
     for dropped in ["cookie", "x-lark-proxy-target", "proxy-authorization"] {
         assert!(seen.header(dropped).is_empty(), "{dropped} was forwarded");
     }

@@ -54,9 +54,13 @@ pub const DRAIN_LIMIT: u64 = 8 << 20;
 
 /// Request headers of the caller never forwarded (its own credentials for lark-auth, the
 /// sidecar protocol's headers, and what the forwarder sets itself); `x-lark-proxy-*` and
-/// the hop-by-hop headers ([`HOP_BY_HOP`]) are dropped too.
-pub const FORWARD_DROPPED: [&str; 8] = [
+/// the hop-by-hop headers ([`HOP_BY_HOP`]) are dropped too. `Accept-Encoding` is
+/// replaced by `identity` (awc's own, built without decoders) so the platform answers
+/// uncompressed: a token-expired error must be readable for the retry (an answer without
+/// content coding is valid for any `Accept-Encoding`).
+pub const FORWARD_DROPPED: [&str; 9] = [
     "authorization",
+    "accept-encoding",
     "proxy-authorization",
     "cookie",
     "host",
