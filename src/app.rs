@@ -3,8 +3,11 @@
 //!
 //! Started here, in order: the sled store and the sealed vault (`TokenVaultActor` on a
 //! `SyncArbiter`), the OpenAPI client, the `TokenSource` (single-flight `get_token`) with
-//! its `TokenService` actor, the `RefreshScheduler`, the `RouterActor` (sessions), the
-//! supervised `ConnectionActor` feeding the router, and the HTTP front. No globals: two
+//! its `TokenService` actor, the `TenantTokenService` (the app identity of the OpenAPI
+//! proxy), the `RefreshScheduler`, the `RouterActor` (sessions), the supervised
+//! `ConnectionActor` feeding the router, the `ScopeAuthorizer` (missing-scope
+//! authorizations, when `proxy.scope_authorization`), and the HTTP front with the
+//! proxy's REST door (a `Forwarder` per worker). No globals: two
 //! instances (different stores and ports) live side by side in one process.
 //!
 //! Two ways in: [`LarkAuth::start`] reads the secrets from the environment variables the
