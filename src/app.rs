@@ -3,8 +3,11 @@
 //!
 //! Started here, in order: the sled store and the sealed vault (`TokenVaultActor` on a
 //! `SyncArbiter`), the OpenAPI client, the `TokenSource` (single-flight `get_token`) with
-//! its `TokenService` actor, the `RefreshScheduler`, the `RouterActor` (sessions), the
-//! supervised `ConnectionActor` feeding the router, and the HTTP front. No globals: two
+//! its `TokenService` actor, the `TenantTokenService` (the app identity of the OpenAPI
+//! proxy), the `RefreshScheduler`, the `RouterActor` (sessions), the supervised
+//! `ConnectionActor` feeding the router, the `ScopeAuthorizer` (missing-scope
+//! authorizations, when `proxy.scope_authorization`), and the HTTP front with the
+//! proxy's REST door (a `Forwarder` per worker). No globals: two
 //! instances (different stores and ports) live side by side in one process.
 //!
 //! Two ways in: [`LarkAuth::start`] reads the secrets from the environment variables the
@@ -294,6 +297,7 @@ impl LarkAuth {
                 Some(metrics.clone()),
             )?)
         };
+        let tenant = crate::proxy::TenantTokenService::new(client.clone()).start();
         let router = RouterActor::start_with_pacer(
             RouterParts {
                 client,
@@ -362,6 +366,23 @@ impl LarkAuth {
             state.tokens = Some(tokens.clone());
             state.vault_loss = vault_loss.as_ref().map(|l| l.to_string());
             state.gateway = gateway.clone();
+            let mut proxy =
+                crate::proxy::ProxySettings::new(&config, tokens.clone(), tenant, metrics.clone())
+                    .map_err(|e| crate::config::ConfigError::Invalid {
+                        key: "proxy",
+                        reason: e.to_string(),
+                    })?;
+            if config.proxy.scope_authorization {
+                proxy.scopes = Some(
+                    crate::proxy::ScopeAuthorizer::new(
+                        router.clone(),
+                        vault.clone(),
+                        metrics.clone(),
+                    )
+                    .start(),
+                );
+            }
+            state.proxy = Some(proxy);
             let front =
                 http::start(config.http.listen, state).map_err(|source| StartError::Http {
                     addr: config.http.listen,

@@ -90,6 +90,53 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[events]` and its `[[events.forward]]` targets: the event gateway.
     pub events: EventsConfig,
+    /// `[proxy]`: the OpenAPI proxy ("Acting as the user", `crate::proxy`).
+    pub proxy: ProxyConfig,
+}
+
+/// `[proxy]` section: the OpenAPI proxy (`ANY /v1/openapi/{open_id}/open-apis/{path}`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Largest request body forwarded, bytes (bodies are held so a retry can resend
+    /// them; larger: `413 payload_too_large`, nothing sent). Default 33554432 (32 MiB).
+    pub max_body_bytes: u64,
+    /// Upper bound from sending a request upstream to its answer's status and headers,
+    /// seconds (the answer's body then streams without a bound). Default 60.
+    #[serde(with = "duration_secs", rename = "upstream_timeout_secs")]
+    pub upstream_timeout: Duration,
+    /// On a 99991679 answer (the user lacks a scope), start an authorization for the
+    /// missing scopes plus the granted ones (at most one card per user per 30 s) and name
+    /// it in the `X-Lark-Auth-Session` answer header. Default true.
+    pub scope_authorization: bool,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            max_body_bytes: 32 << 20,
+            upstream_timeout: Duration::from_secs(60),
+            scope_authorization: true,
+        }
+    }
+}
+
+impl ProxyConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=(1 << 30)).contains(&self.max_body_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "proxy.max_body_bytes",
+                reason: "must be 1..=1073741824".into(),
+            });
+        }
+        if self.upstream_timeout.is_zero() || self.upstream_timeout > Duration::from_secs(600) {
+            return Err(ConfigError::Invalid {
+                key: "proxy.upstream_timeout_secs",
+                reason: "must be 1..=600".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// `[app]` section.
@@ -1103,6 +1150,7 @@ impl Config {
         self.sessions.validate()?;
         self.store.validate()?;
         self.events.validate()?;
+        self.proxy.validate()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
                 "log.level",

@@ -19,6 +19,7 @@ pub mod http_client;
 pub mod metrics;
 pub mod openapi;
 pub mod protocol;
+pub mod proxy;
 pub mod refresh;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;

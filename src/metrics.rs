@@ -74,6 +74,8 @@ struct Inner {
     store_up: Gauge,
     /// The event gateway (issue 15).
     forward: ForwardMetrics,
+    /// The OpenAPI proxy (issue 16).
+    proxy: ProxyMetrics,
 }
 
 const CONNECTION_STATES: [&str; 5] = [
@@ -193,6 +195,7 @@ impl Metrics {
         // The service starts only on a store it could open.
         store_up.set(1);
         let forward = ForwardMetrics::register(&mut registry);
+        let proxy = ProxyMetrics::register(&mut registry);
         let metrics = Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -211,6 +214,7 @@ impl Metrics {
                 vault_loss,
                 store_up,
                 forward,
+                proxy,
             }),
         };
         metrics.connection_state("connecting");
@@ -1095,6 +1099,147 @@ impl Metrics {
 }
 
 // ----- end of event gateway --------------------------------------------------------------
+
+// ----- OpenAPI proxy (issue 16) ----------------------------------------------------------
+
+/// `door` values of the proxy's families, exported at 0 from the start: `rest` (the
+/// control API route), `sidecar` (the Lark CLI's auth-proxy protocol).
+pub const PROXY_DOORS: [&str; 2] = ["rest", "sidecar"];
+/// `identity` values of the proxy's families: `user`, `app`.
+pub const PROXY_IDENTITIES: [&str; 2] = ["user", "app"];
+/// `status` values of `lark_auth_openapi_proxy_requests_total`: the answer's status class.
+pub const PROXY_STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Label set of the proxied requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProxyRequestLabels {
+    /// See [`PROXY_DOORS`].
+    pub door: String,
+    /// See [`PROXY_IDENTITIES`].
+    pub identity: String,
+    /// See [`PROXY_STATUS_CLASSES`].
+    pub status: String,
+}
+
+/// Label set with `door` and `identity`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DoorIdentityLabels {
+    /// See [`PROXY_DOORS`].
+    pub door: String,
+    /// See [`PROXY_IDENTITIES`].
+    pub identity: String,
+}
+
+/// The OpenAPI proxy's families.
+struct ProxyMetrics {
+    requests: Family<ProxyRequestLabels, Counter>,
+    retries: Family<DoorIdentityLabels, Counter>,
+    upstream: Histogram,
+    scope_authorizations: Counter,
+}
+
+impl ProxyMetrics {
+    fn register(registry: &mut Registry) -> ProxyMetrics {
+        let requests = Family::<ProxyRequestLabels, Counter>::default();
+        registry.register(
+            "openapi_proxy_requests",
+            "OpenAPI calls through the proxy, by door, identity and answer status class",
+            requests.clone(),
+        );
+        let retries = Family::<DoorIdentityLabels, Counter>::default();
+        registry.register(
+            "openapi_proxy_retries",
+            "Proxied calls retried once after a token-expired answer (after a refresh or a tenant token renewal)",
+            retries.clone(),
+        );
+        // Seconds: 0.5 ms .. ~50 s.
+        let upstream = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+            0.0005, 2.5, 14,
+        ));
+        registry.register(
+            "openapi_proxy_upstream_seconds",
+            "Time from sending a proxied call upstream to its answer's headers (both tries when retried)",
+            upstream.clone(),
+        );
+        let scope_authorizations = Counter::default();
+        registry.register(
+            "openapi_proxy_scope_authorizations",
+            "Authorizations started for scopes a proxied call lacked (99991679)",
+            scope_authorizations.clone(),
+        );
+        for door in PROXY_DOORS {
+            for identity in PROXY_IDENTITIES {
+                let _ = retries.get_or_create(&DoorIdentityLabels {
+                    door: door.to_string(),
+                    identity: identity.to_string(),
+                });
+                for status in PROXY_STATUS_CLASSES {
+                    let _ = requests.get_or_create(&ProxyRequestLabels {
+                        door: door.to_string(),
+                        identity: identity.to_string(),
+                        status: status.to_string(),
+                    });
+                }
+            }
+        }
+        ProxyMetrics {
+            requests,
+            retries,
+            upstream,
+            scope_authorizations,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one proxied call answered `status` (HTTP) through `door` as `identity`;
+    /// `upstream_secs` (zero when nothing was sent) goes into the latency histogram,
+    /// `retried` counts a retry.
+    pub fn proxy_request(
+        &self,
+        door: &str,
+        identity: &str,
+        status: u16,
+        upstream_secs: f64,
+        retried: bool,
+    ) {
+        let p = &self.inner.proxy;
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        p.requests
+            .get_or_create(&ProxyRequestLabels {
+                door: door.to_string(),
+                identity: identity.to_string(),
+                status: class.to_string(),
+            })
+            .inc();
+        if upstream_secs > 0.0 {
+            p.upstream.observe(upstream_secs);
+        }
+        if retried {
+            p.retries
+                .get_or_create(&DoorIdentityLabels {
+                    door: door.to_string(),
+                    identity: identity.to_string(),
+                })
+                .inc();
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts an authorization started for missing scopes.
+    pub fn proxy_scope_authorization(&self) {
+        self.inner.proxy.scope_authorizations.inc();
+    }
+}
+
+// ----- end of OpenAPI proxy ----------------------------------------------------------------
 
 #[cfg(test)]
 mod tests {

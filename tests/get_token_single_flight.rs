@@ -331,3 +331,40 @@ async fn missing_and_revoked_grants_are_typed_errors() {
             .is_empty()
     );
 }
+
+#[actix_rt::test]
+async fn a_token_the_platform_rejected_is_replaced_by_one_refresh_shared_by_all_callers() {
+    let h = harness(Duration::from_secs(2)).await;
+    // A fresh grant: get_token itself refreshes nothing.
+    let record = grant_record(
+        APP,
+        USER,
+        &code_flow_grant(&h.sandbox, h.refresher.client(), USER).await,
+        Duration::from_secs(7200),
+    );
+    h.addr.send(StoreGrant { record }).await.unwrap().unwrap();
+    let before = refresh_requests(&h.sandbox);
+    let first = h.source.get_token(USER).await.unwrap().token;
+    assert_eq!(refresh_requests(&h.sandbox), before);
+
+    // Refused by the platform (99991677): one refresh, a new token.
+    let second = h.source.refresh_rejected(USER, &first).await.unwrap().token;
+    assert_ne!(second, first);
+    assert_eq!(refresh_requests(&h.sandbox), before + 1);
+    // A caller still holding the old token gets the new one; nothing is sent.
+    let again = h.source.refresh_rejected(USER, &first).await.unwrap().token;
+    assert_eq!(again, second);
+    assert_eq!(refresh_requests(&h.sandbox), before + 1);
+    assert_eq!(h.source.get_token(USER).await.unwrap().token, second);
+
+    // Ten callers refused with the same token at once: one refresh, one new token.
+    let calls = (0..10).map(|_| h.source.refresh_rejected(USER, &second));
+    let tokens: Vec<_> = futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().token)
+        .collect();
+    assert_eq!(refresh_requests(&h.sandbox), before + 2);
+    assert!(tokens.iter().all(|t| *t == tokens[0] && *t != second));
+    assert_eq!(h.sandbox.refresh_token_reuse_violations(), 0);
+}

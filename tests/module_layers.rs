@@ -39,8 +39,8 @@ const LAYERS: &[&[&str]] = &[
     // get_token (source, cache, refresher, TokenService); the event log consumer; event
     // dedup and fan-out to subscribers (the event gateway grows from it).
     &["tokens", "event_log", "events"],
-    // The refresh scheduler; authorization sessions.
-    &["refresh", "session"],
+    // The refresh scheduler; authorization sessions; the OpenAPI proxy's forwarder.
+    &["refresh", "session", "proxy"],
     // The HTTP front (control API, health, metrics, OAuth callback).
     &["http"],
     // The whole tree (LarkAuth::start, Handle); the control API client.

@@ -156,3 +156,63 @@ async fn device_answers_have_the_fixture_keys() {
         keys(&openapi_fixture("device_authorization_ok.json"))
     );
 }
+
+#[actix_rt::test]
+async fn plain_api_errors_have_the_fixture_keys() {
+    use lark_auth::sandbox::{OpenApiFault, OpenApiRoute};
+    let (sandbox, client) = openapi().await;
+    let base = sandbox.base_url();
+    let pkce = PkcePair::generate();
+    let url = client.authorize_url(
+        DEFAULT_REDIRECT_URI,
+        &["offline_access"],
+        "s",
+        &pkce.challenge,
+    );
+    let code = query_param(&sandbox.authorize(&url, "ou_test_user_1").unwrap(), "code").unwrap();
+    let (_, grant) = call(
+        "POST",
+        &format!("{base}/open-apis/authen/v2/oauth/token"),
+        None,
+        Some(
+            json!({"grant_type": "authorization_code", "client_id": "cli_sandbox_app",
+                    "client_secret": "sandbox-secret", "code": code,
+                    "redirect_uri": DEFAULT_REDIRECT_URI,
+                    "code_verifier": pkce.verifier.expose()}),
+        ),
+    )
+    .await;
+    let token = grant["access_token"].as_str().unwrap();
+    let tasks = format!("{base}/open-apis/task/v2/tasks");
+
+    // Missing scope: 99991679 with error.permission_violations[{subject, type}].
+    let (status, refused) = call("GET", &tasks, Some(token), None).await;
+    assert_eq!(status, 400);
+    let fixture = openapi_fixture("api_error_user_scope_insufficient.json");
+    assert_eq!(keys(&refused), keys(&fixture));
+    assert_eq!(refused["code"], fixture["code"]);
+    assert_eq!(keys(&refused["error"]), keys(&fixture["error"]));
+    assert_eq!(
+        refused["error"]["permission_violations"],
+        fixture["error"]["permission_violations"]
+    );
+
+    // Expired user token: 99991677.
+    sandbox.expire_access_tokens("ou_test_user_1");
+    let (status, expired) = call("GET", &tasks, Some(token), None).await;
+    assert_eq!(status, 400);
+    let fixture = openapi_fixture("api_error_user_token_expired.json");
+    assert_eq!(keys(&expired), keys(&fixture));
+    assert_eq!(expired["code"], fixture["code"]);
+
+    // Rate limited: 99991400.
+    sandbox.inject_openapi_fault(
+        OpenApiRoute::Api,
+        OpenApiFault::RateLimited { reset_secs: 3 },
+    );
+    let (status, limited) = call("GET", &tasks, Some(token), None).await;
+    assert_eq!(status, 429);
+    let fixture = openapi_fixture("api_error_rate_limited.json");
+    assert_eq!(keys(&limited), keys(&fixture));
+    assert_eq!(limited["code"], fixture["code"]);
+}

@@ -183,6 +183,9 @@ pub struct ControlState {
     pub vault_loss: Option<String>,
     /// The event gateway, for `GET /v1/events/forward` (`None`: no targets, empty list).
     pub gateway: Option<Addr<crate::events::gateway::EventGateway>>,
+    /// The OpenAPI proxy's settings (`None`: `/v1/openapi/…` answers 503); each worker
+    /// builds its own [`Forwarder`](crate::proxy::Forwarder) from them.
+    pub proxy: Option<crate::proxy::ProxySettings>,
 }
 
 impl ControlState {
@@ -220,6 +223,7 @@ impl ControlState {
             metrics,
             vault_loss: None,
             gateway: None,
+            proxy: None,
         }
     }
 
@@ -718,7 +722,75 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/v1/grants", web::get().to(list_grants))
     .route("/v1/grants/{open_id}", web::delete().to(revoke_grant))
     .route("/v1/grants/{open_id}/token", web::get().to(grant_token))
-    .route("/v1/events/forward", web::get().to(forward_status));
+    .route("/v1/events/forward", web::get().to(forward_status))
+    .route(
+        "/v1/openapi/{open_id}/open-apis/{path:.*}",
+        web::route().to(openapi_proxy),
+    );
+}
+
+/// `ANY /v1/openapi/{open_id}/open-apis/{path}`: the OpenAPI call `/open-apis/{path}`
+/// (query, body and content headers passed through) made as that user, or as the app for
+/// `{open_id}` = `@app` (`INTERFACE.md`, "Acting as the user"; [`crate::proxy`]). The
+/// platform's answer comes back unchanged (streamed); the proxy's own refusals are JSON
+/// errors: `400 invalid_open_id` / `invalid_path`, `413 payload_too_large`, `404
+/// no_grant`, `409 needs_reauth`, `503 refresh_failed` (with `Retry-After`), `502` /
+/// `504` when the platform cannot be reached.
+async fn openapi_proxy(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<ControlState>,
+) -> Result<HttpResponse, ApiError> {
+    use crate::proxy::{Identity, ProxyError, ProxyRequest};
+    state.authorize(&req)?;
+    let proxy_error = |e: ProxyError| match e {
+        ProxyError::RefreshFailed { retry_after } => {
+            let secs = retry_after.as_millis().div_ceil(1000).max(1) as u64;
+            HttpResponse::ServiceUnavailable()
+                .insert_header(("Retry-After", secs.to_string()))
+                .json(serde_json::json!({
+                    "error": e.code(),
+                    "message": e.to_string(),
+                    "retry_after_secs": secs,
+                }))
+        }
+        e => ApiError::new(e.status(), e.code(), e.to_string()).error_response(),
+    };
+    // The raw path, as sent: `/v1/openapi/{open_id}` then `/open-apis/…`.
+    let raw = req.uri().path();
+    let rest = raw.strip_prefix("/v1/openapi/").unwrap_or_default();
+    let (open_id, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let identity = if open_id == "@app" || open_id == "%40app" {
+        Identity::App
+    } else {
+        ApiError::check_open_id(open_id)?;
+        Identity::User(open_id.to_string())
+    };
+    if let Err(e) = crate::proxy::check_path(path) {
+        return Ok(proxy_error(e));
+    }
+    let Some(forwarder) = req.app_data::<web::Data<crate::proxy::Forwarder>>() else {
+        return Ok(proxy_error(ProxyError::Unavailable));
+    };
+    let limit = forwarder.settings().max_body_bytes;
+    let body = match crate::proxy::read_body(req.headers(), payload, limit).await {
+        Ok(body) => body,
+        Err(e) => return Ok(proxy_error(e)),
+    };
+    let path_and_query = match req.uri().query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    };
+    let request = ProxyRequest {
+        door: "rest",
+        caller: "api_token".to_string(),
+        identity,
+        method: req.method().clone(),
+        path_and_query,
+        headers: req.headers().clone(),
+        body,
+    };
+    Ok(forwarder.forward(request).await.unwrap_or_else(proxy_error))
 }
 
 /// A running HTTP front.
@@ -736,9 +808,14 @@ pub struct HttpFront {
 /// The bind error (address in use, permission), naming nothing secret.
 pub fn start(listen: SocketAddr, state: ControlState) -> std::io::Result<HttpFront> {
     let server = HttpServer::new(move || {
-        App::new()
-            .app_data(web::Data::new(state.clone()))
-            .configure(routes)
+        let mut app = App::new().app_data(web::Data::new(state.clone()));
+        if let Some(settings) = &state.proxy {
+            // One forwarder (its awc client) per worker thread.
+            app = app.app_data(web::Data::new(crate::proxy::Forwarder::new(
+                settings.clone(),
+            )));
+        }
+        app.configure(routes)
     })
     .workers(2)
     .disable_signals()

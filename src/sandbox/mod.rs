@@ -63,7 +63,8 @@ use crate::secret::Secret;
 pub use frames::{AckPayloadView, check_echo, split_payload};
 pub use openapi::{
     CardPatch, DEFAULT_REDIRECT_URI, DelayedCardUpdate, OpenApiFault, OpenApiRoute,
-    OpenApiSandboxConfig, RecordedTokenRequest, SandboxUser, SentCard, UserActionError,
+    OpenApiSandboxConfig, RecordedApiRequest, RecordedTokenRequest, SandboxUser, SentCard,
+    UserActionError, apis,
 };
 
 /// Settings of a [`Sandbox`]. Every field has a default (see [`SandboxConfig::default`]).

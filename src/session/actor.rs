@@ -645,6 +645,7 @@ impl AuthSessionActor {
                 use_applink: settings.use_applink,
                 report_authorize_click: settings.report_authorize_click,
                 locale: r.locale.unwrap_or(settings.locale),
+                requested_by: r.requested_by.as_deref(),
             }
             .build()
             .to_value();

@@ -146,6 +146,9 @@ pub struct AuthorizeCard<'a> {
     pub report_authorize_click: bool,
     /// Language.
     pub locale: CardLocale,
+    /// The API call(s) that asked for the scopes (the OpenAPI proxy's missing-scope
+    /// authorizations), named on the card.
+    pub requested_by: Option<&'a str>,
 }
 
 impl AuthorizeCard<'_> {
@@ -164,12 +167,16 @@ impl AuthorizeCard<'_> {
             .iter()
             .map(|s| format!("- {}", describe_scope(s, l)))
             .collect();
-        let intro = text::authorize_intro(
+        let mut intro = text::authorize_intro(
             l,
             self.app_name,
             &scopes.join("\n"),
             self.expires_in_minutes,
         );
+        if let Some(api) = self.requested_by {
+            intro.push_str("\n\n");
+            intro.push_str(&text::requested_by(l, api));
+        }
         let mut authorize = vec![Behavior::OpenUrl { default_url: url }];
         if self.report_authorize_click {
             authorize.push(Behavior::Callback {
@@ -258,6 +265,7 @@ mod tests {
             use_applink: true,
             report_authorize_click: report,
             locale,
+            requested_by: None,
         }
         .build()
         .to_value()

@@ -237,6 +237,11 @@ pub struct SessionRecord {
     /// token carries it), so it only comes from the authorization request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locale: Option<CardLocale>,
+    /// The API call(s) that asked for this authorization (`GET /open-apis/…`, ids
+    /// masked), when the OpenAPI proxy started it on a missing scope (99991679); the card
+    /// names them. `None` for authorizations asked for directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
 }
 
 impl SessionRecord {
@@ -271,6 +276,7 @@ impl SessionRecord {
             code_flow: code_flow.map(Box::new),
             next_poll_at_ms: None,
             locale: None,
+            requested_by: None,
         }
     }
 }

@@ -476,10 +476,57 @@ impl Handler<StartAuthorization> for RouterActor {
     }
 }
 
+/// [`StartAuthorization`] made by the OpenAPI proxy after a call was refused for a
+/// missing user scope (99991679): the card also names the API call(s) that asked
+/// (`requested_by`). Same replies and errors; a session already in flight for the user is
+/// returned unchanged.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<SessionView, StartError>")]
+pub struct StartScopeAuthorization {
+    /// The user (`ou_…`).
+    pub open_id: String,
+    /// The scopes: the missing ones plus those already granted.
+    pub scopes: Vec<String>,
+    /// The API call(s) that asked, e.g. `GET /open-apis/task/v2/tasks` (ids masked).
+    pub requested_by: String,
+}
+
+impl Handler<StartScopeAuthorization> for RouterActor {
+    type Result = AtomicResponse<Self, Result<SessionView, StartError>>;
+
+    fn handle(&mut self, msg: StartScopeAuthorization, ctx: &mut Context<Self>) -> Self::Result {
+        self.start_session(
+            StartAuthorizationWithLocale {
+                open_id: msg.open_id,
+                scopes: msg.scopes,
+                locale: None,
+            },
+            Some(msg.requested_by),
+            ctx,
+        )
+    }
+}
+
 impl Handler<StartAuthorizationWithLocale> for RouterActor {
     type Result = AtomicResponse<Self, Result<SessionView, StartError>>;
 
-    fn handle(&mut self, msg: StartAuthorizationWithLocale, _: &mut Context<Self>) -> Self::Result {
+    fn handle(
+        &mut self,
+        msg: StartAuthorizationWithLocale,
+        ctx: &mut Context<Self>,
+    ) -> Self::Result {
+        self.start_session(msg, None, ctx)
+    }
+}
+
+impl RouterActor {
+    /// Starts a session (or returns the one in flight for the user).
+    fn start_session(
+        &mut self,
+        msg: StartAuthorizationWithLocale,
+        requested_by: Option<String>,
+        _: &mut Context<Self>,
+    ) -> AtomicResponse<Self, Result<SessionView, StartError>> {
         if crate::openapi::check_open_id(&msg.open_id).is_err() {
             return AtomicResponse::new(Box::pin(fut::ready(Err(StartError::InvalidOpenId))));
         }
@@ -521,6 +568,7 @@ impl Handler<StartAuthorizationWithLocale> for RouterActor {
             settings.session_timeout.as_millis() as u64,
         );
         record.locale = msg.locale;
+        record.requested_by = requested_by;
         // A code-flow record carries the PKCE verifier the card's challenge is made from:
         // the session flushes this write before it sends that card (see the actor's module
         // docs), outside this atomic reply, so the router never waits for an fsync.

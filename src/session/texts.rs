@@ -62,6 +62,15 @@ pub mod card {
         }
     }
 
+    /// The line naming the API call(s) that asked for the scopes (`api` already
+    /// formatted, e.g. `GET /open-apis/task/v2/tasks`).
+    pub fn requested_by(locale: CardLocale, api: &str) -> String {
+        match locale {
+            CardLocale::ZhCn => format!("请求这些权限的接口：`{api}`"),
+            CardLocale::EnUs => format!("Asked for by the API call `{api}`."),
+        }
+    }
+
     /// Plain words for a known scope; `None` for the others (shown as they are).
     pub fn scope(scope: &str) -> Option<Text> {
         Some(match scope {

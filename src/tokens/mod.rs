@@ -24,5 +24,5 @@ pub use self::cache::{DEFAULT_TOKEN_CACHE_ENTRIES, TokenCache};
 pub use self::refresher::{
     NewTokens, OpenApiRefresher, RefreshFailure, RefreshGrant, refresh_failure_of,
 };
-pub use self::service::{GetToken, TokenService};
+pub use self::service::{GetToken, RefreshRejected, TokenService};
 pub use self::source::{RefreshCounts, SlotGate, TokenEvent, TokenObserver, TokenSource};

@@ -112,6 +112,14 @@ enum Need {
         /// ms.
         refresh_lead_ms: u64,
     },
+    /// A caller whose token the platform refused (99991668 / 99991677,
+    /// [`TokenSource::refresh_rejected`]): a token other than the rejected one (SHA-256
+    /// digest), refreshing when the stored one is still the rejected one. Waits at the
+    /// slot gate like `Serve`.
+    Replace {
+        /// SHA-256 of the rejected access token.
+        rejected: [u8; 32],
+    },
 }
 
 impl Need {
@@ -123,6 +131,10 @@ impl Need {
     fn satisfied_by(&self, record: &GrantRecord, now_ms: u64, margin_ms: u64) -> bool {
         match *self {
             Need::Serve => record.serves_token(now_ms, margin_ms),
+            Need::Replace { rejected } => {
+                record.serves_token(now_ms, margin_ms)
+                    && token_digest(&record.access_token) != rejected
+            }
             Need::Ahead {
                 access_lead_ms,
                 refresh_lead_ms,
@@ -139,6 +151,12 @@ impl Need {
             }
         }
     }
+}
+
+/// SHA-256 of an access token (compared instead of the token itself).
+fn token_digest(token: &Secret<String>) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.expose().as_bytes()).into()
 }
 
 fn served(record: GrantRecord) -> AccessToken {
@@ -345,6 +363,35 @@ impl<R: RefreshGrant> TokenSource<R> {
             refresh_lead_ms: refresh_lead.as_millis() as u64,
         };
         self.join_flight(open_id, need).await
+    }
+
+    /// After the platform refused `rejected` (99991668 invalid / 99991677 expired, §6): a
+    /// token of `open_id` other than `rejected`, refreshing the grant once when the stored
+    /// token is still the rejected one. Same single flight as
+    /// [`get_token`](Self::get_token): callers refused with the same token at the same
+    /// time share one refresh, and a caller whose token was already replaced gets the new
+    /// one with nothing sent. Paced at the slot gate like `get_token`.
+    ///
+    /// Returns `rejected` itself only when it cannot be replaced now without resending a
+    /// refresh token whose outcome is unknown (`refresh_uncertain`): the caller should
+    /// then not retry.
+    ///
+    /// # Errors
+    /// Every [`GetTokenError`] variant, as for `get_token` (`RefreshFailed` while a
+    /// `refresh_failed` grant's backoff runs, nothing sent).
+    pub async fn refresh_rejected(
+        &self,
+        open_id: &str,
+        rejected: &Secret<String>,
+    ) -> Result<AccessToken, GetTokenError> {
+        let digest = token_digest(rejected);
+        let need = Need::Replace { rejected: digest };
+        let mut token = self.join_flight(open_id, need).await?;
+        if token_digest(&token.token) == digest {
+            // A flight of another kind (a scheduled one) was joined and kept the token.
+            token = self.join_flight(open_id, need).await?;
+        }
+        Ok(token)
     }
 
     /// Returns an access token of `open_id` valid for at least the margin (clamped to
@@ -561,7 +608,7 @@ impl<R: RefreshGrant> Inner<R> {
                     continue;
                 }
                 GrantStatus::RefreshFailed => {
-                    if need == Need::Serve && record.serves_token(now, this.margin_ms) {
+                    if !need.paced() && need.satisfied_by(&record, now, this.margin_ms) {
                         return Ok(served(record));
                     }
                     if let Some(at) = record.retry_at_ms
@@ -584,7 +631,8 @@ impl<R: RefreshGrant> Inner<R> {
                 if need == Need::Serve && record.serves_token(now, this.margin_ms) {
                     return Ok(served(record));
                 }
-                if need != Need::Serve {
+                if need.paced() {
+                    // The scheduler leaves the grant to that instance.
                     return Err(GetTokenError::Contended);
                 }
                 this.wait_for_claim(open_id, started, lease).await?;

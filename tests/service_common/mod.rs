@@ -38,7 +38,8 @@ pub async fn start_instance() -> Instance {
     start_instance_with(|_, _| {}).await
 }
 
-/// A service after `adjust` changed the sandbox's settings and the service's `refresh` and `events`, connected.
+/// A service after `adjust` changed the sandbox's settings and the service's `refresh`,
+/// `events` and `proxy`, connected.
 pub async fn start_instance_with(adjust: impl FnOnce(&mut SandboxConfig, &mut Config)) -> Instance {
     let mut sandbox_config = sessions_common::sandbox_config();
     let mut config = Config::default();
@@ -47,9 +48,11 @@ pub async fn start_instance_with(adjust: impl FnOnce(&mut SandboxConfig, &mut Co
     let dir = tempfile::tempdir().unwrap();
     let refresh = config.refresh.clone();
     let events = config.events.clone();
+    let proxy = config.proxy.clone();
     let mut config = Config::for_tests(&sandbox.base_url());
     config.refresh = refresh;
     config.events = events;
+    config.proxy = proxy;
     config.vault.path = dir.path().join("vault");
     config.http.listen = "127.0.0.1:0".parse().unwrap();
     let handle = LarkAuth::start_with(

@@ -14,7 +14,11 @@
 //! - `GET /open-apis/authen/v1/user_info` (§6), user token checked;
 //! - `POST /open-apis/im/v1/messages`, `PATCH /open-apis/im/v1/messages/{id}`,
 //!   `POST /open-apis/interactive/v1/card/update` (§4), tenant token checked, cards parsed
-//!   and recorded.
+//!   and recorded;
+//! - a few plain OpenAPI routes for the OpenAPI proxy (see [`apis`]): one that needs a user
+//!   scope (99991679 with `permission_violations` without it), a streamed download of any
+//!   size, an upload that reports what it received, and a tenant-token-only route; every
+//!   request to them is recorded ([`Sandbox::api_requests`]).
 //!
 //! Time: every lifetime is measured on a sandbox clock that [`Sandbox::advance_time`] moves
 //! forward, so expiry is tested without sleeping. Faults ([`OpenApiFault`]) queue per
@@ -23,6 +27,7 @@
 //! The authorize page is not an HTTP route: a simulated user "visits" an authorize URL
 //! with [`Sandbox::authorize`] and gets the redirect URL (with `code` and `state`) back.
 
+pub mod apis;
 mod im;
 mod tokens;
 
@@ -40,6 +45,7 @@ use crate::secret::Secret;
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     tokens::routes(cfg);
     im::routes(cfg);
+    apis::routes(cfg);
 }
 
 /// A simulated user of the sandbox tenant.
@@ -167,6 +173,8 @@ pub enum OpenApiRoute {
     PatchMessage,
     /// `POST /open-apis/interactive/v1/card/update`.
     CardUpdate,
+    /// The plain OpenAPI routes of [`apis`] (task list, download, upload, tenant query).
+    Api,
 }
 
 /// A failure injected into the next request of a route.
@@ -198,6 +206,10 @@ pub enum OpenApiFault {
     /// Device-code polls only: answer `slow_down` (RFC 8628 §3.5) as if polled too fast,
     /// adding 5 s to that device code's interval like a real too-fast poll does.
     SlowDown,
+    /// HTTP 400 with this platform `code` and its message (§6 general errors: 99991668
+    /// invalid user token, 99991677 expired user token, 99991663 invalid tenant token),
+    /// whatever token was sent. Nothing is done.
+    ApiCode(i64),
 }
 
 /// One request to the user token endpoint.
@@ -217,6 +229,40 @@ pub struct RecordedTokenRequest {
     pub error: Option<String>,
     /// When the request arrived (monotonic clock), to count requests per second.
     pub received_at: std::time::Instant,
+}
+
+/// One request to a plain OpenAPI route of the sandbox ([`OpenApiRoute::Api`]), as it
+/// arrived.
+#[derive(Debug, Clone)]
+pub struct RecordedApiRequest {
+    /// HTTP method.
+    pub method: String,
+    /// Path and query as received.
+    pub path_and_query: String,
+    /// Every header as received (names lowercase), the `Authorization` one included.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes received (uploads).
+    pub body_len: u64,
+    /// The platform `code` answered (0 on success).
+    pub code: i64,
+}
+
+impl RecordedApiRequest {
+    /// The values of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The token of `Authorization: Bearer …`, if any.
+    pub fn bearer(&self) -> Option<&str> {
+        self.header("authorization")
+            .first()
+            .and_then(|v| v.strip_prefix("Bearer "))
+    }
 }
 
 /// A card sent through `POST /im/v1/messages`, parsed.
@@ -311,6 +357,8 @@ pub(crate) struct DeviceGrant {
 
 pub(crate) struct AccessGrant {
     pub(crate) open_id: String,
+    /// Space-separated scopes granted with this token.
+    pub(crate) scope: String,
     pub(crate) expires_at: Instant,
     pub(crate) revoked: bool,
 }
@@ -363,6 +411,10 @@ pub(crate) struct OpenApiState {
     pub(crate) patches: Vec<CardPatch>,
     pub(crate) delayed_updates: Vec<DelayedCardUpdate>,
     pub(crate) card_tokens: HashMap<String, CardToken>,
+    pub(crate) api_requests: Vec<RecordedApiRequest>,
+    /// While set, downloads stop after their first chunk until permits are added
+    /// ([`Sandbox::hold_downloads`]).
+    pub(crate) download_hold: Option<std::sync::Arc<tokio::sync::Semaphore>>,
 }
 
 impl OpenApiState {
@@ -447,6 +499,13 @@ pub(crate) fn fault_answer(
                     .body("upstream unavailable"),
             );
         }
+        OpenApiFault::ApiCode(code) => {
+            return Some(json_answer(
+                shared,
+                400,
+                serde_json::json!({"code": code, "msg": api_code_message(*code)}),
+            ));
+        }
         OpenApiFault::Delay(_) | OpenApiFault::SlowDown => return None,
     };
     let body = if token_style {
@@ -455,6 +514,19 @@ pub(crate) fn fault_answer(
         serde_json::json!({"code": code, "msg": text})
     };
     Some(json_answer(shared, status, body))
+}
+
+/// The platform's message for a general API error code (§6).
+pub(crate) fn api_code_message(code: i64) -> &'static str {
+    match code {
+        99_991_661 => "Missing access token for authorization.",
+        99_991_663 => "Invalid access token for authorization.",
+        99_991_668 => {
+            "Invalid access token for authorization. Please make a request with token attached."
+        }
+        99_991_677 => "Authentication token expired.",
+        _ => "error",
+    }
 }
 
 /// Holds the answer back for a [`OpenApiFault::Delay`].

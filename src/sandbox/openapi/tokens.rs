@@ -520,6 +520,7 @@ fn issue(
         access_token.clone(),
         AccessGrant {
             open_id: open_id.into(),
+            scope: scope.into(),
             expires_at: now + config.access_token_lifetime,
             revoked: false,
         },
