@@ -247,8 +247,9 @@ pub struct EventGateway {
 
 impl EventGateway {
     /// Reads the outbox back from `store` (pending entries are delivered again, dead ones
-    /// counted) and starts the gateway and its writer thread on the current System. Reads
-    /// the store on the calling thread (start-up only).
+    /// counted) and starts the gateway on a thread (arbiter) of its own and its writer
+    /// thread, in the current System. Reads the store on the calling thread (start-up
+    /// only).
     ///
     /// # Errors
     /// [`StoreError`] when the outbox cannot be read.
@@ -323,21 +324,25 @@ impl EventGateway {
         let writer = SyncArbiter::start(1, move || OutboxWriter {
             store: store.clone(),
         });
-        Ok(EventGateway {
-            writer,
-            settings,
-            clock,
-            metrics,
-            client: None,
-            targets,
-            batch: Vec::new(),
-            batched: 0,
-            writing: false,
-            removals: Vec::new(),
-            seq,
-            full_logged: false,
-        }
-        .start())
+        // Its own thread: the POSTs to the targets (HTTP client work per event) do not
+        // take turns with the long connection's reads and acks.
+        let arbiter = Arbiter::new();
+        Ok(EventGateway::start_in_arbiter(&arbiter.handle(), move |_| {
+            EventGateway {
+                writer,
+                settings,
+                clock,
+                metrics,
+                client: None,
+                targets,
+                batch: Vec::new(),
+                batched: 0,
+                writing: false,
+                removals: Vec::new(),
+                seq,
+                full_logged: false,
+            }
+        }))
     }
 
     fn pending(&self) -> usize {
