@@ -251,6 +251,7 @@ async fn a_database_that_goes_away_shows_in_healthz_and_store_up() {
     server.stop();
     let health_down = get(port, "/healthz").await;
     let metrics_down = get(port, "/metrics").await;
+    let grants_down = get(port, "/v1/grants").await;
     let _ = child.kill();
     let _ = child.wait();
 
@@ -263,6 +264,13 @@ async fn a_database_that_goes_away_shows_in_healthz_and_store_up() {
     let body: serde_json::Value = serde_json::from_str(&health_down.1).unwrap();
     assert_eq!(body["vault"], "unavailable", "{body}");
     assert_eq!(body["store"], "unreachable", "{body}");
+    assert_eq!(grants_down.0, 503, "{}", grants_down.1);
+    assert!(
+        grants_down.1.contains("store_unavailable"),
+        "{}",
+        grants_down.1
+    );
+    assert!(!grants_down.1.contains(PASSWORD), "{}", grants_down.1);
     assert_eq!(metrics_down.0, 200);
     assert!(
         metrics_down.1.contains("lark_auth_store_up 0"),

@@ -327,8 +327,9 @@ impl EventGateway {
         // Its own thread: the POSTs to the targets (HTTP client work per event) do not
         // take turns with the long connection's reads and acks.
         let arbiter = Arbiter::new();
-        Ok(EventGateway::start_in_arbiter(&arbiter.handle(), move |_| {
-            EventGateway {
+        Ok(EventGateway::start_in_arbiter(
+            &arbiter.handle(),
+            move |_| EventGateway {
                 writer,
                 settings,
                 clock,
@@ -341,8 +342,8 @@ impl EventGateway {
                 removals: Vec::new(),
                 seq,
                 full_logged: false,
-            }
-        }))
+            },
+        ))
     }
 
     fn pending(&self) -> usize {

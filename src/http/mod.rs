@@ -376,13 +376,7 @@ async fn list_grants(
         })
         .await
         .map_err(|_| ApiError::unavailable("the vault"))?
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "vault_error",
-                e.to_string(),
-            )
-        })?;
+        .map_err(vault_failure)?;
     let views: Vec<GrantResource> = grants.iter().map(GrantResource::from).collect();
     Ok(HttpResponse::Ok().json(views))
 }
@@ -469,12 +463,28 @@ async fn revoke_grant(
             "no_grant",
             format!("no grant for {open_id}"),
         )),
-        Ok(Err(e)) => Err(ApiError::new(
+        Ok(Err(e)) => Err(vault_failure(e)),
+        Err(_) => Err(ApiError::unavailable("the vault")),
+    }
+}
+
+/// A vault error as an answer: the store not answering (disk, PostgreSQL down) is `503
+/// store_unavailable` (retry later: INTERFACE.md, "writes answer 503" while the database
+/// is unreachable); anything else (a damaged record, a key problem) `500 vault_error`.
+fn vault_failure(e: crate::vault::VaultError) -> ApiError {
+    use crate::store::StoreError;
+    use crate::vault::VaultError;
+    match &e {
+        VaultError::Store(StoreError::Backend { .. }) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            e.to_string(),
+        ),
+        _ => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "vault_error",
             e.to_string(),
-        )),
-        Err(_) => Err(ApiError::unavailable("the vault")),
+        ),
     }
 }
 
