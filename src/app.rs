@@ -331,6 +331,9 @@ impl LarkAuth {
                 open_id: open_id.to_string(),
             })
         }));
+        // Several instances on one store: their grant writes reach this instance's token
+        // cache and scheduler too (PostgreSQL LISTEN/NOTIFY; nothing to watch on sled).
+        vault_core.watch_store_writes();
         let tokens = TokenService::new(source).start();
 
         if let Some(gateway) = &gateway {

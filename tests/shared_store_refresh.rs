@@ -137,3 +137,57 @@ async fn two_instances_reading_one_grant_refresh_it_once_per_lifetime_without_re
         "{refreshes} refreshes in {READ_SECS} s of {LIFETIME_SECS} s tokens (at most {most})"
     );
 }
+
+#[actix_rt::test]
+async fn a_refresh_by_one_instance_reaches_the_other_instances_token_cache() {
+    let server = pg_common::TestPostgres::start();
+    let mut sandbox_config = sessions_common::sandbox_config();
+    sandbox_config.openapi.access_token_lifetime = Duration::from_secs(20);
+    let sandbox = Sandbox::start(sandbox_config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(&sandbox.base_url());
+    config.vault.path = dir.path().join("unused");
+    config.store.backend = StoreBackend::Postgres;
+    config.store.url = Some(Secret::new(server.url()));
+    config.store.schema = "shared_cache".into();
+    // Refreshed 5 s before the end (a quarter of 20 s); a cached token would be served
+    // until 1 s before the end: 4 s during which only a notification can tell.
+    config.refresh.margin = Duration::from_secs(1);
+    config.refresh.ahead = Duration::from_secs(5);
+    let keyring = Keyring::single(1, VaultKey::generate());
+
+    let a = start(config.clone(), keyring.clone()).await;
+    authorize(&sandbox, &a).await;
+    let b = start(config, keyring).await;
+    // Both caches hold the first token.
+    let first = a.token(USER).await.unwrap().token.expose().to_string();
+    assert_eq!(*b.token(USER).await.unwrap().token.expose(), first);
+    assert_eq!(*b.token(USER).await.unwrap().token.expose(), first);
+
+    // One of them refreshes (their schedulers race; one wins).
+    let refreshed = |s: &Sandbox| {
+        s.token_requests()
+            .iter()
+            .any(|r| r.grant_type.as_deref() == Some("refresh_token") && r.error.is_none())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !refreshed(&sandbox) {
+        assert!(Instant::now() < deadline, "no refresh within 30 s");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Within a second both serve the same new token (the old one is still valid for
+    // about 4 s: only the notification makes the other instance drop it).
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let (ta, tb) = loop {
+        let ta = a.token(USER).await.unwrap().token.expose().to_string();
+        let tb = b.token(USER).await.unwrap().token.expose().to_string();
+        if (ta != first && ta == tb) || Instant::now() > deadline {
+            break (ta, tb);
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    };
+    a.shutdown(Duration::from_secs(2)).await;
+    b.shutdown(Duration::from_secs(2)).await;
+    assert_ne!(ta, first, "the refreshed token");
+    assert_eq!(ta, tb, "both instances serve the store's newest token");
+}

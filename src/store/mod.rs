@@ -589,4 +589,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn accept_loss(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// Starts telling `hook` about grant writes made through this store by **other
+    /// processes** sharing it (PostgreSQL: `LISTEN`/`NOTIFY`; this process's own writes
+    /// may be told too): `Some(key)` for a written grant, `None` when writes may have been
+    /// missed (at the start of the watch and after a lost connection to the server: forget
+    /// everything cached). The hook runs on the store's own thread: quick, never blocking.
+    /// Returns false (and never calls the hook) for a store no other process can write
+    /// (sled, the default).
+    fn watch_grants(&self, hook: GrantWatchHook) -> bool {
+        drop(hook);
+        false
+    }
 }
+
+/// Told about grant writes of other processes; see [`Store::watch_grants`].
+pub type GrantWatchHook = Box<dyn Fn(Option<&GrantKey>) + Send + Sync>;

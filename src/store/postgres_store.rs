@@ -91,7 +91,17 @@ struct Shared {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     location: String,
     operation_timeout: Duration,
+    /// For the `LISTEN` connection of [`Store::watch_grants`].
+    config: tokio_postgres::Config,
+    schema: String,
 }
+
+/// The `NOTIFY` channel of grant writes, shared by every schema of a database (the
+/// payload names the schema): `<schema> US <app_id> US <open_id>` (US = 0x1F).
+pub const GRANTS_CHANNEL: &str = "lark_auth_grants";
+
+/// Wait before the `LISTEN` connection is opened again after it failed.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
 impl Drop for Shared {
     fn drop(&mut self) {
@@ -292,6 +302,7 @@ impl PostgresStore {
             .map_err(|_| open_error(Box::new(RuntimeGone)))?
             .map_err(|e| open_error(Box::new(e)))?;
 
+        let listen_config = config.clone();
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -318,6 +329,8 @@ impl PostgresStore {
                 stop: Some(stop),
                 location: location.clone(),
                 operation_timeout: options.operation_timeout.max(options.connect_timeout * 2),
+                config: listen_config,
+                schema: options.schema.clone(),
             }),
         };
         let schema = options.schema.clone();
@@ -396,6 +409,51 @@ impl PostgresStore {
     }
 }
 
+/// One `LISTEN` connection: tells `hook` `None` once listening, then every grant write
+/// of `schema` until the connection ends.
+async fn listen(
+    config: &tokio_postgres::Config,
+    schema: &str,
+    hook: &super::GrantWatchHook,
+) -> Result<(), tokio_postgres::Error> {
+    use futures_util::StreamExt as _;
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    if tx.send(n.payload().to_string()).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    });
+    client
+        .batch_execute(&format!("LISTEN {GRANTS_CHANNEL}"))
+        .await?;
+    // Writes made before this point were not heard: forget what is cached.
+    hook(None);
+    while let Some(payload) = rx.recv().await {
+        let mut parts = payload.split('\u{1f}');
+        if let (Some(s), Some(app_id), Some(open_id)) = (parts.next(), parts.next(), parts.next())
+            && s == schema
+        {
+            hook(Some(&GrantKey::new(app_id, open_id)));
+        }
+    }
+    drop(client);
+    match driver.await {
+        Ok(result) => result,
+        Err(_) => Ok(()),
+    }
+}
+
 /// Why the start-up step failed, before it is told apart.
 enum MigrateFailure {
     Pool(deadpool_postgres::PoolError),
@@ -434,6 +492,7 @@ impl Store for PostgresStore {
         check_part("app_id", &key.app_id)?;
         check_part("open_id", &key.open_id)?;
         let key = key.clone();
+        let schema = self.shared.schema.clone();
         self.call("compare_and_swap_grant", move |pool, sql| async move {
             let client = pool.get().await?;
             let (app, open) = (&key.app_id, &key.open_id);
@@ -463,6 +522,16 @@ impl Store for PostgresStore {
                 (None, None) => None,
             };
             if let Some(version) = changed {
+                // Committed: tell the other instances (their token caches and
+                // schedulers). A lost notification is made up for when their LISTEN
+                // connection comes back (they forget everything then).
+                let payload = format!("{schema}\u{1f}{app}\u{1f}{open}");
+                if let Err(e) = client
+                    .execute("SELECT pg_notify($1, $2)", &[&GRANTS_CHANNEL, &payload])
+                    .await
+                {
+                    tracing::warn!(error = %e, "grant write not announced to other instances");
+                }
                 return Ok(CasOutcome::Swapped { version });
             }
             let stmt = client.prepare_cached(&sql.grant_version).await?;
@@ -785,6 +854,27 @@ impl Store for PostgresStore {
 
     /// Every call above committed its own transaction (with `synchronous_commit = on`)
     /// before returning: nothing is pending, so there is nothing to do.
+    fn watch_grants(&self, hook: super::GrantWatchHook) -> bool {
+        let config = self.shared.config.clone();
+        let schema = self.shared.schema.clone();
+        let location = self.shared.location.clone();
+        self.shared.runtime.spawn(async move {
+            loop {
+                match listen(&config, &schema, &hook).await {
+                    Ok(()) => {}
+                    Err(e) => tracing::warn!(
+                        store = %location,
+                        error = %one_line(&e),
+                        "grant notifications interrupted; listening again (cached tokens forgotten)"
+                    ),
+                }
+                hook(None);
+                tokio::time::sleep(LISTEN_RETRY).await;
+            }
+        });
+        true
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
     }

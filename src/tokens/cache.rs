@@ -83,13 +83,17 @@ impl std::fmt::Debug for TokenCache {
 impl TokenCache {
     /// An empty cache of at most `capacity` entries (`vault.token_cache_entries`; 0:
     /// caches nothing) that `vault` invalidates on every write of a grant (registered
-    /// with [`Vault::on_grant_written`]; the vault keeps it as long as it lives). Hand it
+    /// with [`Vault::on_grant_written`], and emptied on [`Vault::on_grants_reset`]; the
+    /// vault keeps it as long as it lives; with a shared store, other instances' writes
+    /// count too: [`Vault::watch_store_writes`]). Hand it
     /// to [`TokenSource::with_token_cache`](super::TokenSource::with_token_cache). Each
     /// call makes a new cache, each invalidated by the vault.
     pub fn for_vault(vault: &Vault, capacity: usize) -> Arc<TokenCache> {
         let cache = Arc::new(TokenCache::new(capacity));
         let hooked = cache.clone();
         vault.on_grant_written(Box::new(move |open_id| hooked.invalidate(open_id)));
+        let hooked = cache.clone();
+        vault.on_grants_reset(Box::new(move || hooked.clear()));
         cache
     }
 

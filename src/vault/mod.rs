@@ -192,7 +192,13 @@ struct Inner {
     /// Told the `open_id` after every write of a grant (the opened-token caches drop
     /// it); see [`Vault::on_grant_written`].
     on_grant_written: RwLock<Vec<GrantWrittenHook>>,
+    /// Told when writes of other processes may have been missed (see
+    /// [`Vault::watch_store_writes`]): forget every cached grant.
+    on_grants_reset: RwLock<Vec<GrantsResetHook>>,
 }
+
+/// A callback told that any grant may have changed unseen; see [`Vault::on_grants_reset`].
+pub type GrantsResetHook = Box<dyn Fn() + Send + Sync>;
 
 /// A callback told the `open_id` of a grant that was stored or revoked.
 pub type GrantChangedHook = Box<dyn Fn(&str) + Send + Sync>;
@@ -273,6 +279,7 @@ impl Vault {
                 policy,
                 on_grant_changed: std::sync::OnceLock::new(),
                 on_grant_written: RwLock::new(Vec::new()),
+                on_grants_reset: RwLock::new(Vec::new()),
             }),
         })
     }
@@ -297,6 +304,50 @@ impl Vault {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .push(hook);
+    }
+
+    /// Registers a callback told that grants may have been written by another process
+    /// unseen (a store shared by several instances lost its notification connection):
+    /// whatever is cached of any grant must be read again. Every registration counts.
+    pub fn on_grants_reset(&self, hook: GrantsResetHook) {
+        self.inner
+            .on_grants_reset
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hook);
+    }
+
+    /// For a store shared by several instances (PostgreSQL): grant writes of the other
+    /// instances reach this vault's [`on_grant_written`](Self::on_grant_written) hooks
+    /// (their opened-token caches drop the grant) and its
+    /// [`on_grant_changed`](Self::on_grant_changed) hook (the refresh scheduler re-reads
+    /// it), and a missed stretch of them reaches the
+    /// [`on_grants_reset`](Self::on_grants_reset) hooks. Returns false for a store only
+    /// this process writes (sled): nothing to watch. The store holds a weak reference to
+    /// this vault: watching does not keep it alive.
+    pub fn watch_store_writes(&self) -> bool {
+        let weak = Arc::downgrade(&self.inner);
+        self.inner.store.watch_grants(Box::new(move |key| {
+            let Some(inner) = weak.upgrade() else { return };
+            let vault = Vault { inner };
+            match key {
+                Some(key) if key.app_id == vault.inner.app_id => {
+                    vault.invalidate(&key.open_id);
+                    vault.grant_changed(&key.open_id);
+                }
+                Some(_) => {}
+                None => {
+                    let hooks = vault
+                        .inner
+                        .on_grants_reset
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner());
+                    for hook in hooks.iter() {
+                        hook();
+                    }
+                }
+            }
+        }))
     }
 
     /// Tells the [`on_grant_written`](Self::on_grant_written) hooks that `open_id`'s grant
