@@ -259,7 +259,13 @@ impl LarkAuth {
         metrics.token_endpoint_budget(config.refresh.budget_per_sec);
         let endpoint_pacer = TokenEndpointPacer::new(config.refresh.budget_per_sec)
             .with_queue_gauge(metrics.token_endpoint_queue_gauge())
+            .with_share_gauge(metrics.token_endpoint_share_gauge())
             .start();
+        if config.store.backend == crate::config::StoreBackend::Postgres {
+            // Several instances on the store share the budget.
+            crate::token_endpoint::share::BudgetShare::new(store.clone(), endpoint_pacer.clone())
+                .start();
+        }
         let mut source = TokenSource::new(
             vault.clone(),
             OpenApiRefresher::new(client.clone()),

@@ -444,6 +444,7 @@ pub struct AttemptCounts {
 struct RefreshMetrics {
     token_endpoint_calls: Family<TokenCallLabels, Counter>,
     token_endpoint_queue: Gauge,
+    token_endpoint_share: Gauge,
     token_endpoint_budget: Gauge,
     backlog: Gauge,
     oldest_overdue: Gauge<f64, AtomicU64>,
@@ -459,6 +460,7 @@ impl RefreshMetrics {
         let m = RefreshMetrics {
             token_endpoint_calls: Family::default(),
             token_endpoint_queue: Gauge::default(),
+            token_endpoint_share: Gauge::default(),
             token_endpoint_budget: Gauge::default(),
             backlog: Gauge::default(),
             oldest_overdue: Gauge::default(),
@@ -476,6 +478,11 @@ impl RefreshMetrics {
             "token_endpoint_queue",
             "Requests waiting for a slot of the shared token-endpoint pacer",
             m.token_endpoint_queue.clone(),
+        );
+        registry.register(
+            "token_endpoint_share_per_second",
+            "This instance's share of the token-endpoint budget, calls per second (the budget over the instances on one PostgreSQL store; the whole budget alone)",
+            m.token_endpoint_share.clone(),
         );
         registry.register(
             "token_endpoint_budget_per_second",
@@ -548,6 +555,12 @@ impl Metrics {
     /// keep up to date.
     pub fn token_endpoint_queue_gauge(&self) -> Gauge {
         self.inner.refresh.token_endpoint_queue.clone()
+    }
+
+    /// The gauge of this instance's share of the token-endpoint budget (calls per
+    /// second), for the pacer to keep up to date.
+    pub fn token_endpoint_share_gauge(&self) -> Gauge {
+        self.inner.refresh.token_endpoint_share.clone()
     }
 
     /// Sets `lark_auth_token_endpoint_budget_per_second`: the configured budget

@@ -2,7 +2,8 @@
 //! both at once: every read gets a token, each refresh is made by one instance (the
 //! other waits for it or serves the still-valid token), a refresh token is never sent
 //! twice, and the grant never falls out of service (INTERFACE.md, "Several instances on one shared
-//! store": "each refresh of a grant is made by exactly one instance").
+//! store": "each refresh of a grant is made by exactly one instance"); the token-endpoint
+//! budget is split between them; a refresh by one reaches the other's token cache.
 
 mod pg_common;
 #[path = "sessions_common/mod.rs"]
@@ -119,6 +120,17 @@ async fn two_instances_reading_one_grant_refresh_it_once_per_lifetime_without_re
         .iter()
         .filter(|r| r.grant_type.as_deref() == Some("refresh_token"))
         .count();
+    // The token-endpoint budget (40/s) is split between the two instances.
+    for handle in [&a, &b] {
+        eventually("the budget shared by two", || async {
+            handle
+                .metrics()
+                .encode()
+                .contains("lark_auth_token_endpoint_share_per_second 20")
+                .then_some(())
+        })
+        .await;
+    }
     a.shutdown(Duration::from_secs(2)).await;
     b.shutdown(Duration::from_secs(2)).await;
 

@@ -601,6 +601,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         drop(hook);
         false
     }
+
+    /// How many processes are using this store now, counting those that called
+    /// [`Store::watch_grants`] (PostgreSQL: their notification connections, which end
+    /// with their process). `None` for a store one process uses (sled, the default).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn live_instances(&self) -> Result<Option<u32>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// Told about grant writes of other processes; see [`Store::watch_grants`].

@@ -409,6 +409,12 @@ impl PostgresStore {
     }
 }
 
+/// The `application_name` of an instance's `LISTEN` connection on `schema`: one per live
+/// instance, so counting them counts the instances.
+fn listen_application_name(schema: &str) -> String {
+    format!("lark-auth-listen {schema}")
+}
+
 /// One `LISTEN` connection: tells `hook` `None` once listening, then every grant write
 /// of `schema` until the connection ends.
 async fn listen(
@@ -854,8 +860,26 @@ impl Store for PostgresStore {
 
     /// Every call above committed its own transaction (with `synchronous_commit = on`)
     /// before returning: nothing is pending, so there is nothing to do.
+    fn live_instances(&self) -> Result<Option<u32>, StoreError> {
+        let name = listen_application_name(&self.shared.schema);
+        self.call("live_instances", move |pool, _| async move {
+            let client = pool.get().await?;
+            let row = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND application_name = $1",
+                    &[&name],
+                )
+                .await?;
+            let n: i64 = row.get(0);
+            Ok(Some(u32::try_from(n).unwrap_or(u32::MAX)))
+        })
+    }
+
     fn watch_grants(&self, hook: super::GrantWatchHook) -> bool {
-        let config = self.shared.config.clone();
+        let mut config = self.shared.config.clone();
+        // Also how the instances are counted (`live_instances`).
+        config.application_name(listen_application_name(&self.shared.schema));
         let schema = self.shared.schema.clone();
         let location = self.shared.location.clone();
         self.shared.runtime.spawn(async move {

@@ -6,7 +6,7 @@
 //! `lark-openapi-auth.md`). `LarkAuth::start` creates one and hands it to the
 //! RouterActor's sessions, the RefreshScheduler and the TokenSource.
 //!
-//! Accepts: [`AcquireSlot`] (replies when the caller may send one request),
+//! Accepts: [`AcquireSlot`] (replies when the caller may send one request), [`SetInstances`],
 //! [`GetPacerStatus`]. Sends nothing.
 //!
 //! Built on the pure [`Pacer`] (token bucket of capacity one with jitter; one timer
@@ -19,6 +19,7 @@
 //! the requests.
 
 pub mod pacer;
+pub mod share;
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -50,6 +51,14 @@ pub struct AcquireSlot {
     pub priority: SlotPriority,
 }
 
+/// Sets how many instances share the budget (several lark-auth processes on one
+/// PostgreSQL store, counted by [`BudgetShare`](share::BudgetShare)): from the next slot on
+/// this pacer allows `budget_per_sec / instances` (at least 1) requests per second, so
+/// the sum stays under the app's budget. `instances` 0 counts as 1.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct SetInstances(pub u32);
+
 /// Asks for a [`PacerStatus`] snapshot.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "PacerStatus")]
@@ -62,14 +71,20 @@ pub struct PacerStatus {
     pub queued: usize,
     /// Slots granted since start.
     pub granted: u64,
-    /// The budget, requests per second.
+    /// The configured budget, requests per second (for all instances together).
     pub budget_per_sec: u32,
+    /// This instance's share of it, requests per second (the budget over the instances
+    /// sharing the store; the budget itself for one).
+    pub share_per_sec: u32,
 }
 
 /// The pacer actor; see the module docs.
 pub struct TokenEndpointPacer {
     pacer: Pacer,
     budget_per_sec: u32,
+    /// Instances sharing the budget (1 unless told by [`SetInstances`]).
+    instances: u32,
+    share_gauge: Option<Gauge>,
     /// [`SlotPriority::Waiting`] requests, oldest first.
     urgent: VecDeque<oneshot::Sender<()>>,
     /// [`SlotPriority::Background`] requests, oldest first.
@@ -93,6 +108,8 @@ impl TokenEndpointPacer {
         TokenEndpointPacer {
             pacer: Pacer::new(budget_per_sec, jitter_fraction, rand::random()),
             budget_per_sec: budget_per_sec.max(1),
+            instances: 1,
+            share_gauge: None,
             urgent: VecDeque::new(),
             background: VecDeque::new(),
             timer_armed: false,
@@ -107,6 +124,19 @@ impl TokenEndpointPacer {
     pub fn with_queue_gauge(mut self, gauge: Gauge) -> TokenEndpointPacer {
         self.queue_gauge = Some(gauge);
         self
+    }
+
+    /// Keeps `gauge` set to this instance's share of the budget, requests per second (the
+    /// `lark_auth_token_endpoint_share_per_second` metric).
+    pub fn with_share_gauge(mut self, gauge: Gauge) -> TokenEndpointPacer {
+        gauge.set(i64::from(self.share()));
+        self.share_gauge = Some(gauge);
+        self
+    }
+
+    /// This instance's share of the budget, requests per second.
+    fn share(&self) -> u32 {
+        (self.budget_per_sec / self.instances.max(1)).max(1)
     }
 
     /// Reads the time (unix ms) from `clock` instead of the system clock, for tests that
@@ -198,7 +228,31 @@ impl Handler<GetPacerStatus> for TokenEndpointPacer {
             queued: self.queued(),
             granted: self.granted,
             budget_per_sec: self.budget_per_sec,
+            share_per_sec: self.share(),
         }
+    }
+}
+
+impl Handler<SetInstances> for TokenEndpointPacer {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetInstances, _: &mut Context<Self>) {
+        let instances = msg.0.max(1);
+        if instances == self.instances {
+            return;
+        }
+        self.instances = instances;
+        let share = self.share();
+        self.pacer.set_budget(share);
+        if let Some(gauge) = &self.share_gauge {
+            gauge.set(i64::from(share));
+        }
+        tracing::info!(
+            instances,
+            share_per_sec = share,
+            budget_per_sec = self.budget_per_sec,
+            "token-endpoint budget shared by the instances on the store"
+        );
     }
 }
 

@@ -12,6 +12,7 @@ use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 #[derive(Debug, Clone)]
 pub struct Pacer {
     interval_us: u64,
+    jitter_fraction: f64,
     jitter_us: u64,
     /// Earliest instant of the next slot, unix µs.
     next_us: u64,
@@ -26,13 +27,22 @@ impl Pacer {
     /// to at least 1), each slot delayed by a random jitter of up to `jitter_fraction`
     /// (0.0–1.0) of the interval; `seed` makes the jitter reproducible in tests.
     pub fn new(budget_per_sec: u32, jitter_fraction: f64, seed: u64) -> Pacer {
-        let interval_us = 1_000_000 / u64::from(budget_per_sec.max(1));
-        Pacer {
-            interval_us,
-            jitter_us: (interval_us as f64 * jitter_fraction.clamp(0.0, 1.0)) as u64,
+        let mut pacer = Pacer {
+            interval_us: 0,
+            jitter_fraction: jitter_fraction.clamp(0.0, 1.0),
+            jitter_us: 0,
             next_us: 0,
             rng: StdRng::seed_from_u64(seed),
-        }
+        };
+        pacer.set_budget(budget_per_sec);
+        pacer
+    }
+
+    /// Changes the budget (calls per second, clamped to at least 1) from the next slot on,
+    /// keeping the jitter fraction; a slot already promised keeps its instant.
+    pub fn set_budget(&mut self, budget_per_sec: u32) {
+        self.interval_us = 1_000_000 / u64::from(budget_per_sec.max(1));
+        self.jitter_us = (self.interval_us as f64 * self.jitter_fraction) as u64;
     }
 
     /// Takes a slot if one is free at `now_ms`: `Ok(())` to go ahead, or `Err(at_ms)`, the
@@ -100,6 +110,17 @@ mod tests {
                 "1000 calls took {span_ms} ms (budget {budget}, ideal {ideal_ms})"
             );
         }
+    }
+
+    #[test]
+    fn a_new_budget_spaces_the_next_slots() {
+        let mut pacer = Pacer::new(40, 0.0, 1);
+        assert!(pacer.try_acquire(0).is_ok());
+        assert_eq!(pacer.try_acquire(0), Err(25));
+        pacer.set_budget(20);
+        // The promised slot keeps its instant; the ones after are 50 ms apart.
+        assert!(pacer.try_acquire(25).is_ok());
+        assert_eq!(pacer.try_acquire(25), Err(75));
     }
 
     #[test]
