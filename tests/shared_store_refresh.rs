@@ -25,6 +25,27 @@ const LIFETIME_SECS: u64 = 6;
 /// Seconds of reading.
 const READ_SECS: u64 = 14;
 
+/// A sandbox whose access tokens live `lifetime_secs`, and the config of an instance on
+/// it with the store on `server` (`refresh.margin_secs` and `ahead_secs` as given).
+async fn shared_setup(
+    server: &pg_common::TestPostgres,
+    lifetime_secs: u64,
+    margin_secs: u64,
+    ahead_secs: u64,
+) -> (Sandbox, Config) {
+    let mut sandbox_config = sessions_common::sandbox_config();
+    sandbox_config.openapi.access_token_lifetime = Duration::from_secs(lifetime_secs);
+    let sandbox = Sandbox::start(sandbox_config).await.unwrap();
+    let mut config = Config::for_tests(&sandbox.base_url());
+    // Unused on PostgreSQL (nothing is created there).
+    config.vault.path = std::env::temp_dir().join("lark-auth-unused-sled");
+    config.store.backend = StoreBackend::Postgres;
+    config.store.url = Some(Secret::new(server.url()));
+    config.refresh.margin = Duration::from_secs(margin_secs);
+    config.refresh.ahead = Duration::from_secs(ahead_secs);
+    (sandbox, config)
+}
+
 async fn start(config: Config, keyring: Keyring) -> Handle {
     let handle = LarkAuth::start_with(
         config,
@@ -85,17 +106,7 @@ async fn authorize(sandbox: &Sandbox, handle: &Handle) {
 #[actix_rt::test]
 async fn two_instances_reading_one_grant_refresh_it_once_per_lifetime_without_reuse() {
     let server = pg_common::TestPostgres::start();
-    let mut sandbox_config = sessions_common::sandbox_config();
-    sandbox_config.openapi.access_token_lifetime = Duration::from_secs(LIFETIME_SECS);
-    let sandbox = Sandbox::start(sandbox_config).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::for_tests(&sandbox.base_url());
-    config.vault.path = dir.path().join("unused");
-    config.store.backend = StoreBackend::Postgres;
-    config.store.url = Some(Secret::new(server.url()));
-    config.store.schema = "shared_refresh".into();
-    config.refresh.margin = Duration::from_secs(2);
-    config.refresh.ahead = Duration::from_secs(3);
+    let (sandbox, config) = shared_setup(&server, LIFETIME_SECS, 2, 3).await;
     let keyring = Keyring::single(1, VaultKey::generate());
 
     let a = start(config.clone(), keyring.clone()).await;
@@ -153,19 +164,9 @@ async fn two_instances_reading_one_grant_refresh_it_once_per_lifetime_without_re
 #[actix_rt::test]
 async fn a_refresh_by_one_instance_reaches_the_other_instances_token_cache() {
     let server = pg_common::TestPostgres::start();
-    let mut sandbox_config = sessions_common::sandbox_config();
-    sandbox_config.openapi.access_token_lifetime = Duration::from_secs(20);
-    let sandbox = Sandbox::start(sandbox_config).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::for_tests(&sandbox.base_url());
-    config.vault.path = dir.path().join("unused");
-    config.store.backend = StoreBackend::Postgres;
-    config.store.url = Some(Secret::new(server.url()));
-    config.store.schema = "shared_cache".into();
     // Refreshed 5 s before the end (a quarter of 20 s); a cached token would be served
     // until 1 s before the end: 4 s during which only a notification can tell.
-    config.refresh.margin = Duration::from_secs(1);
-    config.refresh.ahead = Duration::from_secs(5);
+    let (sandbox, config) = shared_setup(&server, 20, 1, 5).await;
     let keyring = Keyring::single(1, VaultKey::generate());
 
     let a = start(config.clone(), keyring.clone()).await;
