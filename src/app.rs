@@ -233,7 +233,7 @@ impl LarkAuth {
             .ok_or(StartError::MissingCredentials)?;
         let metrics = Metrics::new();
 
-        let store = open_store(&config)?;
+        let store = open_store(&config, &metrics)?;
         let vault_loss = store.detected_loss();
         if let Some(loss) = &vault_loss
             && !options.accept_loss
@@ -419,7 +419,7 @@ impl LarkAuth {
 
 /// Opens the configured store: sled in `vault.path`, or PostgreSQL (`[store]`; the URL
 /// resolved into `store.url`), whose schema is created or migrated here.
-fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, StartError> {
     match config.store.backend {
         StoreBackend::Sled => Ok(Arc::new(SledStore::open(&config.vault.path)?)),
         StoreBackend::Postgres => {
@@ -434,12 +434,13 @@ fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
                         key: "store.url_env",
                     })?;
             let store = PostgresStore::open(&PostgresOptions::new(url, &config.store.schema))?;
-            // Sessions, refreshes and the token-endpoint budget are not shared between
-            // instances yet (issue 14): one instance per store until they are.
+            store.set_metrics(metrics.clone());
+            // Grants, refreshes and the token-endpoint budget are shared; authorization
+            // sessions are not yet (issue 14): one instance per store for authorizations.
             tracing::warn!(
                 store = %store.location(),
                 "store.backend = \"postgres\": run a single instance on this store; \
-                 several instances on one store are not supported yet"
+                 authorization sessions are not shared between instances yet"
             );
             Ok(Arc::new(store))
         }

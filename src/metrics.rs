@@ -72,6 +72,7 @@ struct Inner {
     vault_loss: Gauge,
     /// 1 when the store answered the last probe.
     store_up: Gauge,
+    store: StoreMetrics,
     /// The event gateway (issue 15).
     forward: ForwardMetrics,
     /// The OpenAPI proxy (issue 16).
@@ -194,6 +195,7 @@ impl Metrics {
         );
         // The service starts only on a store it could open.
         store_up.set(1);
+        let store = StoreMetrics::register(&mut registry);
         let forward = ForwardMetrics::register(&mut registry);
         let proxy = ProxyMetrics::register(&mut registry);
         let metrics = Metrics {
@@ -213,6 +215,7 @@ impl Metrics {
                 link,
                 vault_loss,
                 store_up,
+                store,
                 forward,
                 proxy,
             }),
@@ -927,6 +930,103 @@ impl Metrics {
 }
 
 // ----- end of link activity ------------------------------------------------------------
+
+// ----- the PostgreSQL store (issue 14) ----------------------------------------------------
+
+/// Label set with one `op` label (a store operation: `get_grant`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    /// The `Store` method.
+    pub op: String,
+}
+
+/// Store operations whose latency series exist from the first scrape (the hot ones).
+pub const STORE_OPERATIONS: [&str; 2] = ["get_grant", "compare_and_swap_grant"];
+
+/// The PostgreSQL store's families (zero with sled).
+struct StoreMetrics {
+    seconds: Family<OpLabel, Histogram>,
+    pool_busy: Gauge,
+    pool_idle: Gauge,
+    pool_waiting: Gauge,
+    notifications: Counter,
+}
+
+impl StoreMetrics {
+    fn register(registry: &mut Registry) -> StoreMetrics {
+        let seconds = Family::<OpLabel, Histogram>::new_with_constructor(|| {
+            // Seconds: 50 µs .. ~3 s.
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.00005, 3.0, 11,
+            ))
+        });
+        registry.register(
+            "store_operation_seconds",
+            "PostgreSQL store: time of one store call (pool wait and the statements), by operation",
+            seconds.clone(),
+        );
+        let pool_busy = Gauge::default();
+        registry.register(
+            "store_pool_busy",
+            "PostgreSQL store: pooled connections in use",
+            pool_busy.clone(),
+        );
+        let pool_idle = Gauge::default();
+        registry.register(
+            "store_pool_idle",
+            "PostgreSQL store: pooled connections open and idle",
+            pool_idle.clone(),
+        );
+        let pool_waiting = Gauge::default();
+        registry.register(
+            "store_pool_waiting",
+            "PostgreSQL store: calls waiting for a pooled connection",
+            pool_waiting.clone(),
+        );
+        let notifications = Counter::default();
+        registry.register(
+            "store_notifications",
+            "PostgreSQL store: grant-write notifications heard from the instances on the store (this one's included)",
+            notifications.clone(),
+        );
+        for op in STORE_OPERATIONS {
+            let _ = seconds.get_or_create(&OpLabel { op: op.to_string() });
+        }
+        StoreMetrics {
+            seconds,
+            pool_busy,
+            pool_idle,
+            pool_waiting,
+            notifications,
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one store call `op` that took `secs` seconds.
+    pub fn store_operation(&self, op: &str, secs: f64) {
+        self.inner
+            .store
+            .seconds
+            .get_or_create(&OpLabel { op: op.to_string() })
+            .observe(secs);
+    }
+
+    /// Sets the pool gauges: connections in use, idle, and calls waiting.
+    pub fn store_pool(&self, busy: usize, idle: usize, waiting: usize) {
+        let s = &self.inner.store;
+        s.pool_busy.set(busy as i64);
+        s.pool_idle.set(idle as i64);
+        s.pool_waiting.set(waiting as i64);
+    }
+
+    /// Counts one grant-write notification heard.
+    pub fn store_notification(&self) {
+        self.inner.store.notifications.inc();
+    }
+}
+
+// ----- end of the PostgreSQL store --------------------------------------------------------
 
 // ----- event gateway (issue 15) -----------------------------------------------------------
 

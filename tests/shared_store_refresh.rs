@@ -142,10 +142,21 @@ async fn two_instances_reading_one_grant_refresh_it_once_per_lifetime_without_re
         })
         .await;
     }
+    let metrics = b.metrics().encode();
     a.shutdown(Duration::from_secs(2)).await;
     b.shutdown(Duration::from_secs(2)).await;
 
     assert!(failures.is_empty(), "every read served: {failures:?}");
+    for family in [
+        "lark_auth_store_notifications_total",
+        "lark_auth_store_operation_seconds_count{op=\"get_grant\"}",
+    ] {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(family))
+            .unwrap_or_else(|| panic!("{family} exported: {metrics}"));
+        assert!(!line.ends_with(" 0"), "{family} counted: {line}");
+    }
     assert!(reads > 100, "{reads} reads");
     assert_eq!(
         sandbox.refresh_token_reuse_violations(),

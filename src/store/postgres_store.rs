@@ -46,6 +46,7 @@ use super::{
     BackendError, CasOutcome, DueEntry, GrantKey, GrantWrite, OutboxEntry, OutboxEvent,
     OutboxRetry, QuarantinedRecord, Store, StoreError, StoredGrant, outbox_mark,
 };
+use crate::metrics::Metrics;
 use crate::secret::Secret;
 
 /// How to reach the PostgreSQL store.
@@ -94,6 +95,8 @@ struct Shared {
     /// For the `LISTEN` connection of [`Store::watch_grants`].
     config: tokio_postgres::Config,
     schema: String,
+    /// Where call latencies, pool state and notifications go, once set.
+    metrics: std::sync::OnceLock<Metrics>,
 }
 
 /// The `NOTIFY` channel of grant writes, shared by every schema of a database (the
@@ -331,6 +334,7 @@ impl PostgresStore {
                 operation_timeout: options.operation_timeout.max(options.connect_timeout * 2),
                 config: listen_config,
                 schema: options.schema.clone(),
+                metrics: std::sync::OnceLock::new(),
             }),
         };
         let schema = options.schema.clone();
@@ -361,6 +365,12 @@ impl PostgresStore {
             Ok(Err(MigrateFailure::Pool(e))) => Err(open_error(one_line(&e))),
             Err(e) => Err(open_error(e)),
         }
+    }
+
+    /// Records every call's latency by operation, the pool's state and the notifications
+    /// heard in `metrics` (`lark_auth_store_*`). Only the first call counts.
+    pub fn set_metrics(&self, metrics: Metrics) {
+        let _ = self.shared.metrics.set(metrics);
     }
 
     /// Where the store is, for messages: host, port, database, user and schema (never the
@@ -399,7 +409,18 @@ impl PostgresStore {
         Fut: Future<Output = Result<T, BackendError>> + Send + 'static,
         T: Send + 'static,
     {
-        match self.call_raw(f) {
+        let started = std::time::Instant::now();
+        let result = self.call_raw(f);
+        if let Some(m) = self.shared.metrics.get() {
+            m.store_operation(op, started.elapsed().as_secs_f64());
+            let status = self.shared.pool.status();
+            m.store_pool(
+                status.size.saturating_sub(status.available),
+                status.available,
+                status.waiting,
+            );
+        }
+        match result {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(source)) | Err(source) => Err(StoreError::Backend {
                 op,
@@ -882,6 +903,13 @@ impl Store for PostgresStore {
         config.application_name(listen_application_name(&self.shared.schema));
         let schema = self.shared.schema.clone();
         let location = self.shared.location.clone();
+        let metrics = self.shared.metrics.get().cloned();
+        let hook: super::GrantWatchHook = Box::new(move |key| {
+            if let (Some(m), Some(_)) = (&metrics, key) {
+                m.store_notification();
+            }
+            hook(key);
+        });
         self.shared.runtime.spawn(async move {
             loop {
                 match listen(&config, &schema, &hook).await {
