@@ -230,6 +230,14 @@ impl LarkAuth {
         let metrics = Metrics::new();
 
         let store = open_store(&config)?;
+        // The size on disk and the mark count from the first scrape (the upkeep rounds
+        // keep them current).
+        if let Ok(Some(bytes)) = store.disk_bytes() {
+            metrics.store_disk_bytes(bytes);
+        }
+        if let Ok(marks) = store.mark_count() {
+            metrics.store_upkeep(marks, 0, None);
+        }
         let vault_loss = store.detected_loss();
         if let Some(loss) = &vault_loss
             && !options.accept_loss
@@ -382,7 +390,10 @@ impl LarkAuth {
 /// resolved into `store.url`), whose schema is created or migrated here.
 fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     match config.store.backend {
-        StoreBackend::Sled => Ok(Arc::new(SledStore::open(&config.vault.path)?)),
+        StoreBackend::Sled => Ok(Arc::new(SledStore::open_with_cache(
+            &config.vault.path,
+            config.vault.cache_mib << 20,
+        )?)),
         StoreBackend::Postgres => {
             let url =
                 config
