@@ -733,9 +733,10 @@ pub struct SessionsConfig {
     /// Most dedup marks kept (events, card clicks and their answers, and the event
     /// gateway's marks). Over it, the oldest are dropped before `dedup_ttl_secs`, a
     /// minute of expiry at a time (`lark_auth_dedup_marks_evicted_total`), so above
-    /// `dedup_max_marks / dedup_ttl_secs` events/s (37/s by default) a late redelivery
-    /// can be handled twice; about 100 B of disk each with sled. Default 1,000,000
-    /// (10,000..=1,000,000,000).
+    /// `dedup_max_marks / dedup_ttl_secs` events/s (3.7/s by default) a redelivery later
+    /// than `dedup_max_marks / rate` seconds (20 s at 5,000/s) is handled twice. With
+    /// sled, each mark kept costs about 450 B of memory and 550 B of disk. Default
+    /// 100,000 (10,000..=1,000,000,000).
     pub dedup_max_marks: u64,
     /// Sends of an authorization card in all when they fail for a retryable reason
     /// (network, 5xx, rate limit), the first included; 1 = no retry. Default 5.
@@ -1275,7 +1276,7 @@ mod tests {
     fn the_sled_cache_and_the_mark_cap_have_small_defaults_and_are_checked() {
         let config = Config::default();
         assert_eq!(config.vault.cache_mib, 64);
-        assert_eq!(config.sessions.dedup_max_marks, 1_000_000);
+        assert_eq!(config.sessions.dedup_max_marks, 100_000);
         let config =
             Config::from_toml_str("[vault]\ncache_mib = 16\n[sessions]\ndedup_max_marks = 50000\n")
                 .unwrap();
