@@ -138,6 +138,12 @@ impl Store for DropSessions {
     fn mark_once(&self, mark: &[u8], expires_at_ms: u64, now_ms: u64) -> Result<bool, StoreError> {
         self.0.mark_once(mark, expires_at_ms, now_ms)
     }
+    fn trim_marks(&self, max_marks: u64, limit: usize) -> Result<usize, StoreError> {
+        self.0.trim_marks(max_marks, limit)
+    }
+    fn mark_count(&self) -> Result<u64, StoreError> {
+        self.0.mark_count()
+    }
     fn outbox_put(
         &self,
         events: &[lark_auth::store::OutboxEvent],

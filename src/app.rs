@@ -251,6 +251,14 @@ impl LarkAuth {
         if let Some(loss) = &vault_loss {
             accept_loss(&*store, loss, &options.keyring, &metrics)?;
         }
+        // The size on disk (after the vault's first writes, flushed) and the mark count
+        // from the first scrape (the upkeep rounds keep them current).
+        if let Ok(Some(bytes)) = store.disk_bytes() {
+            metrics.store_disk_bytes(bytes);
+        }
+        if let Ok(marks) = store.mark_count() {
+            metrics.store_upkeep(marks, 0, None);
+        }
         let vault_core = vault.clone();
         let vault = TokenVaultActor::start(vault, VAULT_THREADS);
         let client = OpenApiClient::new(&config)?;
@@ -421,7 +429,10 @@ impl LarkAuth {
 /// resolved into `store.url`), whose schema is created or migrated here.
 fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, StartError> {
     match config.store.backend {
-        StoreBackend::Sled => Ok(Arc::new(SledStore::open(&config.vault.path)?)),
+        StoreBackend::Sled => Ok(Arc::new(SledStore::open_with_cache(
+            &config.vault.path,
+            config.vault.cache_mib << 20,
+        )?)),
         StoreBackend::Postgres => {
             let url =
                 config

@@ -280,7 +280,17 @@ pub struct VaultConfig {
     /// Most opened access tokens kept in memory for `get_token` (entries, about 120 B plus
     /// the token's length each; 0 turns the cache off). Default 100,000.
     pub token_cache_entries: usize,
+    /// sled's page cache, MiB (`cache_capacity`; `[store] backend = "sled"` only): records
+    /// read or written recently stay in memory up to about this much. Less memory means
+    /// more disk reads for grants and marks not in it (a token read that misses it, or a
+    /// redelivery check of an old mark); sled's other memory (its log buffers, at most a
+    /// few tens of MiB) comes on top. Default 64 (sled's own default would be 1024),
+    /// 8..=65536.
+    pub cache_mib: u64,
 }
+
+/// The default `vault.cache_mib`.
+pub const DEFAULT_CACHE_MIB: u64 = crate::store::DEFAULT_CACHE_MIB;
 
 /// One entry of `vault.old_keys`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -303,6 +313,7 @@ impl Default for VaultConfig {
             key_id: 1,
             old_keys: Vec::new(),
             token_cache_entries: DEFAULT_TOKEN_CACHE_ENTRIES,
+            cache_mib: DEFAULT_CACHE_MIB,
         }
     }
 }
@@ -763,10 +774,18 @@ pub struct SessionsConfig {
     /// kept as long), seconds, at least 25200 (7 h, see [`MIN_DEDUP_TTL`]). Default 27000.
     #[serde(with = "duration_secs", rename = "dedup_ttl_secs")]
     pub dedup_ttl: Duration,
-    /// How often expired dedup marks and old ended sessions are pruned, seconds.
-    /// Default 600.
+    /// How often old ended sessions are pruned, seconds (expired dedup marks are purged
+    /// at least every second). Default 600.
     #[serde(with = "duration_secs", rename = "prune_period_secs")]
     pub prune_period: Duration,
+    /// Most dedup marks kept (events, card clicks and their answers, and the event
+    /// gateway's marks). Over it, the oldest are dropped before `dedup_ttl_secs`, a
+    /// minute of expiry at a time (`lark_auth_dedup_marks_evicted_total`), so above
+    /// `dedup_max_marks / dedup_ttl_secs` events/s (3.7/s by default) a redelivery later
+    /// than `dedup_max_marks / rate` seconds (20 s at 5,000/s) is handled twice. With
+    /// sled, each mark kept costs about 450 B of memory and 550 B of disk. Default
+    /// 100,000 (10,000..=1,000,000,000).
+    pub dedup_max_marks: u64,
     /// Sends of an authorization card in all when they fail for a retryable reason
     /// (network, 5xx, rate limit), the first included; 1 = no retry. Default 5.
     pub card_send_attempts: u32,
@@ -802,6 +821,7 @@ impl Default for SessionsConfig {
             terminal_ttl: Duration::from_secs(24 * 3600),
             dedup_ttl: Duration::from_secs(7 * 3600 + 1800),
             prune_period: Duration::from_secs(600),
+            dedup_max_marks: crate::store::DEFAULT_MAX_MARKS,
             card_send_attempts: 5,
             card_send_retry_initial: Duration::from_secs(1),
             card_send_retry_max: Duration::from_secs(30),
@@ -849,6 +869,12 @@ impl SessionsConfig {
                     "must be at least {} (7 h): the platform redelivers an unacked event up to 6 h after the first delivery, and a redelivery whose mark expired would be handled twice",
                     MIN_DEDUP_TTL.as_secs()
                 ),
+            ));
+        }
+        if !(10_000..=1_000_000_000).contains(&self.dedup_max_marks) {
+            return Err(invalid(
+                "sessions.dedup_max_marks",
+                "must be 10000..=1000000000",
             ));
         }
         if self.card_send_attempts == 0 {
@@ -1147,6 +1173,12 @@ impl Config {
                 "must be at most 300 (no unbounded waits)",
             ));
         }
+        if !(8..=65_536).contains(&self.vault.cache_mib) {
+            return Err(invalid(
+                "vault.cache_mib",
+                "must be 8..=65536 (MiB of sled page cache)",
+            ));
+        }
         self.sessions.validate()?;
         self.store.validate()?;
         self.events.validate()?;
@@ -1287,6 +1319,35 @@ mod tests {
         }
         let err = Config::from_toml_str("[sessions]\ndedup_tll_secs = 30000\n").unwrap_err();
         assert!(err.to_string().contains("dedup_tll_secs"), "{err}");
+    }
+
+    #[test]
+    fn the_sled_cache_and_the_mark_cap_have_small_defaults_and_are_checked() {
+        let config = Config::default();
+        assert_eq!(config.vault.cache_mib, 64);
+        assert_eq!(config.sessions.dedup_max_marks, 100_000);
+        let config =
+            Config::from_toml_str("[vault]\ncache_mib = 16\n[sessions]\ndedup_max_marks = 50000\n")
+                .unwrap();
+        assert_eq!(
+            (config.vault.cache_mib, config.sessions.dedup_max_marks),
+            (16, 50_000)
+        );
+        for (toml, key) in [
+            ("[vault]\ncache_mib = 0\n", "vault.cache_mib"),
+            ("[vault]\ncache_mib = 70000\n", "vault.cache_mib"),
+            (
+                "[sessions]\ndedup_max_marks = 10\n",
+                "sessions.dedup_max_marks",
+            ),
+        ] {
+            let err = Config::from_toml_str(toml)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
     }
 
     #[test]

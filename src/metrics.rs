@@ -77,6 +77,8 @@ struct Inner {
     forward: ForwardMetrics,
     /// The OpenAPI proxy (issue 16).
     proxy: ProxyMetrics,
+    /// Dedup marks and the store's size (issue 18).
+    upkeep: UpkeepMetrics,
 }
 
 const CONNECTION_STATES: [&str; 5] = [
@@ -198,6 +200,7 @@ impl Metrics {
         let store = StoreMetrics::register(&mut registry);
         let forward = ForwardMetrics::register(&mut registry);
         let proxy = ProxyMetrics::register(&mut registry);
+        let upkeep = UpkeepMetrics::register(&mut registry);
         let metrics = Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -218,6 +221,7 @@ impl Metrics {
                 store,
                 forward,
                 proxy,
+                upkeep,
             }),
         };
         metrics.connection_state("connecting");
@@ -1353,6 +1357,64 @@ impl Metrics {
 }
 
 // ----- end of OpenAPI proxy ----------------------------------------------------------------
+
+// ----- dedup marks and the store's size (issue 18) --------------------------------------
+
+/// The store's upkeep families, all present (at 0) from the first scrape.
+struct UpkeepMetrics {
+    marks: Gauge,
+    evicted: Counter,
+    disk_bytes: Gauge,
+}
+
+impl UpkeepMetrics {
+    fn register(registry: &mut Registry) -> UpkeepMetrics {
+        let marks = Gauge::default();
+        registry.register(
+            "dedup_marks",
+            "Dedup marks stored (events and card clicks), as of the last upkeep round",
+            marks.clone(),
+        );
+        let evicted = Counter::default();
+        registry.register(
+            "dedup_marks_evicted",
+            "Dedup marks dropped before their expiry because more than sessions.dedup_max_marks were stored",
+            evicted.clone(),
+        );
+        let disk_bytes = Gauge::default();
+        registry.register(
+            "store_disk_bytes",
+            "The store's size on disk, bytes (sled: its files; postgres: the schema's tables with indexes)",
+            disk_bytes.clone(),
+        );
+        UpkeepMetrics {
+            marks,
+            evicted,
+            disk_bytes,
+        }
+    }
+}
+
+impl Metrics {
+    /// Records an upkeep round: `marks` stored after it, `evicted` dropped by it before
+    /// their expiry, and the store's size on disk (`None`: unknown, left as it was).
+    pub fn store_upkeep(&self, marks: u64, evicted: u64, disk_bytes: Option<u64>) {
+        let m = &self.inner.upkeep;
+        m.marks.set(marks.min(i64::MAX as u64) as i64);
+        m.evicted.inc_by(evicted);
+        if let Some(bytes) = disk_bytes {
+            self.store_disk_bytes(bytes);
+        }
+    }
+
+    /// Sets `lark_auth_store_disk_bytes` (at start, then by each upkeep round).
+    pub fn store_disk_bytes(&self, bytes: u64) {
+        self.inner
+            .upkeep
+            .disk_bytes
+            .set(bytes.min(i64::MAX as u64) as i64);
+    }
+}
 
 #[cfg(test)]
 mod tests {

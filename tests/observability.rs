@@ -397,3 +397,50 @@ fn the_preregistered_session_states_are_the_running_states_of_the_machine() {
         .collect();
     assert_eq!(running, lark_auth::metrics::RUNNING_SESSION_STATES);
 }
+
+/// The store's size on disk and the dedup-mark families (issue 18) are in the first
+/// scrape; the mark count follows the events within an upkeep round.
+#[actix_rt::test]
+async fn the_store_size_and_the_dedup_mark_families_are_exported_from_the_start() {
+    let instance = start_instance_with(|_, _| {}).await;
+    let url = format!("{}/metrics", instance.base_url());
+    let scrape = || {
+        let url = url.clone();
+        async move {
+            let mut res = awc::Client::default()
+                .get(url)
+                .bearer_auth(API_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            String::from_utf8(res.body().await.unwrap().to_vec()).unwrap()
+        }
+    };
+    let first = scrape().await;
+    let value = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    assert!(
+        value(&first, "lark_auth_store_disk_bytes").is_some_and(|b| b > 0.0),
+        "{first}"
+    );
+    assert_eq!(
+        value(&first, "lark_auth_dedup_marks_evicted_total"),
+        Some(0.0)
+    );
+    assert!(value(&first, "lark_auth_dedup_marks").is_some(), "{first}");
+
+    let pushed = instance
+        .sandbox
+        .push_event(
+            br#"{"schema":"2.0","header":{"event_id":"ev_obs_1","event_type":"im.message.receive_v1","create_time":"1767225600000","token":"t","app_id":"cli_sandbox_app","tenant_key":"tk"},"event":{}}"#,
+        )
+        .unwrap();
+    assert!(!pushed.is_empty());
+    eventually("the mark counted", || async {
+        let text = scrape().await;
+        (value(&text, "lark_auth_dedup_marks") >= Some(1.0)).then_some(())
+    })
+    .await;
+}

@@ -184,3 +184,97 @@ async fn dedup_marks_are_purged_after_their_lifetime_and_the_event_id_is_new_aga
     })
     .await;
 }
+
+/// Counts the events it receives, and those with one event id apart.
+struct Counter {
+    total: Arc<std::sync::atomic::AtomicUsize>,
+    watched: Arc<std::sync::atomic::AtomicUsize>,
+    watched_id: &'static str,
+}
+
+impl Actor for Counter {
+    type Context = Context<Self>;
+}
+
+impl Handler<EventReceived> for Counter {
+    type Result = ();
+
+    fn handle(&mut self, msg: EventReceived, _: &mut Context<Self>) {
+        use std::sync::atomic::Ordering;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        if &*msg.event_id == self.watched_id {
+            self.watched.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn a_redelivery_inside_the_window_is_handled_once_after_100000_other_events() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const OTHERS: usize = 100_000;
+    let h = start(AuthFlow::Device, true, |_| {}).await;
+    let (total, watched) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let counter = Counter {
+        total: total.clone(),
+        watched: watched.clone(),
+        watched_id: "ev_early",
+    }
+    .start();
+    h.router
+        .send(Subscribe {
+            event_type: MESSAGE.into(),
+            recipient: counter.recipient(),
+        })
+        .await
+        .unwrap();
+    let first = h
+        .sandbox
+        .push_event(&event_json("ev_early", MESSAGE))
+        .unwrap();
+    assert_eq!(h.ack_of(&first).await.code(), Some(200));
+
+    let template = String::from_utf8(event_json("ev_other_NUM", MESSAGE))
+        .unwrap()
+        .replace("NUM", "{n}");
+    let report = h
+        .sandbox
+        .flood(lark_auth::sandbox::FloodSpec {
+            count: OTHERS,
+            window: 256,
+            payload_template: template.into_bytes(),
+            timeout: Duration::from_secs(600),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((report.acked, report.non_200), (OTHERS, 0));
+    // Deliveries may trail the acks (each sets its mark first): a longer wait than
+    // `eventually`'s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while total.load(Ordering::Relaxed) < OTHERS + 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {} delivered",
+            total.load(Ordering::Relaxed),
+            OTHERS + 1
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Redelivered within the window, after 100,000 other events: caught.
+    let again = h
+        .sandbox
+        .push_event(&event_json("ev_early", MESSAGE))
+        .unwrap();
+    assert_eq!(h.ack_of(&again).await.code(), Some(200));
+    let last = h
+        .sandbox
+        .push_event(&event_json("ev_after", MESSAGE))
+        .unwrap();
+    h.ack_of(&last).await;
+    eventually("the event after the redelivery delivered", || async {
+        (total.load(Ordering::Relaxed) == OTHERS + 2).then_some(())
+    })
+    .await;
+    assert_eq!(watched.load(Ordering::Relaxed), 1, "handled once");
+}

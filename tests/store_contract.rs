@@ -12,10 +12,12 @@
 mod pg_common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use lark_auth::clock::FakeClock;
 use lark_auth::store::{
-    CasOutcome, DueEntry, GrantKey, GrantWrite, OutboxEntry, OutboxEvent, OutboxRetry,
-    PostgresStore, SledStore, Store, StoreError,
+    CasOutcome, DueEntry, GrantKey, GrantWrite, MARK_BUCKET_MS, OutboxEntry, OutboxEvent,
+    OutboxRetry, PostgresStore, SledStore, Store, StoreError,
 };
 
 /// Opens the store under test; every open sees what earlier handles wrote.
@@ -116,6 +118,20 @@ macro_rules! contract_suite {
             #[test]
             fn outbox_retry_state_paging_and_invalid_keys() {
                 cases::outbox_retry_state_paging_and_invalid_keys(&$make);
+            }
+            #[test]
+            fn over_the_cap_the_oldest_bucket_is_dropped_whole_first() {
+                cases::over_the_cap_the_oldest_bucket_is_dropped_whole_first(&$make);
+            }
+            #[test]
+            fn buckets_expire_with_the_clock_and_the_count_follows() {
+                cases::buckets_expire_with_the_clock_and_the_count_follows(&$make);
+            }
+            #[test]
+            fn a_redelivery_inside_the_window_is_caught_with_its_value_under_the_cap() {
+                cases::a_redelivery_inside_the_window_is_caught_with_its_value_under_the_cap(
+                    &$make,
+                );
             }
         }
     };
@@ -283,6 +299,156 @@ mod cases {
         assert!(
             store.mark_once(b"m1", 400, 0).unwrap(),
             "nothing left of it"
+        );
+    }
+
+    /// Marks of three buckets (one minute of expiry each); a cap below the count drops the
+    /// oldest bucket whole, then the next, never a newer mark first; values go with
+    /// their marks.
+    pub fn over_the_cap_the_oldest_bucket_is_dropped_whole_first(backend: &dyn Backend) {
+        let store = backend.open();
+        let clock = FakeClock::new(10 * MARK_BUCKET_MS);
+        let ttl = 100 * MARK_BUCKET_MS;
+        let mark = |b: u64, i: u64| format!("event/ev_{b}_{i}").into_bytes();
+        for b in 0..3 {
+            for i in 0..4 {
+                assert!(
+                    store
+                        .mark_once(&mark(b, i), clock.now_ms() + ttl, clock.now_ms())
+                        .unwrap()
+                );
+            }
+            assert!(
+                store
+                    .set_mark_value(&mark(b, 0), b"answer", clock.now_ms())
+                    .unwrap()
+            );
+            clock.advance(Duration::from_millis(MARK_BUCKET_MS));
+        }
+        let now = clock.now_ms();
+        assert_eq!(store.mark_count().unwrap(), 12);
+        assert_eq!(store.trim_marks(12, 100).unwrap(), 0, "at the cap: nothing");
+        // One over: the whole oldest bucket goes (4 marks), nothing newer.
+        assert_eq!(store.trim_marks(11, 100).unwrap(), 4);
+        assert_eq!(store.mark_count().unwrap(), 8);
+        assert_eq!(store.mark_value(&mark(0, 0), now).unwrap(), None);
+        assert_eq!(
+            store.mark_value(&mark(1, 0), now).unwrap().as_deref(),
+            Some(&b"answer"[..])
+        );
+        for i in 0..4 {
+            assert!(!store.mark_once(&mark(1, i), now + ttl, now).unwrap());
+            assert!(!store.mark_once(&mark(2, i), now + ttl, now).unwrap());
+        }
+        // A limit smaller than the bucket: the oldest marks of it first.
+        assert_eq!(store.trim_marks(5, 2).unwrap(), 2);
+        assert_eq!(
+            store.trim_marks(5, 100).unwrap(),
+            2,
+            "the rest of the bucket"
+        );
+        assert_eq!(store.mark_count().unwrap(), 4);
+        for i in 0..4 {
+            assert!(!store.mark_once(&mark(2, i), now + ttl, now).unwrap());
+        }
+        // The dropped ones are new again (evicted before their expiry).
+        assert!(store.mark_once(&mark(0, 1), now + ttl, now).unwrap());
+        assert!(store.mark_once(&mark(1, 3), now + ttl, now).unwrap());
+        assert_eq!(store.mark_count().unwrap(), 6);
+    }
+
+    /// Expiry drives purges bucket by bucket as a fake clock moves on.
+    pub fn buckets_expire_with_the_clock_and_the_count_follows(backend: &dyn Backend) {
+        let store = backend.open();
+        let clock = FakeClock::new(1_000 * MARK_BUCKET_MS);
+        let ttl = 5 * MARK_BUCKET_MS;
+        for b in 0..3u64 {
+            for i in 0..3u64 {
+                let m = format!("event/e{b}_{i}");
+                assert!(
+                    store
+                        .mark_once(m.as_bytes(), clock.now_ms() + ttl, clock.now_ms())
+                        .unwrap()
+                );
+            }
+            clock.advance(Duration::from_millis(MARK_BUCKET_MS));
+        }
+        assert_eq!(store.mark_count().unwrap(), 9);
+        assert_eq!(store.purge_marks(clock.now_ms(), 100).unwrap(), 0);
+        // The first bucket's marks expire 5 buckets after they were set.
+        clock.set(1_000 * MARK_BUCKET_MS + ttl);
+        assert_eq!(store.purge_marks(clock.now_ms(), 100).unwrap(), 3);
+        assert_eq!(store.mark_count().unwrap(), 6);
+        assert!(
+            !store
+                .mark_once(b"event/e1_0", clock.now_ms() + ttl, clock.now_ms())
+                .unwrap(),
+            "the next bucket is still alive"
+        );
+        clock.advance(Duration::from_millis(2 * MARK_BUCKET_MS));
+        assert_eq!(store.purge_marks(clock.now_ms(), 100).unwrap(), 6);
+        assert_eq!(store.mark_count().unwrap(), 0);
+        // Reopened (a restart): the count is the store's.
+        drop(store);
+        let store = backend.open();
+        assert_eq!(store.mark_count().unwrap(), 0);
+        assert!(store.mark_once(b"event/x", u64::MAX / 2, 0).unwrap());
+        drop(store);
+        assert_eq!(backend.open().mark_count().unwrap(), 1);
+    }
+
+    /// 2,000 other marks later, with a cap of 1,000 kept by trims, a redelivery of a
+    /// recent event is still caught and its kept value read back; keys are fixed-size.
+    pub fn a_redelivery_inside_the_window_is_caught_with_its_value_under_the_cap(
+        backend: &dyn Backend,
+    ) {
+        let store = backend.open();
+        let clock = FakeClock::new(5_000 * MARK_BUCKET_MS);
+        let ttl = 450 * MARK_BUCKET_MS;
+        let long = format!("event/{}", "x".repeat(300));
+        for i in 0..2_000u64 {
+            let m = format!("event/other_{i}");
+            assert!(
+                store
+                    .mark_once(m.as_bytes(), clock.now_ms() + ttl, clock.now_ms())
+                    .unwrap()
+            );
+            if i == 1_900 {
+                assert!(
+                    store
+                        .mark_once(long.as_bytes(), clock.now_ms() + ttl, clock.now_ms())
+                        .unwrap()
+                );
+                assert!(
+                    store
+                        .set_mark_value(long.as_bytes(), b"kept", clock.now_ms())
+                        .unwrap()
+                );
+            }
+            if i % 100 == 99 {
+                store.trim_marks(1_000, 10_000).unwrap();
+                assert!(store.mark_count().unwrap() <= 1_000);
+            }
+            clock.advance(Duration::from_millis(100));
+        }
+        assert!(
+            !store
+                .mark_once(long.as_bytes(), clock.now_ms() + ttl, clock.now_ms())
+                .unwrap(),
+            "redelivery caught"
+        );
+        assert_eq!(
+            store
+                .mark_value(long.as_bytes(), clock.now_ms())
+                .unwrap()
+                .as_deref(),
+            Some(&b"kept"[..])
+        );
+        assert!(
+            store
+                .mark_once(b"event/other_0", clock.now_ms() + ttl, clock.now_ms())
+                .unwrap(),
+            "the oldest were dropped for the cap"
         );
     }
 
@@ -650,6 +816,48 @@ mod postgres_only {
     use lark_auth::store::{PostgresOptions, SCHEMA_VERSION};
 
     use super::*;
+
+    /// Version 3 (fixed-size mark keys) on a schema of version 2: the old marks are
+    /// dropped (dedup state only), grants and sessions are kept.
+    #[test]
+    fn the_upgrade_to_fixed_size_mark_keys_drops_old_marks_and_keeps_grants() {
+        let server = pg_common::TestPostgres::start();
+        let store = PostgresStore::open(&server.options("lark_auth")).unwrap();
+        let key = GrantKey::new("cli_a", "ou_1");
+        store
+            .compare_and_swap_grant(&key, None, write(b"kept", Some(5)))
+            .unwrap();
+        store.put_session("as_1", b"s").unwrap();
+        drop(store);
+        // Back to version 2's marks table, holding a mark in the old form.
+        server.psql(
+            "BEGIN; DELETE FROM lark_auth.schema_version WHERE version = 3; \
+             DROP TABLE lark_auth.marks; \
+             CREATE TABLE lark_auth.marks (mark bytea PRIMARY KEY, expires_ms bigint NOT NULL, value bytea); \
+             CREATE INDEX marks_expiry ON lark_auth.marks (expires_ms); \
+             INSERT INTO lark_auth.marks VALUES ('\\x6576656e742f65765f6f6c64', 9000000000000, NULL); \
+             COMMIT;",
+        );
+        assert_eq!(
+            server.psql("SELECT max(version) FROM lark_auth.schema_version"),
+            "2"
+        );
+        let store = PostgresStore::open(&server.options("lark_auth")).unwrap();
+        assert_eq!(
+            server.psql("SELECT max(version) FROM lark_auth.schema_version"),
+            SCHEMA_VERSION.to_string()
+        );
+        assert_eq!(store.mark_count().unwrap(), 0, "old marks dropped");
+        assert!(
+            store
+                .mark_once(b"event/ev_old", 9_000_000_000_000, 0)
+                .unwrap()
+        );
+        let grant = store.get_grant(&key).unwrap().expect("grant kept");
+        assert_eq!((grant.version, grant.payload.as_slice()), (1, &b"kept"[..]));
+        assert_eq!(store.get_session("as_1").unwrap(), Some(b"s".to_vec()));
+        assert!(store.disk_bytes().unwrap().unwrap() > 0);
+    }
 
     #[test]
     fn instances_starting_at_once_migrate_the_schema_once() {

@@ -59,8 +59,12 @@ pub struct SessionSettings {
     /// Lifetime of an event-id dedup mark: at least 7 h, since the platform redelivers an
     /// unacked event after 15 s, 5 min, 1 h and 6 h. Default 7 h 30 min.
     pub dedup_ttl: Duration,
-    /// How often expired marks and old terminal sessions are pruned. Default 10 min.
+    /// How often old terminal sessions are pruned (expired marks: at least every second).
+    /// Default 10 min.
     pub prune_period: Duration,
+    /// Most dedup marks kept (`sessions.dedup_max_marks`); over it the oldest are dropped
+    /// before their expiry. Default [`crate::store::DEFAULT_MAX_MARKS`].
+    pub max_marks: u64,
     /// Token-endpoint requests per second shared by all sessions (`refresh.budget_per_sec`).
     pub poll_budget_per_sec: u32,
     /// Retries of a card send that failed with a retryable error. Default: 5 sends,
@@ -99,6 +103,7 @@ impl SessionSettings {
             terminal_ttl: sessions.terminal_ttl,
             dedup_ttl: sessions.dedup_ttl,
             prune_period: sessions.prune_period,
+            max_marks: sessions.dedup_max_marks,
             poll_budget_per_sec: config.refresh.budget_per_sec,
             card_send_retry: actor::SendRetry {
                 attempts: sessions.card_send_attempts,

@@ -18,9 +18,15 @@
 //!   live [`SessionSettings::dedup_ttl`] (≥ 7 h). A click's answer is kept with its mark,
 //!   so every redelivered copy gets the first answer again without reaching the session:
 //!   from memory (the last 4096 answers), by joining the first while it is being
-//!   answered, or from the store (after a restart). Expired marks and terminal sessions
-//!   older than [`SessionSettings::terminal_ttl`] are pruned every
-//!   [`SessionSettings::prune_period`].
+//!   answered, or from the store (after a restart). The store's upkeep runs on the janitor
+//!   (a store thread apart from the one marks and session writes go through), in bounded
+//!   rounds: every [`TIDY_PERIOD`] (or [`SessionSettings::prune_period`] when shorter) up
+//!   to [`MARKS_PER_TIDY`] expired marks are purged and, over
+//!   [`SessionSettings::max_marks`], up to as many of the oldest dropped (whole time
+//!   buckets, oldest first: `lark_auth_dedup_marks_evicted_total`); every
+//!   [`SessionSettings::prune_period`] up to [`SESSIONS_PER_PRUNE`] terminal sessions
+//!   older than [`SessionSettings::terminal_ttl`] are pruned. Each round also reads the
+//!   mark count and the store's size on disk into the metrics.
 //! - Per user: at most [`SessionSettings::per_user_limit`] new sessions per window
 //!   ([`StartError::RateLimited`]); while one is in flight, a new request returns it.
 //! - Events other than card callbacks go to the [`EventDispatcher`] the router starts
@@ -69,8 +75,8 @@ use super::machine::{Choice, CodeFlowProgress, SessionRecord, SessionState};
 use super::router_state::{PerUserLimit, RouterState, StateLookup};
 use super::store::{
     ClaimClick, ClickClaim, FlushSessions, KeepClickAnswer, ListSessions, LoadSession,
-    LoadSessions, PruneSessions, PurgeMarks, PutSession, SessionCodec, SessionStoreActor,
-    SessionStoreError, WriteSeq,
+    LoadSessions, PutSession, SessionCodec, SessionStoreActor, SessionStoreError, TidyStore,
+    WriteSeq,
 };
 use super::texts::landing;
 use super::texts::toast as texts;
@@ -78,8 +84,13 @@ use crate::token_endpoint::TokenEndpointPacer;
 
 /// How many click answers are remembered for redeliveries.
 const ANSWERS_REMEMBERED: usize = 4096;
-/// Expired marks deleted per prune round.
-const MARKS_PER_PRUNE: usize = 10_000;
+/// Most expired marks purged, and most marks dropped for the cap, per upkeep round: above
+/// the event rate times [`TIDY_PERIOD`] at 5,000 events/s, so the upkeep keeps up.
+pub const MARKS_PER_TIDY: usize = 20_000;
+/// Most terminal sessions pruned per round (the rest at the next one).
+pub const SESSIONS_PER_PRUNE: usize = 1_000;
+/// Longest time between two upkeep rounds of the marks.
+pub const TIDY_PERIOD: Duration = Duration::from_secs(1);
 
 // ----- messages ------------------------------------------------------------------------
 
@@ -207,7 +218,8 @@ pub struct CountRunningSessions;
 #[rtype(result = "PruneStats")]
 pub struct GetPruneStats;
 
-/// Totals of the pruning rounds (every [`SessionSettings::prune_period`]).
+/// Totals of the upkeep rounds (every [`TIDY_PERIOD`], or [`SessionSettings::prune_period`]
+/// when shorter).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, MessageResponse)]
 pub struct PruneStats {
     /// Rounds completed.
@@ -262,6 +274,12 @@ pub struct RouterActor {
     /// Where clicks on cards lark-auth did not send go (the event gateway), if anywhere.
     foreign_clicks: Option<Recipient<ForwardCallback>>,
     pruned: PruneStats,
+    /// The store thread for upkeep rounds ([`TidyStore`]).
+    janitor: Addr<SessionStoreActor>,
+    /// An upkeep round is running (the next tick skips).
+    tidying: bool,
+    /// When terminal sessions were last pruned (monotonic).
+    last_session_prune: Option<std::time::Instant>,
     /// The configured default scopes with `offline_access`, shared by the sessions.
     default_scopes: Arc<[String]>,
 }
@@ -295,6 +313,7 @@ impl RouterActor {
         pacer: Addr<TokenEndpointPacer>,
     ) -> Result<Addr<RouterActor>, SessionStoreError> {
         let codec = SessionCodec::new(&parts.keyring)?;
+        let janitor = SessionStoreActor::start_janitor(parts.store.clone(), codec.clone());
         let (store, flusher) = SessionStoreActor::start_with_flusher(parts.store, codec);
         let default_scopes: Arc<[String]> =
             with_offline_access(parts.settings.default_scopes.clone()).into();
@@ -330,6 +349,9 @@ impl RouterActor {
             clicks_in_flight: HashMap::new(),
             foreign_clicks: None,
             pruned: PruneStats::default(),
+            janitor,
+            tidying: false,
+            last_session_prune: None,
             default_scopes,
         }))
     }
@@ -394,47 +416,62 @@ impl RouterActor {
         }))
     }
 
+    /// One upkeep round on the janitor (see the module docs); skipped while the previous
+    /// one runs.
     fn prune(&mut self, ctx: &mut Context<Self>) {
+        if self.tidying {
+            return;
+        }
         let now = self.deps.clock.now_ms();
         let settings = &self.deps.settings;
-        let cutoff = now.saturating_sub(settings.terminal_ttl.as_millis() as u64);
-        let store = self.deps.store.clone();
-        ctx.spawn(
-            async move {
-                let mut sessions = 0;
-                if let Ok(Ok(n)) = store
-                    .send(PruneSessions {
-                        terminal_before_ms: cutoff,
-                    })
-                    .await
-                    && n > 0
-                {
-                    info!(pruned = n, "terminal sessions pruned");
-                    sessions = n;
+        let sessions_due = self
+            .last_session_prune
+            .is_none_or(|at| at.elapsed() >= settings.prune_period);
+        let terminal_before_ms =
+            sessions_due.then(|| now.saturating_sub(settings.terminal_ttl.as_millis() as u64));
+        if sessions_due {
+            self.last_session_prune = Some(std::time::Instant::now());
+            let sessions = &self.sessions;
+            self.state.prune(now, |id| sessions.contains_key(id));
+        }
+        self.tidying = true;
+        let round = self.janitor.send(TidyStore {
+            now_ms: now,
+            max_marks: settings.max_marks,
+            mark_batch: MARKS_PER_TIDY,
+            terminal_before_ms,
+            session_batch: SESSIONS_PER_PRUNE,
+        });
+        ctx.spawn(round.into_actor(self).map(|res, act, _| {
+            act.tidying = false;
+            let report = match res {
+                Ok(Ok(report)) => report,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "store upkeep round failed");
+                    return;
                 }
-                let mut marks = 0;
-                if let Ok(Ok(n)) = store
-                    .send(PurgeMarks {
-                        now_ms: now,
-                        limit: MARKS_PER_PRUNE,
-                    })
-                    .await
-                    && n > 0
-                {
-                    debug!(purged = n, "expired dedup marks purged");
-                    marks = n;
-                }
-                (sessions as u64, marks as u64)
+                Err(_) => return,
+            };
+            if report.sessions > 0 {
+                info!(pruned = report.sessions, "terminal sessions pruned");
             }
-            .into_actor(self)
-            .map(|(sessions, marks), act, _| {
-                act.pruned.rounds += 1;
-                act.pruned.sessions += sessions;
-                act.pruned.marks += marks;
-            }),
-        );
-        let sessions = &self.sessions;
-        self.state.prune(now, |id| sessions.contains_key(id));
+            if report.expired > 0 {
+                debug!(purged = report.expired, "expired dedup marks purged");
+            }
+            if report.evicted > 0 {
+                debug!(
+                    evicted = report.evicted,
+                    cap = act.deps.settings.max_marks,
+                    "dedup marks dropped before their expiry (over sessions.dedup_max_marks)"
+                );
+            }
+            act.pruned.rounds += 1;
+            act.pruned.sessions += report.sessions as u64;
+            act.pruned.marks += report.expired as u64;
+            act.deps
+                .metrics
+                .store_upkeep(report.marks, report.evicted as u64, report.disk_bytes);
+        }));
     }
 }
 
@@ -463,7 +500,7 @@ impl Actor for RouterActor {
                 info!(resumed, "authorization sessions resumed");
             }
         }));
-        let period = self.deps.settings.prune_period;
+        let period = self.deps.settings.prune_period.min(TIDY_PERIOD);
         ctx.run_interval(period, |act, ctx| act.prune(ctx));
     }
 }

@@ -2,7 +2,9 @@
 //! that writes records, dedup marks and prunes through the [`Store`] trait.
 //!
 //! Accepts: [`PutSession`], [`LoadSession`], [`LoadSessions`], [`PruneSessions`],
-//! [`MarkOnce`], [`ClaimClick`], [`KeepClickAnswer`], [`PurgeMarks`], [`FlushSessions`]. Sends nothing. Its companion, the
+//! [`MarkOnce`], [`ClaimClick`], [`KeepClickAnswer`], [`PurgeMarks`], [`TidyStore`],
+//! [`FlushSessions`]. Sends nothing. A second instance, the janitor
+//! ([`SessionStoreActor::start_janitor`], own thread), takes the upkeep rounds. Its companion, the
 //! [`SessionFlusher`] (own thread), accepts [`FlushThrough`]: it makes a given write
 //! durable, one fsync for every write made before it (group commit).
 //!
@@ -287,13 +289,53 @@ pub struct LoadSession {
 #[rtype(result = "Result<Vec<SessionRecord>, SessionStoreError>")]
 pub struct LoadSessions;
 
-/// Deletes terminal sessions last changed before `terminal_before_ms` (unix ms). Replies
-/// how many were deleted.
+/// Deletes terminal sessions last changed before `terminal_before_ms` (unix ms), at most
+/// `limit` (the rest at the next round). Replies how many were deleted.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Result<usize, SessionStoreError>")]
 pub struct PruneSessions {
     /// Cut-off, unix ms.
     pub terminal_before_ms: u64,
+    /// Most sessions deleted by this call.
+    pub limit: usize,
+}
+
+/// One round of the store's upkeep, every part bounded: purges up to `mark_batch` expired
+/// marks ([`Store::purge_marks`]), then drops up to `mark_batch` of the oldest marks while
+/// more than `max_marks` are stored ([`Store::trim_marks`]), then, when
+/// `terminal_before_ms` is set, prunes up to `session_batch` terminal sessions
+/// ([`PruneSessions`]); reads the mark count and the store's size on disk. Sent to the
+/// janitor ([`SessionStoreActor::start_janitor`]), a thread of its own, so the round never
+/// delays the marks and sessions the ack path waits for.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<TidyReport, SessionStoreError>")]
+pub struct TidyStore {
+    /// Now, unix ms.
+    pub now_ms: u64,
+    /// The cap on stored marks (`sessions.dedup_max_marks`).
+    pub max_marks: u64,
+    /// Most marks purged, and most dropped for the cap, by this round.
+    pub mark_batch: usize,
+    /// Prune terminal sessions last changed before this instant (unix ms); `None`: not
+    /// in this round.
+    pub terminal_before_ms: Option<u64>,
+    /// Most sessions pruned by this round.
+    pub session_batch: usize,
+}
+
+/// What a [`TidyStore`] round did and found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TidyReport {
+    /// Expired marks purged.
+    pub expired: usize,
+    /// Marks dropped before their expiry because more than the cap were stored.
+    pub evicted: usize,
+    /// Marks stored after the round.
+    pub marks: u64,
+    /// Terminal sessions pruned.
+    pub sessions: usize,
+    /// The store's size on disk, bytes (`None`: the backend cannot tell).
+    pub disk_bytes: Option<u64>,
 }
 
 /// Sets a dedup mark unless set ([`Store::mark_once`]). Replies true on first sighting.
@@ -409,6 +451,13 @@ impl SessionStoreActor {
         Self::start_with_flusher(store, codec).0
     }
 
+    /// Starts a second actor on the same store, on its own thread, for the store's upkeep
+    /// ([`TidyStore`], [`PruneSessions`], [`PurgeMarks`]): long rounds there never queue
+    /// ahead of the marks and session writes of the first one.
+    pub fn start_janitor(store: Arc<dyn Store>, codec: SessionCodec) -> Addr<SessionStoreActor> {
+        Self::start(store, codec)
+    }
+
     /// Starts the actor and its [`SessionFlusher`], each on its own thread.
     pub fn start_with_flusher(
         store: Arc<dyn Store>,
@@ -499,6 +548,9 @@ impl Handler<PruneSessions> for SessionStoreActor {
             let Ok(record) = SessionCodec::decode_clear(&id, &bytes) else {
                 continue;
             };
+            if pruned >= msg.limit {
+                break;
+            }
             if record.state.is_terminal()
                 && record.updated_at_ms < msg.terminal_before_ms
                 && self.store.delete_session(&id)?
@@ -507,6 +559,32 @@ impl Handler<PruneSessions> for SessionStoreActor {
             }
         }
         Ok(pruned)
+    }
+}
+
+impl Handler<TidyStore> for SessionStoreActor {
+    type Result = Result<TidyReport, SessionStoreError>;
+
+    fn handle(&mut self, msg: TidyStore, ctx: &mut Self::Context) -> Self::Result {
+        let expired = self.store.purge_marks(msg.now_ms, msg.mark_batch)?;
+        let evicted = self.store.trim_marks(msg.max_marks, msg.mark_batch)?;
+        let sessions = match msg.terminal_before_ms {
+            Some(terminal_before_ms) => self.handle(
+                PruneSessions {
+                    terminal_before_ms,
+                    limit: msg.session_batch,
+                },
+                ctx,
+            )?,
+            None => 0,
+        };
+        Ok(TidyReport {
+            expired,
+            evicted,
+            marks: self.store.mark_count()?,
+            sessions,
+            disk_bytes: self.store.disk_bytes()?,
+        })
     }
 }
 

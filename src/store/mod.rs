@@ -38,7 +38,7 @@ use std::path::PathBuf;
 
 pub use self::pg_schema::{MAX_SCHEMA_NAME, SCHEMA_VERSION, check_schema_name};
 pub use self::postgres_store::{PostgresOptions, PostgresStore};
-pub use self::sled_store::{LOCK_WAIT, MARK_FILE, SledStore};
+pub use self::sled_store::{DEFAULT_CACHE_MIB, LOCK_WAIT, MARK_FILE, SledStore};
 
 /// The boxed cause of a backend failure (kept opaque so the trait names no backend type).
 pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -381,6 +381,37 @@ pub fn outbox_mark(event_id: &str) -> Vec<u8> {
     mark
 }
 
+/// Width of a dedup mark's time bucket, ms (one minute). Marks are grouped by the bucket
+/// their expiry falls in; when more than the cap are stored, [`Store::trim_marks`] drops
+/// the oldest bucket whole before touching the next one.
+pub const MARK_BUCKET_MS: u64 = 60_000;
+
+/// The default cap on stored dedup marks (`sessions.dedup_max_marks`): 100,000. With
+/// sled under sustained traffic each stored mark costs about 450 B of resident memory and
+/// 550 B of disk (its pages, not its 48 bytes of data), so this keeps a process at 5,000
+/// events/s near 120 MiB (see `docs/operations.md`, "Memory and disk").
+pub const DEFAULT_MAX_MARKS: u64 = 100_000;
+
+/// The fixed-size key a dedup mark is stored under: the first 16 bytes (128 bits) of the
+/// SHA-256 of the mark (namespace prefix included, e.g. `event/<event_id>`). Two different
+/// marks share a key with probability about n²/2¹²⁹ among n marks (≈ 10⁻²⁷ at the default
+/// cap), so a collision, which would drop one event as a redelivery, is negligible.
+pub fn mark_key(mark: &[u8]) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(mark);
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
+
+/// The end (exclusive, unix ms) of the time bucket holding `expires_ms`: marks expiring
+/// before it belong to that bucket or an older one.
+pub fn mark_bucket_end(expires_ms: u64) -> u64 {
+    (expires_ms / MARK_BUCKET_MS)
+        .saturating_add(1)
+        .saturating_mul(MARK_BUCKET_MS)
+}
+
 /// Everything persistent. Implementations must make each method atomic on its own: a
 /// crash leaves either the state before or the state after a call, never a mix.
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -497,6 +528,32 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// [`StoreError::Backend`].
     fn purge_marks(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError>;
+
+    /// Drops the oldest dedup marks, expired or not, while more than `max_marks` are
+    /// stored: whole time buckets ([`MARK_BUCKET_MS`] of expiry), oldest first, so the
+    /// count ends at or below `max_marks` (a mark of the bucket being dropped survives
+    /// only when `limit` ran out). At most `limit` marks per call; returns how many were
+    /// dropped (marks dropped before their expiry, with their values). Costs
+    /// O(dropped), plus, on PostgreSQL, a count of the marks.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn trim_marks(&self, max_marks: u64, limit: usize) -> Result<usize, StoreError>;
+
+    /// How many dedup marks are stored (expired ones not purged yet included).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn mark_count(&self) -> Result<u64, StoreError>;
+
+    /// The store's size on disk, bytes (`None` when the backend cannot tell). sled: its
+    /// files; PostgreSQL: the schema's tables with their indexes and TOAST.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn disk_bytes(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
 
     /// Puts each event of `events` in the outbox, one entry per target (due at `now_ms`,
     /// no try made), unless its dedup mark [`outbox_mark`] is set and not expired at

@@ -22,7 +22,7 @@
 use super::StoreError;
 
 /// The newest schema version this build knows and creates.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// The longest schema name accepted (PostgreSQL's identifier limit, 63 bytes).
 pub const MAX_SCHEMA_NAME: usize = 63;
@@ -112,6 +112,22 @@ CREATE TABLE {s}.outbox (
     dead_at_ms      bigint,
     PRIMARY KEY (target, event_id)
 );
+"#,
+    },
+    Migration {
+        version: 3,
+        description: "dedup marks under fixed-size keys (old marks dropped)",
+        // Marks are dedup state only: the old ones (keyed by the mark's bytes) are dropped,
+        // so an event or click seen before the upgrade and redelivered after it is handled
+        // again once. Grants, sessions, metadata and the outbox are not touched.
+        sql: r#"
+DROP TABLE {s}.marks;
+CREATE TABLE {s}.marks (
+    mark       bytea PRIMARY KEY CHECK (octet_length(mark) = 16),
+    expires_ms bigint NOT NULL,
+    value      bytea
+);
+CREATE INDEX marks_expiry ON {s}.marks (expires_ms);
 "#,
     },
 ];
@@ -248,6 +264,9 @@ pub(super) struct Sql {
     pub mark_value: String,
     pub set_mark_value: String,
     pub purge_marks: String,
+    pub mark_count: String,
+    pub trim_marks: String,
+    pub disk_bytes: String,
     pub get_meta: String,
     pub put_meta_if_absent: String,
     pub list_meta: String,
@@ -323,6 +342,22 @@ impl Sql {
             purge_marks: format!(
                 "DELETE FROM {s}.marks WHERE mark IN (SELECT mark FROM {s}.marks \
                  WHERE expires_ms <= $1 ORDER BY expires_ms LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            ),
+            mark_count: format!("SELECT count(*) FROM {s}.marks"),
+            // The `$1` oldest marks, then the rest of the last one's bucket (`$3` ms wide),
+            // at most `$2`.
+            trim_marks: format!(
+                "WITH bound AS (SELECT max(expires_ms) AS e FROM (SELECT expires_ms \
+                 FROM {s}.marks ORDER BY expires_ms LIMIT $1) oldest) \
+                 DELETE FROM {s}.marks WHERE mark IN (SELECT mark FROM {s}.marks \
+                 WHERE expires_ms < (SELECT (e / $3 + 1) * $3 FROM bound) \
+                 ORDER BY expires_ms LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            ),
+            // The schema name is a checked identifier: safe as a literal.
+            disk_bytes: format!(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = '{s}' AND c.relkind = 'r'"
             ),
             get_meta: format!("SELECT value FROM {s}.meta WHERE name = $1"),
             put_meta_if_absent: format!(

@@ -15,7 +15,9 @@
 //!   row.
 //! - Dedup marks: one `INSERT … ON CONFLICT (mark) DO UPDATE … WHERE expires_ms <= now`:
 //!   first sighting, or a new life for an expired mark, in one atomic statement; two
-//!   instances marking the same event at once get one `true`.
+//!   instances marking the same event at once get one `true`. A mark is stored under its
+//!   16-byte [`mark_key`]; the cap ([`Store::trim_marks`]) counts the table and deletes the
+//!   oldest by the `expires_ms` index, whole buckets of [`MARK_BUCKET_MS`].
 //!
 //! Why a runtime of its own: the [`Store`] trait blocks and is called from `SyncArbiter`
 //! threads and, at start, from the System's own thread. The client is tokio-postgres with a
@@ -43,8 +45,9 @@ use tokio_postgres::config::Host;
 
 use super::pg_schema::{self, MigrateError, SCHEMA_VERSION, Sql};
 use super::{
-    BackendError, CasOutcome, DueEntry, GrantKey, GrantWrite, OutboxEntry, OutboxEvent,
-    OutboxRetry, QuarantinedRecord, Store, StoreError, StoredGrant, outbox_mark,
+    BackendError, CasOutcome, DueEntry, GrantKey, GrantWrite, MARK_BUCKET_MS, OutboxEntry,
+    OutboxEvent, OutboxRetry, QuarantinedRecord, Store, StoreError, StoredGrant, mark_key,
+    outbox_mark,
 };
 use crate::metrics::Metrics;
 use crate::secret::Secret;
@@ -698,7 +701,7 @@ impl Store for PostgresStore {
     }
 
     fn mark_once(&self, mark: &[u8], expires_at_ms: u64, now_ms: u64) -> Result<bool, StoreError> {
-        let mark = mark.to_vec();
+        let mark = mark_key(mark).to_vec();
         let (expires, now) = (to_db(expires_at_ms), to_db(now_ms));
         self.call("mark_once", move |pool, sql| async move {
             let client = pool.get().await?;
@@ -708,7 +711,7 @@ impl Store for PostgresStore {
     }
 
     fn mark_value(&self, mark: &[u8], now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let mark = mark.to_vec();
+        let mark = mark_key(mark).to_vec();
         let now = to_db(now_ms);
         self.call("mark_value", move |pool, sql| async move {
             let client = pool.get().await?;
@@ -723,7 +726,7 @@ impl Store for PostgresStore {
     }
 
     fn set_mark_value(&self, mark: &[u8], value: &[u8], now_ms: u64) -> Result<bool, StoreError> {
-        let (mark, value) = (mark.to_vec(), value.to_vec());
+        let (mark, value) = (mark_key(mark).to_vec(), value.to_vec());
         let now = to_db(now_ms);
         self.call("set_mark_value", move |pool, sql| async move {
             let client = pool.get().await?;
@@ -738,6 +741,38 @@ impl Store for PostgresStore {
             let client = pool.get().await?;
             let stmt = client.prepare_cached(&sql.purge_marks).await?;
             Ok(client.execute(&stmt, &[&now, &limit]).await? as usize)
+        })
+    }
+
+    fn trim_marks(&self, max_marks: u64, limit: usize) -> Result<usize, StoreError> {
+        let (max, limit) = (to_db(max_marks), to_db(limit as u64));
+        let bucket = to_db(MARK_BUCKET_MS);
+        self.call("trim_marks", move |pool, sql| async move {
+            let client = pool.get().await?;
+            let count = client.prepare_cached(&sql.mark_count).await?;
+            let over = client.query_one(&count, &[]).await?.get::<_, i64>(0) - max;
+            if over <= 0 || limit == 0 {
+                return Ok(0);
+            }
+            let trim = client.prepare_cached(&sql.trim_marks).await?;
+            Ok(client.execute(&trim, &[&over, &limit, &bucket]).await? as usize)
+        })
+    }
+
+    fn mark_count(&self) -> Result<u64, StoreError> {
+        self.call("mark_count", move |pool, sql| async move {
+            let client = pool.get().await?;
+            let stmt = client.prepare_cached(&sql.mark_count).await?;
+            Ok(client.query_one(&stmt, &[]).await?.get::<_, i64>(0).max(0) as u64)
+        })
+    }
+
+    fn disk_bytes(&self) -> Result<Option<u64>, StoreError> {
+        self.call("disk_bytes", move |pool, sql| async move {
+            let client = pool.get().await?;
+            let stmt = client.prepare_cached(&sql.disk_bytes).await?;
+            let bytes: i64 = client.query_one(&stmt, &[]).await?.get(0);
+            Ok(Some(bytes.max(0) as u64))
         })
     }
 
@@ -762,7 +797,7 @@ impl Store for PostgresStore {
             let insert = tx.prepare_cached(&sql.outbox_insert).await?;
             let mut stored = Vec::with_capacity(events.len());
             for e in &events {
-                let mark = outbox_mark(&e.event_id);
+                let mark = mark_key(&outbox_mark(&e.event_id)).to_vec();
                 if tx.execute(&mark_stmt, &[&mark, &expires, &now]).await? != 1 {
                     stored.push(false);
                     continue;

@@ -6,12 +6,18 @@
 //! - `grants_due`: `due_ms u64 ‖ app_id 0x00 open_id` → empty (the refresh-due index);
 //! - `quarantine`: `app_id 0x00 open_id 0x00 at_ms u64` → `reason_len u16 ‖ reason ‖ raw`;
 //! - `sessions`: `session_id` → value;
-//! - `marks`: `mark` → `expires_ms u64 ‖ value` (the value, empty for most marks, is set
-//!   by [`Store::set_mark_value`]); `marks_expiry`: `expires_ms u64 ‖ mark` → empty;
+//! - `dedup`: [`mark_key`]`(mark)` (16 bytes) → `expires_ms u64 ‖ value` (the value,
+//!   empty for most marks, is set by [`Store::set_mark_value`]); `dedup_expiry`:
+//!   `expires_ms u64 ‖ mark_key` → empty, the marks in expiry order (so in time buckets,
+//!   [`super::MARK_BUCKET_MS`] wide, oldest first), which [`Store::purge_marks`] and
+//!   [`Store::trim_marks`] walk. The count of marks is kept in memory (counted at open,
+//!   O(marks), bounded by the cap). Stores from before fixed-size keys had `marks` and
+//!   `marks_expiry` (the mark's bytes as key): they are dropped at open, so a redelivery
+//!   of an event seen before the upgrade is handled again once;
 //! - `meta`: `name` → value;
 //! - `outbox`: `target 0x00 event_id` → `enqueued_ms u64 ‖ attempts u32 ‖ next_ms u64 ‖
 //!   dead_ms u64 (u64::MAX = pending) ‖ type_len u16 ‖ event_type ‖ payload` (its dedup
-//!   mark `forward/<event_id>` lives in `marks`, set in the same transaction);
+//!   mark `forward/<event_id>` lives in `dedup`, set in the same transaction);
 //! - `acknowledged`: `generation` → the [`WriteMark`] of the newest [`Store::flush`]
 //!   (`generation u64 ‖ at_ms u64`).
 //!
@@ -34,6 +40,7 @@
 //! generation (a page its cleaner relocated there) goes unnoticed.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -42,8 +49,16 @@ use sled::{Db, Transactional, Tree};
 use super::mark::{self, MarkFile, Recorded};
 use super::{
     CasOutcome, DueEntry, GrantKey, GrantWrite, LossReport, OutboxEntry, OutboxEvent, OutboxRetry,
-    QuarantinedRecord, Store, StoreError, StoredGrant, WriteMark, outbox_mark,
+    QuarantinedRecord, Store, StoreError, StoredGrant, WriteMark, mark_bucket_end, mark_key,
+    outbox_mark,
 };
+
+/// The default size of sled's page cache (`vault.cache_mib`), MiB.
+pub const DEFAULT_CACHE_MIB: u64 = 64;
+/// Marks removed per sled transaction by purges and trims.
+const MARK_CHUNK: usize = 256;
+/// Trees of stores from before fixed-size mark keys, dropped at open.
+const OLD_MARK_TREES: [&str; 2] = ["marks", "marks_expiry"];
 
 /// The mark file's name inside the store directory: the newest acknowledged write
 /// generation, kept apart from sled's files (see the module docs). Back it up and restore
@@ -69,6 +84,8 @@ pub struct SledStore {
     sessions: Tree,
     marks: Tree,
     marks_expiry: Tree,
+    /// How many marks `marks` holds.
+    mark_count: Arc<AtomicU64>,
     meta: Tree,
     outbox: Tree,
     durability: Arc<Durability>,
@@ -265,7 +282,80 @@ fn parse_outbox(key: &[u8], value: &[u8]) -> Result<OutboxEntry, StoreError> {
     })
 }
 
+/// What [`set_mark`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MarkSet {
+    /// Set where there was none.
+    New,
+    /// Set in place of an expired mark (the count is unchanged).
+    Renewed,
+    /// Already set and not expired: nothing written.
+    Duplicate,
+}
+
+/// Sets the mark `key` until `expires_ms` unless it is set and not expired at `now_ms`,
+/// inside a transaction on the `dedup` and `dedup_expiry` trees.
+fn set_mark(
+    marks: &sled::transaction::TransactionalTree,
+    expiry: &sled::transaction::TransactionalTree,
+    key: &[u8; 16],
+    expires_ms: u64,
+    now_ms: u64,
+) -> Result<MarkSet, ConflictableTransactionError<()>> {
+    let mut set = MarkSet::New;
+    if let Some(old) = marks.get(key)? {
+        let old_exp = mark_expiry(&old);
+        if old_exp > now_ms {
+            return Ok(MarkSet::Duplicate);
+        }
+        expiry.remove(due_key(old_exp, key))?;
+        set = MarkSet::Renewed;
+    }
+    marks.insert(key, &expires_ms.to_be_bytes())?;
+    expiry.insert(due_key(expires_ms, key), &[] as &[u8])?;
+    Ok(set)
+}
+
 impl SledStore {
+    /// Removes the marks of the `dedup_expiry` keys `entries` (each with its index entry;
+    /// a mark renewed since, under another expiry, stays), [`MARK_CHUNK`] per transaction.
+    /// Returns how many index entries were removed.
+    fn remove_marks(&self, entries: &[sled::IVec], op: &'static str) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for chunk in entries.chunks(MARK_CHUNK) {
+            let result = (&self.marks, &self.marks_expiry).transaction(|(marks, expiry)| {
+                let mut gone = 0u64;
+                for ek in chunk {
+                    if ek.len() < 8 {
+                        continue;
+                    }
+                    expiry.remove(ek.as_ref())?;
+                    let (exp, key) = (u64_at(ek, 0), &ek[8..]);
+                    if let Some(v) = marks.get(key)?
+                        && v.len() >= 8
+                        && mark_expiry(&v) == exp
+                    {
+                        marks.remove(key)?;
+                        gone += 1;
+                    }
+                }
+                Ok(gone)
+            });
+            let gone = result.map_err(|e: TransactionError<()>| match e {
+                TransactionError::Storage(e) => backend(op)(e),
+                TransactionError::Abort(()) => unreachable!("the mark transaction never aborts"),
+            })?;
+            // Saturating: a mark counted at open and removed concurrently is not counted twice.
+            let _ = self
+                .mark_count
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(gone))
+                });
+            removed += chunk.len();
+        }
+        Ok(removed)
+    }
+
     /// Opens (or creates) the store in directory `path`. Blocks up to [`LOCK_WAIT`] while
     /// the directory is locked (a handle being dropped releases its lock a moment later).
     /// Compares the newest write generation sled holds with the mark file [`MARK_FILE`]:
@@ -278,10 +368,27 @@ impl SledStore {
     /// open in this process) holds the directory; [`StoreError::Open`] for any other
     /// failure (permissions, damaged files, an unreadable mark file).
     pub fn open(path: impl AsRef<Path>) -> Result<SledStore, StoreError> {
+        SledStore::open_with_cache(path, DEFAULT_CACHE_MIB << 20)
+    }
+
+    /// [`SledStore::open`] with sled's page cache capped at `cache_bytes`
+    /// (`cache_capacity`): the records read or written recently stay in memory up to about
+    /// that much; less memory means more reads from disk for records not in it.
+    ///
+    /// # Errors
+    /// As [`SledStore::open`].
+    pub fn open_with_cache(
+        path: impl AsRef<Path>,
+        cache_bytes: u64,
+    ) -> Result<SledStore, StoreError> {
         let path = path.as_ref().to_path_buf();
         let deadline = std::time::Instant::now() + LOCK_WAIT;
         let db = loop {
-            match sled::Config::new().path(&path).open() {
+            match sled::Config::new()
+                .path(&path)
+                .cache_capacity(cache_bytes)
+                .open()
+            {
                 Ok(db) => break db,
                 // sled's background I/O threads can hold the previous handle's file lock
                 // for a moment after it was dropped (seen as flaky reopen in tests), so a
@@ -342,14 +449,27 @@ impl SledStore {
             file: Mutex::new(file),
             loss: Mutex::new(loss),
         });
+        for old in OLD_MARK_TREES {
+            if db.tree_names().iter().any(|n| n.as_ref() == old.as_bytes()) {
+                db.drop_tree(old).map_err(|e| open_error(Box::new(e)))?;
+                tracing::info!(tree = old, "dedup marks of the old format dropped");
+            }
+        }
+        let marks_expiry = tree("dedup_expiry")?;
+        let mut count = 0u64;
+        for key in marks_expiry.iter().keys() {
+            key.map_err(|e| open_error(Box::new(e)))?;
+            count += 1;
+        }
         Ok(SledStore {
             durability,
+            mark_count: Arc::new(AtomicU64::new(count)),
             grants: tree("grants")?,
             due: tree("grants_due")?,
             quarantine: tree("quarantine")?,
             sessions: tree("sessions")?,
-            marks: tree("marks")?,
-            marks_expiry: tree("marks_expiry")?,
+            marks: tree("dedup")?,
+            marks_expiry,
             meta: tree("meta")?,
             outbox: tree("outbox")?,
             db,
@@ -590,34 +710,33 @@ impl Store for SledStore {
     }
 
     fn mark_once(&self, mark: &[u8], expires_at_ms: u64, now_ms: u64) -> Result<bool, StoreError> {
-        let result = (&self.marks, &self.marks_expiry).transaction(|(marks, expiry)| {
-            if let Some(old) = marks.get(mark)? {
-                let old_exp = mark_expiry(&old);
-                if old_exp > now_ms {
-                    return Ok(false);
-                }
-                expiry.remove(due_key(old_exp, mark))?;
-            }
-            marks.insert(mark, &expires_at_ms.to_be_bytes())?;
-            expiry.insert(due_key(expires_at_ms, mark), &[] as &[u8])?;
-            Ok(true)
-        });
-        result.map_err(|e: TransactionError<()>| match e {
+        let key = mark_key(mark);
+        let result = (&self.marks, &self.marks_expiry)
+            .transaction(|(marks, expiry)| set_mark(marks, expiry, &key, expires_at_ms, now_ms));
+        let set = result.map_err(|e: TransactionError<()>| match e {
             TransactionError::Storage(e) => backend("mark_once")(e),
             TransactionError::Abort(()) => unreachable!("the mark transaction never aborts"),
-        })
+        })?;
+        if set == MarkSet::New {
+            self.mark_count.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(set != MarkSet::Duplicate)
     }
 
     fn mark_value(&self, mark: &[u8], now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let stored = self.marks.get(mark).map_err(backend("mark_value"))?;
+        let stored = self
+            .marks
+            .get(mark_key(mark))
+            .map_err(backend("mark_value"))?;
         Ok(stored
             .filter(|v| v.len() > 8 && mark_expiry(v) > now_ms)
             .map(|v| v[8..].to_vec()))
     }
 
     fn set_mark_value(&self, mark: &[u8], value: &[u8], now_ms: u64) -> Result<bool, StoreError> {
+        let key = mark_key(mark);
         let result = self.marks.transaction(|marks| {
-            let Some(old) = marks.get(mark)? else {
+            let Some(old) = marks.get(key)? else {
                 return Ok(false);
             };
             let expires = mark_expiry(&old);
@@ -627,7 +746,7 @@ impl Store for SledStore {
             let mut new = Vec::with_capacity(8 + value.len());
             new.extend_from_slice(&expires.to_be_bytes());
             new.extend_from_slice(value);
-            marks.insert(mark, new)?;
+            marks.insert(&key, new)?;
             Ok(true)
         });
         result.map_err(|e: TransactionError<()>| match e {
@@ -638,7 +757,6 @@ impl Store for SledStore {
 
     fn purge_marks(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
         let end = now_ms.saturating_add(1).to_be_bytes();
-        let mut purged = 0;
         let expired: Vec<sled::IVec> = self
             .marks_expiry
             .range(..end.as_slice())
@@ -646,29 +764,47 @@ impl Store for SledStore {
             .take(limit)
             .collect::<Result<_, _>>()
             .map_err(backend("purge_marks"))?;
-        for ek in expired {
-            if ek.len() < 8 {
+        self.remove_marks(&expired, "purge_marks")
+    }
+
+    fn trim_marks(&self, max_marks: u64, limit: usize) -> Result<usize, StoreError> {
+        let over = self
+            .mark_count
+            .load(Ordering::Relaxed)
+            .saturating_sub(max_marks);
+        if over == 0 || limit == 0 {
+            return Ok(0);
+        }
+        // The `over` oldest marks, then the rest of the last one's bucket.
+        let mut victims = Vec::new();
+        let mut bucket_end = 0;
+        for key in self.marks_expiry.iter().keys() {
+            let key = key.map_err(backend("trim_marks"))?;
+            if key.len() < 8 {
                 continue;
             }
-            let mark = &ek[8..];
-            let exp = u64_at(&ek, 0);
-            let result = (&self.marks, &self.marks_expiry).transaction(|(marks, expiry)| {
-                expiry.remove(ek.as_ref())?;
-                if let Some(v) = marks.get(mark)?
-                    && v.len() >= 8
-                    && mark_expiry(&v) == exp
-                {
-                    marks.remove(mark)?;
-                }
-                Ok(())
-            });
-            result.map_err(|e: TransactionError<()>| match e {
-                TransactionError::Storage(e) => backend("purge_marks")(e),
-                TransactionError::Abort(()) => unreachable!("the purge transaction never aborts"),
-            })?;
-            purged += 1;
+            let expires = u64_at(&key, 0);
+            if victims.len() as u64 >= over && expires >= bucket_end {
+                break;
+            }
+            bucket_end = bucket_end.max(mark_bucket_end(expires));
+            victims.push(key);
+            if victims.len() >= limit {
+                break;
+            }
         }
-        Ok(purged)
+        self.remove_marks(&victims, "trim_marks")
+    }
+
+    fn mark_count(&self) -> Result<u64, StoreError> {
+        Ok(self.mark_count.load(Ordering::Relaxed))
+    }
+
+    fn disk_bytes(&self) -> Result<Option<u64>, StoreError> {
+        self.db
+            .size_on_disk()
+            .map(Some)
+            .map_err(backend("disk_bytes"))
     }
 
     fn outbox_put(
@@ -697,34 +833,32 @@ impl Store for SledStore {
                 &e.event_type,
                 &e.payload,
             );
-            prepared.push((outbox_mark(&e.event_id), keys, value));
+            prepared.push((mark_key(&outbox_mark(&e.event_id)), keys, value));
         }
         let result = (&self.marks, &self.marks_expiry, &self.outbox).transaction(
             |(marks, expiry, outbox)| {
                 let mut stored = Vec::with_capacity(prepared.len());
                 for (mark, keys, value) in &prepared {
-                    if let Some(old) = marks.get(mark)? {
-                        let old_exp = mark_expiry(&old);
-                        if old_exp > now_ms {
-                            stored.push(false);
-                            continue;
-                        }
-                        expiry.remove(due_key(old_exp, mark))?;
+                    let set = set_mark(marks, expiry, mark, mark_expires_ms, now_ms)?;
+                    if set == MarkSet::Duplicate {
+                        stored.push(None);
+                        continue;
                     }
-                    marks.insert(mark.as_slice(), &mark_expires_ms.to_be_bytes())?;
-                    expiry.insert(due_key(mark_expires_ms, mark), &[] as &[u8])?;
                     for k in keys {
                         outbox.insert(k.as_slice(), value.as_slice())?;
                     }
-                    stored.push(true);
+                    stored.push(Some(set));
                 }
                 Ok(stored)
             },
         );
-        result.map_err(|e: TransactionError<()>| match e {
+        let stored = result.map_err(|e: TransactionError<()>| match e {
             TransactionError::Storage(e) => backend("outbox_put")(e),
             TransactionError::Abort(()) => unreachable!("the outbox transaction never aborts"),
-        })
+        })?;
+        let new = stored.iter().filter(|s| **s == Some(MarkSet::New)).count();
+        self.mark_count.fetch_add(new as u64, Ordering::Relaxed);
+        Ok(stored.iter().map(Option::is_some).collect())
     }
 
     fn outbox_list(
@@ -1025,6 +1159,36 @@ mod tests {
             loss.found.is_some() && loss.acknowledged.is_some(),
             "{loss:?}"
         );
+    }
+
+    #[test]
+    fn marks_of_the_old_format_are_dropped_at_open_and_keys_are_fixed_size() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let old = db.open_tree("marks").unwrap();
+            old.insert(b"event/ev_1", &u64::MAX.to_be_bytes()).unwrap();
+            db.open_tree("marks_expiry").unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let names = store.db.tree_names();
+        assert!(!names.iter().any(|n| n.as_ref() == b"marks"), "dropped");
+        assert!(!names.iter().any(|n| n.as_ref() == b"marks_expiry"));
+        assert_eq!(store.mark_count().unwrap(), 0);
+        // Seen before the upgrade: new again, once.
+        let long = format!("event/{}", "e".repeat(200));
+        assert!(store.mark_once(b"event/ev_1", 1_000, 0).unwrap());
+        assert!(store.mark_once(long.as_bytes(), 1_000, 0).unwrap());
+        assert!(!store.mark_once(b"event/ev_1", 1_000, 0).unwrap());
+        for key in store.marks.iter().keys() {
+            assert_eq!(key.unwrap().len(), 16);
+        }
+        for key in store.marks_expiry.iter().keys() {
+            assert_eq!(key.unwrap().len(), 8 + 16);
+        }
+        assert_eq!(store.mark_count().unwrap(), 2);
+        assert!(store.disk_bytes().unwrap().unwrap() > 0);
     }
 
     #[test]
