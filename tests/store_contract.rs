@@ -702,6 +702,18 @@ mod cases {
             [true]
         );
         assert_eq!(store.outbox_list(None, 100).unwrap().len(), 3);
+        // The same event twice in one batch (a redelivery gathered with the first): once.
+        assert_eq!(
+            store
+                .outbox_put(
+                    &[outbox_event("ev_9", &[t1]), outbox_event("ev_9", &[t1])],
+                    30_000,
+                    10_000
+                )
+                .unwrap(),
+            [true, false]
+        );
+        assert_eq!(store.outbox_list(None, 100).unwrap().len(), 4);
         // The marks expire with the other marks.
         assert!(store.purge_marks(20_000, 100).unwrap() >= 1);
     }
