@@ -194,6 +194,9 @@ impl LarkAuth {
         if config.check_forward_keys().is_err() {
             config.resolve_forward_keys(env)?;
         }
+        if config.check_sidecar_keys().is_err() {
+            config.resolve_sidecar_keys(env)?;
+        }
         let keyring = Keyring::from_config(&config.vault, env)?;
         let api_token = env(&config.http.api_token_env)
             .filter(|t| !t.is_empty())
@@ -226,6 +229,7 @@ impl LarkAuth {
     pub fn start_with(config: Config, options: StartOptions) -> Result<Handle, StartError> {
         config.validate()?;
         config.check_forward_keys()?;
+        config.check_sidecar_keys()?;
         let credentials = config
             .app
             .credentials

@@ -331,6 +331,7 @@ fn load_config(path: Option<&Path>) -> Result<Config, lark_auth::config::ConfigE
     config.resolve_credentials(|k| std::env::var(k).ok())?;
     config.resolve_store_url(|k| std::env::var(k).ok())?;
     config.resolve_forward_keys(|k| std::env::var(k).ok())?;
+    config.resolve_sidecar_keys(|k| std::env::var(k).ok())?;
     Ok(config)
 }
 
