@@ -7,10 +7,13 @@
 //!    flight) for a user — no grant → [`ProxyError::NoGrant`], `needs_reauth` / revoked →
 //!    [`ProxyError::NeedsReauth`], nothing sent — or the cached `tenant_access_token` for
 //!    the app;
-//! 2. the request goes to `{open_base_url}{path and query}` (the configured base, never a
-//!    host from the request) with the caller's headers minus its own auth and proxy
-//!    headers ([`FORWARD_DROPPED`], `x-lark-proxy-*`) and the hop-by-hop ones, plus
-//!    `Authorization: Bearer <token>`; the body is the one buffered by [`read_body`];
+//! 2. the request goes to `{base}{path and query}` (the configured `open_base_url`, or the
+//!    configured base the sidecar door mapped the target host onto: never a host from
+//!    the request) with the caller's headers minus its own auth and proxy headers
+//!    ([`FORWARD_DROPPED`], `x-lark-proxy-*`) and the hop-by-hop ones, plus the token in
+//!    its [`AuthHeader`] (`Authorization: Bearer <token>`, or the bare token in
+//!    `X-Lark-MCP-UAT` / `X-Lark-MCP-TAT`); the body is the one buffered by
+//!    [`read_body`];
 //! 3. the answer streams back as it arrives: status and headers (but hop-by-hop ones)
 //!    unchanged, the body never buffered — except a small JSON error answer (status ≥
 //!    400, JSON content type, at most [`PEEK_LIMIT`] bytes), which is read to find the
@@ -141,6 +144,42 @@ impl ProxySettings {
     }
 }
 
+/// Where the token goes in the forwarded request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthHeader {
+    /// `Authorization: Bearer <token>` (the REST door always; the sidecar door's
+    /// `X-Lark-Proxy-Auth-Header: Authorization`).
+    #[default]
+    Authorization,
+    /// `X-Lark-MCP-UAT: <token>` (the bare user token, MCP calls).
+    McpUat,
+    /// `X-Lark-MCP-TAT: <token>` (the bare tenant token, MCP calls).
+    McpTat,
+}
+
+impl AuthHeader {
+    /// The header's wire name (as the sidecar protocol spells it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthHeader::Authorization => "Authorization",
+            AuthHeader::McpUat => "X-Lark-MCP-UAT",
+            AuthHeader::McpTat => "X-Lark-MCP-TAT",
+        }
+    }
+
+    /// The allowed header named `name` (exact spelling of the protocol); `None` for any
+    /// other.
+    pub fn parse(name: &str) -> Option<AuthHeader> {
+        [
+            AuthHeader::Authorization,
+            AuthHeader::McpUat,
+            AuthHeader::McpTat,
+        ]
+        .into_iter()
+        .find(|h| h.as_str() == name)
+    }
+}
+
 /// One call to forward.
 #[derive(Debug)]
 pub struct ProxyRequest {
@@ -152,6 +191,11 @@ pub struct ProxyRequest {
     pub identity: Identity,
     /// HTTP method.
     pub method: Method,
+    /// The base URL it goes to, without a trailing `/` (a configured one, never a host
+    /// named by the caller); `None`: `endpoints.open_base_url`.
+    pub base_url: Option<String>,
+    /// Where the token goes.
+    pub auth_header: AuthHeader,
     /// `/open-apis/…` with the query, as received (checked by
     /// [`check_path`](super::check_path)).
     pub path_and_query: String,
@@ -395,7 +439,11 @@ impl Forwarder {
         request: &ProxyRequest,
         token: &Token,
     ) -> Result<awc::ClientResponse, ProxyError> {
-        let url = format!("{}{}", self.settings.open_base_url, request.path_and_query);
+        let base = request
+            .base_url
+            .as_deref()
+            .unwrap_or(&self.settings.open_base_url);
+        let url = format!("{base}{}", request.path_and_query);
         let mut upstream = self.http.request(request.method.clone(), url);
         let named_by_connection = connection_named(&request.headers);
         for (name, value) in &request.headers {
@@ -403,8 +451,16 @@ impl Forwarder {
                 upstream = upstream.append_header((name.clone(), value.clone()));
             }
         }
-        upstream =
-            upstream.insert_header((header::AUTHORIZATION, format!("Bearer {}", token.expose())));
+        upstream = match request.auth_header {
+            AuthHeader::Authorization => upstream
+                .insert_header((header::AUTHORIZATION, format!("Bearer {}", token.expose()))),
+            AuthHeader::McpUat => {
+                upstream.insert_header(("X-Lark-MCP-UAT", token.expose().as_str()))
+            }
+            AuthHeader::McpTat => {
+                upstream.insert_header(("X-Lark-MCP-TAT", token.expose().as_str()))
+            }
+        };
         match upstream.send_body(request.body.clone()).await {
             Ok(answer) => Ok(answer),
             Err(awc::error::SendRequestError::Timeout) => Err(ProxyError::UpstreamTimeout),
