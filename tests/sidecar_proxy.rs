@@ -667,3 +667,81 @@ fn new_client_prints_a_fresh_key_the_sandbox_environment_and_the_config_lines() 
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn check_config_shows_the_clients_never_their_keys_and_bad_ones_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let write = |clients: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "[vault]\npath = \"{}\"\n[sidecar]\nlisten = \"127.0.0.1:16384\"\n{clients}",
+                dir.path().join("vault").display()
+            ),
+        )
+        .unwrap();
+    };
+    let run = |env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lark-auth"));
+        cmd.args(["check-config", "--config", path.to_str().unwrap()])
+            .env("LARK_APP_ID", "cli_check")
+            .env("LARK_APP_SECRET", "app-secret-value")
+            .env(
+                "LARK_AUTH_VAULT_KEY",
+                "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+            )
+            .env("LARK_AUTH_API_TOKEN", "api-token-value")
+            .env_remove("KEY_ALICE")
+            .env_remove("KEY_BOT");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let two = "[[sidecar.clients]]\nname = \"alice\"\nkey_env = \"KEY_ALICE\"\nopen_id = \"ou_alice_1\"\n\
+               [[sidecar.clients]]\nname = \"bot\"\nkey_env = \"KEY_BOT\"\nidentities = [\"bot\"]\n";
+    write(two);
+    let (code, stdout, stderr) = run(&[("KEY_ALICE", ALICE_KEY), ("KEY_BOT", BOT_KEY)]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("KEY_ALICE") && stdout.contains("ou_alice_1"),
+        "{stdout}"
+    );
+    for key in [ALICE_KEY, BOT_KEY] {
+        assert!(!stdout.contains(key) && !stderr.contains(key), "{stdout}");
+    }
+
+    let (code, _, stderr) = run(&[("KEY_ALICE", ALICE_KEY)]);
+    assert_eq!(code, Some(2));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("KEY_BOT"), "{stderr}");
+    let (code, _, stderr) = run(&[("KEY_ALICE", ALICE_KEY), ("KEY_BOT", "too-short")]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("shorter than 32") && !stderr.contains("too-short"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run(&[("KEY_ALICE", ALICE_KEY), ("KEY_BOT", ALICE_KEY)]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("same key") && !stderr.contains(ALICE_KEY),
+        "{stderr}"
+    );
+
+    write(&two.replace("name = \"bot\"", "name = \"alice\""));
+    let (code, _, stderr) = run(&[("KEY_ALICE", ALICE_KEY), ("KEY_BOT", BOT_KEY)]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("configured twice"), "{stderr}");
+    write(two);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("127.0.0.1:16384", "nowhere")).unwrap();
+    let (code, _, stderr) = run(&[("KEY_ALICE", ALICE_KEY), ("KEY_BOT", BOT_KEY)]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("sidecar.listen"), "{stderr}");
+}
