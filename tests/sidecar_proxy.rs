@@ -24,7 +24,7 @@ const BOB_KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c
 const BOT_KEY: &str = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
 const DOWNLOAD: &str = "/open-apis/drive/v1/medias/sandbox_bytes_100/download?x=1";
 /// The largest body the door takes in these tests (`proxy.max_body_bytes`).
-const LIMIT: usize = 64 * 1024;
+const LIMIT: usize = 256 * 1024;
 
 /// One request as the sandboxed CLI sends it, before signing.
 #[derive(Clone)]
@@ -314,11 +314,20 @@ async fn user_and_bot_calls_get_the_right_token_in_the_signed_header() {
     let mut call = Call::get(ALICE_KEY, "user", "/open-apis/drive/v1/medias/upload_all");
     call.method = "POST";
     call.target = "https://open.feishu.cn:443".into();
-    call.body = vec![7u8; 10_000];
+    call.body = (0..200_000u32).map(|n| (n % 251) as u8).collect();
     call.extra = vec![("Content-Type".into(), "application/octet-stream".into())];
     let (status, body, _) = send(&i, &call).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["data"]["size"], 10_000);
+    assert_eq!(body["data"]["size"], 200_000);
+    assert_eq!(
+        body["data"]["sha256"],
+        hex::encode(Sha256::digest(&call.body))
+    );
+    // Sent upstream in slices of the held body, still with its length (not chunked).
+    let seen = i.sandbox.api_requests();
+    let seen = seen.last().unwrap();
+    assert_eq!(seen.header("content-length"), vec!["200000"]);
+    assert!(seen.header("transfer-encoding").is_empty());
     assert_eq!(
         metric(
             &i,

@@ -49,6 +49,9 @@ use crate::tokens::{GetToken, GetTokenError, RefreshRejected, TokenService};
 /// error bodies are well under 1 KiB).
 pub const PEEK_LIMIT: usize = 64 * 1024;
 
+/// Largest slice of a held request body written upstream at once, bytes (64 KiB).
+pub const SEND_SLICE: usize = 64 * 1024;
+
 /// How far past `proxy.max_body_bytes` a body is still read (and dropped) before `413`
 /// is answered, bytes (8 MiB): a client that sends the whole body before reading the
 /// answer gets the `413` instead of a reset connection. A declared `Content-Length`
@@ -461,7 +464,24 @@ impl Forwarder {
                 upstream.insert_header(("X-Lark-MCP-TAT", token.expose().as_str()))
             }
         };
-        match upstream.send_body(request.body.clone()).await {
+        // A large body goes out as slices of the held one (no copy of it): written whole,
+        // it would be copied into the connection's write buffer, doubling the memory
+        // of an upload in flight.
+        let sent = if request.body.len() > SEND_SLICE {
+            let body = request.body.clone();
+            let slices = (0..body.len()).step_by(SEND_SLICE).map(move |at| {
+                Ok::<_, std::convert::Infallible>(body.slice(at..(at + SEND_SLICE).min(body.len())))
+            });
+            upstream
+                .send_body(SizedStream::new(
+                    request.body.len() as u64,
+                    futures_util::stream::iter(slices),
+                ))
+                .await
+        } else {
+            upstream.send_body(request.body.clone()).await
+        };
+        match sent {
             Ok(answer) => Ok(answer),
             Err(awc::error::SendRequestError::Timeout) => Err(ProxyError::UpstreamTimeout),
             Err(e) => Err(ProxyError::Upstream(e.to_string())),
