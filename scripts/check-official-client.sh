@@ -3,7 +3,9 @@
 # if needed, installs the SDK, then runs examples/official_client_check.rs (the sandbox
 # against the SDK's long-connection client) and examples/official_push_check.rs (the event
 # gateway's forwarded requests taken by webhook receivers built on the SDK's
-# EventDispatcherHandler). Exits non-zero if any check fails.
+# EventDispatcherHandler), then examples/sidecar_client_check.rs (a second, independent
+# client of the sidecar door: scripts/sidecar_client_check.py, standard library only, run
+# by the venv's interpreter). Exits non-zero if any check fails.
 # Environment: PYTHON (interpreter used to create the venv, default python3),
 # VENV (venv directory, default .venv-check), CHECK_TIMEOUT_SECS (per wait, default 30),
 # CHECK_KEEPALIVE_SECS (hold time for the websockets keepalive check, default 25; 0 skips).
@@ -24,9 +26,12 @@ if [ "$installed" != "$SDK_VERSION" ]; then
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "lark-oapi==$SDK_VERSION"
 fi
 
-cargo build --quiet --example official_client_check --example official_push_check
+cargo build --quiet --example official_client_check --example official_push_check \
+    --example sidecar_client_check
 cargo run --quiet --example official_client_check -- \
     --python "$VENV/bin/python" --timeout-secs "${CHECK_TIMEOUT_SECS:-30}" \
     --keepalive-secs "${CHECK_KEEPALIVE_SECS:-25}"
-exec cargo run --quiet --example official_push_check -- \
+cargo run --quiet --example official_push_check -- \
+    --python "$VENV/bin/python" --timeout-secs "${CHECK_TIMEOUT_SECS:-30}"
+exec cargo run --quiet --example sidecar_client_check -- \
     --python "$VENV/bin/python" --timeout-secs "${CHECK_TIMEOUT_SECS:-30}"

@@ -6,8 +6,9 @@
 //! its `TokenService` actor, the `TenantTokenService` (the app identity of the OpenAPI
 //! proxy), the `RefreshScheduler`, the `RouterActor` (sessions), the supervised
 //! `ConnectionActor` feeding the router, the `ScopeAuthorizer` (missing-scope
-//! authorizations, when `proxy.scope_authorization`), and the HTTP front with the
-//! proxy's REST door (a `Forwarder` per worker). No globals: two
+//! authorizations, when `proxy.scope_authorization`), the sidecar listener (the proxy's
+//! lark-cli door, when `[sidecar] listen` is set) and the HTTP front with the proxy's
+//! REST door (a `Forwarder` per worker). No globals: two
 //! instances (different stores and ports) live side by side in one process.
 //!
 //! Two ways in: [`LarkAuth::start`] reads the secrets from the environment variables the
@@ -128,6 +129,15 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The sidecar door could not bind `sidecar.listen`.
+    #[error("cannot listen on {addr}: {source} (change sidecar.listen or stop what uses it)")]
+    Sidecar {
+        /// The address.
+        addr: SocketAddr,
+        /// The bind error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why a [`Handle`] call failed.
@@ -194,6 +204,9 @@ impl LarkAuth {
         if config.check_forward_keys().is_err() {
             config.resolve_forward_keys(env)?;
         }
+        if config.check_sidecar_keys().is_err() {
+            config.resolve_sidecar_keys(env)?;
+        }
         let keyring = Keyring::from_config(&config.vault, env)?;
         let api_token = env(&config.http.api_token_env)
             .filter(|t| !t.is_empty())
@@ -226,6 +239,7 @@ impl LarkAuth {
     pub fn start_with(config: Config, options: StartOptions) -> Result<Handle, StartError> {
         config.validate()?;
         config.check_forward_keys()?;
+        config.check_sidecar_keys()?;
         let credentials = config
             .app
             .credentials
@@ -375,6 +389,36 @@ impl LarkAuth {
         }
         let connection = connection.start_supervised();
 
+        let mut proxy =
+            crate::proxy::ProxySettings::new(&config, tokens.clone(), tenant, metrics.clone())
+                .map_err(|e| crate::config::ConfigError::Invalid {
+                    key: "proxy",
+                    reason: e.to_string(),
+                })?;
+        if config.proxy.scope_authorization {
+            proxy.scopes = Some(
+                crate::proxy::ScopeAuthorizer::new(router.clone(), vault.clone(), metrics.clone())
+                    .start(),
+            );
+        }
+        let sidecar = match config.sidecar.listen_addr()? {
+            Some(listen) => {
+                let settings = crate::proxy::sidecar::SidecarSettings::new(&config, proxy.clone())?;
+                let front = crate::proxy::sidecar::start(listen, settings).map_err(|source| {
+                    StartError::Sidecar {
+                        addr: listen,
+                        source,
+                    }
+                })?;
+                tracing::info!(
+                    listen = %front.local_addr,
+                    clients = config.sidecar.clients.len(),
+                    "sidecar (lark-cli auth proxy) listening"
+                );
+                Some(front)
+            }
+            None => None,
+        };
         let http = if options.http {
             let mut state = ControlState::new(options.api_token.as_ref(), metrics.clone());
             state.connection = Some(connection.clone());
@@ -383,22 +427,6 @@ impl LarkAuth {
             state.tokens = Some(tokens.clone());
             state.vault_loss = vault_loss.as_ref().map(|l| l.to_string());
             state.gateway = gateway.clone();
-            let mut proxy =
-                crate::proxy::ProxySettings::new(&config, tokens.clone(), tenant, metrics.clone())
-                    .map_err(|e| crate::config::ConfigError::Invalid {
-                        key: "proxy",
-                        reason: e.to_string(),
-                    })?;
-            if config.proxy.scope_authorization {
-                proxy.scopes = Some(
-                    crate::proxy::ScopeAuthorizer::new(
-                        router.clone(),
-                        vault.clone(),
-                        metrics.clone(),
-                    )
-                    .start(),
-                );
-            }
             state.proxy = Some(proxy);
             let front =
                 http::start(config.http.listen, state).map_err(|source| StartError::Http {
@@ -418,6 +446,7 @@ impl LarkAuth {
             scheduler: scheduler.recipient(),
             states,
             http,
+            sidecar,
             metrics,
             vault_loss,
             gateway,
@@ -495,6 +524,7 @@ pub struct Handle {
     scheduler: Recipient<crate::refresh::scheduler::GetRefreshStats>,
     states: watch::Receiver<StateReport>,
     http: Option<HttpFront>,
+    sidecar: Option<crate::proxy::sidecar::SidecarFront>,
     metrics: Metrics,
     vault_loss: Option<LossReport>,
     gateway: Option<Addr<EventGateway>>,
@@ -657,6 +687,11 @@ impl Handle {
         self.http.as_ref().map(|h| h.local_addr)
     }
 
+    /// The address the sidecar door listens on, when `[sidecar] listen` is set.
+    pub fn sidecar_addr(&self) -> Option<SocketAddr> {
+        self.sidecar.as_ref().map(|h| h.local_addr)
+    }
+
     /// This instance's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -680,6 +715,9 @@ impl Handle {
         let _ = tokio::time::timeout(grace, self.router.send(StopRouter)).await;
         if let Some(http) = self.http.take() {
             http.handle.stop(true).await;
+        }
+        if let Some(sidecar) = self.sidecar.take() {
+            sidecar.handle.stop(true).await;
         }
         // Let the Close frame and the last acks leave the socket.
         actix_rt::time::sleep(Duration::from_millis(300)).await;

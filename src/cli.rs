@@ -484,3 +484,115 @@ mod tests {
         );
     }
 }
+
+/// What `lark-auth sidecar new-client` is asked for.
+#[derive(Debug, Clone)]
+pub struct NewSidecarClient {
+    /// The client's name (`[[sidecar.clients]] name`).
+    pub name: String,
+    /// The user it acts as; `None`: the bot identity only.
+    pub open_id: Option<String>,
+    /// `LARKSUITE_CLI_AUTH_PROXY` as the sandbox reaches lark-auth; `None`: `http://` +
+    /// `[sidecar] listen` (or `127.0.0.1:16384`).
+    pub proxy_url: Option<String>,
+}
+
+/// The listen address suggested when `[sidecar] listen` is not set.
+pub const DEFAULT_SIDECAR_LISTEN: &str = "127.0.0.1:16384";
+
+/// A fresh sidecar client key: 32 bytes from the operating system's CSPRNG, as 64
+/// lowercase hex characters (the text is the HMAC key on both sides).
+pub fn new_sidecar_key() -> Secret<String> {
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    Secret::new(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The environment variable a client's key is read from:
+/// `LARK_AUTH_SIDECAR_KEY_<NAME>` (uppercase, `-` and `.` as `_`).
+pub fn sidecar_key_env(name: &str) -> String {
+    let suffix: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("LARK_AUTH_SIDECAR_KEY_{suffix}")
+}
+
+/// `lark-auth sidecar new-client`: the text to print for `request` with `key` — the key
+/// in lark-auth's environment, the config lines to add, and the sandbox's environment
+/// lines. `config` gives the brand, the app id (`app_id`, or the variable `app_id_env`
+/// names, read through `env`) and `[sidecar] listen`. Holds the key: print it, never log
+/// it.
+pub fn sidecar_new_client_text(
+    request: &NewSidecarClient,
+    key: &Secret<String>,
+    config: &Config,
+    env: impl Fn(&str) -> Option<String>,
+) -> String {
+    let key_env = sidecar_key_env(&request.name);
+    let listen = if config.sidecar.listen.trim().is_empty() {
+        DEFAULT_SIDECAR_LISTEN.to_string()
+    } else {
+        config.sidecar.listen.trim().to_string()
+    };
+    let proxy_url = request
+        .proxy_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{listen}"));
+    let app_id = config
+        .app
+        .app_id
+        .clone()
+        .filter(|a| !a.is_empty())
+        .or_else(|| env(&config.app.app_id_env).filter(|a| !a.is_empty()))
+        .unwrap_or_else(|| "cli_xxx  # your app id".to_string());
+    let brand = match config.app.brand {
+        crate::config::Brand::Feishu => "feishu",
+        crate::config::Brand::Lark => "lark",
+    };
+    let (open_id, identities, acts_as) = match &request.open_id {
+        Some(open_id) => (
+            open_id.as_str(),
+            "[\"user\", \"bot\"]",
+            format!("acts as the user {open_id} (identity user) or as the app (identity bot)"),
+        ),
+        None => (
+            "",
+            "[\"bot\"]",
+            "acts as the app only (identity bot)".to_string(),
+        ),
+    };
+    let section = if config.sidecar.listen.trim().is_empty() {
+        format!("# (and under [sidecar]: listen = \"{listen}\")\n")
+    } else {
+        String::new()
+    };
+    format!(
+        "# Sidecar client `{name}`: {acts_as}.\n\
+         #\n\
+         # 1. lark-auth's environment (keep the key secret; it is shown only now):\n\
+         export {key_env}={key}\n\
+         #\n\
+         # 2. lark-auth's config.toml (then restart lark-auth):\n\
+         {section}[[sidecar.clients]]\n\
+         name = \"{name}\"\n\
+         key_env = \"{key_env}\"\n\
+         open_id = \"{open_id}\"\n\
+         identities = {identities}\n\
+         #\n\
+         # 3. The sandbox's environment (lark-cli, MCP tools); no token or app secret there:\n\
+         export LARKSUITE_CLI_AUTH_PROXY={proxy_url}\n\
+         export LARKSUITE_CLI_PROXY_KEY={key}\n\
+         export LARKSUITE_CLI_APP_ID={app_id}\n\
+         export LARKSUITE_CLI_BRAND={brand}\n",
+        name = request.name,
+        key = key.expose(),
+    )
+}

@@ -92,6 +92,172 @@ pub struct Config {
     pub events: EventsConfig,
     /// `[proxy]`: the OpenAPI proxy ("Acting as the user", `crate::proxy`).
     pub proxy: ProxyConfig,
+    /// `[sidecar]` and its `[[sidecar.clients]]`: the official Lark CLI's auth-proxy door
+    /// of the OpenAPI proxy (`crate::proxy::sidecar`).
+    pub sidecar: SidecarConfig,
+}
+
+/// Shortest sidecar client key accepted, characters (the key is used as text bytes;
+/// `lark-auth sidecar new-client` makes 64 hex characters, 32 random bytes).
+pub const SIDECAR_MIN_KEY_LEN: usize = 32;
+
+/// `[sidecar]` section: the auth-proxy ("sidecar") listener of the official Lark CLI's
+/// protocol v1. Off unless `listen` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SidecarConfig {
+    /// Listen address, e.g. `127.0.0.1:16384`. Default `""`: off.
+    pub listen: String,
+    /// `[[sidecar.clients]]`: who may call, each with its own HMAC key.
+    pub clients: Vec<SidecarClientConfig>,
+}
+
+/// An identity a sidecar client may ask for (`X-Lark-Proxy-Identity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SidecarIdentity {
+    /// `user`: the bound user's `user_access_token`.
+    User,
+    /// `bot`: the app's `tenant_access_token`.
+    Bot,
+}
+
+impl SidecarIdentity {
+    /// `user` or `bot`, as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SidecarIdentity::User => "user",
+            SidecarIdentity::Bot => "bot",
+        }
+    }
+}
+
+/// One `[[sidecar.clients]]` entry.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SidecarClientConfig {
+    /// The client's name, in logs and metrics (unique). Required.
+    pub name: String,
+    /// Environment variable holding this client's HMAC key (at least
+    /// [`SIDECAR_MIN_KEY_LEN`] characters, used as text bytes). Required.
+    pub key_env: String,
+    /// The user this client acts as (`ou_…`); `""` (the default): the bot identity only.
+    pub open_id: String,
+    /// The identities it may ask for. Default `["user", "bot"]`.
+    pub identities: Vec<SidecarIdentity>,
+    /// The key, read from `key_env` by [`Config::resolve_sidecar_keys`]; never in the
+    /// file, never printed.
+    #[serde(skip)]
+    pub key: Option<Secret<String>>,
+}
+
+impl Default for SidecarClientConfig {
+    fn default() -> Self {
+        SidecarClientConfig {
+            name: String::new(),
+            key_env: String::new(),
+            open_id: String::new(),
+            identities: vec![SidecarIdentity::User, SidecarIdentity::Bot],
+            key: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for SidecarClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SidecarClientConfig")
+            .field("name", &self.name)
+            .field("key_env", &self.key_env)
+            .field("open_id", &self.open_id)
+            .field("identities", &self.identities)
+            .field("key", &self.key.as_ref().map(|_| crate::secret::REDACTED))
+            .finish()
+    }
+}
+
+impl SidecarConfig {
+    /// The listen address when the sidecar door is on (`listen` set).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for an address that does not parse.
+    pub fn listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.listen.trim().is_empty() {
+            return Ok(None);
+        }
+        self.listen
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| ConfigError::Invalid {
+                key: "sidecar.listen",
+                reason: format!(
+                    "`{}` is not an address such as 127.0.0.1:16384 (or \"\" for off)",
+                    self.listen.escape_debug()
+                ),
+            })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            }
+        }
+        self.listen_addr()?;
+        let mut names = std::collections::HashSet::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            let n = i + 1;
+            if c.name.trim().is_empty()
+                || !c
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return Err(invalid(
+                    "sidecar.clients.name",
+                    format!("client {n}: a name of letters, digits, `-`, `_` or `.` is required"),
+                ));
+            }
+            if !names.insert(c.name.as_str()) {
+                return Err(invalid(
+                    "sidecar.clients.name",
+                    format!("client {n}: `{}` is configured twice", c.name),
+                ));
+            }
+            if c.key_env.trim().is_empty() {
+                return Err(invalid(
+                    "sidecar.clients.key_env",
+                    format!(
+                        "client {n} ({}): name the environment variable holding its key",
+                        c.name
+                    ),
+                ));
+            }
+            // The platform's open_id shape (as `openapi::check_open_id`, a layer above).
+            let shaped = c.open_id.len() <= 64
+                && c.open_id.strip_prefix("ou_").is_some_and(|rest| {
+                    !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                });
+            if !c.open_id.is_empty() && !shaped {
+                return Err(invalid(
+                    "sidecar.clients.open_id",
+                    format!(
+                        "client {n} ({}): `{}` is not a user's open_id (`ou_` then letters, digits or `_`), or \"\" for the bot identity only",
+                        c.name,
+                        c.open_id.escape_debug()
+                    ),
+                ));
+            }
+            if c.identities.is_empty() {
+                return Err(invalid(
+                    "sidecar.clients.identities",
+                    format!("client {n} ({}): list \"user\", \"bot\" or both", c.name),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[proxy]` section: the OpenAPI proxy (`ANY /v1/openapi/{open_id}/open-apis/{path}`).
@@ -189,6 +355,9 @@ pub struct EndpointsConfig {
     pub open_base_url: Option<String>,
     /// Accounts host base (device authorization, authorize page).
     pub accounts_base_url: Option<String>,
+    /// MCP host base, e.g. `https://mcp.feishu.cn`: where the sidecar door sends calls
+    /// whose target is the brand's MCP host.
+    pub mcp_base_url: Option<String>,
 }
 
 /// `[auth]` section.
@@ -915,6 +1084,14 @@ pub fn default_accounts_base_url(brand: Brand) -> &'static str {
     }
 }
 
+/// Default MCP base of a brand.
+pub fn default_mcp_base_url(brand: Brand) -> &'static str {
+    match brand {
+        Brand::Feishu => "https://mcp.feishu.cn",
+        Brand::Lark => "https://mcp.larksuite.com",
+    }
+}
+
 impl Config {
     /// Parses TOML text. Unknown keys are errors (a typo must not be silently ignored).
     ///
@@ -952,6 +1129,16 @@ impl Config {
             .accounts_base_url
             .clone()
             .unwrap_or_else(|| default_accounts_base_url(self.app.brand).to_string())
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    /// The effective MCP base URL, without a trailing `/`.
+    pub fn mcp_base_url(&self) -> String {
+        self.endpoints
+            .mcp_base_url
+            .clone()
+            .unwrap_or_else(|| default_mcp_base_url(self.app.brand).to_string())
             .trim_end_matches('/')
             .to_string()
     }
@@ -1050,6 +1237,73 @@ impl Config {
         Ok(())
     }
 
+    /// Fills [`SidecarClientConfig::key`] of every `[[sidecar.clients]]` entry from the
+    /// variable its `key_env` names. `env` looks a variable up.
+    ///
+    /// # Errors
+    /// [`ConfigError::MissingEnv`] when a variable is unset or empty;
+    /// [`ConfigError::Invalid`] when a key is shorter than [`SIDECAR_MIN_KEY_LEN`] or two
+    /// clients have the same key (the client is the one whose key verifies). Messages
+    /// name the variable, never a value.
+    pub fn resolve_sidecar_keys(
+        &mut self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        for client in &mut self.sidecar.clients {
+            let key = env(&client.key_env)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| ConfigError::MissingEnv {
+                    what: "sidecar client key",
+                    env: client.key_env.clone(),
+                    key: "sidecar.clients.key_env",
+                })?;
+            client.key = Some(Secret::new(key));
+        }
+        self.check_sidecar_keys()
+    }
+
+    /// Checks that every `[[sidecar.clients]]` entry has its key resolved
+    /// ([`Config::resolve_sidecar_keys`], or set by an embedder), long enough, and unlike
+    /// every other client's.
+    ///
+    /// # Errors
+    /// [`ConfigError::MissingEnv`] or [`ConfigError::Invalid`] for the first client at
+    /// fault.
+    pub fn check_sidecar_keys(&self) -> Result<(), ConfigError> {
+        let clients = &self.sidecar.clients;
+        for (i, client) in clients.iter().enumerate() {
+            let Some(key) = &client.key else {
+                return Err(ConfigError::MissingEnv {
+                    what: "sidecar client key",
+                    env: client.key_env.clone(),
+                    key: "sidecar.clients.key_env",
+                });
+            };
+            if key.expose().chars().count() < SIDECAR_MIN_KEY_LEN {
+                return Err(ConfigError::Invalid {
+                    key: "sidecar.clients.key_env",
+                    reason: format!(
+                        "client {} ({}): the key in `{}` is shorter than {SIDECAR_MIN_KEY_LEN} characters (make one with `lark-auth sidecar new-client`)",
+                        i + 1,
+                        client.name,
+                        client.key_env
+                    ),
+                });
+            }
+            if let Some(other) = clients[..i].iter().find(|o| o.key == client.key) {
+                return Err(ConfigError::Invalid {
+                    key: "sidecar.clients.key_env",
+                    reason: format!(
+                        "clients `{}` and `{}` have the same key: each client needs its own",
+                        other.name, client.name
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Checks that every `[[events.forward]]` target naming an `encrypt_key_env` has its
     /// key resolved ([`Config::resolve_forward_keys`], or set by an embedder).
     ///
@@ -1085,6 +1339,7 @@ impl Config {
         for (key, value) in [
             ("endpoints.open_base_url", self.open_base_url()),
             ("endpoints.accounts_base_url", self.accounts_base_url()),
+            ("endpoints.mcp_base_url", self.mcp_base_url()),
         ] {
             match url::Url::parse(&value) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") => {}
@@ -1183,6 +1438,7 @@ impl Config {
         self.store.validate()?;
         self.events.validate()?;
         self.proxy.validate()?;
+        self.sidecar.validate()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
                 "log.level",
@@ -1240,6 +1496,107 @@ mod tests {
                 .find(|(n, _)| *n == k)
                 .map(|(_, v)| v.to_string())
         }
+    }
+
+    const SIDECAR: &str = r#"
+[sidecar]
+listen = "127.0.0.1:16384"
+[[sidecar.clients]]
+name = "agent-alice"
+key_env = "KEY_ALICE"
+open_id = "ou_alice_1"
+identities = ["user", "bot"]
+[[sidecar.clients]]
+name = "agent-bot"
+key_env = "KEY_BOT"
+"#;
+
+    #[test]
+    fn sidecar_clients_parse_with_defaults_and_keys_never_show() {
+        let mut config = Config::from_toml_str(SIDECAR).unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.sidecar.listen_addr().unwrap(),
+            Some("127.0.0.1:16384".parse().unwrap())
+        );
+        let bot = &config.sidecar.clients[1];
+        assert_eq!(bot.open_id, "");
+        assert_eq!(
+            bot.identities,
+            vec![SidecarIdentity::User, SidecarIdentity::Bot]
+        );
+        let alice_key = "a".repeat(64);
+        let bot_key = "b".repeat(64);
+        config
+            .resolve_sidecar_keys(|k| match k {
+                "KEY_ALICE" => Some(alice_key.clone()),
+                "KEY_BOT" => Some(bot_key.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            config.sidecar.clients[0].key.as_ref().unwrap().expose(),
+            &alice_key
+        );
+        let debug = format!("{config:?}");
+        let shown = serde_json::to_string(&config).unwrap();
+        for text in [&debug, &shown] {
+            assert!(!text.contains("aaaa"), "a key leaked: {text}");
+            assert!(!text.contains("bbbb"), "a key leaked: {text}");
+        }
+        assert!(debug.contains("agent-alice") && shown.contains("KEY_ALICE"));
+        // Off by default.
+        assert_eq!(Config::default().sidecar.listen_addr().unwrap(), None);
+    }
+
+    #[test]
+    fn bad_sidecar_settings_are_refused_naming_the_key() {
+        let refused = |text: String| match Config::from_toml_str(&text).unwrap().validate() {
+            Err(ConfigError::Invalid { key, reason }) => format!("{key}: {reason}"),
+            other => panic!("accepted {text}: {other:?}"),
+        };
+        assert!(
+            refused(SIDECAR.replace("127.0.0.1:16384", "localhost")).starts_with("sidecar.listen")
+        );
+        assert!(refused(SIDECAR.replace("agent-bot", "agent-alice")).contains("configured twice"));
+        assert!(
+            refused(SIDECAR.replace("ou_alice_1", "alice")).starts_with("sidecar.clients.open_id")
+        );
+        assert!(
+            refused(SIDECAR.replace("\"user\", \"bot\"", ""))
+                .starts_with("sidecar.clients.identities")
+        );
+        assert!(refused(SIDECAR.replace("KEY_BOT", "")).starts_with("sidecar.clients.key_env"));
+        assert!(Config::from_toml_str(&SIDECAR.replace("\"user\", \"bot\"", "\"admin\"")).is_err());
+
+        let mut config = Config::from_toml_str(SIDECAR).unwrap();
+        let missing = config
+            .resolve_sidecar_keys(env_of(&[("KEY_ALICE", "0123456789abcdef0123456789abcdef")]))
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("KEY_BOT"), "{missing}");
+        let short = config
+            .resolve_sidecar_keys(env_of(&[
+                ("KEY_ALICE", "0123456789abcdef0123456789abcdef"),
+                ("KEY_BOT", "short-key"),
+            ]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            short.contains("shorter than 32") && !short.contains("short-key"),
+            "{short}"
+        );
+        let same = config
+            .resolve_sidecar_keys(env_of(&[
+                ("KEY_ALICE", "0123456789abcdef0123456789abcdef"),
+                ("KEY_BOT", "0123456789abcdef0123456789abcdef"),
+            ]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            same.contains("same key") && !same.contains("0123"),
+            "{same}"
+        );
     }
 
     #[test]

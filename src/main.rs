@@ -198,6 +198,13 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// The sidecar door for sandboxed agents (the official Lark CLI's auth proxy): set up
+    /// its clients. The door itself runs inside `serve` when [sidecar] listen is set
+    /// (docs/operations.md, "Act as the user from an agent sandbox").
+    ///
+    /// Example: lark-auth sidecar new-client agent-alice --open-id ou_7d8a6e6df7621556ce0d21922b676706ccs
+    #[command(subcommand)]
+    Sidecar(SidecarCommand),
     /// Watch a running server live: the long connection, events per second, sessions by
     /// state, grants by status, the refresh backlog, the token endpoint's use against its
     /// budget and the recent failures, from /metrics and the control API, redrawn every
@@ -215,6 +222,42 @@ enum Command {
         once: bool,
         #[command(flatten)]
         server: ServerArgs,
+    },
+}
+
+/// `lark-auth sidecar …`.
+#[derive(Debug, Subcommand)]
+enum SidecarCommand {
+    /// Make a new sidecar client: prints a fresh random key (32 bytes from the OS CSPRNG,
+    /// 64 hex characters), the line that puts it in lark-auth's environment, the
+    /// [[sidecar.clients]] lines to add to config.toml, and the environment of the sandbox
+    /// where lark-cli (or an MCP tool) runs: LARKSUITE_CLI_AUTH_PROXY,
+    /// LARKSUITE_CLI_PROXY_KEY, LARKSUITE_CLI_APP_ID, LARKSUITE_CLI_BRAND. The sandbox then
+    /// acts as that user (and as the app) with no token and no app secret: lark-auth
+    /// verifies each signed request and injects a fresh token.
+    ///
+    /// Nothing is written or sent: add the lines yourself and restart lark-auth. The key
+    /// is shown only this once. Exits 0, 2 on bad arguments or an unreadable config.
+    ///
+    /// Example: lark-auth sidecar new-client agent-alice --open-id ou_7d8a6e6df7621556ce0d21922b676706ccs
+    NewClient {
+        /// The client's name (letters, digits, `-`, `_`, `.`): shown in audit lines, and
+        /// names the key's variable (LARK_AUTH_SIDECAR_KEY_<NAME>).
+        #[arg(value_parser = parse_client_name)]
+        name: String,
+        /// The user this client acts as (ou_…). Without it the client may only use the
+        /// app's identity (bot).
+        #[arg(long, value_parser = parse_open_id)]
+        open_id: Option<String>,
+        /// The proxy address as the sandbox reaches lark-auth (LARKSUITE_CLI_AUTH_PROXY),
+        /// e.g. http://host.docker.internal:16384. Default: http:// + [sidecar] listen (or
+        /// 127.0.0.1:16384).
+        #[arg(long, value_name = "URL")]
+        proxy_url: Option<String>,
+        /// Configuration to read the brand, the app id and [sidecar] listen from.
+        /// Default: ./config.toml when it exists, else the built-in defaults.
+        #[arg(long, short, value_name = "PATH")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -279,6 +322,12 @@ fn main() -> ExitCode {
         Command::Revoke { open_id, server } => client_command(&server, |client| async move {
             lark_auth::cli::revoke(&client, &open_id, &mut std::io::stdout()).await
         }),
+        Command::Sidecar(SidecarCommand::NewClient {
+            name,
+            open_id,
+            proxy_url,
+            config,
+        }) => sidecar_new_client(name, open_id, proxy_url, config.as_deref()),
         Command::Top { once, server } => client_command(&server, |client| async move {
             if once {
                 lark_auth::top::once(&client, &mut std::io::stdout()).await
@@ -295,6 +344,52 @@ fn parse_open_id(value: &str) -> Result<String, String> {
     lark_auth::openapi::check_open_id(value)
         .map(|()| value.to_string())
         .map_err(|e| e.to_string())
+}
+
+/// Refuses a sidecar client name that could not be a config name or a variable suffix.
+fn parse_client_name(value: &str) -> Result<String, String> {
+    if !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        Ok(value.to_string())
+    } else {
+        Err("use letters, digits, `-`, `_` or `.`".to_string())
+    }
+}
+
+/// `sidecar new-client`: prints the key, the config lines and the sandbox's environment.
+fn sidecar_new_client(
+    name: String,
+    open_id: Option<String>,
+    proxy_url: Option<String>,
+    path: Option<&Path>,
+) -> ExitCode {
+    let default = Path::new(DEFAULT_CONFIG);
+    let config = match path {
+        Some(path) => Config::from_file(path),
+        None if default.exists() => Config::from_file(default),
+        None => Ok(Config::default()),
+    };
+    let config = match config {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("lark-auth: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let request = lark_auth::cli::NewSidecarClient {
+        name,
+        open_id,
+        proxy_url,
+    };
+    let key = lark_auth::cli::new_sidecar_key();
+    print!(
+        "{}",
+        lark_auth::cli::sidecar_new_client_text(&request, &key, &config, |k| std::env::var(k).ok())
+    );
+    ExitCode::SUCCESS
 }
 
 /// Runs one client subcommand on a fresh actix System; prints a failure on stderr and
@@ -331,6 +426,7 @@ fn load_config(path: Option<&Path>) -> Result<Config, lark_auth::config::ConfigE
     config.resolve_credentials(|k| std::env::var(k).ok())?;
     config.resolve_store_url(|k| std::env::var(k).ok())?;
     config.resolve_forward_keys(|k| std::env::var(k).ok())?;
+    config.resolve_sidecar_keys(|k| std::env::var(k).ok())?;
     Ok(config)
 }
 

@@ -753,19 +753,7 @@ async fn openapi_proxy(
 ) -> Result<HttpResponse, ApiError> {
     use crate::proxy::{Identity, ProxyError, ProxyRequest};
     state.authorize(&req)?;
-    let proxy_error = |e: ProxyError| match e {
-        ProxyError::RefreshFailed { retry_after } => {
-            let secs = retry_after.as_millis().div_ceil(1000).max(1) as u64;
-            HttpResponse::ServiceUnavailable()
-                .insert_header(("Retry-After", secs.to_string()))
-                .json(serde_json::json!({
-                    "error": e.code(),
-                    "message": e.to_string(),
-                    "retry_after_secs": secs,
-                }))
-        }
-        e => ApiError::new(e.status(), e.code(), e.to_string()).error_response(),
-    };
+    let proxy_error = |e: ProxyError| e.to_response();
     // The raw path, as sent: `/v1/openapi/{open_id}` then `/open-apis/…`.
     let raw = req.uri().path();
     let rest = raw.strip_prefix("/v1/openapi/").unwrap_or_default();
@@ -796,6 +784,8 @@ async fn openapi_proxy(
         caller: "api_token".to_string(),
         identity,
         method: req.method().clone(),
+        base_url: None,
+        auth_header: crate::proxy::AuthHeader::Authorization,
         path_and_query,
         headers: req.headers().clone(),
         body,

@@ -7,10 +7,13 @@
 //!    flight) for a user — no grant → [`ProxyError::NoGrant`], `needs_reauth` / revoked →
 //!    [`ProxyError::NeedsReauth`], nothing sent — or the cached `tenant_access_token` for
 //!    the app;
-//! 2. the request goes to `{open_base_url}{path and query}` (the configured base, never a
-//!    host from the request) with the caller's headers minus its own auth and proxy
-//!    headers ([`FORWARD_DROPPED`], `x-lark-proxy-*`) and the hop-by-hop ones, plus
-//!    `Authorization: Bearer <token>`; the body is the one buffered by [`read_body`];
+//! 2. the request goes to `{base}{path and query}` (the configured `open_base_url`, or the
+//!    configured base the sidecar door mapped the target host onto: never a host from
+//!    the request) with the caller's headers minus its own auth and proxy headers
+//!    ([`FORWARD_DROPPED`], `x-lark-proxy-*`) and the hop-by-hop ones, plus the token in
+//!    its [`AuthHeader`] (`Authorization: Bearer <token>`, or the bare token in
+//!    `X-Lark-MCP-UAT` / `X-Lark-MCP-TAT`); the body is the one buffered by
+//!    [`read_body`];
 //! 3. the answer streams back as it arrives: status and headers (but hop-by-hop ones)
 //!    unchanged, the body never buffered — except a small JSON error answer (status ≥
 //!    400, JSON content type, at most [`PEEK_LIMIT`] bytes), which is read to find the
@@ -45,6 +48,9 @@ use crate::tokens::{GetToken, GetTokenError, RefreshRejected, TokenService};
 /// Largest error answer read to find its platform `code`, bytes (64 KiB; the platform's
 /// error bodies are well under 1 KiB).
 pub const PEEK_LIMIT: usize = 64 * 1024;
+
+/// Largest slice of a held request body written upstream at once, bytes (64 KiB).
+pub const SEND_SLICE: usize = 64 * 1024;
 
 /// How far past `proxy.max_body_bytes` a body is still read (and dropped) before `413`
 /// is answered, bytes (8 MiB): a client that sends the whole body before reading the
@@ -141,6 +147,42 @@ impl ProxySettings {
     }
 }
 
+/// Where the token goes in the forwarded request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthHeader {
+    /// `Authorization: Bearer <token>` (the REST door always; the sidecar door's
+    /// `X-Lark-Proxy-Auth-Header: Authorization`).
+    #[default]
+    Authorization,
+    /// `X-Lark-MCP-UAT: <token>` (the bare user token, MCP calls).
+    McpUat,
+    /// `X-Lark-MCP-TAT: <token>` (the bare tenant token, MCP calls).
+    McpTat,
+}
+
+impl AuthHeader {
+    /// The header's wire name (as the sidecar protocol spells it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthHeader::Authorization => "Authorization",
+            AuthHeader::McpUat => "X-Lark-MCP-UAT",
+            AuthHeader::McpTat => "X-Lark-MCP-TAT",
+        }
+    }
+
+    /// The allowed header named `name` (exact spelling of the protocol); `None` for any
+    /// other.
+    pub fn parse(name: &str) -> Option<AuthHeader> {
+        [
+            AuthHeader::Authorization,
+            AuthHeader::McpUat,
+            AuthHeader::McpTat,
+        ]
+        .into_iter()
+        .find(|h| h.as_str() == name)
+    }
+}
+
 /// One call to forward.
 #[derive(Debug)]
 pub struct ProxyRequest {
@@ -152,6 +194,11 @@ pub struct ProxyRequest {
     pub identity: Identity,
     /// HTTP method.
     pub method: Method,
+    /// The base URL it goes to, without a trailing `/` (a configured one, never a host
+    /// named by the caller); `None`: `endpoints.open_base_url`.
+    pub base_url: Option<String>,
+    /// Where the token goes.
+    pub auth_header: AuthHeader,
     /// `/open-apis/…` with the query, as received (checked by
     /// [`check_path`](super::check_path)).
     pub path_and_query: String,
@@ -395,7 +442,11 @@ impl Forwarder {
         request: &ProxyRequest,
         token: &Token,
     ) -> Result<awc::ClientResponse, ProxyError> {
-        let url = format!("{}{}", self.settings.open_base_url, request.path_and_query);
+        let base = request
+            .base_url
+            .as_deref()
+            .unwrap_or(&self.settings.open_base_url);
+        let url = format!("{base}{}", request.path_and_query);
         let mut upstream = self.http.request(request.method.clone(), url);
         let named_by_connection = connection_named(&request.headers);
         for (name, value) in &request.headers {
@@ -403,9 +454,34 @@ impl Forwarder {
                 upstream = upstream.append_header((name.clone(), value.clone()));
             }
         }
-        upstream =
-            upstream.insert_header((header::AUTHORIZATION, format!("Bearer {}", token.expose())));
-        match upstream.send_body(request.body.clone()).await {
+        upstream = match request.auth_header {
+            AuthHeader::Authorization => upstream
+                .insert_header((header::AUTHORIZATION, format!("Bearer {}", token.expose()))),
+            AuthHeader::McpUat => {
+                upstream.insert_header(("X-Lark-MCP-UAT", token.expose().as_str()))
+            }
+            AuthHeader::McpTat => {
+                upstream.insert_header(("X-Lark-MCP-TAT", token.expose().as_str()))
+            }
+        };
+        // A large body goes out as slices of the held one (no copy of it): written whole,
+        // it would be copied into the connection's write buffer, doubling the memory
+        // of an upload in flight.
+        let sent = if request.body.len() > SEND_SLICE {
+            let body = request.body.clone();
+            let slices = (0..body.len()).step_by(SEND_SLICE).map(move |at| {
+                Ok::<_, std::convert::Infallible>(body.slice(at..(at + SEND_SLICE).min(body.len())))
+            });
+            upstream
+                .send_body(SizedStream::new(
+                    request.body.len() as u64,
+                    futures_util::stream::iter(slices),
+                ))
+                .await
+        } else {
+            upstream.send_body(request.body.clone()).await
+        };
+        match sent {
             Ok(answer) => Ok(answer),
             Err(awc::error::SendRequestError::Timeout) => Err(ProxyError::UpstreamTimeout),
             Err(e) => Err(ProxyError::Upstream(e.to_string())),

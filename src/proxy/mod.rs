@@ -6,12 +6,15 @@
 //! `tenant_access_token`), sends the call to the configured OpenAPI base URL (never a
 //! host named by the request), and streams the platform's answer back unchanged. Front
 //! doors: the control API route `ANY /v1/openapi/{open_id}/open-apis/{path}`
-//! (`crate::http`); the sidecar door of the official Lark CLI is not built yet.
+//! (`crate::http`), and the auth-proxy ("sidecar") protocol v1 of the official Lark CLI
+//! on its own listener ([`sidecar`]).
 //!
 //! - [`forwarder`]: the [`Forwarder`] (one per HTTP worker thread), its request
 //!   ([`ProxyRequest`]), the request-body reader with its limit ([`read_body`]), the
 //!   header rules and the token-freshness retry;
 //! - [`tenant`]: the [`TenantTokenService`] actor, the app identity's token;
+//! - [`sidecar`]: the sidecar door (request verification in the protocol's order, the
+//!   clients and their keys, the target host mapping, its listener);
 //! - [`scopes`]: the [`ScopeAuthorizer`] actor, authorizations for missing scopes
 //!   (99991679) merged per user, at most one per 30 s;
 //! - here: the layer's one error enum ([`ProxyError`]), the [`Identity`] a call is made
@@ -19,13 +22,14 @@
 
 pub mod forwarder;
 pub mod scopes;
+pub mod sidecar;
 pub mod tenant;
 
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
 
-pub use forwarder::{Forwarder, ProxyRequest, ProxySettings, read_body};
+pub use forwarder::{AuthHeader, Forwarder, ProxyRequest, ProxySettings, read_body};
 pub use scopes::{ScopeAuthorizer, ScopesMissing};
 pub use tenant::{GetTenantToken, TenantTokenService};
 
@@ -106,13 +110,69 @@ pub enum ProxyError {
     /// This front was started without the proxy or its actors stopped: `503 unavailable`.
     #[error("the OpenAPI proxy is not running")]
     Unavailable,
+    /// Sidecar door: `X-Lark-Proxy-Version` is not `v1`: `400 unsupported_version`.
+    #[error("unsupported X-Lark-Proxy-Version `{0}`: this proxy speaks v1")]
+    UnsupportedVersion(String),
+    /// Sidecar door: a required protocol header is absent: `400 missing_header`.
+    #[error("missing header {0}")]
+    MissingHeader(&'static str),
+    /// Sidecar door: `X-Lark-Proxy-Timestamp` is not unix seconds within 60 s of now:
+    /// `401 invalid_timestamp`.
+    #[error("X-Lark-Proxy-Timestamp {0}")]
+    InvalidTimestamp(&'static str),
+    /// Sidecar door: the body's SHA-256 is not `X-Lark-Body-SHA256`: `400
+    /// body_sha256_mismatch`.
+    #[error("the body's SHA-256 does not match X-Lark-Body-SHA256")]
+    BodyHashMismatch,
+    /// Sidecar door: `X-Lark-Proxy-Target` is not an https origin: `403 invalid_target`.
+    #[error("invalid X-Lark-Proxy-Target: {0}")]
+    InvalidTarget(&'static str),
+    /// Sidecar door: no client's key verifies `X-Lark-Proxy-Signature`: `401
+    /// invalid_signature`.
+    #[error("HMAC verification failed: no client key verifies the signature")]
+    InvalidSignature,
+    /// Sidecar door: the target host is not one of the brand's open, accounts and mcp
+    /// hosts: `403 target_host_not_allowed`.
+    #[error("target host not allowed: {0}")]
+    HostNotAllowed(String),
+    /// Sidecar door: the client may not ask for this identity (`identities` of its
+    /// `[[sidecar.clients]]` entry, or not `user` / `bot`): `403 identity_not_allowed`.
+    #[error("identity `{identity}` not allowed for client {client}")]
+    IdentityNotAllowed {
+        /// The client's name.
+        client: String,
+        /// The identity asked for.
+        identity: String,
+    },
+    /// Sidecar door: a client bound to no user asked for the `user` identity: `403
+    /// no_user_bound` (never another user's token).
+    #[error(
+        "client {0} is bound to no user (its open_id is \"\"): only the bot identity is served"
+    )]
+    NoUserBound(String),
+    /// Sidecar door: `X-Lark-Proxy-Auth-Header` is not `Authorization`, `X-Lark-MCP-UAT`
+    /// (with `user`) or `X-Lark-MCP-TAT` (with `bot`): `403 auth_header_not_allowed`.
+    #[error("auth-header not allowed: {0}")]
+    AuthHeaderNotAllowed(String),
 }
 
 impl ProxyError {
     /// The HTTP status of the answer.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::InvalidPath(_) | ProxyError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            ProxyError::InvalidPath(_)
+            | ProxyError::BodyRead(_)
+            | ProxyError::UnsupportedVersion(_)
+            | ProxyError::MissingHeader(_)
+            | ProxyError::BodyHashMismatch => StatusCode::BAD_REQUEST,
+            ProxyError::InvalidTimestamp(_) | ProxyError::InvalidSignature => {
+                StatusCode::UNAUTHORIZED
+            }
+            ProxyError::InvalidTarget(_)
+            | ProxyError::HostNotAllowed(_)
+            | ProxyError::IdentityNotAllowed { .. }
+            | ProxyError::NoUserBound(_)
+            | ProxyError::AuthHeaderNotAllowed(_) => StatusCode::FORBIDDEN,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoGrant(_) => StatusCode::NOT_FOUND,
             ProxyError::NeedsReauth { .. } => StatusCode::CONFLICT,
@@ -137,7 +197,33 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::Upstream(_) => "upstream_unreachable",
             ProxyError::Unavailable => "unavailable",
+            ProxyError::UnsupportedVersion(_) => "unsupported_version",
+            ProxyError::MissingHeader(_) => "missing_header",
+            ProxyError::InvalidTimestamp(_) => "invalid_timestamp",
+            ProxyError::BodyHashMismatch => "body_sha256_mismatch",
+            ProxyError::InvalidTarget(_) => "invalid_target",
+            ProxyError::InvalidSignature => "invalid_signature",
+            ProxyError::HostNotAllowed(_) => "target_host_not_allowed",
+            ProxyError::IdentityNotAllowed { .. } => "identity_not_allowed",
+            ProxyError::NoUserBound(_) => "no_user_bound",
+            ProxyError::AuthHeaderNotAllowed(_) => "auth_header_not_allowed",
         }
+    }
+
+    /// The JSON answer: `{"error": code, "message": text}` with [`ProxyError::status`];
+    /// `503 refresh_failed` adds `Retry-After` and `retry_after_secs`.
+    pub fn to_response(&self) -> actix_web::HttpResponse {
+        let mut body = serde_json::json!({
+            "error": self.code(),
+            "message": self.to_string(),
+        });
+        let mut answer = actix_web::HttpResponse::build(self.status());
+        if let ProxyError::RefreshFailed { retry_after } = self {
+            let secs = retry_after.as_millis().div_ceil(1000).max(1) as u64;
+            answer.insert_header(("Retry-After", secs.to_string()));
+            body["retry_after_secs"] = serde_json::Value::from(secs);
+        }
+        answer.json(body)
     }
 }
 
@@ -189,6 +275,19 @@ pub fn mask_path(path_and_query: &str) -> String {
 pub fn check_path(path: &str) -> Result<(), ProxyError> {
     if !path.starts_with("/open-apis/") {
         return Err(ProxyError::InvalidPath("must start with /open-apis/"));
+    }
+    check_segments(path)
+}
+
+/// Checks that an absolute path has no `.` or `..` segment and no encoded separator (the
+/// sidecar door's calls to the accounts and MCP hosts, which are not under
+/// `/open-apis/`).
+///
+/// # Errors
+/// [`ProxyError::InvalidPath`].
+pub fn check_segments(path: &str) -> Result<(), ProxyError> {
+    if !path.starts_with('/') {
+        return Err(ProxyError::InvalidPath("must start with /"));
     }
     for segment in path.split('/') {
         let lower = segment.to_ascii_lowercase().replace("%2e", ".");

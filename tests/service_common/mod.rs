@@ -39,7 +39,7 @@ pub async fn start_instance() -> Instance {
 }
 
 /// A service after `adjust` changed the sandbox's settings and the service's `refresh`,
-/// `events` and `proxy`, connected.
+/// `events`, `proxy` and `sidecar` (every base URL is the sandbox's), connected.
 pub async fn start_instance_with(adjust: impl FnOnce(&mut SandboxConfig, &mut Config)) -> Instance {
     let mut sandbox_config = sessions_common::sandbox_config();
     let mut config = Config::default();
@@ -49,10 +49,13 @@ pub async fn start_instance_with(adjust: impl FnOnce(&mut SandboxConfig, &mut Co
     let refresh = config.refresh.clone();
     let events = config.events.clone();
     let proxy = config.proxy.clone();
+    let sidecar = config.sidecar.clone();
     let mut config = Config::for_tests(&sandbox.base_url());
     config.refresh = refresh;
     config.events = events;
     config.proxy = proxy;
+    config.sidecar = sidecar;
+    config.endpoints.mcp_base_url = Some(sandbox.base_url());
     config.vault.path = dir.path().join("vault");
     config.http.listen = "127.0.0.1:0".parse().unwrap();
     let handle = LarkAuth::start_with(
