@@ -439,12 +439,13 @@ fn listen_application_name(schema: &str) -> String {
     format!("lark-auth-listen {schema}")
 }
 
-/// One `LISTEN` connection: tells `hook` `None` once listening, then every grant write
-/// of `schema` until the connection ends.
+/// One `LISTEN` connection: tells `hook` `None` once listening (and sets `listened`),
+/// then every grant write of `schema` until the connection ends.
 async fn listen(
     config: &tokio_postgres::Config,
     schema: &str,
     hook: &super::GrantWatchHook,
+    listened: &mut bool,
 ) -> Result<(), tokio_postgres::Error> {
     use futures_util::StreamExt as _;
     let (client, mut connection) = config.connect(NoTls).await?;
@@ -467,6 +468,7 @@ async fn listen(
     client
         .batch_execute(&format!("LISTEN {GRANTS_CHANNEL}"))
         .await?;
+    *listened = true;
     // Writes made before this point were not heard: forget what is cached.
     hook(None);
     while let Some(payload) = rx.recv().await {
@@ -946,14 +948,23 @@ impl Store for PostgresStore {
             hook(key);
         });
         self.shared.runtime.spawn(async move {
+            // Logged once per outage (a down server is retried every second), not per try.
+            let mut failing = false;
             loop {
-                match listen(&config, &schema, &hook).await {
-                    Ok(()) => {}
-                    Err(e) => tracing::warn!(
+                let mut listened = false;
+                let result = listen(&config, &schema, &hook, &mut listened).await;
+                if listened && failing {
+                    tracing::info!(store = %location, "grant notifications heard again");
+                    failing = false;
+                }
+                if !failing {
+                    let error = result.err().map(|e| one_line(&e).to_string());
+                    tracing::warn!(
                         store = %location,
-                        error = %one_line(&e),
-                        "grant notifications interrupted; listening again (cached tokens forgotten)"
-                    ),
+                        error = error.as_deref().unwrap_or("connection closed"),
+                        "grant notifications interrupted; listening again every second (cached tokens forgotten)"
+                    );
+                    failing = true;
                 }
                 hook(None);
                 tokio::time::sleep(LISTEN_RETRY).await;
