@@ -18,6 +18,9 @@
 //!   instances marking the same event at once get one `true`. A mark is stored under its
 //!   16-byte [`mark_key`]; the cap ([`Store::trim_marks`]) counts the table and deletes the
 //!   oldest by the `expires_ms` index, whole buckets of [`MARK_BUCKET_MS`].
+//! - Outbox leases: each row has an `owner` and `lease_until_ms`; a claim is one `UPDATE
+//!   … WHERE (target, event_id) IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING …`, so
+//!   instances claiming at once each take different rows.
 //!
 //! Why a runtime of its own: the [`Store`] trait blocks and is called from `SyncArbiter`
 //! threads and, at start, from the System's own thread. The client is tokio-postgres with a
