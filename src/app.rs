@@ -47,7 +47,9 @@ use crate::connection::{
     ConnectionActor, ConnectionError, ConnectionOutputs, ConnectionState, EventReceived, Shutdown,
     StateReport, StateWatch,
 };
-use crate::events::gateway::{EventGateway, ForwardStatus, GatewaySettings, GetForwardStatus};
+use crate::events::gateway::{
+    EventGateway, ForwardStatus, GatewaySettings, GetForwardStatus, StopGateway,
+};
 use crate::http::{self, ControlState, HttpFront};
 use crate::metrics::Metrics;
 use crate::openapi::OpenApiClient;
@@ -705,7 +707,8 @@ impl Handle {
 
     /// Stops gracefully within about `grace`: the connection closes after its queued
     /// acks, sessions are persisted (they resume on the next start), the store is flushed,
-    /// the HTTP front stops.
+    /// the event gateway stops (undelivered entries stay in the outbox), the HTTP front
+    /// stops.
     pub async fn shutdown(mut self, grace: Duration) {
         self.connection.do_send(Shutdown);
         let stopped = self
@@ -713,6 +716,11 @@ impl Handle {
             .wait_for(|r| matches!(r.state, ConnectionState::Stopped | ConnectionState::Failed));
         let _ = tokio::time::timeout(grace, stopped).await;
         let _ = tokio::time::timeout(grace, self.router.send(StopRouter)).await;
+        if let Some(gateway) = &self.gateway {
+            // Its entries stay in the store (on PostgreSQL, another instance takes them
+            // over once their lease lapses).
+            let _ = tokio::time::timeout(grace, gateway.send(StopGateway)).await;
+        }
         if let Some(http) = self.http.take() {
             http.handle.stop(true).await;
         }

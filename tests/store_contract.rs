@@ -25,6 +25,11 @@ pub trait Backend {
     /// A new handle on the store (drop the previous one first for sled: one handle per
     /// directory).
     fn open(&self) -> Arc<dyn Store>;
+
+    /// Whether other processes may share the store (outbox entries have owners).
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// sled in a temporary directory.
@@ -62,6 +67,10 @@ impl Postgres {
 impl Backend for Postgres {
     fn open(&self) -> Arc<dyn Store> {
         Arc::new(PostgresStore::open(&self.server.options("lark_auth")).unwrap())
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 }
 
@@ -118,6 +127,10 @@ macro_rules! contract_suite {
             #[test]
             fn outbox_retry_state_paging_and_invalid_keys() {
                 cases::outbox_retry_state_paging_and_invalid_keys(&$make);
+            }
+            #[test]
+            fn outbox_entries_are_claimed_under_leases_when_the_store_is_shared() {
+                cases::outbox_entries_are_claimed_under_leases_when_the_store_is_shared(&$make);
             }
             #[test]
             fn over_the_cap_the_oldest_bucket_is_dropped_whole_first() {
@@ -623,6 +636,115 @@ mod cases {
             .collect()
     }
 
+    /// Shared (PostgreSQL): entries written by an instance are its own; a claim takes the
+    /// entries without owner and those whose owner's lease lapsed, never an instance's own
+    /// or a live one's, and hands them over with their retry state; a renewal keeps them.
+    /// One process (sled): a claim is the whole outbox, as the start reads it back today.
+    pub fn outbox_entries_are_claimed_under_leases_when_the_store_is_shared(backend: &dyn Backend) {
+        let (t1, t2) = ("http://127.0.0.1:9/a", "http://127.0.0.1:9/b");
+        let store = backend.open();
+        assert_eq!(
+            store
+                .outbox_put_owned(
+                    &[outbox_event("ev_1", &[t1, t2])],
+                    "a",
+                    10_000,
+                    90_000,
+                    1_000
+                )
+                .unwrap(),
+            [true]
+        );
+        // A redelivery is not stored again, whoever writes it.
+        assert_eq!(
+            store
+                .outbox_put_owned(&[outbox_event("ev_1", &[t1])], "b", 10_000, 90_000, 1_500)
+                .unwrap(),
+            [false]
+        );
+        // Written without owner (e.g. copied by `store migrate`).
+        assert_eq!(
+            store
+                .outbox_put(&[outbox_event("ev_0", &[t1])], 90_000, 500)
+                .unwrap(),
+            [true]
+        );
+        let retry = OutboxRetry {
+            attempts: 2,
+            next_attempt_ms: 4_000,
+            dead_at_ms: None,
+        };
+        assert!(store.outbox_update(t1, "ev_0", retry).unwrap());
+        let all = store.outbox_list(None, 100).unwrap();
+        assert_eq!(all.len(), 3);
+
+        if !backend.shared() {
+            for owner in ["a", "b"] {
+                assert_eq!(store.outbox_claim(owner, 20_000, 5_000, 100).unwrap(), all);
+            }
+            assert_eq!(store.outbox_claim("b", 20_000, 5_000, 2).unwrap(), all[..2]);
+            assert_eq!(store.outbox_renew("a", 30_000).unwrap(), 0);
+            return;
+        }
+
+        // B takes the entry without owner (with its retry state), not A's live ones.
+        let claimed = store.outbox_claim("b", 20_000, 5_000, 100).unwrap();
+        assert_eq!(keys(&claimed), [(t1.to_string(), "ev_0".to_string())]);
+        assert_eq!(
+            (claimed[0].attempts, claimed[0].next_attempt_ms),
+            (2, 4_000)
+        );
+        assert_eq!(claimed[0].payload, b"{\"event_id\":\"ev_0\"}");
+        // Nothing more for B (its own entry is not handed back) nor for C (all live).
+        assert!(
+            store
+                .outbox_claim("b", 20_000, 5_000, 100)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .outbox_claim("c", 20_000, 9_999, 100)
+                .unwrap()
+                .is_empty()
+        );
+        // A renews its two entries past the end of its first lease: still its own.
+        assert_eq!(store.outbox_renew("a", 30_000).unwrap(), 2);
+        assert_eq!(store.outbox_renew("nobody", 30_000).unwrap(), 0);
+        assert!(
+            store
+                .outbox_claim("c", 40_000, 15_000, 100)
+                .unwrap()
+                .is_empty()
+        );
+        // B's lease lapsed (20 000 < 25 000): C takes its entry.
+        let claimed = store.outbox_claim("c", 40_000, 25_000, 100).unwrap();
+        assert_eq!(keys(&claimed), [(t1.to_string(), "ev_0".to_string())]);
+        assert_eq!(store.outbox_renew("b", 50_000).unwrap(), 0, "B lost it");
+        // A's lapsed too (30 000 < 31 000): taken oldest first, `limit` at a time.
+        let first = store.outbox_claim("c", 60_000, 31_000, 1).unwrap();
+        let second = store.outbox_claim("c", 60_000, 31_000, 1).unwrap();
+        assert_eq!(
+            [keys(&first), keys(&second)].concat(),
+            [
+                (t1.to_string(), "ev_1".to_string()),
+                (t2.to_string(), "ev_1".to_string())
+            ]
+        );
+        assert!(
+            store
+                .outbox_claim("c", 60_000, 31_000, 1)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.outbox_renew("c", 70_000).unwrap(), 3);
+        assert_eq!(
+            store.outbox_list(None, 100).unwrap().len(),
+            3,
+            "nothing lost"
+        );
+    }
+
     /// One entry per target; a redelivery (same event id, mark alive) is not stored again,
     /// even after its entries were delivered and removed; entries outlive a reopen.
     pub fn the_outbox_takes_an_event_once_per_event_id_and_survives_reopen(backend: &dyn Backend) {
@@ -843,7 +965,8 @@ mod postgres_only {
         drop(store);
         // Back to version 2's marks table, holding a mark in the old form.
         server.psql(
-            "BEGIN; DELETE FROM lark_auth.schema_version WHERE version = 3; \
+            "BEGIN; DELETE FROM lark_auth.schema_version WHERE version >= 3; \
+             ALTER TABLE lark_auth.outbox DROP COLUMN owner, DROP COLUMN lease_until_ms; \
              DROP TABLE lark_auth.marks; \
              CREATE TABLE lark_auth.marks (mark bytea PRIMARY KEY, expires_ms bigint NOT NULL, value bytea); \
              CREATE INDEX marks_expiry ON lark_auth.marks (expires_ms); \
@@ -869,6 +992,86 @@ mod postgres_only {
         assert_eq!((grant.version, grant.payload.as_slice()), (1, &b"kept"[..]));
         assert_eq!(store.get_session("as_1").unwrap(), Some(b"s".to_vec()));
         assert!(store.disk_bytes().unwrap().unwrap() > 0);
+    }
+
+    /// Version 4 (outbox owners and leases) on a schema of version 3: the entries are
+    /// kept, without owner, and the first instance to claim takes them.
+    #[test]
+    fn the_upgrade_to_outbox_leases_keeps_entries_for_the_first_claim() {
+        let server = pg_common::TestPostgres::start();
+        let store = PostgresStore::open(&server.options("lark_auth")).unwrap();
+        let event = OutboxEvent {
+            event_id: "ev_old".into(),
+            event_type: "im.message.receive_v1".into(),
+            targets: vec!["http://127.0.0.1:9/a".into()],
+            payload: b"{}".to_vec(),
+        };
+        store
+            .outbox_put_owned(&[event], "old", 9_000_000_000_000, 9_000_000_000_000, 1)
+            .unwrap();
+        drop(store);
+        server.psql(
+            "BEGIN; DELETE FROM lark_auth.schema_version WHERE version = 4; \
+             ALTER TABLE lark_auth.outbox DROP COLUMN owner, DROP COLUMN lease_until_ms; \
+             COMMIT;",
+        );
+        let store = PostgresStore::open(&server.options("lark_auth")).unwrap();
+        assert_eq!(
+            server.psql("SELECT max(version) FROM lark_auth.schema_version"),
+            "4"
+        );
+        let claimed = store.outbox_claim("new", 20_000, 10, 100).unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].event_id, "ev_old");
+        assert!(
+            store
+                .outbox_claim("other", 20_000, 10, 100)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    /// Two instances claiming one backlog at once, a few entries at a time: each entry is
+    /// taken by exactly one of them.
+    #[test]
+    fn instances_claiming_at_once_never_take_the_same_entry() {
+        let server = pg_common::TestPostgres::start();
+        let store = PostgresStore::open(&server.options("lark_auth")).unwrap();
+        let events: Vec<OutboxEvent> = (0..300)
+            .map(|i| OutboxEvent {
+                event_id: format!("ev_{i:03}"),
+                event_type: "im.message.receive_v1".into(),
+                targets: vec!["http://127.0.0.1:9/a".into()],
+                payload: b"{}".to_vec(),
+            })
+            .collect();
+        store.outbox_put(&events, 9_000_000_000_000, 1).unwrap();
+        drop(store);
+        let threads: Vec<_> = ["a", "b", "c"]
+            .into_iter()
+            .map(|owner| {
+                let options = server.options("lark_auth");
+                std::thread::spawn(move || {
+                    let store = PostgresStore::open(&options).unwrap();
+                    let mut taken = Vec::new();
+                    loop {
+                        let page = store.outbox_claim(owner, 9_000_000, 1_000, 7).unwrap();
+                        if page.is_empty() {
+                            break taken;
+                        }
+                        taken.extend(page.into_iter().map(|e| e.event_id));
+                    }
+                })
+            })
+            .collect();
+        let mut all: Vec<String> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        assert_eq!(all.len(), 300, "no entry taken twice");
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 300, "every entry taken once");
     }
 
     #[test]

@@ -26,9 +26,14 @@
 //! - **Restarts.** At start every entry of the store is read back: pending ones are
 //!   delivered (with their try count), dead ones counted. Entries of targets no longer
 //!   configured stay in the store untouched (logged at start).
-//!
-//! One instance per store: two instances on one PostgreSQL store would both deliver the
-//! entries they load (issue 14 shares the outbox later).
+//! - **Several instances on one store** (PostgreSQL, [`GatewaySettings::sharing`]). Each
+//!   entry belongs to one instance under a lease (`store.lease_secs`): the entries an
+//!   instance writes are its own, and at start it claims only the entries without a live
+//!   owner ([`Store::outbox_claim`]) instead of reading back everything. Every
+//!   [`lease_poll`] it renews the leases of its entries ([`Store::outbox_renew`]) and
+//!   claims those whose owner's lease lapsed (the owner died), as many as its capacity
+//!   leaves room for, so a dead instance's backlog is carried on by another within
+//!   `lease_secs` plus one poll, and an entry is never delivered by two live instances.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -56,6 +61,36 @@ const LOAD_PAGE: usize = 1000;
 /// Largest answer body read from a target (the rest is dropped).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
+/// How often an instance sharing the outbox renews its leases and claims orphaned
+/// entries: a third of the lease (at least 100 ms), so two renewals may fail before the
+/// lease ends.
+pub fn lease_poll(lease: Duration) -> Duration {
+    (lease / 3).max(Duration::from_millis(100))
+}
+
+/// How an instance shares the outbox with the other instances on its store.
+#[derive(Debug, Clone)]
+pub struct OutboxSharing {
+    /// This instance's name as entry owner: random per process start (16 hex digits).
+    pub owner: String,
+    /// How long an entry stays this instance's without renewal (`store.lease_secs`).
+    pub lease: Duration,
+}
+
+impl OutboxSharing {
+    /// Sharing under `lease` with a new random owner name.
+    pub fn new(lease: Duration) -> OutboxSharing {
+        OutboxSharing {
+            owner: format!("{:016x}", rand::random::<u64>()),
+            lease,
+        }
+    }
+
+    fn until(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_add(self.lease.as_millis() as u64)
+    }
+}
+
 /// The gateway's settings (from `[events]`).
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
@@ -75,6 +110,9 @@ pub struct GatewaySettings {
     /// (`connection.callback_budget_secs`); a forwarded callback's POST gets this less
     /// [`callbacks::ANSWER_MARGIN`] at most.
     pub callback_budget: Duration,
+    /// Set when other instances may share the store (`store.backend = "postgres"`):
+    /// entries are claimed under leases instead of all read back at start.
+    pub sharing: Option<OutboxSharing>,
 }
 
 impl GatewaySettings {
@@ -89,6 +127,8 @@ impl GatewaySettings {
             retry_max: e.retry_max,
             dedup_ttl: config.sessions.dedup_ttl,
             callback_budget: config.connection.callback_budget,
+            sharing: (config.store.backend == crate::config::StoreBackend::Postgres)
+                .then(|| OutboxSharing::new(config.store.lease)),
         }
     }
 }
@@ -132,6 +172,8 @@ impl Actor for OutboxWriter {
 #[rtype(result = "Result<Vec<bool>, StoreError>")]
 struct PutEvents {
     events: Vec<OutboxEvent>,
+    /// The owner and lease end (unix ms) of the new entries when the outbox is shared.
+    owner: Option<(String, u64)>,
     mark_expires_ms: u64,
     now_ms: u64,
 }
@@ -140,9 +182,18 @@ impl Handler<PutEvents> for OutboxWriter {
     type Result = Result<Vec<bool>, StoreError>;
 
     fn handle(&mut self, msg: PutEvents, _: &mut SyncContext<Self>) -> Self::Result {
-        let stored = self
-            .store
-            .outbox_put(&msg.events, msg.mark_expires_ms, msg.now_ms)?;
+        let stored = match &msg.owner {
+            Some((owner, until)) => self.store.outbox_put_owned(
+                &msg.events,
+                owner,
+                *until,
+                msg.mark_expires_ms,
+                msg.now_ms,
+            )?,
+            None => self
+                .store
+                .outbox_put(&msg.events, msg.mark_expires_ms, msg.now_ms)?,
+        };
         self.store.flush()?;
         Ok(stored)
     }
@@ -184,6 +235,35 @@ impl Handler<UpdateRetry> for OutboxWriter {
         }
     }
 }
+
+/// Renews this instance's leases, then claims up to `limit` orphaned entries.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<OutboxEntry>, StoreError>")]
+struct RenewAndClaim {
+    owner: String,
+    lease_until_ms: u64,
+    now_ms: u64,
+    limit: usize,
+}
+
+impl Handler<RenewAndClaim> for OutboxWriter {
+    type Result = Result<Vec<OutboxEntry>, StoreError>;
+
+    fn handle(&mut self, msg: RenewAndClaim, _: &mut SyncContext<Self>) -> Self::Result {
+        self.store.outbox_renew(&msg.owner, msg.lease_until_ms)?;
+        if msg.limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.store
+            .outbox_claim(&msg.owner, msg.lease_until_ms, msg.now_ms, msg.limit)
+    }
+}
+
+/// Stops the gateway (at shutdown): deliveries under way are dropped (their entries stay
+/// in the store, delivered again later), delivered entries are removed.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct StopGateway;
 
 // ----- the gateway ------------------------------------------------------------------------
 
@@ -243,11 +323,48 @@ pub struct EventGateway {
     removals: Vec<(String, String)>,
     seq: u64,
     full_logged: bool,
+    /// A lease renewal and claim is under way.
+    claiming: bool,
+}
+
+/// Takes `entries` read from the store into the targets' queues (oldest first): pending
+/// ones are delivered (retries when due), dead ones counted, those of unknown targets left
+/// alone. Returns (pending taken, entries of unknown targets).
+fn adopt(targets: &mut [TargetState], seq: &mut u64, entries: Vec<OutboxEntry>) -> (usize, usize) {
+    let mut unknown = 0usize;
+    let mut loaded: Vec<(usize, OutboxEntry)> = Vec::new();
+    for entry in entries {
+        match targets.iter().position(|t| t.config.url == entry.target) {
+            Some(i) if entry.dead_at_ms.is_some() => targets[i].dead += 1,
+            Some(i) => loaded.push((i, entry)),
+            None => unknown += 1,
+        }
+    }
+    // Oldest first.
+    loaded.sort_by_key(|(_, e)| e.enqueued_ms);
+    let pending = loaded.len();
+    for (i, e) in loaded {
+        let d = Delivery {
+            event_id: e.event_id.into(),
+            event_type: e.event_type.into(),
+            payload: Bytes::from(e.payload),
+            enqueued_ms: e.enqueued_ms,
+            attempts: e.attempts,
+        };
+        if e.attempts == 0 {
+            targets[i].ready.push_back(d);
+        } else {
+            *seq += 1;
+            targets[i].waiting.insert((e.next_attempt_ms, *seq), d);
+        }
+    }
+    (pending, unknown)
 }
 
 impl EventGateway {
     /// Reads the outbox back from `store` (pending entries are delivered again, dead ones
-    /// counted) and starts the gateway on a thread (arbiter) of its own and its writer
+    /// counted; when [`GatewaySettings::sharing`] is set, only the entries without a live
+    /// owner, claimed for this instance) and starts the gateway on a thread (arbiter) of its own and its writer
     /// thread, in the current System. Reads the store on the calling thread (start-up
     /// only).
     ///
@@ -274,44 +391,27 @@ impl EventGateway {
             })
             .collect();
         let mut seq = 0u64;
-        let mut unknown = 0usize;
+        let (mut pending, mut unknown) = (0, 0);
         let mut after: Option<(String, String)> = None;
-        let mut loaded: Vec<(usize, OutboxEntry)> = Vec::new();
         loop {
-            let page = store.outbox_list(
-                after.as_ref().map(|(t, e)| (t.as_str(), e.as_str())),
-                LOAD_PAGE,
-            )?;
+            let page = match &settings.sharing {
+                Some(sharing) => {
+                    let now = clock.now_ms();
+                    store.outbox_claim(&sharing.owner, sharing.until(now), now, LOAD_PAGE)?
+                }
+                None => store.outbox_list(
+                    after.as_ref().map(|(t, e)| (t.as_str(), e.as_str())),
+                    LOAD_PAGE,
+                )?,
+            };
             let Some(last) = page.last() else { break };
             after = Some((last.target.clone(), last.event_id.clone()));
             let full = page.len() == LOAD_PAGE;
-            for entry in page {
-                match targets.iter().position(|t| t.config.url == entry.target) {
-                    Some(i) if entry.dead_at_ms.is_some() => targets[i].dead += 1,
-                    Some(i) => loaded.push((i, entry)),
-                    None => unknown += 1,
-                }
-            }
+            let (p, u) = adopt(&mut targets, &mut seq, page);
+            pending += p;
+            unknown += u;
             if !full {
                 break;
-            }
-        }
-        // Oldest first.
-        loaded.sort_by_key(|(_, e)| e.enqueued_ms);
-        let pending = loaded.len();
-        for (i, e) in loaded {
-            let d = Delivery {
-                event_id: e.event_id.into(),
-                event_type: e.event_type.into(),
-                payload: Bytes::from(e.payload),
-                enqueued_ms: e.enqueued_ms,
-                attempts: e.attempts,
-            };
-            if e.attempts == 0 {
-                targets[i].ready.push_back(d);
-            } else {
-                seq += 1;
-                targets[i].waiting.insert((e.next_attempt_ms, seq), d);
             }
         }
         if pending > 0 || unknown > 0 {
@@ -342,6 +442,7 @@ impl EventGateway {
                 removals: Vec::new(),
                 seq,
                 full_logged: false,
+                claiming: false,
             },
         ))
     }
@@ -366,8 +467,14 @@ impl EventGateway {
         let held = std::mem::take(&mut self.batch);
         let now = self.clock.now_ms();
         let events: Vec<OutboxEvent> = held.iter().map(|h| h.event.clone()).collect();
+        let owner = self
+            .settings
+            .sharing
+            .as_ref()
+            .map(|s| (s.owner.clone(), s.until(now)));
         let put = self.writer.send(PutEvents {
             events,
+            owner,
             mark_expires_ms: now + self.settings.dedup_ttl.as_millis() as u64,
             now_ms: now,
         });
@@ -557,6 +664,54 @@ impl EventGateway {
     }
 }
 
+impl EventGateway {
+    /// Renews this instance's leases and claims orphaned entries (as many as the capacity
+    /// leaves room for); see the module docs.
+    fn renew_and_claim(&mut self, ctx: &mut Context<Self>) {
+        let Some(sharing) = &self.settings.sharing else {
+            return;
+        };
+        if self.claiming {
+            return;
+        }
+        self.claiming = true;
+        let now = self.clock.now_ms();
+        let claim = self.writer.send(RenewAndClaim {
+            owner: sharing.owner.clone(),
+            lease_until_ms: sharing.until(now),
+            now_ms: now,
+            limit: self
+                .settings
+                .capacity
+                .saturating_sub(self.pending())
+                .min(LOAD_PAGE),
+        });
+        ctx.spawn(claim.into_actor(self).map(|result, act, ctx| {
+            act.claiming = false;
+            match result {
+                Ok(Ok(entries)) if entries.is_empty() => {}
+                Ok(Ok(entries)) => {
+                    let claimed = entries.len();
+                    let (pending, unknown) = adopt(&mut act.targets, &mut act.seq, entries);
+                    info!(
+                        claimed,
+                        pending,
+                        unknown_target_entries = unknown,
+                        "event gateway took over outbox entries whose instance's lease lapsed"
+                    );
+                    for i in 0..act.targets.len() {
+                        act.pump(i, ctx);
+                    }
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, "outbox leases not renewed; past store.lease_secs another instance may take over this instance's entries");
+                }
+                Err(e) => warn!(error = %e, "outbox writer gone; leases not renewed"),
+            }
+        }));
+    }
+}
+
 /// The wait before try `attempts + 1` of a delivery that failed `attempts` times:
 /// `min(max, initial × 2^(attempts−1))`, scaled by `0.5 + jitter / 2` (`jitter` in
 /// `[0, 1)`), so never above `max`.
@@ -595,6 +750,11 @@ impl Actor for EventGateway {
             Err(e) => error!(error = %e, "event gateway: TLS setup failed; nothing is delivered"),
         }
         ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
+        if let Some(sharing) = &self.settings.sharing {
+            ctx.run_interval(lease_poll(sharing.lease), |act, ctx| {
+                act.renew_and_claim(ctx)
+            });
+        }
         if let Some(m) = &self.metrics {
             for t in &self.targets {
                 m.forward_target_known(&t.config.url);
@@ -604,6 +764,20 @@ impl Actor for EventGateway {
             self.publish_backlog(i);
             self.pump(i, ctx);
         }
+    }
+}
+
+impl Handler<StopGateway> for EventGateway {
+    type Result = ();
+
+    fn handle(&mut self, _: StopGateway, ctx: &mut Context<Self>) {
+        if !self.removals.is_empty() {
+            self.writer
+                .do_send(RemoveDelivered(std::mem::take(&mut self.removals)));
+        }
+        ctx.stop();
+        // The gateway's own thread ends with it.
+        Arbiter::current().stop();
     }
 }
 

@@ -602,6 +602,62 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// [`StoreError::Backend`].
     fn outbox_remove(&self, entries: &[(String, String)]) -> Result<usize, StoreError>;
 
+    /// Like [`Store::outbox_put`], and the new entries belong to the instance `owner`
+    /// until `lease_until_ms` (unix ms), so no other instance sharing the store claims
+    /// them ([`Store::outbox_claim`]) while `owner` renews its lease
+    /// ([`Store::outbox_renew`]). A store one process uses (sled, the default) keeps no
+    /// owner: this is [`Store::outbox_put`].
+    ///
+    /// # Errors
+    /// As [`Store::outbox_put`].
+    fn outbox_put_owned(
+        &self,
+        events: &[OutboxEvent],
+        owner: &str,
+        lease_until_ms: u64,
+        mark_expires_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<bool>, StoreError> {
+        let _ = (owner, lease_until_ms);
+        self.outbox_put(events, mark_expires_ms, now_ms)
+    }
+
+    /// Takes up to `limit` outbox entries (pending and dead) for the instance `owner`,
+    /// oldest first: those without owner (stored before owners existed, or copied by
+    /// `lark-auth store migrate`) and those whose owner's lease ended before `now_ms`
+    /// (the owner died or lost the store). They belong to `owner` until `lease_until_ms`
+    /// (unix ms) from then on. Entries `owner` holds already are not returned. Atomic
+    /// against other instances claiming at once: an entry is taken by one of them.
+    ///
+    /// A store one process uses (sled, the default) has nothing to share: the first
+    /// `limit` entries in `(target, event_id)` order, every call ([`Store::outbox_list`]).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] (nothing claimed); [`StoreError::CorruptRecord`] for a
+    /// damaged entry.
+    fn outbox_claim(
+        &self,
+        owner: &str,
+        lease_until_ms: u64,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let _ = (owner, lease_until_ms, now_ms);
+        self.outbox_list(None, limit)
+    }
+
+    /// Extends the lease of every outbox entry `owner` holds to `lease_until_ms` (unix
+    /// ms); returns how many it holds. Renewing before the lease ends keeps the entries
+    /// from being claimed by another instance. Nothing to renew on a store one process
+    /// uses (sled, the default: 0).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn outbox_renew(&self, owner: &str, lease_until_ms: u64) -> Result<usize, StoreError> {
+        let _ = (owner, lease_until_ms);
+        Ok(0)
+    }
+
     /// Reads a metadata record (e.g. the vault's key checks).
     ///
     /// # Errors

@@ -22,7 +22,7 @@
 use super::StoreError;
 
 /// The newest schema version this build knows and creates.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// The longest schema name accepted (PostgreSQL's identifier limit, 63 bytes).
 pub const MAX_SCHEMA_NAME: usize = 63;
@@ -128,6 +128,14 @@ CREATE TABLE {s}.marks (
     value      bytea
 );
 CREATE INDEX marks_expiry ON {s}.marks (expires_ms);
+"#,
+    },
+    Migration {
+        version: 4,
+        description: "outbox entries owned by one instance under a lease",
+        // Entries stored before have no owner: the first instance to claim takes them.
+        sql: r#"
+ALTER TABLE {s}.outbox ADD COLUMN owner text COLLATE "C", ADD COLUMN lease_until_ms bigint;
 "#,
     },
 ];
@@ -271,6 +279,9 @@ pub(super) struct Sql {
     pub put_meta_if_absent: String,
     pub list_meta: String,
     pub outbox_insert: String,
+    pub outbox_insert_owned: String,
+    pub outbox_claim: String,
+    pub outbox_renew: String,
     pub outbox_list: String,
     pub outbox_update: String,
     pub outbox_remove: String,
@@ -371,6 +382,24 @@ impl Sql {
                  attempts, next_attempt_ms, dead_at_ms) VALUES ($1, $2, $3, $4, $5, 0, $5, NULL) \
                  ON CONFLICT (target, event_id) DO NOTHING"
             ),
+            outbox_insert_owned: format!(
+                "INSERT INTO {s}.outbox (target, event_id, event_type, payload, enqueued_ms, \
+                 attempts, next_attempt_ms, dead_at_ms, owner, lease_until_ms) \
+                 VALUES ($1, $2, $3, $4, $5, 0, $5, NULL, $6, $7) \
+                 ON CONFLICT (target, event_id) DO NOTHING"
+            ),
+            // Entries without owner or whose owner's lease lapsed, oldest first; rows
+            // another transaction is claiming are skipped, so two instances never take
+            // the same one.
+            outbox_claim: format!(
+                "UPDATE {s}.outbox SET owner = $1, lease_until_ms = $2 \
+                 WHERE (target, event_id) IN (SELECT target, event_id FROM {s}.outbox \
+                 WHERE owner IS NULL OR (owner <> $1 AND lease_until_ms < $3) \
+                 ORDER BY enqueued_ms, target, event_id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+                 RETURNING target, event_id, event_type, payload, enqueued_ms, attempts, \
+                 next_attempt_ms, dead_at_ms"
+            ),
+            outbox_renew: format!("UPDATE {s}.outbox SET lease_until_ms = $2 WHERE owner = $1"),
             outbox_list: format!(
                 "SELECT target, event_id, event_type, payload, enqueued_ms, attempts, \
                  next_attempt_ms, dead_at_ms FROM {s}.outbox WHERE (target, event_id) > ($1, $2) \

@@ -18,6 +18,9 @@
 //!   instances marking the same event at once get one `true`. A mark is stored under its
 //!   16-byte [`mark_key`]; the cap ([`Store::trim_marks`]) counts the table and deletes the
 //!   oldest by the `expires_ms` index, whole buckets of [`MARK_BUCKET_MS`].
+//! - Outbox leases: each row has an `owner` and `lease_until_ms`; a claim is one `UPDATE
+//!   … WHERE (target, event_id) IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING …`, so
+//!   instances claiming at once each take different rows.
 //!
 //! Why a runtime of its own: the [`Store`] trait blocks and is called from `SyncArbiter`
 //! threads and, at start, from the System's own thread. The client is tokio-postgres with a
@@ -384,6 +387,61 @@ impl PostgresStore {
 
     /// Runs `f` on the store's runtime and waits for its result (bounded by the operation
     /// timeout). The outer error is the wait's (timeout, runtime gone).
+    /// [`Store::outbox_put`], the new rows owned by `owner` (name, lease end unix ms)
+    /// when given.
+    fn put_outbox(
+        &self,
+        events: &[OutboxEvent],
+        owner: Option<(String, u64)>,
+        mark_expires_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<bool>, StoreError> {
+        for e in events {
+            check_part("event_id", &e.event_id)?;
+            for t in &e.targets {
+                check_part("target", t)?;
+            }
+        }
+        let events = events.to_vec();
+        let (expires, now) = (to_db(mark_expires_ms), to_db(now_ms));
+        let owner = owner.map(|(o, until)| (o, to_db(until)));
+        self.call("outbox_put", move |pool, sql| async move {
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            let mark_stmt = tx.prepare_cached(&sql.mark_once).await?;
+            let insert = match owner {
+                Some(_) => tx.prepare_cached(&sql.outbox_insert_owned).await?,
+                None => tx.prepare_cached(&sql.outbox_insert).await?,
+            };
+            let mut stored = Vec::with_capacity(events.len());
+            for e in &events {
+                let mark = mark_key(&outbox_mark(&e.event_id)).to_vec();
+                if tx.execute(&mark_stmt, &[&mark, &expires, &now]).await? != 1 {
+                    stored.push(false);
+                    continue;
+                }
+                for t in &e.targets {
+                    match &owner {
+                        Some((o, until)) => {
+                            tx.execute(
+                                &insert,
+                                &[t, &e.event_id, &e.event_type, &e.payload, &now, o, until],
+                            )
+                            .await?
+                        }
+                        None => {
+                            tx.execute(&insert, &[t, &e.event_id, &e.event_type, &e.payload, &now])
+                                .await?
+                        }
+                    };
+                }
+                stored.push(true);
+            }
+            tx.commit().await?;
+            Ok(stored)
+        })
+    }
+
     fn call_raw<T, F, Fut>(&self, f: F) -> Result<T, BackendError>
     where
         F: FnOnce(Pool, Arc<Sql>) -> Fut + Send + 'static,
@@ -490,6 +548,21 @@ async fn listen(
 enum MigrateFailure {
     Pool(deadpool_postgres::PoolError),
     Migrate(MigrateError),
+}
+
+/// An outbox row (`target, event_id, event_type, payload, enqueued_ms, attempts,
+/// next_attempt_ms, dead_at_ms`).
+fn outbox_entry(r: tokio_postgres::Row) -> OutboxEntry {
+    OutboxEntry {
+        target: r.get(0),
+        event_id: r.get(1),
+        event_type: r.get(2),
+        payload: r.get(3),
+        enqueued_ms: from_db(r.get(4)),
+        attempts: r.get::<_, i32>(5).max(0) as u32,
+        next_attempt_ms: from_db(r.get(6)),
+        dead_at_ms: r.get::<_, Option<i64>>(7).map(from_db),
+    }
 }
 
 fn stored_grant(version: i64, due_ms: Option<i64>, payload: Vec<u8>) -> StoredGrant {
@@ -784,34 +857,58 @@ impl Store for PostgresStore {
         mark_expires_ms: u64,
         now_ms: u64,
     ) -> Result<Vec<bool>, StoreError> {
-        for e in events {
-            check_part("event_id", &e.event_id)?;
-            for t in &e.targets {
-                check_part("target", t)?;
-            }
-        }
-        let events = events.to_vec();
-        let (expires, now) = (to_db(mark_expires_ms), to_db(now_ms));
-        self.call("outbox_put", move |pool, sql| async move {
-            let mut client = pool.get().await?;
-            let tx = client.transaction().await?;
-            let mark_stmt = tx.prepare_cached(&sql.mark_once).await?;
-            let insert = tx.prepare_cached(&sql.outbox_insert).await?;
-            let mut stored = Vec::with_capacity(events.len());
-            for e in &events {
-                let mark = mark_key(&outbox_mark(&e.event_id)).to_vec();
-                if tx.execute(&mark_stmt, &[&mark, &expires, &now]).await? != 1 {
-                    stored.push(false);
-                    continue;
-                }
-                for t in &e.targets {
-                    tx.execute(&insert, &[t, &e.event_id, &e.event_type, &e.payload, &now])
-                        .await?;
-                }
-                stored.push(true);
-            }
-            tx.commit().await?;
-            Ok(stored)
+        self.put_outbox(events, None, mark_expires_ms, now_ms)
+    }
+
+    fn outbox_put_owned(
+        &self,
+        events: &[OutboxEvent],
+        owner: &str,
+        lease_until_ms: u64,
+        mark_expires_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<bool>, StoreError> {
+        self.put_outbox(
+            events,
+            Some((owner.to_string(), lease_until_ms)),
+            mark_expires_ms,
+            now_ms,
+        )
+    }
+
+    fn outbox_claim(
+        &self,
+        owner: &str,
+        lease_until_ms: u64,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let owner = owner.to_string();
+        let (until, now) = (to_db(lease_until_ms), to_db(now_ms));
+        let limit = to_db(limit as u64);
+        self.call("outbox_claim", move |pool, sql| async move {
+            let client = pool.get().await?;
+            let stmt = client.prepare_cached(&sql.outbox_claim).await?;
+            let rows = client.query(&stmt, &[&owner, &until, &now, &limit]).await?;
+            let mut entries: Vec<OutboxEntry> = rows.into_iter().map(outbox_entry).collect();
+            entries.sort_by(|a, b| {
+                (a.enqueued_ms, &a.target, &a.event_id).cmp(&(
+                    b.enqueued_ms,
+                    &b.target,
+                    &b.event_id,
+                ))
+            });
+            Ok(entries)
+        })
+    }
+
+    fn outbox_renew(&self, owner: &str, lease_until_ms: u64) -> Result<usize, StoreError> {
+        let owner = owner.to_string();
+        let until = to_db(lease_until_ms);
+        self.call("outbox_renew", move |pool, sql| async move {
+            let client = pool.get().await?;
+            let stmt = client.prepare_cached(&sql.outbox_renew).await?;
+            Ok(client.execute(&stmt, &[&owner, &until]).await? as usize)
         })
     }
 
@@ -828,19 +925,7 @@ impl Store for PostgresStore {
             let client = pool.get().await?;
             let stmt = client.prepare_cached(&sql.outbox_list).await?;
             let rows = client.query(&stmt, &[&target, &event_id, &limit]).await?;
-            Ok(rows
-                .into_iter()
-                .map(|r| OutboxEntry {
-                    target: r.get(0),
-                    event_id: r.get(1),
-                    event_type: r.get(2),
-                    payload: r.get(3),
-                    enqueued_ms: from_db(r.get(4)),
-                    attempts: r.get::<_, i32>(5).max(0) as u32,
-                    next_attempt_ms: from_db(r.get(6)),
-                    dead_at_ms: r.get::<_, Option<i64>>(7).map(from_db),
-                })
-                .collect())
+            Ok(rows.into_iter().map(outbox_entry).collect())
         })
     }
 
