@@ -1113,6 +1113,47 @@ impl Config {
         Config::from_toml_str(&text)
     }
 
+    /// Every environment variable this configuration needs to start, with the config key
+    /// naming it: `(variable, key)`, e.g. `("LARK_APP_ID", "app.app_id_env")`. The app id
+    /// and secret, the vault key, the control API token; the database URL with
+    /// `store.backend = "postgres"`; each `[[events.forward]]` Encrypt Key that is named;
+    /// each `[[sidecar.clients]]` key when the sidecar listens. (`check-config` names all
+    /// the missing ones at once.)
+    pub fn required_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            (self.app.app_id_env.clone(), "app.app_id_env".to_string()),
+            (
+                self.app.app_secret_env.clone(),
+                "app.app_secret_env".to_string(),
+            ),
+            (self.vault.key_env.clone(), "vault.key_env".to_string()),
+            (
+                self.http.api_token_env.clone(),
+                "http.api_token_env".to_string(),
+            ),
+        ];
+        if self.store.backend == StoreBackend::Postgres {
+            env.push((self.store.url_env.clone(), "store.url_env".to_string()));
+        }
+        for (i, target) in self.events.forward.iter().enumerate() {
+            if !target.encrypt_key_env.is_empty() {
+                env.push((
+                    target.encrypt_key_env.clone(),
+                    format!("events.forward[{i}].encrypt_key_env"),
+                ));
+            }
+        }
+        if !self.sidecar.listen.is_empty() {
+            for (i, client) in self.sidecar.clients.iter().enumerate() {
+                env.push((
+                    client.key_env.clone(),
+                    format!("sidecar.clients[{i}].key_env"),
+                ));
+            }
+        }
+        env
+    }
+
     /// The effective OpenAPI base URL, without a trailing `/`.
     pub fn open_base_url(&self) -> String {
         self.endpoints

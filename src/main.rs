@@ -58,6 +58,12 @@ enum Command {
     /// an existing vault), then print the effective settings with secrets redacted. Exits
     /// 0 when valid, 2 otherwise.
     ///
+    /// Reads the same environment variables as serve (their names are config keys): the
+    /// app id and secret (LARK_APP_ID / LARK_APP_SECRET), the 32-byte base64 vault key
+    /// (LARK_AUTH_VAULT_KEY), the control API token (LARK_AUTH_API_TOKEN), and with
+    /// [store] backend = "postgres" the database URL (LARK_AUTH_DATABASE_URL). Every one
+    /// that is missing is named in the error.
+    ///
     /// Example: lark-auth check-config --config config.toml
     CheckConfig {
         /// Path of the TOML configuration. Default: ./config.toml when it exists, else the
@@ -107,7 +113,7 @@ enum Command {
         scopes: Vec<String>,
         /// Language of the card: zh_cn or en_us. Default: the server's auth.card_locale
         /// (the platform does not tell a user's language before consent).
-        #[arg(long, value_name = "LOCALE")]
+        #[arg(long, value_name = "LOCALE", value_parser = ["zh_cn", "en_us"])]
         locale: Option<String>,
         /// Follow the session until it ends, with a live progress line on stderr.
         #[arg(long)]
@@ -439,7 +445,35 @@ fn config_source(path: Option<&Path>) -> String {
     }
 }
 
+/// The environment variables `path`'s configuration needs that are unset or empty, as
+/// one line naming each with its config key; `None` when all are set (or the file itself
+/// does not load: `load_config` reports that).
+fn missing_environment(path: Option<&Path>) -> Option<String> {
+    let default = Path::new(DEFAULT_CONFIG);
+    let config = match path {
+        Some(path) => Config::from_file(path).ok()?,
+        None if default.exists() => Config::from_file(default).ok()?,
+        None => Config::default(),
+    };
+    let missing: Vec<String> = config
+        .required_env()
+        .into_iter()
+        .filter(|(var, _)| std::env::var(var).map_or(true, |v| v.is_empty()))
+        .map(|(var, key)| format!("`{var}` ({key})"))
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "missing environment variables (each named by the config key in brackets): {}",
+            missing.join(", ")
+        )
+    })
+}
+
 fn check_config(path: Option<&Path>) -> ExitCode {
+    if let Some(missing) = missing_environment(path) {
+        eprintln!("lark-auth: {missing}");
+        return ExitCode::from(2);
+    }
     let checked = load_config(path)
         .map_err(|e| e.to_string())
         .and_then(|config| {

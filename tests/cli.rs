@@ -79,6 +79,40 @@ fn without_a_config_file_the_defaults_and_the_environment_suffice() {
 }
 
 #[test]
+fn check_config_names_every_missing_variable_at_once() {
+    let out = run(&["check-config", "--config", "config.toml"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    for var in [
+        "LARK_APP_ID",
+        "LARK_APP_SECRET",
+        "LARK_AUTH_VAULT_KEY",
+        "LARK_AUTH_API_TOKEN",
+    ] {
+        assert!(stderr.contains(var), "{var} named: {stderr}");
+    }
+    assert!(stderr.contains("app.app_id_env"), "{stderr}");
+}
+
+#[test]
+fn authorize_refuses_an_unknown_locale_before_any_request() {
+    let out = run(
+        &[
+            "authorize",
+            "ou_abc",
+            "--locale",
+            "fr",
+            "--server",
+            "http://127.0.0.1:1",
+        ],
+        &[("LARK_AUTH_API_TOKEN", "t")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("en_us"), "{}", text(&out.stderr));
+}
+
+#[test]
 fn check_config_names_what_is_missing_or_wrong() {
     let out = run(
         &["check-config", "--config", "config.toml"],
@@ -107,6 +141,7 @@ fn check_config_names_what_is_missing_or_wrong() {
             ("LARK_APP_ID", "cli_check"),
             ("LARK_APP_SECRET", "s"),
             ("LARK_AUTH_VAULT_KEY", "too-short"),
+            ("LARK_AUTH_API_TOKEN", "t"),
         ],
     );
     assert_eq!(out.status.code(), Some(2));
