@@ -245,7 +245,23 @@ async fn authorize_takes_the_card_language_and_refuses_an_unknown_one() {
     assert!(text.contains("Authorize"), "an English card: {text}");
     assert!(!text.contains("授权"), "not the default Chinese: {text}");
 
+    // The CLI refuses an unknown language itself (a bad argument: exit 2, nothing sent)…
     let out = cli(&i, &["authorize", "ou_test_user_2", "--locale", "klingon"]).await;
-    assert_eq!(code(&out), 1);
-    assert!(stderr(&out).contains("invalid_locale"), "{}", stderr(&out));
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("en_us"), "{}", stderr(&out));
+    // …and so does the control API for other clients.
+    let mut res = awc::Client::default()
+        .post(format!("{}/v1/authorizations", i.base_url()))
+        .bearer_auth(service_common::API_TOKEN)
+        .send_json(&serde_json::json!({"open_id": "ou_test_user_2", "locale": "klingon"}))
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_locale", "{body}");
+    assert_eq!(
+        i.sandbox.sent_cards().len(),
+        1,
+        "no card for a refused request"
+    );
 }
