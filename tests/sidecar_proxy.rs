@@ -370,6 +370,86 @@ async fn tokens_are_kept_fresh_and_missing_scopes_start_an_authorization() {
 }
 
 #[actix_rt::test]
+async fn no_grant_needs_reauth_and_rate_limits_answer_as_on_the_rest_door() {
+    let i = start().await;
+    // Alice acts as USER, who has no grant yet: 404, nothing sent.
+    let (status, body, _) = send(&i, &Call::get(ALICE_KEY, "user", DOWNLOAD)).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"], "no_grant");
+    assert_eq!(reached(&i).0, 0, "nothing sent upstream");
+
+    // A rate-limit answer passes through with its headers, not retried.
+    authorize_as(&i, USER).await;
+    i.sandbox.inject_openapi_fault(
+        lark_auth::sandbox::OpenApiRoute::Api,
+        lark_auth::sandbox::OpenApiFault::RateLimited { reset_secs: 7 },
+    );
+    let (status, body, headers) = send(&i, &Call::get(ALICE_KEY, "user", DOWNLOAD)).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["code"], 99_991_400);
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(header("x-ogw-ratelimit-limit").as_deref(), Some("50"));
+    assert_eq!(header("x-ogw-ratelimit-reset").as_deref(), Some("7"));
+    assert_eq!(reached(&i).0, 1, "not retried");
+
+    // The user revokes the app: the refresh after the expired token is refused → 409,
+    // then nothing is sent at all.
+    i.sandbox.revoke_user_grants(USER);
+    i.sandbox.expire_access_tokens(USER);
+    let (status, body, _) = send(&i, &Call::get(ALICE_KEY, "user", DOWNLOAD)).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"], "needs_reauth");
+    let sent = reached(&i).0;
+    let (status, _, _) = send(&i, &Call::get(ALICE_KEY, "user", DOWNLOAD)).await;
+    assert_eq!(status, 409);
+    assert_eq!(
+        reached(&i).0,
+        sent,
+        "nothing sent for a grant in needs_reauth"
+    );
+}
+
+#[actix_rt::test]
+async fn a_50_mib_download_streams_through_the_sidecar_door_intact() {
+    use futures_util::StreamExt as _;
+    const SIZE: u64 = 50 << 20;
+    let i = start().await;
+    authorize_as(&i, USER).await;
+    let call = Call::get(
+        ALICE_KEY,
+        "user",
+        &format!("/open-apis/drive/v1/medias/sandbox_bytes_{SIZE}/download"),
+    );
+    let addr = i.handle.sidecar_addr().expect("sidecar started");
+    let mut request = awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .finish()
+        .get(format!("http://{addr}{}", call.path_and_query));
+    for (k, v) in call.headers() {
+        request = request.append_header((k, v));
+    }
+    let mut res = request.send().await.expect("an answer");
+    assert_eq!(res.status().as_u16(), 200);
+    let mut offset = 0u64;
+    while let Some(chunk) = res.next().await {
+        for b in chunk.unwrap().iter() {
+            assert_eq!(
+                *b,
+                lark_auth::sandbox::apis::download_byte(offset),
+                "byte {offset}"
+            );
+            offset += 1;
+        }
+    }
+    assert_eq!(offset, SIZE);
+}
+
+#[actix_rt::test]
 async fn every_single_tampering_is_refused_and_nothing_reaches_the_sandbox() {
     let i = start().await;
     authorize_as(&i, USER).await;
