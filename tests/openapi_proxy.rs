@@ -25,6 +25,16 @@ fn url(i: &Instance, open_id: &str, path: &str) -> String {
     format!("{}/v1/openapi/{open_id}{path}", i.base_url())
 }
 
+/// `GET path` through the REST door as `open_id` (`@app`: the app), with the API token.
+async fn get(i: &Instance, open_id: &str, path: &str) -> awc::ClientResponse {
+    client()
+        .get(url(i, open_id, path))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Authorizes `USER` for `scopes` (besides `offline_access`) through a card and the
 /// device page.
 async fn authorize_for(i: &Instance, scopes: &[&str]) {
@@ -130,12 +140,7 @@ async fn the_users_fresh_token_is_injected_and_the_callers_own_headers_are_not_f
     }
 
     // user_info as the user (what lark-cli calls first).
-    let mut res = client()
-        .get(url(&i, USER, "/open-apis/authen/v1/user_info"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let mut res = get(&i, USER, "/open-apis/authen/v1/user_info").await;
     assert_eq!(res.status().as_u16(), 200);
     assert_eq!(json_of(&mut res).await["data"]["open_id"], USER);
 
@@ -147,12 +152,7 @@ async fn the_users_fresh_token_is_injected_and_the_callers_own_headers_are_not_f
         .unwrap();
     assert_eq!(res.status().as_u16(), 401);
     // A path that leaves /open-apis/: 400, nothing sent.
-    let mut res = client()
-        .get(url(&i, USER, "/open-apis/../callback/ws/endpoint"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let mut res = get(&i, USER, "/open-apis/../callback/ws/endpoint").await;
     assert_eq!(res.status().as_u16(), 400);
     assert_eq!(json_of(&mut res).await["error"], "invalid_path");
     assert_eq!(i.sandbox.api_requests().len(), 1);
@@ -174,12 +174,7 @@ async fn an_expired_token_is_refreshed_once_and_the_call_retried_once() {
     let before = refreshes(&i);
 
     i.sandbox.expire_access_tokens(USER);
-    let res = client()
-        .get(url(&i, USER, path))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let res = get(&i, USER, path).await;
     assert_eq!(res.status().as_u16(), 200);
     let seen = i.sandbox.api_requests();
     assert_eq!(seen.len(), 2, "one call, one retry");
@@ -217,12 +212,7 @@ async fn an_expired_token_is_refreshed_once_and_the_call_retried_once() {
         i.sandbox
             .inject_openapi_fault(OpenApiRoute::Api, OpenApiFault::ApiCode(99_991_677));
     }
-    let mut res = client()
-        .get(url(&i, USER, path))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let mut res = get(&i, USER, path).await;
     assert_eq!(res.status().as_u16(), 400);
     assert_eq!(json_of(&mut res).await["code"], 99_991_677);
     assert_eq!(
@@ -237,22 +227,12 @@ async fn an_expired_token_is_refreshed_once_and_the_call_retried_once() {
 #[actix_rt::test]
 async fn no_grant_is_404_and_needs_reauth_is_409_with_nothing_sent_upstream() {
     let i = start_instance().await;
-    let mut res = client()
-        .get(url(&i, OTHER, "/open-apis/authen/v1/user_info"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let mut res = get(&i, OTHER, "/open-apis/authen/v1/user_info").await;
     assert_eq!(res.status().as_u16(), 404);
     assert_eq!(json_of(&mut res).await["error"], "no_grant");
     assert_eq!(i.sandbox.user_info_requests(), 0);
 
-    let mut res = client()
-        .get(url(&i, "ou_a%2F..", "/open-apis/authen/v1/user_info"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let mut res = get(&i, "ou_a%2F..", "/open-apis/authen/v1/user_info").await;
     assert_eq!(res.status().as_u16(), 400);
     assert_eq!(json_of(&mut res).await["error"], "invalid_open_id");
 
@@ -261,22 +241,12 @@ async fn no_grant_is_404_and_needs_reauth_is_409_with_nothing_sent_upstream() {
     i.sandbox.revoke_user_grants(USER);
     i.sandbox.expire_access_tokens(USER);
     let path = "/open-apis/drive/v1/medias/sandbox_bytes_10/download";
-    let mut res = client()
-        .get(url(&i, USER, path))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let mut res = get(&i, USER, path).await;
     assert_eq!(res.status().as_u16(), 409);
     assert_eq!(json_of(&mut res).await["error"], "needs_reauth");
     assert_eq!(i.sandbox.api_requests().len(), 1);
     // Now the grant is needs_reauth: nothing is sent at all.
-    let mut res = client()
-        .get(url(&i, USER, path))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let mut res = get(&i, USER, path).await;
     assert_eq!(res.status().as_u16(), 409);
     assert_eq!(json_of(&mut res).await["error"], "needs_reauth");
     assert_eq!(i.sandbox.api_requests().len(), 1);
@@ -286,12 +256,7 @@ async fn no_grant_is_404_and_needs_reauth_is_409_with_nothing_sent_upstream() {
 async fn the_app_identity_uses_the_tenant_token_and_renews_it_once_on_99991663() {
     let i = start_instance().await;
     let path = "/open-apis/tenant/v2/tenant/query";
-    let mut res = client()
-        .get(url(&i, "@app", path))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let mut res = get(&i, "@app", path).await;
     assert_eq!(res.status().as_u16(), 200);
     assert_eq!(
         json_of(&mut res).await["data"]["tenant"]["tenant_key"],
@@ -303,12 +268,7 @@ async fn the_app_identity_uses_the_tenant_token_and_renews_it_once_on_99991663()
 
     let fetched = i.sandbox.tenant_token_requests();
     i.sandbox.invalidate_tenant_tokens();
-    let res = client()
-        .get(url(&i, "@app", path))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let res = get(&i, "@app", path).await;
     assert_eq!(res.status().as_u16(), 200);
     let seen = i.sandbox.api_requests();
     assert_eq!(seen.len(), 3, "one call, one retry");
@@ -319,12 +279,7 @@ async fn the_app_identity_uses_the_tenant_token_and_renews_it_once_on_99991663()
     assert_eq!(i.sandbox.tenant_token_requests(), fetched + 1);
 
     // A user-token-only API answers the app 99991668: passed back, not retried.
-    let mut res = client()
-        .get(url(&i, "@app", "/open-apis/task/v2/tasks"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let mut res = get(&i, "@app", "/open-apis/task/v2/tasks").await;
     assert_eq!(res.status().as_u16(), 400);
     assert_eq!(json_of(&mut res).await["code"], 99_991_668);
     assert_eq!(i.sandbox.api_requests().len(), 4);
@@ -382,16 +337,12 @@ async fn a_50_mib_download_streams_through_intact() {
     let i = start_instance().await;
     authorize_user(&i).await;
     i.sandbox.hold_downloads();
-    let mut res = client()
-        .get(url(
-            &i,
-            USER,
-            &format!("/open-apis/drive/v1/medias/sandbox_bytes_{SIZE}/download"),
-        ))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let mut res = get(
+        &i,
+        USER,
+        &format!("/open-apis/drive/v1/medias/sandbox_bytes_{SIZE}/download"),
+    )
+    .await;
     assert_eq!(res.status().as_u16(), 200);
     assert_eq!(
         res.headers().get("content-type").unwrap(),
@@ -432,16 +383,12 @@ async fn rate_limit_answers_pass_through_with_their_headers() {
         OpenApiRoute::Api,
         OpenApiFault::RateLimited { reset_secs: 7 },
     );
-    let mut res = client()
-        .get(url(
-            &i,
-            USER,
-            "/open-apis/drive/v1/medias/sandbox_bytes_10/download",
-        ))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let mut res = get(
+        &i,
+        USER,
+        "/open-apis/drive/v1/medias/sandbox_bytes_10/download",
+    )
+    .await;
     assert_eq!(res.status().as_u16(), 429);
     assert_eq!(res.headers().get("x-ogw-ratelimit-limit").unwrap(), "50");
     assert_eq!(res.headers().get("x-ogw-ratelimit-reset").unwrap(), "7");
@@ -509,12 +456,7 @@ async fn a_missing_scope_is_passed_back_and_one_merged_authorization_starts() {
         );
     }
     // Within 30 s, another refusal names the same session and sends no card.
-    let res = client()
-        .get(url(&i, USER, tasks))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let res = get(&i, USER, tasks).await;
     assert_eq!(
         res.headers()
             .get("x-lark-auth-session")
@@ -532,21 +474,11 @@ async fn a_missing_scope_is_passed_back_and_one_merged_authorization_starts() {
     answer_card(&i, cards, &sessions[0], UserChoice::Approve).await;
     wait_authorized(&i, &sessions[0]).await;
     assert_eq!(i.sandbox.sent_cards().len(), cards + 1, "one card in all");
-    let mut res = client()
-        .get(url(&i, USER, tasks))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let mut res = get(&i, USER, tasks).await;
     assert_eq!(res.status().as_u16(), 200);
     assert!(res.headers().get("x-lark-auth-session").is_none());
     assert_eq!(json_of(&mut res).await["code"], 0);
-    let res = client()
-        .get(url(&i, USER, calendars))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let res = get(&i, USER, calendars).await;
     assert_eq!(res.status().as_u16(), 200);
     // The new grant holds the union: the scope granted before is kept.
     let mut res = client()
@@ -571,12 +503,7 @@ async fn with_scope_authorization_off_a_missing_scope_is_only_passed_back() {
     let i = start_instance_with(|_, config| config.proxy.scope_authorization = false).await;
     authorize_user(&i).await;
     let cards = i.sandbox.sent_cards().len();
-    let mut res = client()
-        .get(url(&i, USER, "/open-apis/task/v2/tasks"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let mut res = get(&i, USER, "/open-apis/task/v2/tasks").await;
     assert_eq!(res.status().as_u16(), 400);
     assert!(res.headers().get("x-lark-auth-session").is_none());
     assert_eq!(json_of(&mut res).await["code"], 99_991_679);
