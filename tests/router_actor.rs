@@ -480,3 +480,12 @@ async fn events_the_router_receives_reach_subscribers_once() {
         "once each, subscribed type only"
     );
 }
+
+#[test]
+fn a_card_action_debug_shows_neither_the_envelope_nor_the_card_token() {
+    let mut msg = click("ev_debug", "as_1", "authorize");
+    msg.payload = bytes::Bytes::from_static(br#"{"event":{"token":"c-card-update-token"}}"#);
+    let shown = format!("{msg:?}");
+    assert!(!shown.contains("c-card-update-token"), "{shown}");
+    assert!(shown.contains("ev_debug"), "{shown}");
+}

@@ -148,7 +148,7 @@ pub struct EventReceived {
 ///
 /// Redelivered copies (same `message_id` and `event_id`) are sent too, each needing the
 /// answer again: answer every copy of an `event_id` as the first.
-#[derive(Debug, Clone, Message)]
+#[derive(Clone, Message)]
 #[rtype(result = "Result<CardActionResponse, CallbackFailed>")]
 pub struct CardActionReceived {
     /// `header.event_id`.
@@ -163,6 +163,21 @@ pub struct CardActionReceived {
     pub payload: Bytes,
     /// `device_id` of the connection it came on.
     pub conn_id: Arc<str>,
+}
+
+impl std::fmt::Debug for CardActionReceived {
+    /// The payload's length only: the raw envelope holds the card's update `token`, which
+    /// `trigger` keeps redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CardActionReceived")
+            .field("event_id", &self.event_id)
+            .field("message_id", &self.message_id)
+            .field("trace_id", &self.trace_id)
+            .field("trigger", &self.trigger)
+            .field("payload_len", &self.payload.len())
+            .field("conn_id", &self.conn_id)
+            .finish()
+    }
 }
 
 /// A callback handler's refusal: the ack will carry `{"code":500}`.

@@ -46,13 +46,23 @@ pub const MAX_CALLBACK_ANSWER_BYTES: usize = 256 * 1024;
 /// send. Reply: the answer of the first target that takes callbacks (configuration
 /// order), `Some(CardActionResponse::default())` when it gave none in time or failed, and
 /// `None` when no target takes `card.action.trigger` (nothing was sent).
-#[derive(Debug, Clone, Message)]
+#[derive(Clone, Message)]
 #[rtype(result = "Option<CardActionResponse>")]
 pub struct ForwardCallback {
     /// `header.event_id` (for logs).
     pub event_id: String,
     /// The whole JSON envelope as received (schema 2.0).
     pub payload: Bytes,
+}
+
+impl std::fmt::Debug for ForwardCallback {
+    /// The payload's length only (the envelope holds the card's update `token`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForwardCallback")
+            .field("event_id", &self.event_id)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
 }
 
 /// One POST of a callback: where, what, for how long.
@@ -165,6 +175,17 @@ fn parse_answer(body: &[u8]) -> Result<CardActionResponse, String> {
 mod tests {
     use super::*;
     use crate::protocol::event::{Toast, ToastKind};
+
+    #[test]
+    fn debug_never_shows_the_envelope() {
+        let msg = ForwardCallback {
+            event_id: "ev_1".into(),
+            payload: Bytes::from_static(br#"{"event":{"token":"c-SECRET-card-token"}}"#),
+        };
+        let shown = format!("{msg:?}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert!(shown.contains("ev_1"), "{shown}");
+    }
 
     #[test]
     fn answers_parse_as_the_platform_reads_them() {
