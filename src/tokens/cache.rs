@@ -29,9 +29,16 @@
 //! 120 B + the token's length: ≈ 2 KB per entry with real tokens, ≈ 200 MB at the default
 //! cap of 100,000 entries.
 //!
-//! The cache is only correct while this process is the vault's only writer, which sled's
-//! one-open-per-path lock guarantees; a store shared by several processes would need a
-//! version check against the store instead.
+//! With a store only this process writes (sled's one-open-per-path lock guarantees it)
+//! the vault's own invalidations are all there is. With a store shared by several
+//! instances (PostgreSQL) the other instances' writes reach the cache as notifications
+//! ([`Vault::watch_store_writes`]); when notifications may have been missed (the
+//! notification connection was lost) every entry is **set aside**
+//! ([`TokenCache::set_aside`]): no longer served as a hit, but kept as the answer of last
+//! resort while the store cannot be read ([`TokenCache::fallback`]). A store that cannot
+//! be read cannot have been written by another instance either, so such a token is not
+//! older than the store's, unless this instance alone lost the database (a network
+//! partition); it is still a token the platform issued and that has not expired.
 //!
 //! Instants are unix epoch milliseconds.
 
@@ -61,6 +68,9 @@ struct State {
     /// Bumped by every invalidation.
     generation: u64,
     entries: HashMap<Box<str>, Entry>,
+    /// Entries set aside by [`TokenCache::set_aside`]: served only by
+    /// [`TokenCache::fallback`].
+    aside: HashMap<Box<str>, Entry>,
 }
 
 /// Opened access tokens by `open_id`; see the module docs. Shared between the System's
@@ -93,7 +103,7 @@ impl TokenCache {
         let hooked = cache.clone();
         vault.on_grant_written(Box::new(move |open_id| hooked.invalidate(open_id)));
         let hooked = cache.clone();
-        vault.on_grants_reset(Box::new(move || hooked.clear()));
+        vault.on_grants_reset(Box::new(move || hooked.set_aside()));
         cache
     }
 
@@ -105,6 +115,7 @@ impl TokenCache {
             state: Mutex::new(State {
                 generation: 0,
                 entries: HashMap::new(),
+                aside: HashMap::new(),
             }),
             capacity,
         }
@@ -161,6 +172,8 @@ impl TokenCache {
         if state.generation != since.0 {
             return false;
         }
+        // Read from the store since: the set-aside copy is no longer needed.
+        state.aside.remove(open_id);
         if let Some(held) = state.entries.get_mut(open_id) {
             if held.version > version {
                 return false;
@@ -195,6 +208,38 @@ impl TokenCache {
         let mut state = self.lock();
         state.generation = state.generation.wrapping_add(1);
         state.entries.remove(open_id);
+        state.aside.remove(open_id);
+    }
+
+    /// Sets every entry aside: lookups ([`fresh`](Self::fresh)) miss and read the store
+    /// again, but while the store cannot be read a set-aside token still valid beyond the
+    /// margin is served by [`fallback`](Self::fallback). Counts as an invalidation of
+    /// every grant. Called when writes of other instances may have been missed (see the
+    /// module docs). At most [`capacity`](Self::capacity) entries are kept aside.
+    pub fn set_aside(&self) {
+        let mut state = self.lock();
+        state.generation = state.generation.wrapping_add(1);
+        let entries = std::mem::take(&mut state.entries);
+        for (open_id, entry) in entries {
+            if state.aside.len() >= self.capacity {
+                break;
+            }
+            state.aside.insert(open_id, entry);
+        }
+    }
+
+    /// The set-aside token of `open_id` if it stays valid for at least `margin_ms`
+    /// (clamped as in [`fresh`](Self::fresh)) after `now_ms`: for a caller whose store
+    /// read just failed. `None` otherwise.
+    pub fn fallback(&self, open_id: &str, now_ms: u64, margin_ms: u64) -> Option<AccessToken> {
+        let state = self.lock();
+        let entry = state.aside.get(open_id)?;
+        (entry.expires_ms >= now_ms.saturating_add(margin_ms.min(entry.margin_cap_ms))).then(|| {
+            AccessToken {
+                token: entry.token.clone(),
+                expires_ms: entry.expires_ms,
+            }
+        })
     }
 
     /// Drops every entry and frees the map (e.g. to give memory back); the next lookups
@@ -203,6 +248,7 @@ impl TokenCache {
         let mut state = self.lock();
         state.generation = state.generation.wrapping_add(1);
         state.entries = HashMap::new();
+        state.aside = HashMap::new();
     }
 
     /// Tokens cached now.
@@ -281,6 +327,34 @@ mod tests {
         let off = TokenCache::new(0);
         assert!(!off.insert(off.generation(), "ou_1", &token("a"), 10_000, u64::MAX, 1));
         assert!(off.is_empty());
+    }
+
+    #[test]
+    fn set_aside_entries_are_served_only_as_a_fallback_until_read_again_or_written() {
+        let cache = TokenCache::new(10);
+        let since = cache.generation();
+        assert!(cache.insert(since, "ou_1", &token("t1"), 10_000, u64::MAX, 3));
+        assert!(cache.insert(since, "ou_2", &token("t2"), 10_000, u64::MAX, 1));
+        cache.set_aside();
+        assert!(cache.fresh("ou_1", 1_000, 500).is_none(), "no longer a hit");
+        let kept = cache.fallback("ou_1", 1_000, 500).expect("kept aside");
+        assert_eq!(kept.token.expose(), "t1");
+        assert!(
+            cache.fallback("ou_1", 9_600, 500).is_none(),
+            "inside the margin"
+        );
+        // A read of the store puts the verified token back and drops the copy.
+        let since = cache.generation();
+        assert!(cache.insert(since, "ou_1", &token("t1b"), 20_000, u64::MAX, 4));
+        assert!(cache.fallback("ou_1", 1_000, 500).is_none());
+        assert_eq!(
+            cache.fresh("ou_1", 1_000, 500).unwrap().token.expose(),
+            "t1b"
+        );
+        // A write of the grant drops the set-aside copy too.
+        assert!(cache.fallback("ou_2", 1_000, 500).is_some());
+        cache.invalidate("ou_2");
+        assert!(cache.fallback("ou_2", 1_000, 500).is_none());
     }
 
     #[test]

@@ -431,7 +431,14 @@ impl<R: RefreshGrant> TokenSource<R> {
         let since = cache.map(|c| c.generation());
         let stored = match self.inner.get(open_id).await {
             Ok(stored) => stored,
-            Err(e) => return (Err(e), "vault"),
+            Err(e) => {
+                // The store cannot be read (a shared store's database down): a token set
+                // aside when notifications stopped is still served while it is fresh.
+                if let Some(token) = cache.and_then(|c| c.fallback(open_id, now, margin)) {
+                    return (Ok(token), "cache");
+                }
+                return (Err(e), "vault");
+            }
         };
         if let Some(record) = stored
             && record.refresh_started_ms.is_none()

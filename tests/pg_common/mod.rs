@@ -100,6 +100,36 @@ fn command(program: &Path) -> Command {
     cmd
 }
 
+/// Starts `postgres` on the cluster in `dir` (data in `dir/data`, socket in `dir`, log
+/// appended to `dir/server.log`).
+fn spawn_server(bin: &Path, dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .expect("log file");
+    command(&bin.join("postgres"))
+        .arg("-D")
+        .arg(dir.join("data"))
+        .arg("-k")
+        .arg(dir)
+        .args([
+            "-c",
+            "listen_addresses=",
+            "-c",
+            "fsync=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=100",
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .expect("start postgres")
+}
+
 impl TestPostgres {
     /// Creates a cluster and starts the server; waits until it accepts connections.
     ///
@@ -135,27 +165,7 @@ impl TestPostgres {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
-        let child = command(&bin.join("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .arg("-k")
-            .arg(dir.path())
-            .args([
-                "-c",
-                "listen_addresses=",
-                "-c",
-                "fsync=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=100",
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("start postgres");
+        let child = spawn_server(&bin, dir.path());
         let mut server = TestPostgres {
             dir,
             bin,
@@ -259,6 +269,17 @@ impl TestPostgres {
         }
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// Starts the server again after [`TestPostgres::stop`] (same data, same socket);
+    /// waits until it accepts connections.
+    ///
+    /// # Panics
+    /// When it is still running or does not start (with its log).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the server is running");
+        self.child = Some(spawn_server(&self.bin, self.dir.path()));
+        self.wait_ready();
     }
 }
 
