@@ -10,6 +10,12 @@
 //!   vault actor, 64 in flight).
 //!
 //! `cargo bench --bench vault_scale` (`VAULT_SCALE_GRANTS=100000` for a quick run).
+//! `VAULT_SCALE_STORE=postgres` runs the same on a throwaway PostgreSQL server started from
+//! the machine's binaries (as the tests do; fsync off, unix socket), through the
+//! PostgreSQL store with its notification connection (as `serve` runs it), and adds a
+//! sustained-read pass: as many `get_token` calls as 16 callers make in 5 s over grants
+//! read before, served by the opened-token cache, then by a source without a cache (every
+//! read a store read).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
@@ -20,7 +26,7 @@ use lark_auth::refresh::{
     DeadlineKind, GetRefreshStats, RefreshIndex, RefreshScheduler, SchedulerSettings,
 };
 use lark_auth::secret::Secret;
-use lark_auth::store::{SledStore, Store};
+use lark_auth::store::{PostgresStore, SledStore, Store};
 use lark_auth::tokens::{NewTokens, RefreshFailure, RefreshGrant, TokenSource};
 use lark_auth::vault::actor::{CompareAndSwapGrant, GetGrant};
 use lark_auth::vault::{
@@ -54,6 +60,9 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
+
+#[path = "../tests/pg_common/mod.rs"]
+mod pg_common;
 
 const APP: &str = "cli_bench";
 
@@ -110,8 +119,23 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    let postgres = std::env::var("VAULT_SCALE_STORE").is_ok_and(|v| v == "postgres");
     let dir = tempfile::tempdir().expect("temporary directory");
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("sled opens"));
+    let server = postgres.then(pg_common::TestPostgres::start);
+    let store: Arc<dyn Store> = match &server {
+        Some(server) => Arc::new(
+            PostgresStore::open(&server.options("lark_auth")).expect("PostgreSQL store opens"),
+        ),
+        None => Arc::new(SledStore::open(dir.path()).expect("sled opens")),
+    };
+    println!(
+        "store: {}",
+        if postgres {
+            "PostgreSQL (throwaway server, loopback unix socket)"
+        } else {
+            "sled"
+        }
+    );
     let vault = Vault::open(
         store,
         APP,
@@ -196,6 +220,11 @@ fn main() {
         after = page.last().map(|g| g.identity.open_id.clone());
     }
 
+    if postgres {
+        // As serve runs it: other instances' writes heard, the cache set aside when the
+        // notification connection is lost.
+        assert!(vault.watch_store_writes());
+    }
     let system = actix::System::new();
     system.block_on(async move {
         let addr = TokenVaultActor::start(vault.clone(), 2);
@@ -260,6 +289,36 @@ fn main() {
         assert_eq!(cache.len(), ids.len());
         pass("asked before: served by the opened-token cache").await;
         pass("asked before: served by the opened-token cache, again").await;
+        if postgres {
+            // Sustained reads: 16 callers for 5 s over the grants read before, served by
+            // the opened-token cache, then by a source without a cache (every read a
+            // store read and an AEAD open).
+            let uncached = TokenSource::new(addr.clone(), NeverCalled, Duration::from_secs(300));
+            for (label, source) in [("opened-token cache", &source), ("no cache: every read from the store", &uncached)] {
+                let reads = std::rc::Rc::new(std::cell::Cell::new(0u64));
+                let deadline = Instant::now() + Duration::from_secs(5);
+                let started = Instant::now();
+                let callers = (0..16usize).map(|c| {
+                    let source = source.clone();
+                    let ids = &ids;
+                    let reads = reads.clone();
+                    async move {
+                        let mut k = c;
+                        while Instant::now() < deadline {
+                            k += 16;
+                            source.get_token(&ids[k % ids.len()]).await.expect("fresh token");
+                            reads.set(reads.get() + 1);
+                        }
+                    }
+                });
+                futures_util::future::join_all(callers).await;
+                let secs = started.elapsed().as_secs_f64();
+                println!(
+                    "sustained get_token, 16 callers, {label}: {:.0} reads/s",
+                    reads.get() as f64 / secs
+                );
+            }
+        }
         let held = LIVE.load(Ordering::Relaxed);
         let entries = cache.len();
         cache.clear();
