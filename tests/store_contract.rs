@@ -967,6 +967,8 @@ mod postgres_only {
         server.psql(
             "BEGIN; DELETE FROM lark_auth.schema_version WHERE version >= 3; \
              ALTER TABLE lark_auth.outbox DROP COLUMN owner, DROP COLUMN lease_until_ms; \
+             DROP TABLE lark_auth.session_inputs; \
+             ALTER TABLE lark_auth.sessions DROP COLUMN holder, DROP COLUMN lease_until_ms; \
              DROP TABLE lark_auth.marks; \
              CREATE TABLE lark_auth.marks (mark bytea PRIMARY KEY, expires_ms bigint NOT NULL, value bytea); \
              CREATE INDEX marks_expiry ON lark_auth.marks (expires_ms); \
@@ -1011,14 +1013,17 @@ mod postgres_only {
             .unwrap();
         drop(store);
         server.psql(
-            "BEGIN; DELETE FROM lark_auth.schema_version WHERE version = 4; \
+            "BEGIN; DELETE FROM lark_auth.schema_version WHERE version >= 4; \
              ALTER TABLE lark_auth.outbox DROP COLUMN owner, DROP COLUMN lease_until_ms; \
+             DROP TABLE lark_auth.session_inputs; \
+             ALTER TABLE lark_auth.sessions DROP COLUMN holder, DROP COLUMN lease_until_ms; \
              COMMIT;",
         );
         let store = PostgresStore::open(&server.options("lark_auth")).unwrap();
+        // Migrated up to the newest version (4, then the later ones).
         assert_eq!(
             server.psql("SELECT max(version) FROM lark_auth.schema_version"),
-            "4"
+            SCHEMA_VERSION.to_string()
         );
         let claimed = store.outbox_claim("new", 20_000, 10, 100).unwrap();
         assert_eq!(claimed.len(), 1);
