@@ -843,13 +843,17 @@ impl AuthSessionActor {
     }
 
     fn toast(&self, toast: ClickToast) -> Toast {
-        let locale = self.locale();
-        match toast {
-            ClickToast::Opening => texts::fixed(ToastKind::Info, texts::OPENING, locale),
-            ClickToast::Declined => texts::fixed(ToastKind::Info, texts::DECLINED, locale),
-            ClickToast::NotYours => texts::fixed(ToastKind::Warning, texts::NOT_YOURS, locale),
-            ClickToast::AlreadyFinished(state) => texts::already_finished(state.as_str(), locale),
-        }
+        click_toast(toast, self.locale())
+    }
+}
+
+/// The toast a click is answered with, in `locale`.
+pub(crate) fn click_toast(toast: ClickToast, locale: CardLocale) -> Toast {
+    match toast {
+        ClickToast::Opening => texts::fixed(ToastKind::Info, texts::OPENING, locale),
+        ClickToast::Declined => texts::fixed(ToastKind::Info, texts::DECLINED, locale),
+        ClickToast::NotYours => texts::fixed(ToastKind::Warning, texts::NOT_YOURS, locale),
+        ClickToast::AlreadyFinished(state) => texts::already_finished(state.as_str(), locale),
     }
 }
 
