@@ -142,8 +142,10 @@ async fn a_click_on_the_instance_not_holding_the_session_is_answered_and_reaches
     // B reads A's session from the store.
     wait_state(&b, &view.session_id, SessionState::CardSent).await;
 
+    // Clicks (each its own event) pushed to B one after the other: their ack latency.
+    const CLICKS: usize = 100;
     let mut latencies = Vec::new();
-    for i in 0..5 {
+    for i in 0..CLICKS {
         let pushed = click(
             &sandbox,
             &format!("ev_click_b_{i}"),
@@ -161,7 +163,7 @@ async fn a_click_on_the_instance_not_holding_the_session_is_answered_and_reaches
     }
     assert_eq!(
         metric(&b, "lark_auth_session_inputs_relayed_total{kind=\"click\"}"),
-        5.0,
+        CLICKS as f64,
         "handed to A"
     );
     let url = authorize_url(&card.card);
@@ -172,12 +174,35 @@ async fn a_click_on_the_instance_not_holding_the_session_is_answered_and_reaches
     assert!(b.token(user).await.is_ok(), "and read by B too");
     assert_eq!(sandbox.sent_card_count(), 1, "one card");
     latencies.sort();
-    let slowest = *latencies.last().unwrap();
-    eprintln!("relayed click acks: {latencies:?}");
-    assert!(
-        slowest < Duration::from_millis(300),
-        "answered by the holder within 300 ms: {latencies:?}"
+    let p50 = latencies[CLICKS / 2];
+    let p99 = latencies[CLICKS * 99 / 100 - 1];
+    eprintln!(
+        "{CLICKS} clicks relayed B → A: ack p50 {p50:?}, p99 {p99:?}, max {:?}",
+        latencies[CLICKS - 1]
     );
+    assert!(
+        p99 <= Duration::from_millis(300),
+        "a click answered by a non-holder: p99 ≤ 300 ms, got {p99:?}"
+    );
+    a.shutdown(Duration::from_secs(2)).await;
+    b.shutdown(Duration::from_secs(2)).await;
+}
+
+#[actix_rt::test]
+async fn a_second_authorization_on_another_instance_returns_the_session_in_flight() {
+    let server = pg_common::TestPostgres::start();
+    let (sandbox, config) = setup(&server).await;
+    let keyring = Keyring::single(1, VaultKey::generate());
+    let a = start(config.clone(), keyring.clone(), false).await;
+    let b = start(config, keyring, false).await;
+
+    let user = "ou_shared_twice";
+    let first = a.authorize(user, vec![]).await.expect("started on A");
+    let again = b.authorize(user, vec![]).await.expect("asked on B");
+    assert_eq!(again.session_id, first.session_id, "the session in flight");
+    sandbox.wait_for_sent_cards(1, WAIT).await.unwrap();
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sandbox.sent_card_count(), 1, "one card");
     a.shutdown(Duration::from_secs(2)).await;
     b.shutdown(Duration::from_secs(2)).await;
 }
@@ -241,6 +266,24 @@ async fn a_session_whose_holder_died_is_taken_over_with_its_card() {
     // A dies: its sessions stop, their leases are not handed back.
     let died = Instant::now();
     a.abandon_sessions(Duration::from_secs(2)).await;
+    // A click while A's lease still runs: nobody answers the relayed input in time, and B
+    // answers from the stored record, inside the callback deadline.
+    let pushed = click(
+        &sandbox,
+        "ev_click_dead_holder",
+        &view.session_id,
+        user,
+        &card.message_id,
+    );
+    let ack = ack_of(&sandbox, &pushed).await;
+    assert!(
+        OPENING.contains(&toast_content(&ack).as_str()),
+        "{}",
+        ack_data(&ack)
+    );
+    let latency = ack.latency.expect("pushed here");
+    eprintln!("click for a dead holder's session answered in {latency:?}");
+    assert!(latency < Duration::from_secs(3), "{latency:?}");
     eventually("B takes the session over", || async {
         (metric(&b, "lark_auth_session_lease_takeovers_total") >= 1.0).then_some(())
     })

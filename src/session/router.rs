@@ -76,7 +76,7 @@ use super::router_state::{PerUserLimit, RouterState, StateLookup};
 use super::store::{
     ClaimClick, ClickClaim, FindSession, FlushSessions, KeepClickAnswer, ListSessions, LoadSession,
     LoadSessions, PutSession, PutSessionHeld, ReleaseSessions, SessionCodec, SessionStoreActor,
-    SessionStoreError, TidyStore, WriteSeq,
+    SessionStoreError, SessionsInFlight, TidyStore, WriteSeq,
 };
 use crate::store::SessionClaim;
 
@@ -640,12 +640,49 @@ impl RouterActor {
                     .map(|res, _, _| res.map_err(|_| StartError::Stopping)),
             ));
         }
+        if self.sharing.is_some() {
+            // A session of the user in flight on another instance is the answer too.
+            let lookup = self.deps.store.send(SessionsInFlight {
+                open_id: msg.open_id.clone(),
+            });
+            return AtomicResponse::new(Box::pin(lookup.into_actor(self).then(
+                move |res, act, _| {
+                    let record = match res {
+                        Ok(Ok(records)) => records.into_iter().next(),
+                        Ok(Err(e)) => {
+                            warn!(error = %e, "the user's sessions in flight could not be read");
+                            None
+                        }
+                        Err(_) => None,
+                    };
+                    let Some(record) = record else {
+                        return act.create_session(msg, requested_by);
+                    };
+                    debug!(session_id = %record.session_id, "the user's session in flight returned");
+                    match act.sessions.get(record.session_id.as_str()) {
+                        Some(addr) => Box::pin(
+                            addr.send(GetSessionView)
+                                .into_actor(act)
+                                .map(|res, _, _| res.map_err(|_| StartError::Stopping)),
+                        ),
+                        None => Box::pin(fut::ready(Ok(SessionView::of(&record)))),
+                    }
+                },
+            )));
+        }
+        AtomicResponse::new(self.create_session(msg, requested_by))
+    }
+
+    /// Creates, stores and starts a new session (the per-user limit permitting).
+    fn create_session(
+        &mut self,
+        msg: StartAuthorizationWithLocale,
+        requested_by: Option<String>,
+    ) -> ResponseActFuture<Self, Result<SessionView, StartError>> {
         let now = self.deps.clock.now_ms();
         let settings = self.deps.settings.clone();
         if let Err(retry_after) = self.state.admit(&msg.open_id, now) {
-            return AtomicResponse::new(Box::pin(fut::ready(Err(StartError::RateLimited {
-                retry_after,
-            }))));
+            return Box::pin(fut::ready(Err(StartError::RateLimited { retry_after })));
         }
 
         let scopes = if msg.scopes.is_empty() {
@@ -689,13 +726,13 @@ impl RouterActor {
                 record: record.clone(),
             })),
         };
-        AtomicResponse::new(Box::pin(write.into_actor(self).map(move |res, act, _| {
+        Box::pin(write.into_actor(self).map(move |res, act, _| {
             let seq = res.map_err(|_| StartError::Stopping)??;
             let view = SessionView::of(&record);
             info!(session_id = %record.session_id, open_id = %record.open_id, "authorization session started");
             act.spawn_session(record, false, durable.then_some(seq));
             Ok(view)
-        })))
+        }))
     }
 }
 

@@ -974,6 +974,33 @@ pub struct TakeInputAnswer {
     pub id: u64,
 }
 
+/// The user's sessions in flight on any instance of a shared store
+/// ([`Store::sessions_in_flight`]), not terminal, opened; unreadable ones are skipped.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Vec<SessionRecord>, SessionStoreError>")]
+pub struct SessionsInFlight {
+    /// The user.
+    pub open_id: String,
+}
+
+impl Handler<SessionsInFlight> for SessionStoreActor {
+    type Result = Result<Vec<SessionRecord>, SessionStoreError>;
+
+    fn handle(&mut self, msg: SessionsInFlight, _: &mut Self::Context) -> Self::Result {
+        let mut out = Vec::new();
+        for (id, bytes) in self.store.sessions_in_flight(&msg.open_id)? {
+            match self.codec.decode(&id, &bytes) {
+                Ok(record) if !record.state.is_terminal() && record.open_id == msg.open_id => {
+                    out.push(record)
+                }
+                Ok(_) => {}
+                Err(e) => warn!(session_id = %id, error = %e, "session record skipped"),
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl Handler<PutSessionHeld> for SessionStoreActor {
     type Result = Result<WriteSeq, SessionStoreError>;
 
@@ -984,6 +1011,7 @@ impl Handler<PutSessionHeld> for SessionStoreActor {
             &bytes,
             &msg.holder,
             msg.lease_until_ms,
+            &msg.record.open_id,
         )?;
         Ok(self.positions.written.fetch_add(1, Ordering::AcqRel) + 1)
     }

@@ -727,8 +727,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     // ----- sessions shared by several instances (issue 14) -----------------------------
 
-    /// Like [`Store::put_session`], and the session belongs to the instance `holder`
-    /// until `lease_until_ms` (unix ms): no other instance sharing the store carries it on
+    /// Like [`Store::put_session`] for a session of user `open_id`, and the session
+    /// belongs to the instance `holder` until `lease_until_ms` (unix ms): no other
+    /// instance sharing the store carries it on
     /// ([`Store::claim_session`], [`Store::claim_lapsed_sessions`]) while `holder` renews
     /// the lease ([`Store::renew_sessions`]). A store one process uses (sled, the default)
     /// keeps no holder: this is [`Store::put_session`].
@@ -741,9 +742,23 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         value: &[u8],
         holder: &str,
         lease_until_ms: u64,
+        open_id: &str,
     ) -> Result<(), StoreError> {
-        let _ = (holder, lease_until_ms);
+        let _ = (holder, lease_until_ms, open_id);
         self.put_session(session_id, value)
+    }
+
+    /// The records of the sessions of user `open_id` written by
+    /// [`Store::put_session_held`] and not released as finished, in id order: the user's
+    /// sessions in flight on any instance (the caller checks their state). Nothing on a
+    /// store one process uses (sled, the default: the router knows its own).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    #[allow(clippy::type_complexity)]
+    fn sessions_in_flight(&self, open_id: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let _ = open_id;
+        Ok(Vec::new())
     }
 
     /// Takes the lease of one session for `holder` until `lease_until_ms` when nobody

@@ -142,13 +142,15 @@ ALTER TABLE {s}.outbox ADD COLUMN owner text COLLATE "C", ADD COLUMN lease_until
         version: 5,
         description: "sessions held by one instance under a lease; the session inbox",
         // `lease_until_ms`: 0 for sessions stored before (any instance may take them over,
-        // and drops the finished ones), NULL for a session released as finished. Inputs
+        // and drops the finished ones), NULL for a session released as finished. `open_id`:
+        // the session's user, set by a held write (finds a user's session in flight). Inputs
         // (clicks, redirects) received by an instance that does not hold their session
         // wait in `session_inputs` for the holder, which answers there.
         sql: r#"
 ALTER TABLE {s}.sessions ADD COLUMN holder text COLLATE "C",
-    ADD COLUMN lease_until_ms bigint DEFAULT 0;
+    ADD COLUMN lease_until_ms bigint DEFAULT 0, ADD COLUMN open_id text COLLATE "C";
 CREATE INDEX sessions_lease ON {s}.sessions (lease_until_ms) WHERE lease_until_ms IS NOT NULL;
+CREATE INDEX sessions_user ON {s}.sessions (open_id) WHERE lease_until_ms IS NOT NULL;
 CREATE INDEX sessions_holder ON {s}.sessions (holder) WHERE holder IS NOT NULL;
 CREATE TABLE {s}.session_inputs (
     id         bigserial PRIMARY KEY,
@@ -321,6 +323,7 @@ pub(super) struct Sql {
     pub answer_session_input: String,
     pub take_input_answer: String,
     pub purge_session_inputs: String,
+    pub sessions_in_flight: String,
 }
 
 impl Sql {
@@ -447,10 +450,10 @@ impl Sql {
             ),
             outbox_remove: format!("DELETE FROM {s}.outbox WHERE target = $1 AND event_id = $2"),
             put_session_held: format!(
-                "INSERT INTO {s}.sessions (session_id, value, holder, lease_until_ms) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (session_id) DO UPDATE \
+                "INSERT INTO {s}.sessions (session_id, value, holder, lease_until_ms, open_id) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (session_id) DO UPDATE \
                  SET value = EXCLUDED.value, holder = EXCLUDED.holder, \
-                 lease_until_ms = EXCLUDED.lease_until_ms"
+                 lease_until_ms = EXCLUDED.lease_until_ms, open_id = EXCLUDED.open_id"
             ),
             // Compare-and-swap: free, lapsed, or already ours.
             claim_session: format!(
@@ -500,6 +503,10 @@ impl Sql {
             take_input_answer: format!(
                 "DELETE FROM {s}.session_inputs WHERE id = $1 AND answer IS NOT NULL \
                  RETURNING answer"
+            ),
+            sessions_in_flight: format!(
+                "SELECT session_id, value FROM {s}.sessions \
+                 WHERE open_id = $1 AND lease_until_ms IS NOT NULL ORDER BY session_id"
             ),
             purge_session_inputs: format!(
                 "DELETE FROM {s}.session_inputs WHERE id IN (SELECT id FROM {s}.session_inputs \

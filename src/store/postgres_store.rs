@@ -1121,24 +1121,41 @@ impl Store for PostgresStore {
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
     fn put_session_held(
         &self,
         session_id: &str,
         value: &[u8],
         holder: &str,
         lease_until_ms: u64,
+        open_id: &str,
     ) -> Result<(), StoreError> {
         check_part("session_id", session_id)?;
         check_part("holder", holder)?;
+        check_part("open_id", open_id)?;
         let (id, value, holder) = (session_id.to_string(), value.to_vec(), holder.to_string());
+        let open_id = open_id.to_string();
         let until = to_db(lease_until_ms);
         self.call("put_session_held", move |pool, sql| async move {
             let client = pool.get().await?;
             let stmt = client.prepare_cached(&sql.put_session_held).await?;
             client
-                .execute(&stmt, &[&id, &value, &holder, &until])
+                .execute(&stmt, &[&id, &value, &holder, &until, &open_id])
                 .await?;
             Ok(())
+        })
+    }
+
+    fn sessions_in_flight(&self, open_id: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        if open_id.as_bytes().contains(&0) {
+            return Ok(Vec::new());
+        }
+        let open_id = open_id.to_string();
+        self.call("sessions_in_flight", move |pool, sql| async move {
+            let client = pool.get().await?;
+            let stmt = client.prepare_cached(&sql.sessions_in_flight).await?;
+            let rows = client.query(&stmt, &[&open_id]).await?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
         })
     }
 
