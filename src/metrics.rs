@@ -1019,6 +1019,11 @@ impl StoreMetrics {
             "Clicks and OAuth redirects received for a session another instance holds, handed to it through the store, by kind",
             inputs_relayed.clone(),
         );
+        for kind in ["click", "redirect"] {
+            let _ = inputs_relayed.get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            });
+        }
         StoreMetrics {
             seconds,
             pool_busy,
