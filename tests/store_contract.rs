@@ -1067,6 +1067,14 @@ mod postgres_only {
             store.renew_sessions("inst_a", 40_000).unwrap().is_empty(),
             "A lost them"
         );
+        // A's writes no longer land; B's do.
+        assert!(
+            !store
+                .put_session_if_held("as_1", b"stale", "inst_a")
+                .unwrap()
+        );
+        assert!(store.put_session_if_held("as_1", b"one", "inst_b").unwrap());
+        assert_eq!(store.get_session("as_1").unwrap(), Some(b"one".to_vec()));
         assert_eq!(store.sessions_in_flight("ou_1").unwrap().len(), 1);
 
         // Inputs: put by A for B's session, taken once by B, answered to A.

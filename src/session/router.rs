@@ -377,6 +377,7 @@ impl RouterActor {
                     finished: ctx.address().recipient(),
                     settings,
                     clock: parts.clock,
+                    holder: sharing.as_ref().map(|s| Rc::from(s.instance())),
                 }),
                 sessions: HashMap::new(),
                 state,

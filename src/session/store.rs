@@ -68,6 +68,13 @@ pub enum SessionStoreError {
     /// The session store's thread is gone (the service is stopping).
     #[error("the session store is stopped")]
     Stopped,
+    /// Shared store: another instance holds the session now (this one's lease lapsed and
+    /// it was taken over); nothing was written. Stop running the session here.
+    #[error("session {session_id} is held by another instance now")]
+    NotHolder {
+        /// The session.
+        session_id: String,
+    },
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -972,6 +979,34 @@ pub struct AnswerInput {
 pub struct TakeInputAnswer {
     /// The input.
     pub id: u64,
+}
+
+/// Like [`PutSession`] on a shared store: written only while `holder` holds the session
+/// ([`Store::put_session_if_held`]), else [`SessionStoreError::NotHolder`].
+#[derive(Debug, Message)]
+#[rtype(result = "Result<WriteSeq, SessionStoreError>")]
+pub struct PutSessionIfHeld {
+    /// The record.
+    pub record: SessionRecord,
+    /// This instance's name.
+    pub holder: String,
+}
+
+impl Handler<PutSessionIfHeld> for SessionStoreActor {
+    type Result = Result<WriteSeq, SessionStoreError>;
+
+    fn handle(&mut self, msg: PutSessionIfHeld, _: &mut Self::Context) -> Self::Result {
+        let bytes = self.codec.encode(&msg.record);
+        if !self
+            .store
+            .put_session_if_held(&msg.record.session_id, &bytes, &msg.holder)?
+        {
+            return Err(SessionStoreError::NotHolder {
+                session_id: msg.record.session_id,
+            });
+        }
+        Ok(self.positions.written.fetch_add(1, Ordering::AcqRel) + 1)
+    }
 }
 
 /// The user's sessions in flight on any instance of a shared store

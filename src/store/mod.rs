@@ -748,6 +748,25 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         self.put_session(session_id, value)
     }
 
+    /// Like [`Store::put_session`], but only while the instance `holder` holds the session
+    /// (its lease may have lapsed, as long as nobody took it over): false, and nothing
+    /// written, when another instance holds it now (or there is no record), so an
+    /// instance that lost a session never overwrites its new holder's transitions. A store
+    /// one process uses (sled, the default): [`Store::put_session`], true.
+    ///
+    /// # Errors
+    /// As [`Store::put_session`].
+    fn put_session_if_held(
+        &self,
+        session_id: &str,
+        value: &[u8],
+        holder: &str,
+    ) -> Result<bool, StoreError> {
+        let _ = holder;
+        self.put_session(session_id, value)?;
+        Ok(true)
+    }
+
     /// The records of the sessions of user `open_id` written by
     /// [`Store::put_session_held`] and not released as finished, in id order: the user's
     /// sessions in flight on any instance (the caller checks their state). Nothing on a

@@ -324,6 +324,7 @@ pub(super) struct Sql {
     pub take_input_answer: String,
     pub purge_session_inputs: String,
     pub sessions_in_flight: String,
+    pub put_session_if_held: String,
 }
 
 impl Sql {
@@ -503,6 +504,9 @@ impl Sql {
             take_input_answer: format!(
                 "DELETE FROM {s}.session_inputs WHERE id = $1 AND answer IS NOT NULL \
                  RETURNING answer"
+            ),
+            put_session_if_held: format!(
+                "UPDATE {s}.sessions SET value = $2 WHERE session_id = $1 AND holder = $3"
             ),
             sessions_in_flight: format!(
                 "SELECT session_id, value FROM {s}.sessions \

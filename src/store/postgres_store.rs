@@ -1146,6 +1146,22 @@ impl Store for PostgresStore {
         })
     }
 
+    fn put_session_if_held(
+        &self,
+        session_id: &str,
+        value: &[u8],
+        holder: &str,
+    ) -> Result<bool, StoreError> {
+        check_part("session_id", session_id)?;
+        check_part("holder", holder)?;
+        let (id, value, holder) = (session_id.to_string(), value.to_vec(), holder.to_string());
+        self.call("put_session_if_held", move |pool, sql| async move {
+            let client = pool.get().await?;
+            let stmt = client.prepare_cached(&sql.put_session_if_held).await?;
+            Ok(client.execute(&stmt, &[&id, &value, &holder]).await? == 1)
+        })
+    }
+
     fn sessions_in_flight(&self, open_id: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         if open_id.as_bytes().contains(&0) {
             return Ok(Vec::new());
