@@ -328,18 +328,26 @@ impl LarkAuth {
             )?)
         };
         let tenant = crate::proxy::TenantTokenService::new(client.clone()).start();
-        let router = RouterActor::start_with_pacer(
-            RouterParts {
-                client,
-                store,
-                keyring: options.keyring,
-                vault: vault.clone(),
-                settings: SessionSettings::from_config(&config),
-                metrics: metrics.clone(),
-                clock: crate::clock::Clock::system(),
-            },
-            endpoint_pacer.clone(),
-        )?;
+        let router_parts = RouterParts {
+            client,
+            store,
+            keyring: options.keyring,
+            vault: vault.clone(),
+            settings: SessionSettings::from_config(&config),
+            metrics: metrics.clone(),
+            clock: crate::clock::Clock::system(),
+        };
+        let router = if config.store.backend == StoreBackend::Postgres {
+            // Sessions held under leases, inputs handed to their holder, takeover.
+            RouterActor::start_shared(
+                router_parts,
+                endpoint_pacer.clone(),
+                crate::session::SessionSharing::new(config.store.lease)
+                    .within_callback_budget(config.connection.callback_budget),
+            )?
+        } else {
+            RouterActor::start_with_pacer(router_parts, endpoint_pacer.clone())?
+        };
         let reauth = ReauthRelay {
             router: router.clone(),
         }
@@ -477,13 +485,6 @@ fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, Star
                     })?;
             let store = PostgresStore::open(&PostgresOptions::new(url, &config.store.schema))?;
             store.set_metrics(metrics.clone());
-            // Grants, refreshes and the token-endpoint budget are shared; authorization
-            // sessions are not yet (issue 14): one instance per store for authorizations.
-            tracing::warn!(
-                store = %store.location(),
-                "store.backend = \"postgres\": run a single instance on this store; \
-                 authorization sessions are not shared between instances yet"
-            );
             Ok(Arc::new(store))
         }
     }
@@ -705,10 +706,29 @@ impl Handle {
         self.vault_loss.as_ref()
     }
 
+    /// Stops this instance's long connection and its authorization sessions **without**
+    /// handing their leases back, as if the process had been killed: on a shared store
+    /// the other instances take the sessions over once the leases lapse. For tests of the
+    /// takeover; the rest of the instance (HTTP, refreshes) keeps running until dropped
+    /// with the System.
+    #[doc(hidden)]
+    pub async fn abandon_sessions(mut self, grace: Duration) {
+        self.connection.do_send(Shutdown);
+        let stopped = self
+            .states
+            .wait_for(|r| matches!(r.state, ConnectionState::Stopped | ConnectionState::Failed));
+        let _ = tokio::time::timeout(grace, stopped).await;
+        let _ = self
+            .router
+            .send(crate::session::router::AbandonSessions)
+            .await;
+    }
+
     /// Stops gracefully within about `grace`: the connection closes after its queued
     /// acks, sessions are persisted (they resume on the next start), the store is flushed,
     /// the event gateway stops (undelivered entries stay in the outbox), the HTTP front
-    /// stops.
+    /// stops. On a shared store the sessions' leases are handed back, so another
+    /// instance carries them on at once.
     pub async fn shutdown(mut self, grace: Duration) {
         self.connection.do_send(Shutdown);
         let stopped = self

@@ -515,7 +515,8 @@ pub struct StoreConfig {
     pub schema: String,
     /// How long an instance's claim on a session or a refresh lasts (s, 1..=3600).
     /// Default 15. Used by postgres: another instance's refresh marker younger than this
-    /// is its refresh in flight (waited for, never replaced); sessions do not use it yet.
+    /// is its refresh in flight (waited for, never replaced); an authorization session or
+    /// an outbox entry whose holder did not renew its lease for this long is taken over.
     #[serde(with = "duration_secs", rename = "lease_secs")]
     pub lease: Duration,
     /// The connection URL, read from `url_env` by [`Config::resolve_store_url`]; never

@@ -954,6 +954,17 @@ struct StoreMetrics {
     pool_idle: Gauge,
     pool_waiting: Gauge,
     notifications: Counter,
+    /// Sessions this instance took over from a holder whose lease lapsed (issue 14).
+    lease_takeovers: Counter,
+    /// Inputs handed to another instance's session, by kind (issue 14).
+    inputs_relayed: Family<KindLabel, Counter>,
+}
+
+/// Label set with one `kind` label (`click`, `redirect`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// What was relayed.
+    pub kind: String,
 }
 
 impl StoreMetrics {
@@ -996,12 +1007,31 @@ impl StoreMetrics {
         for op in STORE_OPERATIONS {
             let _ = seconds.get_or_create(&OpLabel { op: op.to_string() });
         }
+        let lease_takeovers = Counter::default();
+        registry.register(
+            "session_lease_takeovers",
+            "Authorization sessions this instance took over because their holder's lease lapsed (shared store)",
+            lease_takeovers.clone(),
+        );
+        let inputs_relayed = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "session_inputs_relayed",
+            "Clicks and OAuth redirects received for a session another instance holds, handed to it through the store, by kind",
+            inputs_relayed.clone(),
+        );
+        for kind in ["click", "redirect"] {
+            let _ = inputs_relayed.get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            });
+        }
         StoreMetrics {
             seconds,
             pool_busy,
             pool_idle,
             pool_waiting,
             notifications,
+            lease_takeovers,
+            inputs_relayed,
         }
     }
 }
@@ -1027,6 +1057,24 @@ impl Metrics {
     /// Counts one grant-write notification heard.
     pub fn store_notification(&self) {
         self.inner.store.notifications.inc();
+    }
+
+    /// Counts `n` sessions taken over from a holder whose lease lapsed
+    /// (`lark_auth_session_lease_takeovers_total`).
+    pub fn session_lease_takeovers(&self, n: u64) {
+        self.inner.store.lease_takeovers.inc_by(n);
+    }
+
+    /// Counts one input (`click`, `redirect`) handed to the instance holding its session
+    /// (`lark_auth_session_inputs_relayed_total{kind}`).
+    pub fn session_input_relayed(&self, kind: &str) {
+        self.inner
+            .store
+            .inputs_relayed
+            .get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            })
+            .inc();
     }
 }
 

@@ -967,6 +967,9 @@ mod postgres_only {
         server.psql(
             "BEGIN; DELETE FROM lark_auth.schema_version WHERE version >= 3; \
              ALTER TABLE lark_auth.outbox DROP COLUMN owner, DROP COLUMN lease_until_ms; \
+             DROP TABLE lark_auth.session_inputs; \
+             ALTER TABLE lark_auth.sessions DROP COLUMN holder, DROP COLUMN lease_until_ms, \
+             DROP COLUMN open_id; \
              DROP TABLE lark_auth.marks; \
              CREATE TABLE lark_auth.marks (mark bytea PRIMARY KEY, expires_ms bigint NOT NULL, value bytea); \
              CREATE INDEX marks_expiry ON lark_auth.marks (expires_ms); \
@@ -994,6 +997,140 @@ mod postgres_only {
         assert!(store.disk_bytes().unwrap().unwrap() > 0);
     }
 
+    /// Session leases (issue 14): a held session is claimed by one instance at a time
+    /// (compare-and-swap), taken over once its lease lapsed, renewed and released; inputs
+    /// handed to the holder through the inbox are taken once and answered to the sender;
+    /// the user's sessions in flight are found by `open_id`.
+    #[test]
+    fn sessions_are_held_under_leases_and_inputs_reach_their_holder() {
+        use lark_auth::store::SessionClaim;
+
+        let server = pg_common::TestPostgres::start();
+        let store = PostgresStore::open(&server.options("lark_auth")).unwrap();
+        store
+            .put_session_held("as_1", b"one", "inst_a", 10_000, "ou_1")
+            .unwrap();
+        store.put_session("as_old", b"old").unwrap();
+        assert_eq!(store.get_session("as_1").unwrap(), Some(b"one".to_vec()));
+
+        // B cannot take A's live session; A can (it holds it); B can once it lapsed.
+        assert_eq!(
+            store
+                .claim_session("as_1", "inst_b", 20_000, 5_000)
+                .unwrap(),
+            SessionClaim::Held {
+                holder: "inst_a".into(),
+                until_ms: 10_000
+            }
+        );
+        assert_eq!(
+            store
+                .claim_session("as_1", "inst_a", 12_000, 5_000)
+                .unwrap(),
+            SessionClaim::Claimed
+        );
+        assert_eq!(
+            store
+                .claim_session("as_nope", "inst_a", 12_000, 5_000)
+                .unwrap(),
+            SessionClaim::Missing
+        );
+        // A session stored without a holder (before leases, or copied) is free.
+        assert_eq!(
+            store
+                .claim_session("as_old", "inst_a", 12_000, 5_000)
+                .unwrap(),
+            SessionClaim::Claimed
+        );
+        assert_eq!(
+            store.renew_sessions("inst_a", 15_000).unwrap(),
+            vec!["as_1".to_string(), "as_old".to_string()]
+        );
+        assert!(
+            store
+                .claim_lapsed_sessions("inst_b", 30_000, 14_000, 10)
+                .unwrap()
+                .is_empty(),
+            "nothing lapsed yet"
+        );
+        let taken = store
+            .claim_lapsed_sessions("inst_b", 30_000, 16_000, 10)
+            .unwrap();
+        assert_eq!(
+            taken,
+            vec![
+                ("as_1".to_string(), b"one".to_vec()),
+                ("as_old".to_string(), b"old".to_vec())
+            ]
+        );
+        assert!(
+            store.renew_sessions("inst_a", 40_000).unwrap().is_empty(),
+            "A lost them"
+        );
+        // A's writes no longer land; B's do.
+        assert!(
+            !store
+                .put_session_if_held("as_1", b"stale", "inst_a")
+                .unwrap()
+        );
+        assert!(store.put_session_if_held("as_1", b"one", "inst_b").unwrap());
+        assert_eq!(store.get_session("as_1").unwrap(), Some(b"one".to_vec()));
+        assert_eq!(store.sessions_in_flight("ou_1").unwrap().len(), 1);
+
+        // Inputs: put by A for B's session, taken once by B, answered to A.
+        let id = store
+            .put_session_input("as_1", "inst_a", b"sealed", 16_000)
+            .unwrap()
+            .expect("an inbox");
+        assert!(store.take_session_inputs("inst_a", 10).unwrap().is_empty());
+        let inputs = store.take_session_inputs("inst_b", 10).unwrap();
+        assert_eq!(inputs.len(), 1);
+        assert_eq!(
+            (
+                inputs[0].id,
+                inputs[0].session_id.as_str(),
+                inputs[0].payload.as_slice()
+            ),
+            (id, "as_1", &b"sealed"[..])
+        );
+        assert!(
+            store.take_session_inputs("inst_b", 10).unwrap().is_empty(),
+            "taken once"
+        );
+        assert_eq!(
+            store.take_input_answer(id).unwrap(),
+            None,
+            "not answered yet"
+        );
+        assert!(store.answer_session_input(id, b"toast").unwrap());
+        assert_eq!(
+            store.take_input_answer(id).unwrap(),
+            Some(b"toast".to_vec())
+        );
+        assert_eq!(store.take_input_answer(id).unwrap(), None, "read once");
+        let stale = store
+            .put_session_input("as_1", "inst_a", b"x", 1_000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.purge_session_inputs(2_000, 10).unwrap(), 1);
+        assert!(!store.answer_session_input(stale, b"late").unwrap());
+
+        // Released as finished: never taken over, no longer in flight; handed back:
+        // taken over at once.
+        assert_eq!(
+            store
+                .release_sessions("inst_b", Some("as_1"), true)
+                .unwrap(),
+            1
+        );
+        assert_eq!(store.release_sessions("inst_b", None, false).unwrap(), 1);
+        let taken = store
+            .claim_lapsed_sessions("inst_c", 90_000, 41_000, 10)
+            .unwrap();
+        assert_eq!(taken, vec![("as_old".to_string(), b"old".to_vec())]);
+        assert!(store.sessions_in_flight("ou_1").unwrap().is_empty());
+    }
+
     /// Version 4 (outbox owners and leases) on a schema of version 3: the entries are
     /// kept, without owner, and the first instance to claim takes them.
     #[test]
@@ -1011,14 +1148,18 @@ mod postgres_only {
             .unwrap();
         drop(store);
         server.psql(
-            "BEGIN; DELETE FROM lark_auth.schema_version WHERE version = 4; \
+            "BEGIN; DELETE FROM lark_auth.schema_version WHERE version >= 4; \
              ALTER TABLE lark_auth.outbox DROP COLUMN owner, DROP COLUMN lease_until_ms; \
+             DROP TABLE lark_auth.session_inputs; \
+             ALTER TABLE lark_auth.sessions DROP COLUMN holder, DROP COLUMN lease_until_ms, \
+             DROP COLUMN open_id; \
              COMMIT;",
         );
         let store = PostgresStore::open(&server.options("lark_auth")).unwrap();
+        // Migrated up to the newest version (4, then the later ones).
         assert_eq!(
             server.psql("SELECT max(version) FROM lark_auth.schema_version"),
-            "4"
+            SCHEMA_VERSION.to_string()
         );
         let claimed = store.outbox_claim("new", 20_000, 10, 100).unwrap();
         assert_eq!(claimed.len(), 1);

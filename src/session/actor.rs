@@ -4,7 +4,8 @@
 //! answer), [`CodeRedirect`] (the authorization-code redirect, already matched by `state`),
 //! [`GetSessionView`], [`StopSession`].
 //! Sends: [`SessionFinished`] to the router when the session is terminal and its last
-//! card update is done (then it stops).
+//! card update is done (then it stops), or, on a shared store, when a write found the
+//! session held by another instance (then it stops without acting).
 //!
 //! Each input goes through `step`; when the record changed it is written to the store
 //! (SessionStoreActor) **before** any action is performed and before the new state becomes
@@ -73,7 +74,10 @@ use super::machine::{
     self, Action, CardKind, Choice, ClickToast, FailureReason, Input, PollAnswer, SessionRecord,
     SessionState,
 };
-use super::store::{FlushThrough, PutSession, SessionFlusher, SessionStoreActor, WriteSeq};
+use super::store::{
+    FlushThrough, PutSession, PutSessionIfHeld, SessionFlusher, SessionStoreActor,
+    SessionStoreError, WriteSeq,
+};
 use super::texts::toast as texts;
 use crate::token_endpoint::{AcquireSlot, SlotPriority, TokenEndpointPacer};
 
@@ -129,7 +133,8 @@ pub struct SessionFinished {
     pub session_id: String,
     /// Its user.
     pub open_id: String,
-    /// The terminal state.
+    /// The state it ended in: terminal, or (shared store) the state it had when another
+    /// instance was found holding it.
     pub state: SessionState,
 }
 
@@ -310,6 +315,18 @@ pub struct SessionDeps {
     pub settings: Rc<SessionSettings>,
     /// The time (unix ms) for every transition, card and retry decision.
     pub clock: Clock,
+    /// On a store shared by several instances, this instance's name: a transition is
+    /// written only while this instance holds the session, and a session another
+    /// instance took over stops here without acting. `None` (sled): always written.
+    pub holder: Option<Rc<str>>,
+}
+
+/// Why a transition's write failed.
+enum WriteFailed {
+    /// Another instance holds the session now.
+    NotHolder,
+    /// Anything else (logged; the actions still run, as before).
+    Other(String),
 }
 
 /// Token material held between `TokenIssued` and `GrantStored`, never persisted.
@@ -402,27 +419,63 @@ impl AuthSessionActor {
             let store = self.deps.store.clone();
             let flusher = self.deps.flusher.clone();
             let record = self.record.clone();
+            let holder = self.deps.holder.clone();
             let write = async move {
-                let seq = store
-                    .send(PutSession { record })
-                    .await
-                    .map_err(|e| format!("session store gone: {e}"))?
-                    .map_err(|e| format!("session record not stored: {e}"))?;
+                let put = match holder {
+                    Some(holder) => {
+                        store
+                            .send(PutSessionIfHeld {
+                                record,
+                                holder: holder.to_string(),
+                            })
+                            .await
+                    }
+                    None => store.send(PutSession { record }).await,
+                };
+                let seq = match put {
+                    Ok(Ok(seq)) => seq,
+                    Ok(Err(SessionStoreError::NotHolder { .. })) => {
+                        return Err(WriteFailed::NotHolder);
+                    }
+                    Ok(Err(e)) => {
+                        return Err(WriteFailed::Other(format!(
+                            "session record not stored: {e}"
+                        )));
+                    }
+                    Err(e) => return Err(WriteFailed::Other(format!("session store gone: {e}"))),
+                };
                 if durable {
                     flusher
                         .send(FlushThrough { seq })
                         .await
-                        .map_err(|e| format!("session flusher gone: {e}"))?
-                        .map_err(|e| format!("session record not flushed: {e}"))?;
+                        .map_err(|e| WriteFailed::Other(format!("session flusher gone: {e}")))?
+                        .map_err(|e| {
+                            WriteFailed::Other(format!("session record not flushed: {e}"))
+                        })?;
                 }
-                Ok::<(), String>(())
+                Ok::<(), WriteFailed>(())
             };
             let todo = actions.clone();
             self.writes_pending += 1;
             ctx.wait(write.into_actor(self).map(move |res, act, ctx| {
                 act.writes_pending -= 1;
-                if let Err(e) = res {
-                    warn!(session_id = %act.record.session_id, error = %e, "session transition not persisted");
+                match res {
+                    Err(WriteFailed::NotHolder) => {
+                        // Another instance carries the session on: act on nothing here.
+                        warn!(session_id = %act.record.session_id, "session held by another instance now; stopped here");
+                        act.finished = true;
+                        act.deps.finished.do_send(SessionFinished {
+                            session_id: act.record.session_id.clone(),
+                            open_id: act.record.open_id.clone(),
+                            state: act.record.state,
+                        });
+                        ctx.stop();
+                        return;
+                    }
+                    Err(WriteFailed::Other(e)) => {
+                        warn!(session_id = %act.record.session_id, error = %e, "session transition not persisted");
+                    }
+                    Ok(()) => {}
                 }
                 act.visible = Visible::of(&act.record);
                 act.count_state();
@@ -843,13 +896,17 @@ impl AuthSessionActor {
     }
 
     fn toast(&self, toast: ClickToast) -> Toast {
-        let locale = self.locale();
-        match toast {
-            ClickToast::Opening => texts::fixed(ToastKind::Info, texts::OPENING, locale),
-            ClickToast::Declined => texts::fixed(ToastKind::Info, texts::DECLINED, locale),
-            ClickToast::NotYours => texts::fixed(ToastKind::Warning, texts::NOT_YOURS, locale),
-            ClickToast::AlreadyFinished(state) => texts::already_finished(state.as_str(), locale),
-        }
+        click_toast(toast, self.locale())
+    }
+}
+
+/// The toast a click is answered with, in `locale`.
+pub(crate) fn click_toast(toast: ClickToast, locale: CardLocale) -> Toast {
+    match toast {
+        ClickToast::Opening => texts::fixed(ToastKind::Info, texts::OPENING, locale),
+        ClickToast::Declined => texts::fixed(ToastKind::Info, texts::DECLINED, locale),
+        ClickToast::NotYours => texts::fixed(ToastKind::Warning, texts::NOT_YOURS, locale),
+        ClickToast::AlreadyFinished(state) => texts::already_finished(state.as_str(), locale),
     }
 }
 

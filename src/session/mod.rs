@@ -19,8 +19,8 @@ use crate::config::{AuthFlow, Config};
 pub use self::actor::SessionView;
 pub use self::router::{
     CountRunningSessions, GetPruneStats, GetSession, OAuthRedirect, PruneStats, RedirectError,
-    RouterActor, RouterParts, StartAuthorization, StartAuthorizationWithLocale, StartError,
-    StopRouter, Subscribe,
+    RouterActor, RouterParts, SessionSharing, StartAuthorization, StartAuthorizationWithLocale,
+    StartError, StopRouter, Subscribe,
 };
 
 /// Everything the router and the sessions need to know from the configuration.

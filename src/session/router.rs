@@ -74,10 +74,14 @@ use super::cards::{ACTION_AUTHORIZE, ACTION_DECLINE, CardLocale, VALUE_SESSION_I
 use super::machine::{Choice, CodeFlowProgress, SessionRecord, SessionState};
 use super::router_state::{PerUserLimit, RouterState, StateLookup};
 use super::store::{
-    ClaimClick, ClickClaim, FlushSessions, KeepClickAnswer, ListSessions, LoadSession,
-    LoadSessions, PutSession, SessionCodec, SessionStoreActor, SessionStoreError, TidyStore,
-    WriteSeq,
+    ClaimClick, ClickClaim, FindSession, FlushSessions, KeepClickAnswer, ListSessions, LoadSession,
+    LoadSessions, PutSession, PutSessionHeld, ReleaseSessions, SessionCodec, SessionStoreActor,
+    SessionStoreError, SessionsInFlight, TidyStore, WriteSeq,
 };
+use crate::store::SessionClaim;
+
+mod sharing;
+pub use self::sharing::{AbandonSessions, SessionSharing};
 use super::texts::landing;
 use super::texts::toast as texts;
 use crate::token_endpoint::TokenEndpointPacer;
@@ -237,6 +241,9 @@ enum Found {
     Running(Addr<AuthSessionActor>),
     Finished(SessionState, Option<CardLocale>),
     Unknown,
+    /// Not terminal, and held by another live instance (shared store): its record as
+    /// stored.
+    Remote(Box<SessionRecord>),
 }
 
 /// What the router is built from.
@@ -282,6 +289,8 @@ pub struct RouterActor {
     last_session_prune: Option<std::time::Instant>,
     /// The configured default scopes with `offline_access`, shared by the sessions.
     default_scopes: Arc<[String]>,
+    /// Sessions shared with the other instances on the store (PostgreSQL), if so.
+    sharing: Option<sharing::Shared>,
 }
 
 /// `scopes` with `offline_access` added when missing.
@@ -312,6 +321,30 @@ impl RouterActor {
         parts: RouterParts,
         pacer: Addr<TokenEndpointPacer>,
     ) -> Result<Addr<RouterActor>, SessionStoreError> {
+        RouterActor::start_inner(parts, pacer, None)
+    }
+
+    /// As [`RouterActor::start_with_pacer`] on a store shared by several instances
+    /// (PostgreSQL): sessions are held under leases (`sharing`), inputs for a session
+    /// another instance holds are handed to it, and sessions whose holder died are taken
+    /// over (see the `sharing` module).
+    ///
+    /// # Errors
+    /// [`SessionStoreError::BadKeyring`] when the keyring lists a key id twice.
+    pub fn start_shared(
+        parts: RouterParts,
+        pacer: Addr<TokenEndpointPacer>,
+        sharing: SessionSharing,
+    ) -> Result<Addr<RouterActor>, SessionStoreError> {
+        RouterActor::start_inner(parts, pacer, Some(sharing))
+    }
+
+    fn start_inner(
+        parts: RouterParts,
+        pacer: Addr<TokenEndpointPacer>,
+        sharing: Option<SessionSharing>,
+    ) -> Result<Addr<RouterActor>, SessionStoreError> {
+        let raw_store = parts.store.clone();
         let codec = SessionCodec::new(&parts.keyring)?;
         let janitor = SessionStoreActor::start_janitor(parts.store.clone(), codec.clone());
         let (store, flusher) = SessionStoreActor::start_with_flusher(parts.store, codec);
@@ -331,28 +364,33 @@ impl RouterActor {
             ANSWERS_REMEMBERED,
         );
         let settings = Rc::new(parts.settings);
-        Ok(RouterActor::create(move |ctx| RouterActor {
-            deps: Rc::new(SessionDeps {
-                client: parts.client,
-                store,
-                flusher,
-                metrics: parts.metrics,
-                vault: parts.vault,
-                pacer,
-                finished: ctx.address().recipient(),
-                settings,
-                clock: parts.clock,
-            }),
-            sessions: HashMap::new(),
-            state,
-            events,
-            clicks_in_flight: HashMap::new(),
-            foreign_clicks: None,
-            pruned: PruneStats::default(),
-            janitor,
-            tidying: false,
-            last_session_prune: None,
-            default_scopes,
+        Ok(RouterActor::create(move |ctx| {
+            let sharing = sharing.map(|s| sharing::Shared::watch(s, &*raw_store, ctx.address()));
+            RouterActor {
+                deps: Rc::new(SessionDeps {
+                    client: parts.client,
+                    store,
+                    flusher,
+                    metrics: parts.metrics,
+                    vault: parts.vault,
+                    pacer,
+                    finished: ctx.address().recipient(),
+                    settings,
+                    clock: parts.clock,
+                    holder: sharing.as_ref().map(|s| Rc::from(s.instance())),
+                }),
+                sessions: HashMap::new(),
+                state,
+                events,
+                clicks_in_flight: HashMap::new(),
+                foreign_clicks: None,
+                pruned: PruneStats::default(),
+                janitor,
+                tidying: false,
+                last_session_prune: None,
+                default_scopes,
+                sharing,
+            }
         }))
     }
 
@@ -397,23 +435,43 @@ impl RouterActor {
         if let Some(addr) = self.sessions.get(session_id.as_str()) {
             return Box::pin(fut::ready(Ok(Found::Running(addr.clone()))));
         }
-        let load = self.deps.store.send(LoadSession { session_id });
+        let load = self.deps.store.send(FindSession {
+            session_id,
+            claim: self.lease_claim(),
+            oauth_state: None,
+        });
         Box::pin(load.into_actor(self).map(|res, act, _| {
-            let Ok(record) = res else {
+            let Ok(found) = res else {
                 return Ok(Found::Unknown);
             };
-            let Some(record) = record? else {
+            let Some((record, claim)) = found? else {
                 return Ok(Found::Unknown);
             };
-            if let Some(addr) = act.sessions.get(record.session_id.as_str()) {
-                return Ok(Found::Running(addr.clone()));
-            }
-            if record.state.is_terminal() {
-                return Ok(Found::Finished(record.state, record.locale));
-            }
-            info!(session_id = %record.session_id, "session reloaded from the store");
-            Ok(Found::Running(act.spawn_session(record, true, None)))
+            Ok(act.found(record, claim))
         }))
+    }
+
+    /// Where a session read from the store (and, on a shared store, claimed) is.
+    fn found(&mut self, record: SessionRecord, claim: SessionClaim) -> Found {
+        if let Some(addr) = self.sessions.get(record.session_id.as_str()) {
+            return Found::Running(addr.clone());
+        }
+        if record.state.is_terminal() {
+            return Found::Finished(record.state, record.locale);
+        }
+        match claim {
+            SessionClaim::Claimed => {
+                if self.sharing.is_some() {
+                    info!(session_id = %record.session_id, "session taken over (its holder's lease had lapsed)");
+                    self.deps.metrics.session_lease_takeovers(1);
+                } else {
+                    info!(session_id = %record.session_id, "session reloaded from the store");
+                }
+                Found::Running(self.spawn_session(record, true, None))
+            }
+            SessionClaim::Held { .. } => Found::Remote(Box::new(record)),
+            SessionClaim::Missing => Found::Unknown,
+        }
     }
 
     /// One upkeep round on the janitor (see the module docs); skipped while the previous
@@ -479,6 +537,13 @@ impl Actor for RouterActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        let period = self.deps.settings.prune_period.min(TIDY_PERIOD);
+        ctx.run_interval(period, |act, ctx| act.prune(ctx));
+        if self.sharing.is_some() {
+            // Only the sessions nobody holds any more are carried on (lease rounds).
+            self.start_sharing(ctx);
+            return;
+        }
         let load = self.deps.store.send(LoadSessions);
         ctx.wait(load.into_actor(self).map(|res, act, _| {
             let records = match res {
@@ -500,8 +565,6 @@ impl Actor for RouterActor {
                 info!(resumed, "authorization sessions resumed");
             }
         }));
-        let period = self.deps.settings.prune_period.min(TIDY_PERIOD);
-        ctx.run_interval(period, |act, ctx| act.prune(ctx));
     }
 }
 
@@ -578,12 +641,49 @@ impl RouterActor {
                     .map(|res, _, _| res.map_err(|_| StartError::Stopping)),
             ));
         }
+        if self.sharing.is_some() {
+            // A session of the user in flight on another instance is the answer too.
+            let lookup = self.deps.store.send(SessionsInFlight {
+                open_id: msg.open_id.clone(),
+            });
+            return AtomicResponse::new(Box::pin(lookup.into_actor(self).then(
+                move |res, act, _| {
+                    let record = match res {
+                        Ok(Ok(records)) => records.into_iter().next(),
+                        Ok(Err(e)) => {
+                            warn!(error = %e, "the user's sessions in flight could not be read");
+                            None
+                        }
+                        Err(_) => None,
+                    };
+                    let Some(record) = record else {
+                        return act.create_session(msg, requested_by);
+                    };
+                    debug!(session_id = %record.session_id, "the user's session in flight returned");
+                    match act.sessions.get(record.session_id.as_str()) {
+                        Some(addr) => Box::pin(
+                            addr.send(GetSessionView)
+                                .into_actor(act)
+                                .map(|res, _, _| res.map_err(|_| StartError::Stopping)),
+                        ),
+                        None => Box::pin(fut::ready(Ok(SessionView::of(&record)))),
+                    }
+                },
+            )));
+        }
+        AtomicResponse::new(self.create_session(msg, requested_by))
+    }
+
+    /// Creates, stores and starts a new session (the per-user limit permitting).
+    fn create_session(
+        &mut self,
+        msg: StartAuthorizationWithLocale,
+        requested_by: Option<String>,
+    ) -> ResponseActFuture<Self, Result<SessionView, StartError>> {
         let now = self.deps.clock.now_ms();
         let settings = self.deps.settings.clone();
         if let Err(retry_after) = self.state.admit(&msg.open_id, now) {
-            return AtomicResponse::new(Box::pin(fut::ready(Err(StartError::RateLimited {
-                retry_after,
-            }))));
+            return Box::pin(fut::ready(Err(StartError::RateLimited { retry_after })));
         }
 
         let scopes = if msg.scopes.is_empty() {
@@ -591,11 +691,18 @@ impl RouterActor {
         } else {
             with_offline_access(msg.scopes).into()
         };
+        let session_uuid = uuid::Uuid::new_v4().simple().to_string();
+        let shared = self.sharing.is_some();
         let code_flow = (settings.flow == AuthFlow::AuthorizationCode).then(|| CodeFlowProgress {
-            oauth_state: uuid::Uuid::new_v4().simple().to_string(),
+            // Shared store: the state names its session, so any instance finds it.
+            oauth_state: if shared {
+                sharing::state_for(&session_uuid)
+            } else {
+                uuid::Uuid::new_v4().simple().to_string()
+            },
             code_verifier: PkcePair::generate().verifier,
         });
-        let session_id = format!("as_{}", uuid::Uuid::new_v4().simple());
+        let session_id = format!("as_{session_uuid}");
         let mut record = SessionRecord::new(
             session_id,
             msg.open_id,
@@ -610,16 +717,23 @@ impl RouterActor {
         // the session flushes this write before it sends that card (see the actor's module
         // docs), outside this atomic reply, so the router never waits for an fsync.
         let durable = record.code_flow.is_some();
-        let write = self.deps.store.send(PutSession {
-            record: record.clone(),
-        });
-        AtomicResponse::new(Box::pin(write.into_actor(self).map(move |res, act, _| {
+        let write = match &self.sharing {
+            Some(shared) => Either::Left(self.deps.store.send(PutSessionHeld {
+                record: record.clone(),
+                holder: shared.instance().to_string(),
+                lease_until_ms: shared.lease_until(now),
+            })),
+            None => Either::Right(self.deps.store.send(PutSession {
+                record: record.clone(),
+            })),
+        };
+        Box::pin(write.into_actor(self).map(move |res, act, _| {
             let seq = res.map_err(|_| StartError::Stopping)??;
             let view = SessionView::of(&record);
             info!(session_id = %record.session_id, open_id = %record.open_id, "authorization session started");
             act.spawn_session(record, false, durable.then_some(seq));
             Ok(view)
-        })))
+        }))
     }
 }
 
@@ -627,6 +741,9 @@ impl Handler<OAuthRedirect> for RouterActor {
     type Result = ResponseActFuture<Self, Result<SessionView, RedirectError>>;
 
     fn handle(&mut self, msg: OAuthRedirect, _: &mut Context<Self>) -> Self::Result {
+        if self.sharing.is_some() {
+            return self.redirect_shared(msg);
+        }
         let session_id = match self.state.lookup_state(&msg.state) {
             StateLookup::Pending(id) => id.to_string(),
             StateLookup::Used => return Box::pin(fut::ready(Err(RedirectError::StateAlreadyUsed))),
@@ -652,7 +769,7 @@ impl Handler<OAuthRedirect> for RouterActor {
                                 state.as_str(),
                             ))));
                         }
-                        Ok(Found::Unknown) => {
+                        Ok(Found::Unknown | Found::Remote(_)) => {
                             return Either::Left(fut::ready(Err(RedirectError::UnknownState)));
                         }
                         Err(_) => return Either::Left(fut::ready(Err(RedirectError::Stopping))),
@@ -762,12 +879,37 @@ impl Handler<StopRouter> for RouterActor {
         }
         self.state.all_stopped();
         let flush = self.deps.store.send(FlushSessions);
-        Box::pin(flush.into_actor(self).map(|res, _, ctx| {
-            if let Ok(Err(e)) = res {
-                warn!(error = %e, "session store flush failed on stop");
+        // Shared store: the sessions are handed back, so another instance carries them on
+        // at once instead of after the lease.
+        let release = self.sharing.as_ref().map(|shared| {
+            self.deps.store.send(ReleaseSessions {
+                holder: shared.instance().to_string(),
+                session_id: None,
+                finished: false,
+            })
+        });
+        Box::pin(
+            async move {
+                let flushed = flush.await;
+                if let Some(release) = release {
+                    match release.await {
+                        Ok(Ok(n)) if n > 0 => info!(sessions = n, "session leases handed back"),
+                        Ok(Err(e)) => {
+                            warn!(error = %e, "session leases not handed back; other instances take the sessions over once the leases lapse")
+                        }
+                        _ => {}
+                    }
+                }
+                flushed
             }
-            ctx.stop();
-        }))
+            .into_actor(self)
+            .map(|res, _, ctx| {
+                if let Ok(Err(e)) = res {
+                    warn!(error = %e, "session store flush failed on stop");
+                }
+                ctx.stop();
+            }),
+        )
     }
 }
 
@@ -793,6 +935,15 @@ impl Handler<SessionFinished> for RouterActor {
     fn handle(&mut self, msg: SessionFinished, _: &mut Context<Self>) {
         self.sessions.remove(msg.session_id.as_str());
         self.state.session_finished(&msg.open_id, &msg.session_id);
+        if let Some(shared) = &self.sharing
+            && msg.state.is_terminal()
+        {
+            self.janitor.do_send(ReleaseSessions {
+                holder: shared.instance().to_string(),
+                session_id: Some(msg.session_id.clone()),
+                finished: true,
+            });
+        }
         debug!(session_id = %msg.session_id, state = msg.state.as_str(), "session actor finished");
     }
 }
@@ -901,13 +1052,24 @@ impl Handler<CardActionReceived> for RouterActor {
                         let answer = match found {
                             Err(replayed) => (replayed, false),
                             Ok(Ok(Found::Running(addr))) => {
-                                return Either::Right(addr.send(click).into_actor(act).map(
-                                    |res, _, _| {
-                                        (res.map_err(|e| CallbackFailed(e.to_string())), true)
-                                    },
-                                ));
+                                let asked: ResponseActFuture<Self, (ClickReply, bool)> =
+                                    Box::pin(addr.send(click).into_actor(act).map(
+                                        |res, _, _| {
+                                            (res.map_err(|e| CallbackFailed(e.to_string())), true)
+                                        },
+                                    ));
+                                return Either::Right(asked);
                             }
                             Ok(Ok(Found::Unknown)) => (Ok(unknown()), true),
+                            Ok(Ok(Found::Remote(record))) => {
+                                // Held by another live instance: handed to it.
+                                let relayed: ResponseActFuture<Self, (ClickReply, bool)> =
+                                    Box::pin(
+                                        act.relay_click(*record, click)
+                                            .map(|answer, _, _| (Ok(answer), true)),
+                                    );
+                                return Either::Right(relayed);
+                            }
                             Ok(Ok(Found::Finished(state, own))) => (
                                 Ok(CardActionResponse {
                                     toast: Some(texts::already_finished(

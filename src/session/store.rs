@@ -29,7 +29,7 @@ use tracing::warn;
 use crate::events::{MarkFailed, SetMarkOnce};
 use crate::protocol::event::CardActionResponse;
 use crate::secret::Secret;
-use crate::store::{Store, StoreError};
+use crate::store::{SessionClaim, Store, StoreError};
 use crate::vault::seal::{self, KeyId, Keyring, VaultKey};
 
 use super::machine::SessionRecord;
@@ -68,6 +68,13 @@ pub enum SessionStoreError {
     /// The session store's thread is gone (the service is stopping).
     #[error("the session store is stopped")]
     Stopped,
+    /// Shared store: another instance holds the session now (this one's lease lapsed and
+    /// it was taken over); nothing was written. Stop running the session here.
+    #[error("session {session_id} is held by another instance now")]
+    NotHolder {
+        /// The session.
+        session_id: String,
+    },
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -200,6 +207,131 @@ impl SessionCodec {
             flow.code_verifier = Secret::new(verifier);
         }
         Ok(record)
+    }
+}
+
+/// Format byte of a sealed relayed input.
+const INPUT_FORMAT_V1: u8 = 1;
+
+/// An input for a session held by another instance, handed to it through the store's
+/// session inbox ([`RelayInput`]).
+#[derive(Debug, Clone)]
+pub enum RelayedInput {
+    /// A click on the session's card.
+    Click {
+        /// `operator.open_id`.
+        operator_open_id: String,
+        /// Authorize (true) or Decline.
+        authorize: bool,
+        /// The callback's card-update token (empty when absent).
+        card_token: Secret<String>,
+    },
+    /// The authorization-code redirect (its `state` matched and used).
+    Redirect {
+        /// The code, `None` for a refusal on the page.
+        code: Option<Secret<String>>,
+    },
+}
+
+impl RelayedInput {
+    /// `click` or `redirect` (the metrics label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RelayedInput::Click { .. } => "click",
+            RelayedInput::Redirect { .. } => "redirect",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct RelayedWire {
+    kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    operator_open_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    authorize: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    card_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    code: Option<String>,
+}
+
+fn input_aad(session_id: &str) -> Vec<u8> {
+    let mut aad = b"lark-auth/session-input/v1\0".to_vec();
+    aad.extend_from_slice(session_id.as_bytes());
+    aad
+}
+
+impl SessionCodec {
+    /// The inbox bytes of `input` for `session_id`: `0x01 ‖ u32 key id ‖ sealed JSON`
+    /// (the card-update token and the authorization code are secrets).
+    pub fn seal_input(&self, session_id: &str, input: &RelayedInput) -> Vec<u8> {
+        let wire = match input {
+            RelayedInput::Click {
+                operator_open_id,
+                authorize,
+                card_token,
+            } => RelayedWire {
+                kind: "click".into(),
+                operator_open_id: Some(operator_open_id.clone()),
+                authorize: Some(*authorize),
+                card_token: Some(card_token.expose().clone()),
+                code: None,
+            },
+            RelayedInput::Redirect { code } => RelayedWire {
+                kind: "redirect".into(),
+                operator_open_id: None,
+                authorize: None,
+                card_token: None,
+                code: code.as_ref().map(|c| c.expose().clone()),
+            },
+        };
+        let plaintext = serde_json::to_vec(&wire).expect("an input serializes");
+        let (key_id, key) = &self.current;
+        let mut out = vec![INPUT_FORMAT_V1];
+        out.extend_from_slice(&key_id.to_be_bytes());
+        out.extend_from_slice(&seal::seal(key, &input_aad(session_id), &plaintext));
+        out
+    }
+
+    /// Opens inbox bytes made by [`SessionCodec::seal_input`] for `session_id`.
+    ///
+    /// # Errors
+    /// [`SessionStoreError::Corrupt`], [`SessionStoreError::UnknownKey`].
+    pub fn open_input(
+        &self,
+        session_id: &str,
+        bytes: &[u8],
+    ) -> Result<RelayedInput, SessionStoreError> {
+        let Some((&INPUT_FORMAT_V1, rest)) = bytes.split_first() else {
+            return Err(corrupt(session_id, "relayed input of an unknown format"));
+        };
+        let (id, sealed) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| corrupt(session_id, "truncated relayed input"))?;
+        let key_id = KeyId::from_be_bytes(*id);
+        let key = self
+            .keys
+            .get(&key_id)
+            .ok_or_else(|| SessionStoreError::UnknownKey {
+                session_id: session_id.to_string(),
+                key_id,
+            })?;
+        let plain = seal::open(key, &input_aad(session_id), sealed)
+            .ok_or_else(|| corrupt(session_id, "relayed input does not verify"))?;
+        let wire: RelayedWire =
+            serde_json::from_slice(&plain).map_err(|e| corrupt(session_id, &e.to_string()))?;
+        match wire.kind.as_str() {
+            "click" => Ok(RelayedInput::Click {
+                operator_open_id: wire.operator_open_id.unwrap_or_default(),
+                authorize: wire.authorize.unwrap_or(false),
+                card_token: Secret::new(wire.card_token.unwrap_or_default()),
+            }),
+            "redirect" => Ok(RelayedInput::Redirect {
+                code: wire.code.map(Secret::new),
+            }),
+            _ => Err(corrupt(session_id, "relayed input of an unknown kind")),
+        }
     }
 }
 
@@ -568,6 +700,8 @@ impl Handler<TidyStore> for SessionStoreActor {
     fn handle(&mut self, msg: TidyStore, ctx: &mut Self::Context) -> Self::Result {
         let expired = self.store.purge_marks(msg.now_ms, msg.mark_batch)?;
         let evicted = self.store.trim_marks(msg.max_marks, msg.mark_batch)?;
+        self.store
+            .purge_session_inputs(msg.now_ms.saturating_sub(INPUT_KEPT_MS), msg.mark_batch)?;
         let sessions = match msg.terminal_before_ms {
             Some(terminal_before_ms) => self.handle(
                 PruneSessions {
@@ -703,6 +837,338 @@ impl Handler<ListSessions> for SessionStoreActor {
         });
         out.truncate(msg.limit);
         Ok(out)
+    }
+}
+
+// ----- sessions shared by several instances (issue 14) ----------------------------------
+
+/// How long a relayed input stays in the store's inbox (answered and given up by its
+/// sender, or never taken) before the upkeep deletes it: one hour.
+pub const INPUT_KEPT_MS: u64 = 3_600_000;
+
+/// Like [`PutSession`] for a new session this instance holds until `lease_until_ms`
+/// ([`Store::put_session_held`]).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<WriteSeq, SessionStoreError>")]
+pub struct PutSessionHeld {
+    /// The record.
+    pub record: SessionRecord,
+    /// This instance's name.
+    pub holder: String,
+    /// End of the lease, unix ms.
+    pub lease_until_ms: u64,
+}
+
+/// A lease to take ([`Store::claim_session`]).
+#[derive(Debug, Clone)]
+pub struct LeaseClaim {
+    /// This instance's name.
+    pub holder: String,
+    /// End of the lease, unix ms.
+    pub lease_until_ms: u64,
+    /// Now, unix ms.
+    pub now_ms: u64,
+}
+
+/// Reads a session with its secrets and, when it is not terminal and `claim` is given,
+/// takes its lease. `Ok(None)`: no such session, or (`oauth_state` given) not the session
+/// that issued that `state`.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Option<(SessionRecord, SessionClaim)>, SessionStoreError>")]
+pub struct FindSession {
+    /// The session.
+    pub session_id: String,
+    /// Take its lease (shared store); `None`: it is ours ([`SessionClaim::Claimed`]).
+    pub claim: Option<LeaseClaim>,
+    /// The OAuth `state` the session must have issued.
+    pub oauth_state: Option<String>,
+}
+
+/// One lease round of a shared store: renews this instance's leases, reports the running
+/// sessions it lost, and takes over up to `limit` sessions whose holder's lease lapsed
+/// (finished or unreadable ones are released as finished, never carried on).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<LeaseReport, SessionStoreError>")]
+pub struct LeaseRound {
+    /// This instance's name.
+    pub holder: String,
+    /// End of the renewed and new leases, unix ms.
+    pub lease_until_ms: u64,
+    /// Now, unix ms.
+    pub now_ms: u64,
+    /// The sessions running here (and stored held) when the round was sent.
+    pub running: Vec<String>,
+    /// Most sessions taken over by this round.
+    pub limit: usize,
+}
+
+/// What a [`LeaseRound`] did.
+#[derive(Debug, Default)]
+pub struct LeaseReport {
+    /// Running sessions whose lease another instance holds now: stop them.
+    pub lost: Vec<String>,
+    /// Sessions taken over, to carry on.
+    pub taken: Vec<SessionRecord>,
+    /// Lapsed sessions found finished (or unreadable) and released.
+    pub released: usize,
+}
+
+/// Gives up this instance's leases ([`Store::release_sessions`]).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<usize, SessionStoreError>")]
+pub struct ReleaseSessions {
+    /// This instance's name.
+    pub holder: String,
+    /// One session, or `None` for all.
+    pub session_id: Option<String>,
+    /// Finished: nobody carries it on.
+    pub finished: bool,
+}
+
+/// Hands `input` to the instance holding `session_id` ([`Store::put_session_input`],
+/// sealed). Replies the input's id (`None`: nothing to hand on, sled).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Option<u64>, SessionStoreError>")]
+pub struct RelayInput {
+    /// The session.
+    pub session_id: String,
+    /// This instance's name.
+    pub sender: String,
+    /// The input.
+    pub input: RelayedInput,
+    /// Now, unix ms.
+    pub now_ms: u64,
+}
+
+/// Takes the inputs waiting for the sessions this instance holds
+/// ([`Store::take_session_inputs`]), opened.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Vec<TakenInput>, SessionStoreError>")]
+pub struct TakeInputs {
+    /// This instance's name.
+    pub holder: String,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// An input taken from the inbox.
+#[derive(Debug)]
+pub struct TakenInput {
+    /// Its id, to answer by.
+    pub id: u64,
+    /// The session.
+    pub session_id: String,
+    /// The input, or why it cannot be opened.
+    pub input: Result<RelayedInput, SessionStoreError>,
+}
+
+/// Stores the answer of a taken input and wakes its sender.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<bool, SessionStoreError>")]
+pub struct AnswerInput {
+    /// The input.
+    pub id: u64,
+    /// The answer's bytes.
+    pub answer: Vec<u8>,
+}
+
+/// Reads (and removes) the answer of an input this instance relayed; `None` while
+/// unanswered.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Option<Vec<u8>>, SessionStoreError>")]
+pub struct TakeInputAnswer {
+    /// The input.
+    pub id: u64,
+}
+
+/// Like [`PutSession`] on a shared store: written only while `holder` holds the session
+/// ([`Store::put_session_if_held`]), else [`SessionStoreError::NotHolder`].
+#[derive(Debug, Message)]
+#[rtype(result = "Result<WriteSeq, SessionStoreError>")]
+pub struct PutSessionIfHeld {
+    /// The record.
+    pub record: SessionRecord,
+    /// This instance's name.
+    pub holder: String,
+}
+
+impl Handler<PutSessionIfHeld> for SessionStoreActor {
+    type Result = Result<WriteSeq, SessionStoreError>;
+
+    fn handle(&mut self, msg: PutSessionIfHeld, _: &mut Self::Context) -> Self::Result {
+        let bytes = self.codec.encode(&msg.record);
+        if !self
+            .store
+            .put_session_if_held(&msg.record.session_id, &bytes, &msg.holder)?
+        {
+            return Err(SessionStoreError::NotHolder {
+                session_id: msg.record.session_id,
+            });
+        }
+        Ok(self.positions.written.fetch_add(1, Ordering::AcqRel) + 1)
+    }
+}
+
+/// The user's sessions in flight on any instance of a shared store
+/// ([`Store::sessions_in_flight`]), not terminal, opened; unreadable ones are skipped.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Vec<SessionRecord>, SessionStoreError>")]
+pub struct SessionsInFlight {
+    /// The user.
+    pub open_id: String,
+}
+
+impl Handler<SessionsInFlight> for SessionStoreActor {
+    type Result = Result<Vec<SessionRecord>, SessionStoreError>;
+
+    fn handle(&mut self, msg: SessionsInFlight, _: &mut Self::Context) -> Self::Result {
+        let mut out = Vec::new();
+        for (id, bytes) in self.store.sessions_in_flight(&msg.open_id)? {
+            match self.codec.decode(&id, &bytes) {
+                Ok(record) if !record.state.is_terminal() && record.open_id == msg.open_id => {
+                    out.push(record)
+                }
+                Ok(_) => {}
+                Err(e) => warn!(session_id = %id, error = %e, "session record skipped"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Handler<PutSessionHeld> for SessionStoreActor {
+    type Result = Result<WriteSeq, SessionStoreError>;
+
+    fn handle(&mut self, msg: PutSessionHeld, _: &mut Self::Context) -> Self::Result {
+        let bytes = self.codec.encode(&msg.record);
+        self.store.put_session_held(
+            &msg.record.session_id,
+            &bytes,
+            &msg.holder,
+            msg.lease_until_ms,
+            &msg.record.open_id,
+        )?;
+        Ok(self.positions.written.fetch_add(1, Ordering::AcqRel) + 1)
+    }
+}
+
+impl Handler<FindSession> for SessionStoreActor {
+    type Result = Result<Option<(SessionRecord, SessionClaim)>, SessionStoreError>;
+
+    fn handle(&mut self, msg: FindSession, _: &mut Self::Context) -> Self::Result {
+        let Some(bytes) = self.store.get_session(&msg.session_id)? else {
+            return Ok(None);
+        };
+        let record = self.codec.decode(&msg.session_id, &bytes)?;
+        if let Some(state) = &msg.oauth_state
+            && record
+                .code_flow
+                .as_ref()
+                .is_none_or(|f| f.oauth_state != *state)
+        {
+            return Ok(None);
+        }
+        let claim = match &msg.claim {
+            Some(c) if !record.state.is_terminal() => {
+                self.store
+                    .claim_session(&msg.session_id, &c.holder, c.lease_until_ms, c.now_ms)?
+            }
+            _ => SessionClaim::Claimed,
+        };
+        Ok(Some((record, claim)))
+    }
+}
+
+impl Handler<LeaseRound> for SessionStoreActor {
+    type Result = Result<LeaseReport, SessionStoreError>;
+
+    fn handle(&mut self, msg: LeaseRound, _: &mut Self::Context) -> Self::Result {
+        let held: std::collections::HashSet<String> = self
+            .store
+            .renew_sessions(&msg.holder, msg.lease_until_ms)?
+            .into_iter()
+            .collect();
+        let mut report = LeaseReport {
+            lost: msg
+                .running
+                .into_iter()
+                .filter(|id| !held.contains(id))
+                .collect(),
+            ..LeaseReport::default()
+        };
+        let lapsed = self.store.claim_lapsed_sessions(
+            &msg.holder,
+            msg.lease_until_ms,
+            msg.now_ms,
+            msg.limit,
+        )?;
+        for (id, bytes) in lapsed {
+            match self.codec.decode(&id, &bytes) {
+                Ok(record) if !record.state.is_terminal() => report.taken.push(record),
+                outcome => {
+                    if let Err(e) = outcome {
+                        warn!(session_id = %id, error = %e, "lapsed session unreadable; not carried on");
+                    }
+                    self.store.release_sessions(&msg.holder, Some(&id), true)?;
+                    report.released += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+impl Handler<ReleaseSessions> for SessionStoreActor {
+    type Result = Result<usize, SessionStoreError>;
+
+    fn handle(&mut self, msg: ReleaseSessions, _: &mut Self::Context) -> Self::Result {
+        Ok(self
+            .store
+            .release_sessions(&msg.holder, msg.session_id.as_deref(), msg.finished)?)
+    }
+}
+
+impl Handler<RelayInput> for SessionStoreActor {
+    type Result = Result<Option<u64>, SessionStoreError>;
+
+    fn handle(&mut self, msg: RelayInput, _: &mut Self::Context) -> Self::Result {
+        let payload = self.codec.seal_input(&msg.session_id, &msg.input);
+        Ok(self
+            .store
+            .put_session_input(&msg.session_id, &msg.sender, &payload, msg.now_ms)?)
+    }
+}
+
+impl Handler<TakeInputs> for SessionStoreActor {
+    type Result = Result<Vec<TakenInput>, SessionStoreError>;
+
+    fn handle(&mut self, msg: TakeInputs, _: &mut Self::Context) -> Self::Result {
+        Ok(self
+            .store
+            .take_session_inputs(&msg.holder, msg.limit)?
+            .into_iter()
+            .map(|i| TakenInput {
+                id: i.id,
+                input: self.codec.open_input(&i.session_id, &i.payload),
+                session_id: i.session_id,
+            })
+            .collect())
+    }
+}
+
+impl Handler<AnswerInput> for SessionStoreActor {
+    type Result = Result<bool, SessionStoreError>;
+
+    fn handle(&mut self, msg: AnswerInput, _: &mut Self::Context) -> Self::Result {
+        Ok(self.store.answer_session_input(msg.id, &msg.answer)?)
+    }
+}
+
+impl Handler<TakeInputAnswer> for SessionStoreActor {
+    type Result = Result<Option<Vec<u8>>, SessionStoreError>;
+
+    fn handle(&mut self, msg: TakeInputAnswer, _: &mut Self::Context) -> Self::Result {
+        Ok(self.store.take_input_answer(msg.id)?)
     }
 }
 

@@ -724,6 +724,246 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn live_instances(&self) -> Result<Option<u32>, StoreError> {
         Ok(None)
     }
+
+    // ----- sessions shared by several instances (issue 14) -----------------------------
+
+    /// Like [`Store::put_session`] for a session of user `open_id`, and the session
+    /// belongs to the instance `holder` until `lease_until_ms` (unix ms): no other
+    /// instance sharing the store carries it on
+    /// ([`Store::claim_session`], [`Store::claim_lapsed_sessions`]) while `holder` renews
+    /// the lease ([`Store::renew_sessions`]). A store one process uses (sled, the default)
+    /// keeps no holder: this is [`Store::put_session`].
+    ///
+    /// # Errors
+    /// As [`Store::put_session`].
+    fn put_session_held(
+        &self,
+        session_id: &str,
+        value: &[u8],
+        holder: &str,
+        lease_until_ms: u64,
+        open_id: &str,
+    ) -> Result<(), StoreError> {
+        let _ = (holder, lease_until_ms, open_id);
+        self.put_session(session_id, value)
+    }
+
+    /// Like [`Store::put_session`], but only while the instance `holder` holds the session
+    /// (its lease may have lapsed, as long as nobody took it over): false, and nothing
+    /// written, when another instance holds it now (or there is no record), so an
+    /// instance that lost a session never overwrites its new holder's transitions. A store
+    /// one process uses (sled, the default): [`Store::put_session`], true.
+    ///
+    /// # Errors
+    /// As [`Store::put_session`].
+    fn put_session_if_held(
+        &self,
+        session_id: &str,
+        value: &[u8],
+        holder: &str,
+    ) -> Result<bool, StoreError> {
+        let _ = holder;
+        self.put_session(session_id, value)?;
+        Ok(true)
+    }
+
+    /// The records of the sessions of user `open_id` written by
+    /// [`Store::put_session_held`] and not released as finished, in id order: the user's
+    /// sessions in flight on any instance (the caller checks their state). Nothing on a
+    /// store one process uses (sled, the default: the router knows its own).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    #[allow(clippy::type_complexity)]
+    fn sessions_in_flight(&self, open_id: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let _ = open_id;
+        Ok(Vec::new())
+    }
+
+    /// Takes the lease of one session for `holder` until `lease_until_ms` when nobody
+    /// holds it, its holder's lease ended before `now_ms`, or `holder` holds it already
+    /// (compare-and-swap: of instances claiming at once, one wins). A store one process
+    /// uses (sled, the default) has nothing to share: always [`SessionClaim::Claimed`].
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] (nothing claimed).
+    fn claim_session(
+        &self,
+        session_id: &str,
+        holder: &str,
+        lease_until_ms: u64,
+        now_ms: u64,
+    ) -> Result<SessionClaim, StoreError> {
+        let _ = (session_id, holder, lease_until_ms, now_ms);
+        Ok(SessionClaim::Claimed)
+    }
+
+    /// Takes, for `holder` until `lease_until_ms`, up to `limit` sessions still to be
+    /// carried on whose holder's lease ended before `now_ms` (the holder died or stopped),
+    /// and returns their records. A session released as finished
+    /// ([`Store::release_session`]) is never returned. Nothing on a store one process
+    /// uses (sled, the default: it resumes every stored session at start).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] (nothing claimed).
+    #[allow(clippy::type_complexity)]
+    fn claim_lapsed_sessions(
+        &self,
+        holder: &str,
+        lease_until_ms: u64,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let _ = (holder, lease_until_ms, now_ms, limit);
+        Ok(Vec::new())
+    }
+
+    /// Extends to `lease_until_ms` the lease of every session `holder` holds and returns
+    /// their ids (a session missing from the answer was taken by another instance: stop
+    /// running it). Nothing on sled (the default).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn renew_sessions(&self, holder: &str, lease_until_ms: u64) -> Result<Vec<String>, StoreError> {
+        let _ = (holder, lease_until_ms);
+        Ok(Vec::new())
+    }
+
+    /// Gives up `holder`'s lease of one session (`None`: of every session it holds):
+    /// `finished` — the session ended, nobody carries it on; else another instance may
+    /// take it over at once. Returns how many leases were given up (0 on sled, the
+    /// default).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn release_sessions(
+        &self,
+        holder: &str,
+        session_id: Option<&str>,
+        finished: bool,
+    ) -> Result<usize, StoreError> {
+        let _ = (holder, session_id, finished);
+        Ok(0)
+    }
+
+    /// Hands an input for a session held by another instance (a click, an OAuth redirect)
+    /// to that instance through the store: stores `payload` (sealed by the caller) in the
+    /// session inbox from `sender` at `now_ms`, and wakes the session's holder
+    /// ([`Store::watch_sessions`]). Returns the input's id, to read its answer by
+    /// ([`Store::take_input_answer`]); `None` on a store one process uses (sled, the
+    /// default: nothing to hand on).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`], [`StoreError::InvalidKey`].
+    fn put_session_input(
+        &self,
+        session_id: &str,
+        sender: &str,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let _ = (session_id, sender, payload, now_ms);
+        Ok(None)
+    }
+
+    /// Takes up to `limit` inputs not taken yet for sessions `holder` holds, oldest first
+    /// (each is taken by one call, whatever the number of instances). Nothing on sled.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn take_session_inputs(
+        &self,
+        holder: &str,
+        limit: usize,
+    ) -> Result<Vec<SessionInput>, StoreError> {
+        let _ = (holder, limit);
+        Ok(Vec::new())
+    }
+
+    /// Stores the answer of the taken input `id` and wakes its sender. False when the
+    /// input is gone (purged). Nothing on sled.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn answer_session_input(&self, id: u64, answer: &[u8]) -> Result<bool, StoreError> {
+        let _ = (id, answer);
+        Ok(false)
+    }
+
+    /// The answer of input `id` once given, removing the input; `None` while unanswered.
+    /// Nothing on sled.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn take_input_answer(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let _ = id;
+        Ok(None)
+    }
+
+    /// Deletes up to `limit` inputs stored before `before_ms` (answered and given up by
+    /// their sender, or never taken); returns how many. Nothing on sled.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn purge_session_inputs(&self, before_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        let _ = (before_ms, limit);
+        Ok(0)
+    }
+
+    /// Starts calling `hook` whenever something may wait for `instance` in the session
+    /// inbox (an input for a session it holds, an answer to an input it sent), and once
+    /// at the start of the watch and after a lost connection (look at everything then).
+    /// The hook runs on the store's own thread: quick, never blocking. Returns false (and
+    /// never calls the hook) on a store no other process shares (sled, the default).
+    fn watch_sessions(&self, instance: &str, hook: SessionWatchHook) -> bool {
+        let _ = instance;
+        drop(hook);
+        false
+    }
+}
+
+/// Told that the session inbox may hold something for this instance; see
+/// [`Store::watch_sessions`].
+pub type SessionWatchHook = Box<dyn Fn() + Send + Sync>;
+
+/// The result of [`Store::claim_session`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionClaim {
+    /// The caller holds the session now.
+    Claimed,
+    /// Another instance holds it, until `until_ms` (unix ms).
+    Held {
+        /// The holder's instance name.
+        holder: String,
+        /// The end of its lease, unix ms.
+        until_ms: u64,
+    },
+    /// No such session.
+    Missing,
+}
+
+/// An input handed to a session's holder ([`Store::take_session_inputs`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionInput {
+    /// The input's id (for [`Store::answer_session_input`]).
+    pub id: u64,
+    /// The session it is for.
+    pub session_id: String,
+    /// The instance that received it.
+    pub sender: String,
+    /// The sealed input, as the sender stored it.
+    pub payload: Vec<u8>,
+}
+
+impl std::fmt::Debug for SessionInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionInput")
+            .field("id", &self.id)
+            .field("session_id", &self.session_id)
+            .field("sender", &self.sender)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
 }
 
 /// Told about grant writes of other processes; see [`Store::watch_grants`].

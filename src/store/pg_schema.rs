@@ -22,7 +22,7 @@
 use super::StoreError;
 
 /// The newest schema version this build knows and creates.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// The longest schema name accepted (PostgreSQL's identifier limit, 63 bytes).
 pub const MAX_SCHEMA_NAME: usize = 63;
@@ -136,6 +136,32 @@ CREATE INDEX marks_expiry ON {s}.marks (expires_ms);
         // Entries stored before have no owner: the first instance to claim takes them.
         sql: r#"
 ALTER TABLE {s}.outbox ADD COLUMN owner text COLLATE "C", ADD COLUMN lease_until_ms bigint;
+"#,
+    },
+    Migration {
+        version: 5,
+        description: "sessions held by one instance under a lease; the session inbox",
+        // `lease_until_ms`: 0 for sessions stored before (any instance may take them over,
+        // and drops the finished ones), NULL for a session released as finished. `open_id`:
+        // the session's user, set by a held write (finds a user's session in flight). Inputs
+        // (clicks, redirects) received by an instance that does not hold their session
+        // wait in `session_inputs` for the holder, which answers there.
+        sql: r#"
+ALTER TABLE {s}.sessions ADD COLUMN holder text COLLATE "C",
+    ADD COLUMN lease_until_ms bigint DEFAULT 0, ADD COLUMN open_id text COLLATE "C";
+CREATE INDEX sessions_lease ON {s}.sessions (lease_until_ms) WHERE lease_until_ms IS NOT NULL;
+CREATE INDEX sessions_user ON {s}.sessions (open_id) WHERE lease_until_ms IS NOT NULL;
+CREATE INDEX sessions_holder ON {s}.sessions (holder) WHERE holder IS NOT NULL;
+CREATE TABLE {s}.session_inputs (
+    id         bigserial PRIMARY KEY,
+    session_id text COLLATE "C" NOT NULL,
+    sender     text COLLATE "C" NOT NULL,
+    payload    bytea NOT NULL,
+    created_ms bigint NOT NULL,
+    taken_by   text COLLATE "C",
+    answer     bytea
+);
+CREATE INDEX session_inputs_open ON {s}.session_inputs (session_id) WHERE taken_by IS NULL;
 "#,
     },
 ];
@@ -285,6 +311,20 @@ pub(super) struct Sql {
     pub outbox_list: String,
     pub outbox_update: String,
     pub outbox_remove: String,
+    pub put_session_held: String,
+    pub claim_session: String,
+    pub session_lease: String,
+    pub claim_lapsed_sessions: String,
+    pub renew_sessions: String,
+    pub release_session: String,
+    pub release_sessions: String,
+    pub put_session_input: String,
+    pub take_session_inputs: String,
+    pub answer_session_input: String,
+    pub take_input_answer: String,
+    pub purge_session_inputs: String,
+    pub sessions_in_flight: String,
+    pub put_session_if_held: String,
 }
 
 impl Sql {
@@ -410,6 +450,72 @@ impl Sql {
                  WHERE target = $1 AND event_id = $2"
             ),
             outbox_remove: format!("DELETE FROM {s}.outbox WHERE target = $1 AND event_id = $2"),
+            put_session_held: format!(
+                "INSERT INTO {s}.sessions (session_id, value, holder, lease_until_ms, open_id) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (session_id) DO UPDATE \
+                 SET value = EXCLUDED.value, holder = EXCLUDED.holder, \
+                 lease_until_ms = EXCLUDED.lease_until_ms, open_id = EXCLUDED.open_id"
+            ),
+            // Compare-and-swap: free, lapsed, or already ours.
+            claim_session: format!(
+                "UPDATE {s}.sessions SET holder = $2, lease_until_ms = $3 WHERE session_id = $1 \
+                 AND (holder IS NULL OR holder = $2 OR lease_until_ms IS NULL \
+                 OR lease_until_ms < $4)"
+            ),
+            session_lease: format!(
+                "SELECT holder, lease_until_ms FROM {s}.sessions WHERE session_id = $1"
+            ),
+            // Sessions to carry on (not released as finished) whose lease lapsed; rows
+            // another instance is claiming are skipped.
+            claim_lapsed_sessions: format!(
+                "UPDATE {s}.sessions SET holder = $1, lease_until_ms = $2 \
+                 WHERE session_id IN (SELECT session_id FROM {s}.sessions \
+                 WHERE lease_until_ms IS NOT NULL AND lease_until_ms < $3 \
+                 ORDER BY lease_until_ms LIMIT $4 FOR UPDATE SKIP LOCKED) \
+                 RETURNING session_id, value"
+            ),
+            renew_sessions: format!(
+                "UPDATE {s}.sessions SET lease_until_ms = $2 \
+                 WHERE holder = $1 AND lease_until_ms IS NOT NULL RETURNING session_id"
+            ),
+            // $3: finished (NULL: nobody carries it on) or handed back (0: lapsed now).
+            release_session: format!(
+                "UPDATE {s}.sessions SET lease_until_ms = CASE WHEN $3 THEN NULL ELSE 0 END \
+                 WHERE session_id = $2 AND holder = $1"
+            ),
+            release_sessions: format!(
+                "UPDATE {s}.sessions SET lease_until_ms = CASE WHEN $2 THEN NULL ELSE 0 END \
+                 WHERE holder = $1 AND lease_until_ms IS NOT NULL"
+            ),
+            put_session_input: format!(
+                "INSERT INTO {s}.session_inputs (session_id, sender, payload, created_ms) \
+                 VALUES ($1, $2, $3, $4) RETURNING id, \
+                 (SELECT holder FROM {s}.sessions WHERE session_id = $1)"
+            ),
+            take_session_inputs: format!(
+                "UPDATE {s}.session_inputs SET taken_by = $1 WHERE id IN (SELECT i.id \
+                 FROM {s}.session_inputs i JOIN {s}.sessions s ON s.session_id = i.session_id \
+                 WHERE i.taken_by IS NULL AND s.holder = $1 ORDER BY i.id LIMIT $2 \
+                 FOR UPDATE OF i SKIP LOCKED) RETURNING id, session_id, sender, payload"
+            ),
+            answer_session_input: format!(
+                "UPDATE {s}.session_inputs SET answer = $2 WHERE id = $1 RETURNING sender"
+            ),
+            take_input_answer: format!(
+                "DELETE FROM {s}.session_inputs WHERE id = $1 AND answer IS NOT NULL \
+                 RETURNING answer"
+            ),
+            put_session_if_held: format!(
+                "UPDATE {s}.sessions SET value = $2 WHERE session_id = $1 AND holder = $3"
+            ),
+            sessions_in_flight: format!(
+                "SELECT session_id, value FROM {s}.sessions \
+                 WHERE open_id = $1 AND lease_until_ms IS NOT NULL ORDER BY session_id"
+            ),
+            purge_session_inputs: format!(
+                "DELETE FROM {s}.session_inputs WHERE id IN (SELECT id FROM {s}.session_inputs \
+                 WHERE created_ms < $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            ),
         })
     }
 }

@@ -49,8 +49,8 @@ use tokio_postgres::config::Host;
 use super::pg_schema::{self, MigrateError, SCHEMA_VERSION, Sql};
 use super::{
     BackendError, CasOutcome, DueEntry, GrantKey, GrantWrite, MARK_BUCKET_MS, OutboxEntry,
-    OutboxEvent, OutboxRetry, QuarantinedRecord, Store, StoreError, StoredGrant, mark_key,
-    outbox_mark,
+    OutboxEvent, OutboxRetry, QuarantinedRecord, SessionClaim, SessionInput, Store, StoreError,
+    StoredGrant, mark_key, outbox_mark,
 };
 use crate::metrics::Metrics;
 use crate::secret::Secret;
@@ -108,6 +108,11 @@ struct Shared {
 /// The `NOTIFY` channel of grant writes, shared by every schema of a database (the
 /// payload names the schema): `<schema> US <app_id> US <open_id>` (US = 0x1F).
 pub const GRANTS_CHANNEL: &str = "lark_auth_grants";
+
+/// The `NOTIFY` channel of the session inbox, shared by every schema of a database: the
+/// payload `<schema> US <instance>` wakes that instance (an input for a session it holds,
+/// or the answer to an input it sent).
+pub const SESSIONS_CHANNEL: &str = "lark_auth_sessions";
 
 /// Wait before the `LISTEN` connection is opened again after it failed.
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
@@ -535,6 +540,61 @@ async fn listen(
             && s == schema
         {
             hook(Some(&GrantKey::new(app_id, open_id)));
+        }
+    }
+    drop(client);
+    match driver.await {
+        Ok(result) => result,
+        Err(_) => Ok(()),
+    }
+}
+
+/// Wakes `instance` (its [`Store::watch_sessions`] hook); a lost notification only delays
+/// it until its next poll.
+async fn notify_instance(client: &deadpool_postgres::Client, schema: &str, instance: &str) {
+    let payload = format!("{schema}\u{1f}{instance}");
+    if let Err(e) = client
+        .execute("SELECT pg_notify($1, $2)", &[&SESSIONS_CHANNEL, &payload])
+        .await
+    {
+        tracing::warn!(error = %e, "session inbox notification not sent (the inbox poll makes up for it)");
+    }
+}
+
+/// One `LISTEN` connection on the session inbox channel: calls `hook` once listening (and
+/// sets `listened`), then for every notification whose payload is `wanted`.
+async fn listen_sessions(
+    config: &tokio_postgres::Config,
+    wanted: &str,
+    hook: &super::SessionWatchHook,
+    listened: &mut bool,
+) -> Result<(), tokio_postgres::Error> {
+    use futures_util::StreamExt as _;
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    if tx.send(n.payload().to_string()).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    });
+    client
+        .batch_execute(&format!("LISTEN {SESSIONS_CHANNEL}"))
+        .await?;
+    *listened = true;
+    hook();
+    while let Some(payload) = rx.recv().await {
+        if payload == wanted {
+            hook();
         }
     }
     drop(client);
@@ -1060,6 +1120,266 @@ impl Store for PostgresStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn put_session_held(
+        &self,
+        session_id: &str,
+        value: &[u8],
+        holder: &str,
+        lease_until_ms: u64,
+        open_id: &str,
+    ) -> Result<(), StoreError> {
+        check_part("session_id", session_id)?;
+        check_part("holder", holder)?;
+        check_part("open_id", open_id)?;
+        let (id, value, holder) = (session_id.to_string(), value.to_vec(), holder.to_string());
+        let open_id = open_id.to_string();
+        let until = to_db(lease_until_ms);
+        self.call("put_session_held", move |pool, sql| async move {
+            let client = pool.get().await?;
+            let stmt = client.prepare_cached(&sql.put_session_held).await?;
+            client
+                .execute(&stmt, &[&id, &value, &holder, &until, &open_id])
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn put_session_if_held(
+        &self,
+        session_id: &str,
+        value: &[u8],
+        holder: &str,
+    ) -> Result<bool, StoreError> {
+        check_part("session_id", session_id)?;
+        check_part("holder", holder)?;
+        let (id, value, holder) = (session_id.to_string(), value.to_vec(), holder.to_string());
+        self.call("put_session_if_held", move |pool, sql| async move {
+            let client = pool.get().await?;
+            let stmt = client.prepare_cached(&sql.put_session_if_held).await?;
+            Ok(client.execute(&stmt, &[&id, &value, &holder]).await? == 1)
+        })
+    }
+
+    fn sessions_in_flight(&self, open_id: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        if open_id.as_bytes().contains(&0) {
+            return Ok(Vec::new());
+        }
+        let open_id = open_id.to_string();
+        self.call("sessions_in_flight", move |pool, sql| async move {
+            let client = pool.get().await?;
+            let stmt = client.prepare_cached(&sql.sessions_in_flight).await?;
+            let rows = client.query(&stmt, &[&open_id]).await?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    fn claim_session(
+        &self,
+        session_id: &str,
+        holder: &str,
+        lease_until_ms: u64,
+        now_ms: u64,
+    ) -> Result<SessionClaim, StoreError> {
+        check_part("session_id", session_id)?;
+        check_part("holder", holder)?;
+        let (id, holder) = (session_id.to_string(), holder.to_string());
+        let (until, now) = (to_db(lease_until_ms), to_db(now_ms));
+        self.call("claim_session", move |pool, sql| async move {
+            let client = pool.get().await?;
+            let stmt = client.prepare_cached(&sql.claim_session).await?;
+            if client.execute(&stmt, &[&id, &holder, &until, &now]).await? == 1 {
+                return Ok(SessionClaim::Claimed);
+            }
+            let stmt = client.prepare_cached(&sql.session_lease).await?;
+            Ok(match client.query_opt(&stmt, &[&id]).await? {
+                None => SessionClaim::Missing,
+                Some(row) => SessionClaim::Held {
+                    holder: row.get::<_, Option<String>>(0).unwrap_or_default(),
+                    until_ms: row.get::<_, Option<i64>>(1).map(from_db).unwrap_or(0),
+                },
+            })
+        })
+    }
+
+    fn claim_lapsed_sessions(
+        &self,
+        holder: &str,
+        lease_until_ms: u64,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        check_part("holder", holder)?;
+        let holder = holder.to_string();
+        let (until, now, limit) = (to_db(lease_until_ms), to_db(now_ms), to_db(limit as u64));
+        self.call("claim_lapsed_sessions", move |pool, sql| async move {
+            let client = pool.get().await?;
+            let stmt = client.prepare_cached(&sql.claim_lapsed_sessions).await?;
+            let rows = client
+                .query(&stmt, &[&holder, &until, &now, &limit])
+                .await?;
+            let mut out: Vec<(String, Vec<u8>)> =
+                rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(out)
+        })
+    }
+
+    fn renew_sessions(&self, holder: &str, lease_until_ms: u64) -> Result<Vec<String>, StoreError> {
+        check_part("holder", holder)?;
+        let holder = holder.to_string();
+        let until = to_db(lease_until_ms);
+        self.call("renew_sessions", move |pool, sql| async move {
+            let client = pool.get().await?;
+            let stmt = client.prepare_cached(&sql.renew_sessions).await?;
+            let rows = client.query(&stmt, &[&holder, &until]).await?;
+            Ok(rows.into_iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    fn release_sessions(
+        &self,
+        holder: &str,
+        session_id: Option<&str>,
+        finished: bool,
+    ) -> Result<usize, StoreError> {
+        check_part("holder", holder)?;
+        let holder = holder.to_string();
+        let id = session_id.map(str::to_string);
+        self.call("release_sessions", move |pool, sql| async move {
+            let client = pool.get().await?;
+            let n = match id {
+                Some(id) => {
+                    let stmt = client.prepare_cached(&sql.release_session).await?;
+                    client.execute(&stmt, &[&holder, &id, &finished]).await?
+                }
+                None => {
+                    let stmt = client.prepare_cached(&sql.release_sessions).await?;
+                    client.execute(&stmt, &[&holder, &finished]).await?
+                }
+            };
+            Ok(n as usize)
+        })
+    }
+
+    fn put_session_input(
+        &self,
+        session_id: &str,
+        sender: &str,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        check_part("session_id", session_id)?;
+        check_part("sender", sender)?;
+        let (id, sender, payload) = (session_id.to_string(), sender.to_string(), payload.to_vec());
+        let now = to_db(now_ms);
+        let schema = self.shared.schema.clone();
+        self.call("put_session_input", move |pool, sql| async move {
+            let client = pool.get().await?;
+            let stmt = client.prepare_cached(&sql.put_session_input).await?;
+            let row = client
+                .query_one(&stmt, &[&id, &sender, &payload, &now])
+                .await?;
+            let input: i64 = row.get(0);
+            if let Some(holder) = row.get::<_, Option<String>>(1) {
+                notify_instance(&client, &schema, &holder).await;
+            }
+            Ok(Some(from_db(input)))
+        })
+    }
+
+    fn take_session_inputs(
+        &self,
+        holder: &str,
+        limit: usize,
+    ) -> Result<Vec<SessionInput>, StoreError> {
+        check_part("holder", holder)?;
+        let holder = holder.to_string();
+        let limit = to_db(limit as u64);
+        self.call("take_session_inputs", move |pool, sql| async move {
+            let client = pool.get().await?;
+            let stmt = client.prepare_cached(&sql.take_session_inputs).await?;
+            let rows = client.query(&stmt, &[&holder, &limit]).await?;
+            let mut out: Vec<SessionInput> = rows
+                .into_iter()
+                .map(|r| SessionInput {
+                    id: from_db(r.get(0)),
+                    session_id: r.get(1),
+                    sender: r.get(2),
+                    payload: r.get(3),
+                })
+                .collect();
+            out.sort_by_key(|i| i.id);
+            Ok(out)
+        })
+    }
+
+    fn answer_session_input(&self, id: u64, answer: &[u8]) -> Result<bool, StoreError> {
+        let (id, answer) = (to_db(id), answer.to_vec());
+        let schema = self.shared.schema.clone();
+        self.call("answer_session_input", move |pool, sql| async move {
+            let client = pool.get().await?;
+            let stmt = client.prepare_cached(&sql.answer_session_input).await?;
+            let Some(row) = client.query_opt(&stmt, &[&id, &answer]).await? else {
+                return Ok(false);
+            };
+            let sender: String = row.get(0);
+            notify_instance(&client, &schema, &sender).await;
+            Ok(true)
+        })
+    }
+
+    fn take_input_answer(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let id = to_db(id);
+        self.call("take_input_answer", move |pool, sql| async move {
+            let client = pool.get().await?;
+            let stmt = client.prepare_cached(&sql.take_input_answer).await?;
+            Ok(client
+                .query_opt(&stmt, &[&id])
+                .await?
+                .and_then(|r| r.get::<_, Option<Vec<u8>>>(0)))
+        })
+    }
+
+    fn purge_session_inputs(&self, before_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        let (before, limit) = (to_db(before_ms), to_db(limit as u64));
+        self.call("purge_session_inputs", move |pool, sql| async move {
+            let client = pool.get().await?;
+            let stmt = client.prepare_cached(&sql.purge_session_inputs).await?;
+            Ok(client.execute(&stmt, &[&before, &limit]).await? as usize)
+        })
+    }
+
+    fn watch_sessions(&self, instance: &str, hook: super::SessionWatchHook) -> bool {
+        let mut config = self.shared.config.clone();
+        // Not `listen_application_name`: that one counts the instances.
+        config.application_name(format!("lark-auth-sessions {}", self.shared.schema));
+        let wanted = format!("{}\u{1f}{instance}", self.shared.schema);
+        let location = self.shared.location.clone();
+        self.shared.runtime.spawn(async move {
+            let mut failing = false;
+            loop {
+                let mut listened = false;
+                let result = listen_sessions(&config, &wanted, &hook, &mut listened).await;
+                if listened && failing {
+                    tracing::info!(store = %location, "session inbox notifications heard again");
+                    failing = false;
+                }
+                if !failing {
+                    let error = result.err().map(|e| one_line(&e).to_string());
+                    tracing::warn!(
+                        store = %location,
+                        error = error.as_deref().unwrap_or("connection closed"),
+                        "session inbox notifications interrupted; listening again every second (the inbox is polled meanwhile)"
+                    );
+                    failing = true;
+                }
+                hook();
+                tokio::time::sleep(LISTEN_RETRY).await;
+            }
+        });
+        true
     }
 }
 
