@@ -3,7 +3,10 @@
 //! tokens read through all three for a while are refreshed once per refresh period per
 //! grant, never with a refresh token sent twice, within the shared token-endpoint budget;
 //! the database stopped and started under them loses nothing, cached tokens are served
-//! meanwhile and every instance reconnects by itself.
+//! meanwhile and every instance reconnects by itself; 50 device flows started round-robin
+//! with every click landing on a random instance all end authorized with one card each
+//! and every click answered in time; `kill -9` of the instance holding sessions leaves
+//! them to the others, with no second card.
 
 mod pg_common;
 #[path = "sessions_common/mod.rs"]
@@ -410,4 +413,156 @@ async fn postgres_stopped_and_started_under_three_instances_loses_nothing() {
             );
         }
     }
+}
+
+/// Plays every user of `sessions` (open_id → session_id) on their card: a click on
+/// Authorize (delivered to a random live instance) and the approval on the device page.
+/// Returns the clicks' `message_id`s.
+fn click_and_approve(sandbox: &Sandbox, sessions: &[(String, String)], tag: &str) -> Vec<String> {
+    let cards = sandbox.sent_cards();
+    let mut clicks = Vec::new();
+    for (open_id, session_id) in sessions {
+        let card = cards
+            .iter()
+            .find(|c| c.receive_id == *open_id)
+            .unwrap_or_else(|| panic!("a card for {open_id}"));
+        let card_token = sandbox.issue_card_update_token(&card.message_id);
+        clicks.push(
+            sandbox
+                .push_event(&sessions_common::click_json(
+                    &format!("ev_{tag}_{session_id}"),
+                    session_id,
+                    open_id,
+                    "authorize",
+                    card_token.expose(),
+                    &card.message_id,
+                ))
+                .unwrap(),
+        );
+        let url = sessions_common::authorize_url(&card.card);
+        let user_code = sessions_common::query_param(&url, "user_code").expect("user code");
+        sandbox.approve_device(&user_code, open_id).unwrap();
+    }
+    clicks
+}
+
+/// Waits until every session of `sessions` reads `authorized` through `serve`.
+async fn wait_authorized(serve: &Serve, sessions: &[(String, String)]) {
+    for (open_id, session_id) in sessions {
+        eventually(&format!("{open_id}'s session authorized"), || {
+            let path = format!("/v1/authorizations/{session_id}");
+            async move {
+                let (_, view) = serve.get(&path).await?;
+                (view["state"] == "authorized").then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+/// One card per user, and each sent once.
+fn assert_one_card_each(sandbox: &Sandbox, sessions: &[(String, String)]) {
+    let cards = sandbox.sent_cards();
+    for (open_id, _) in sessions {
+        let n = cards.iter().filter(|c| c.receive_id == *open_id).count();
+        assert_eq!(n, 1, "{open_id} got {n} cards");
+    }
+}
+
+#[actix_rt::test]
+async fn fifty_device_flows_round_robin_over_three_instances_each_click_answered_wherever_it_lands()
+{
+    let server = pg_common::TestPostgres::start();
+    let sandbox = sandbox(Duration::from_secs(7200)).await;
+    sandbox.set_random_push(Some(50));
+    let dir = tempfile::tempdir().unwrap();
+    let serves = vec![
+        Serve::spawn(dir.path(), "a", &sandbox, &server.url()),
+        Serve::spawn(dir.path(), "b", &sandbox, &server.url()),
+        Serve::spawn(dir.path(), "c", &sandbox, &server.url()),
+    ];
+    for serve in &serves {
+        serve.wait_connected().await;
+    }
+    let mut sessions = Vec::new();
+    for n in 0..50 {
+        let open_id = format!("ou_rr_user_{n:02}");
+        let (status, view) = serves[n % 3]
+            .post(
+                "/v1/authorizations",
+                serde_json::json!({ "open_id": open_id }),
+            )
+            .await;
+        assert_eq!(status, 202, "{view}");
+        sessions.push((open_id, view["session_id"].as_str().unwrap().to_string()));
+    }
+    sandbox.wait_for_sent_cards(50, WAIT).await.unwrap();
+    let clicks = click_and_approve(&sandbox, &sessions, "rr");
+    let logs = || serves.iter().map(Serve::log).collect::<Vec<_>>().join("\n");
+    wait_authorized(&serves[1], &sessions).await;
+
+    assert_one_card_each(&sandbox, &sessions);
+    assert_eq!(sandbox.sent_cards().len(), 50, "one card each");
+    let acks = sandbox.wait_for_acks(50, WAIT).await.unwrap();
+    let mut answered_by = std::collections::HashSet::new();
+    for message_id in &clicks {
+        let ack = acks
+            .iter()
+            .find(|a| a.message_id == *message_id)
+            .unwrap_or_else(|| panic!("click {message_id} acked\n{}", logs()));
+        assert_eq!(ack.code(), Some(200), "{ack:?}");
+        let latency = ack.latency.expect("latency measured");
+        assert!(latency < Duration::from_secs(3), "answered in {latency:?}");
+        let answer = sessions_common::ack_data(ack);
+        assert!(answer["toast"]["content"].is_string(), "a toast: {answer}");
+        answered_by.insert(ack.connection);
+    }
+    assert_eq!(answered_by.len(), 3, "clicks landed on every instance");
+    assert_eq!(sandbox.refresh_token_reuse_violations(), 0);
+    let (_, grants) = serves[2].get("/v1/grants").await.unwrap();
+    assert_eq!(grants.as_array().unwrap().len(), 50, "{grants}");
+}
+
+#[actix_rt::test]
+async fn kill_9_of_the_instance_holding_sessions_the_others_finish_them_with_no_second_card() {
+    let server = pg_common::TestPostgres::start();
+    let sandbox = sandbox(Duration::from_secs(7200)).await;
+    sandbox.set_random_push(Some(9));
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Serve::spawn(dir.path(), "a", &sandbox, &server.url());
+    let b = Serve::spawn(dir.path(), "b", &sandbox, &server.url());
+    let c = Serve::spawn(dir.path(), "c", &sandbox, &server.url());
+    for serve in [&a, &b, &c] {
+        serve.wait_connected().await;
+    }
+    let mut sessions = Vec::new();
+    for n in 0..10 {
+        let open_id = format!("ou_kill_user_{n}");
+        let (status, view) = a
+            .post(
+                "/v1/authorizations",
+                serde_json::json!({ "open_id": open_id }),
+            )
+            .await;
+        assert_eq!(status, 202, "{view}");
+        sessions.push((open_id, view["session_id"].as_str().unwrap().to_string()));
+    }
+    sandbox.wait_for_sent_cards(10, WAIT).await.unwrap();
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    sandbox.wait_for_active_connections(2, WAIT).await.unwrap();
+    // The users act after the kill: the clicks reach b or c, the approvals the platform.
+    click_and_approve(&sandbox, &sessions, "kill");
+    // Carried on by b or c once a's lease (5 s) lapsed: `wait_authorized` gives up
+    // after 15 s.
+    wait_authorized(&b, &sessions).await;
+    let logs = format!("{}\n{}\n{}", a.log(), b.log(), c.log());
+    assert_one_card_each(&sandbox, &sessions);
+    assert_eq!(sandbox.refresh_token_reuse_violations(), 0);
+    let (_, grants) = c.get("/v1/grants").await.unwrap();
+    assert_eq!(grants.as_array().unwrap().len(), 10, "{grants}");
+    assert!(
+        logs.contains("session taken over"),
+        "a takeover is logged\n{logs}"
+    );
 }
