@@ -194,7 +194,7 @@ impl Handler<PutEvents> for OutboxWriter {
                 .store
                 .outbox_put(&msg.events, msg.mark_expires_ms, msg.now_ms)?,
         };
-        self.store.flush()?;
+        self.store.outbox_flush()?;
         Ok(stored)
     }
 }

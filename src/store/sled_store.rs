@@ -47,10 +47,11 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Db, Transactional, Tree};
 
 use super::mark::{self, MarkFile, Recorded};
+use super::outbox_log::OutboxLog;
 use super::{
-    CasOutcome, DueEntry, GrantKey, GrantWrite, LossReport, OutboxEntry, OutboxEvent, OutboxRetry,
-    QuarantinedRecord, Store, StoreError, StoredGrant, WriteMark, mark_bucket_end, mark_key,
-    outbox_mark,
+    BackendError, CasOutcome, DueEntry, GrantKey, GrantWrite, LossReport, OutboxEntry, OutboxEvent,
+    OutboxRetry, QuarantinedRecord, Store, StoreError, StoredGrant, WriteMark, mark_bucket_end,
+    mark_key, outbox_mark,
 };
 
 /// The default size of sled's page cache (`vault.cache_mib`), MiB.
@@ -87,7 +88,8 @@ pub struct SledStore {
     /// How many marks `marks` holds.
     mark_count: Arc<AtomicU64>,
     meta: Tree,
-    outbox: Tree,
+    /// The event gateway's outbox: a log file of its own (see [`super::outbox_log`]).
+    outbox: Arc<OutboxLog>,
     durability: Arc<Durability>,
 }
 
@@ -224,16 +226,39 @@ enum Abort {
 
 const OUTBOX_HEADER: usize = 8 + 4 + 8 + 8 + 2;
 
-fn outbox_key(target: &str, event_id: &str) -> Result<Vec<u8>, StoreError> {
-    check_part("target", target)?;
-    check_part("event_id", event_id)?;
-    let mut k = Vec::with_capacity(target.len() + 1 + event_id.len());
-    k.extend_from_slice(target.as_bytes());
-    k.push(0);
-    k.extend_from_slice(event_id.as_bytes());
-    Ok(k)
+/// Moves the entries of sled's `outbox` tree (where the outbox was kept before it had a
+/// log of its own) into `log`, synced, then empties the tree, flushed. Idempotent: a crash
+/// in between moves them again (an entry already in the log is replaced by the same one).
+/// Their dedup marks stay in sled's `dedup` tree, which [`Store::outbox_put`] still reads.
+fn migrate_outbox_tree(db: &Db, log: &OutboxLog) -> Result<(), BackendError> {
+    if !db.tree_names().iter().any(|n| n.as_ref() == b"outbox") {
+        return Ok(());
+    }
+    let tree = db.open_tree("outbox")?;
+    if tree.is_empty() {
+        return Ok(());
+    }
+    let mut entries = Vec::new();
+    let mut damaged = 0usize;
+    for item in tree.iter() {
+        let (k, v) = item?;
+        match parse_outbox(&k, &v) {
+            Ok(e) => entries.push(e),
+            Err(_) => damaged += 1,
+        }
+    }
+    log.adopt(&entries)?;
+    tree.clear()?;
+    db.flush()?;
+    tracing::info!(
+        moved = entries.len(),
+        damaged_dropped = damaged,
+        "outbox entries moved from sled into the outbox log"
+    );
+    Ok(())
 }
 
+#[cfg(test)]
 fn encode_outbox_value(
     enqueued_ms: u64,
     retry: OutboxRetry,
@@ -461,6 +486,8 @@ impl SledStore {
             key.map_err(|e| open_error(Box::new(e)))?;
             count += 1;
         }
+        let outbox = Arc::new(OutboxLog::open(&path)?);
+        migrate_outbox_tree(&db, &outbox).map_err(open_error)?;
         Ok(SledStore {
             durability,
             mark_count: Arc::new(AtomicU64::new(count)),
@@ -471,7 +498,7 @@ impl SledStore {
             marks: tree("dedup")?,
             marks_expiry,
             meta: tree("meta")?,
-            outbox: tree("outbox")?,
+            outbox,
             db,
             path,
         })
@@ -756,6 +783,8 @@ impl Store for SledStore {
     }
 
     fn purge_marks(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        let from_log = self.outbox.purge(now_ms, limit);
+        let limit = limit - from_log;
         let end = now_ms.saturating_add(1).to_be_bytes();
         let expired: Vec<sled::IVec> = self
             .marks_expiry
@@ -764,16 +793,25 @@ impl Store for SledStore {
             .take(limit)
             .collect::<Result<_, _>>()
             .map_err(backend("purge_marks"))?;
-        self.remove_marks(&expired, "purge_marks")
+        Ok(from_log + self.remove_marks(&expired, "purge_marks")?)
     }
 
     fn trim_marks(&self, max_marks: u64, limit: usize) -> Result<usize, StoreError> {
-        let over = self
-            .mark_count
-            .load(Ordering::Relaxed)
-            .saturating_sub(max_marks);
-        if over == 0 || limit == 0 {
+        // The cap is shared by sled's marks and the outbox log's (`forward/`), each kept
+        // to its share of it.
+        let in_sled = self.mark_count.load(Ordering::Relaxed);
+        let in_log = self.outbox.mark_count();
+        let total = in_sled + in_log;
+        if total <= max_marks || limit == 0 {
             return Ok(0);
+        }
+        let log_share = (max_marks as u128 * in_log as u128 / total as u128) as u64;
+        let from_log = self.outbox.trim(log_share, limit);
+        let limit = limit - from_log;
+        let max_marks = max_marks - log_share;
+        let over = in_sled.saturating_sub(max_marks);
+        if over == 0 || limit == 0 {
+            return Ok(from_log);
         }
         // The `over` oldest marks, then the rest of the last one's bucket.
         let mut victims = Vec::new();
@@ -793,17 +831,17 @@ impl Store for SledStore {
                 break;
             }
         }
-        self.remove_marks(&victims, "trim_marks")
+        Ok(from_log + self.remove_marks(&victims, "trim_marks")?)
     }
 
     fn mark_count(&self) -> Result<u64, StoreError> {
-        Ok(self.mark_count.load(Ordering::Relaxed))
+        Ok(self.mark_count.load(Ordering::Relaxed) + self.outbox.mark_count())
     }
 
     fn disk_bytes(&self) -> Result<Option<u64>, StoreError> {
         self.db
             .size_on_disk()
-            .map(Some)
+            .map(|sled| Some(sled + self.outbox.disk_bytes()))
             .map_err(backend("disk_bytes"))
     }
 
@@ -813,52 +851,28 @@ impl Store for SledStore {
         mark_expires_ms: u64,
         now_ms: u64,
     ) -> Result<Vec<bool>, StoreError> {
-        let mut prepared = Vec::with_capacity(events.len());
+        let mut seen_before = Vec::with_capacity(events.len());
         for e in events {
-            let keys = e
-                .targets
-                .iter()
-                .map(|t| outbox_key(t, &e.event_id))
-                .collect::<Result<Vec<_>, _>>()?;
-            if keys.is_empty() {
-                check_part("event_id", &e.event_id)?;
+            check_part("event_id", &e.event_id)?;
+            for t in &e.targets {
+                check_part("target", t)?;
             }
-            let value = encode_outbox_value(
-                now_ms,
-                OutboxRetry {
-                    attempts: 0,
-                    next_attempt_ms: now_ms,
-                    dead_at_ms: None,
-                },
-                &e.event_type,
-                &e.payload,
-            );
-            prepared.push((mark_key(&outbox_mark(&e.event_id)), keys, value));
         }
-        let result = (&self.marks, &self.marks_expiry, &self.outbox).transaction(
-            |(marks, expiry, outbox)| {
-                let mut stored = Vec::with_capacity(prepared.len());
-                for (mark, keys, value) in &prepared {
-                    let set = set_mark(marks, expiry, mark, mark_expires_ms, now_ms)?;
-                    if set == MarkSet::Duplicate {
-                        stored.push(None);
-                        continue;
-                    }
-                    for k in keys {
-                        outbox.insert(k.as_slice(), value.as_slice())?;
-                    }
-                    stored.push(Some(set));
-                }
-                Ok(stored)
-            },
-        );
-        let stored = result.map_err(|e: TransactionError<()>| match e {
-            TransactionError::Storage(e) => backend("outbox_put")(e),
-            TransactionError::Abort(()) => unreachable!("the outbox transaction never aborts"),
-        })?;
-        let new = stored.iter().filter(|s| **s == Some(MarkSet::New)).count();
-        self.mark_count.fetch_add(new as u64, Ordering::Relaxed);
-        Ok(stored.iter().map(Option::is_some).collect())
+        for e in events {
+            // A mark set in sled before the outbox moved to its log (its dedup window
+            // outlives the upgrade).
+            let old = self
+                .marks
+                .get(mark_key(&outbox_mark(&e.event_id)))
+                .map_err(backend("outbox_put"))?;
+            seen_before.push(old.is_some_and(|v| mark_expiry(&v) > now_ms));
+        }
+        self.outbox
+            .put(events, &seen_before, mark_expires_ms, now_ms)
+    }
+
+    fn outbox_flush(&self) -> Result<(), StoreError> {
+        self.outbox.sync()
     }
 
     fn outbox_list(
@@ -866,20 +880,11 @@ impl Store for SledStore {
         after: Option<(&str, &str)>,
         limit: usize,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
-        let iter = match after {
-            Some((target, event_id)) => {
-                let mut start = outbox_key(target, event_id)?;
-                start.push(0);
-                self.outbox.range(start..)
-            }
-            None => self.outbox.iter(),
-        };
-        iter.take(limit)
-            .map(|item| {
-                let (k, v) = item.map_err(backend("outbox_list"))?;
-                parse_outbox(&k, &v)
-            })
-            .collect()
+        if let Some((target, event_id)) = after {
+            check_part("target", target)?;
+            check_part("event_id", event_id)?;
+        }
+        self.outbox.list(after, limit)
     }
 
     fn outbox_update(
@@ -888,44 +893,17 @@ impl Store for SledStore {
         event_id: &str,
         retry: OutboxRetry,
     ) -> Result<bool, StoreError> {
-        let key = outbox_key(target, event_id)?;
-        let result = self.outbox.transaction(|outbox| {
-            let Some(old) = outbox.get(&key)? else {
-                return Ok(false);
-            };
-            let Ok(entry) = parse_outbox(&key, &old) else {
-                return Ok(false);
-            };
-            outbox.insert(
-                key.as_slice(),
-                encode_outbox_value(entry.enqueued_ms, retry, &entry.event_type, &entry.payload),
-            )?;
-            Ok(true)
-        });
-        result.map_err(|e: TransactionError<()>| match e {
-            TransactionError::Storage(e) => backend("outbox_update")(e),
-            TransactionError::Abort(()) => unreachable!("the outbox transaction never aborts"),
-        })
+        check_part("target", target)?;
+        check_part("event_id", event_id)?;
+        self.outbox.update(target, event_id, retry)
     }
 
     fn outbox_remove(&self, entries: &[(String, String)]) -> Result<usize, StoreError> {
-        let mut batch = sled::Batch::default();
-        let mut found = 0;
         for (target, event_id) in entries {
-            let key = outbox_key(target, event_id)?;
-            if self
-                .outbox
-                .contains_key(&key)
-                .map_err(backend("outbox_remove"))?
-            {
-                found += 1;
-            }
-            batch.remove(key);
+            check_part("target", target)?;
+            check_part("event_id", event_id)?;
         }
-        self.outbox
-            .apply_batch(batch)
-            .map_err(backend("outbox_remove"))?;
-        Ok(found)
+        self.outbox.remove(entries, now_ms())
     }
 
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -953,6 +931,7 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        self.outbox.sync()?;
         let d = &self.durability;
         if lock(&d.loss).is_some() {
             // Neither generation nor mark moves: the loss stays visible until accepted.
@@ -1189,6 +1168,116 @@ mod tests {
         }
         assert_eq!(store.mark_count().unwrap(), 2);
         assert!(store.disk_bytes().unwrap().unwrap() > 0);
+    }
+
+    fn outbox_event(event_id: &str, target: &str) -> OutboxEvent {
+        OutboxEvent {
+            event_id: event_id.into(),
+            event_type: "im.message.receive_v1".into(),
+            targets: vec![target.into()],
+            payload: event_id.as_bytes().to_vec(),
+        }
+    }
+
+    /// A vault from before the outbox log: its `outbox` tree's entries (pending and dead)
+    /// move into the log at open, once, and the marks sled holds still catch redeliveries.
+    #[test]
+    fn outbox_entries_kept_in_sled_move_into_the_log_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = "http://127.0.0.1:9/a";
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree("outbox").unwrap();
+            let pending = OutboxRetry {
+                attempts: 2,
+                next_attempt_ms: 3_000,
+                dead_at_ms: None,
+            };
+            let dead = OutboxRetry {
+                attempts: 9,
+                next_attempt_ms: u64::MAX,
+                dead_at_ms: Some(4_000),
+            };
+            for (id, retry) in [("ev_1", pending), ("ev_2", dead)] {
+                let mut k = t.as_bytes().to_vec();
+                k.push(0);
+                k.extend_from_slice(id.as_bytes());
+                tree.insert(
+                    k,
+                    encode_outbox_value(1_000, retry, "im.message.receive_v1", id.as_bytes()),
+                )
+                .unwrap();
+            }
+            let expiry = u64::MAX - 1;
+            db.open_tree("dedup")
+                .unwrap()
+                .insert(mark_key(&outbox_mark("ev_1")), &expiry.to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        for _ in 0..2 {
+            let store = SledStore::open(dir.path()).unwrap();
+            let all = store.outbox_list(None, 10).unwrap();
+            assert_eq!(all.len(), 2);
+            assert_eq!((all[0].event_id.as_str(), all[0].attempts), ("ev_1", 2));
+            assert_eq!(all[0].payload, b"ev_1");
+            assert_eq!(all[1].dead_at_ms, Some(4_000));
+            assert!(store.db.open_tree("outbox").unwrap().is_empty());
+            assert_eq!(
+                store
+                    .outbox_put(&[outbox_event("ev_1", t)], u64::MAX, 5_000)
+                    .unwrap(),
+                [false],
+                "the mark kept in sled still dedups"
+            );
+        }
+    }
+
+    /// The store is dropped without `flush` (as at `kill -9` after the ack): the group
+    /// synced by `outbox_flush` is there, and a redelivery is not taken again.
+    #[test]
+    fn outbox_entries_and_marks_survive_a_stop_without_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = "http://127.0.0.1:9/a";
+        // Marks alive whatever the clock (the log drops expired marks at open by it).
+        const FAR: u64 = u64::MAX / 2;
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            let stored = store
+                .outbox_put(
+                    &[outbox_event("ev_1", t), outbox_event("ev_2", t)],
+                    FAR,
+                    1_000,
+                )
+                .unwrap();
+            assert_eq!(stored, [true, true]);
+            store.outbox_flush().unwrap();
+            assert_eq!(
+                store.outbox_remove(&[(t.into(), "ev_1".into())]).unwrap(),
+                1
+            );
+            assert_eq!(store.mark_count().unwrap(), 2);
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let left: Vec<String> = store
+            .outbox_list(None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event_id)
+            .collect();
+        assert_eq!(left, ["ev_2"]);
+        assert_eq!(
+            store
+                .outbox_put(
+                    &[outbox_event("ev_1", t), outbox_event("ev_2", t)],
+                    FAR,
+                    2_000
+                )
+                .unwrap(),
+            [false, false]
+        );
+        assert_eq!(store.mark_count().unwrap(), 2);
+        assert!(dir.path().join(super::super::OUTBOX_LOG_FILE).exists());
     }
 
     #[test]
