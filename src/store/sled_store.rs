@@ -15,11 +15,20 @@
 //!   `marks_expiry` (the mark's bytes as key): they are dropped at open, so a redelivery
 //!   of an event seen before the upgrade is handled again once;
 //! - `meta`: `name` → value;
-//! - `outbox`: `target 0x00 event_id` → `enqueued_ms u64 ‖ attempts u32 ‖ next_ms u64 ‖
-//!   dead_ms u64 (u64::MAX = pending) ‖ type_len u16 ‖ event_type ‖ payload` (its dedup
-//!   mark `forward/<event_id>` lives in `dedup`, set in the same transaction);
+//! - `outbox` (vaults written before the outbox log only): `target 0x00 event_id` →
+//!   `enqueued_ms u64 ‖ attempts u32 ‖ next_ms u64 ‖ dead_ms u64 (u64::MAX = pending) ‖
+//!   type_len u16 ‖ event_type ‖ payload`, its dedup marks `forward/<event_id>` in `dedup`.
+//!   Its entries are moved into the outbox log at open (the tree is left empty); the
+//!   marks stay in `dedup` and are still read by [`Store::outbox_put`] on such vaults;
 //! - `acknowledged`: `generation` → the [`WriteMark`] of the newest [`Store::flush`]
 //!   (`generation u64 ‖ at_ms u64`).
+//!
+//! The event gateway's outbox is not in sled: it is an append-only log file of its own
+//! beside sled's files ([`super::outbox_log`], `outbox.log`), with its entries and its
+//! `forward/` dedup marks, one `write` and one `fdatasync` per group of events
+//! ([`Store::outbox_flush`]). [`Store::flush`] syncs it too; [`Store::mark_count`],
+//! [`Store::purge_marks`] and [`Store::trim_marks`] cover its marks with sled's (the cap
+//! shared in proportion to what each holds).
 //!
 //! Multi-tree changes run in one sled transaction, so a crash leaves the state before or
 //! after. sled allows one open handle per directory per process and across processes: a
@@ -90,6 +99,9 @@ pub struct SledStore {
     meta: Tree,
     /// The event gateway's outbox: a log file of its own (see [`super::outbox_log`]).
     outbox: Arc<OutboxLog>,
+    /// The vault kept its outbox in sled once (it has an `outbox` tree): `forward/` marks
+    /// set then are in `dedup`, so a put checks there too.
+    legacy_marks: bool,
     durability: Arc<Durability>,
 }
 
@@ -234,6 +246,7 @@ fn migrate_outbox_tree(db: &Db, log: &OutboxLog) -> Result<(), BackendError> {
     if !db.tree_names().iter().any(|n| n.as_ref() == b"outbox") {
         return Ok(());
     }
+    // The tree stays (empty): it tells later opens that sled may hold `forward/` marks.
     let tree = db.open_tree("outbox")?;
     if tree.is_empty() {
         return Ok(());
@@ -487,6 +500,7 @@ impl SledStore {
             count += 1;
         }
         let outbox = Arc::new(OutboxLog::open(&path)?);
+        let legacy_marks = db.tree_names().iter().any(|n| n.as_ref() == b"outbox");
         migrate_outbox_tree(&db, &outbox).map_err(open_error)?;
         Ok(SledStore {
             durability,
@@ -499,6 +513,7 @@ impl SledStore {
             marks_expiry,
             meta: tree("meta")?,
             outbox,
+            legacy_marks,
             db,
             path,
         })
@@ -858,7 +873,7 @@ impl Store for SledStore {
                 check_part("target", t)?;
             }
         }
-        for e in events {
+        for e in events.iter().filter(|_| self.legacy_marks) {
             // A mark set in sled before the outbox moved to its log (its dedup window
             // outlives the upgrade).
             let old = self
