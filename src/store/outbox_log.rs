@@ -26,6 +26,10 @@
 //!   their own (like sled's writes they become durable with the next sync; unlike sled's
 //!   they are in the kernel's page cache at once, so a `kill -9` keeps them).
 //!
+//! The file is grown ahead in [`GROW`] steps with zeros (written and synced), so an append
+//! overwrites blocks the file has and its `fdatasync` needs no journal commit; a zero
+//! header with only zeros after it is the end of the log.
+//!
 //! Durability: [`OutboxLog::put`] appends without syncing; [`OutboxLog::sync`]
 //! (`fdatasync`) makes everything appended so far durable: the gateway acks a group of
 //! events after it. Updates and removals are appended and become durable with the next
@@ -60,6 +64,11 @@ const COMPACT_FILE: &str = "outbox.log.compact";
 pub const MAGIC: &[u8; 8] = b"LAOUTBX1";
 /// The log is compacted only past this size, bytes (32 MiB).
 pub const COMPACT_MIN: u64 = 32 << 20;
+/// The file is grown by this much at a time, with zeros written and synced (4 MiB), so
+/// that an append overwrites blocks the file already has and its `fdatasync` flushes only
+/// data: no journal commit for a new size, which made a sync wait for every other
+/// metadata change on the filesystem (p90 0.8 ms under a parallel build, measured).
+const GROW: u64 = 4 << 20;
 /// Largest record body accepted at replay (1 GiB): a larger length is a damaged header.
 const MAX_RECORD: u32 = 1 << 30;
 /// Marks per `MARKS` record written by compaction.
@@ -111,6 +120,8 @@ struct State {
     file: Arc<File>,
     /// End of the valid records: the next append goes here.
     len: u64,
+    /// The file's size: zeros from `len` on (written and synced ahead, see [`GROW`]).
+    allocated: u64,
     /// Entries by `target 0x00 event_id` (the order sled listed them in).
     entries: BTreeMap<Vec<u8>, Slot>,
     /// Dedup marks by key.
@@ -426,6 +437,13 @@ fn replay(state: &mut State, data: &[u8]) -> (u64, Option<&'static str>) {
         };
         let len = u32::from_le_bytes(header[..4].try_into().unwrap_or_default());
         let crc = u32::from_le_bytes(header[4..].try_into().unwrap_or_default());
+        if len == 0 && crc == 0 {
+            // The zeros grown ahead: the end, if nothing but zeros follows.
+            if data[pos..].iter().all(|&b| b == 0) {
+                return (pos as u64, None);
+            }
+            return (pos as u64, Some("data after the end of the records"));
+        }
         if len == 0 || len > MAX_RECORD {
             return (pos as u64, Some("a record length out of range"));
         }
@@ -495,9 +513,11 @@ impl OutboxLog {
             marks: HashMap::new(),
             by_expiry: BTreeSet::new(),
             live_bytes: 0,
+            allocated: 0,
             poisoned: None,
         };
         let (valid, damage) = replay(&mut state, &data);
+        state.allocated = data.len() as u64;
         if let Some(what) = damage {
             tracing::warn!(
                 path = %path.display(),
@@ -507,6 +527,7 @@ impl OutboxLog {
             );
             state.file.set_len(valid).map_err(open_error)?;
             state.file.sync_all().map_err(open_error)?;
+            state.allocated = valid;
         }
         state.len = valid;
         Ok(OutboxLog {
@@ -526,18 +547,38 @@ impl OutboxLog {
             });
         }
         let at = st.len;
+        let end = at + enc.buf.len() as u64;
+        if end > st.allocated {
+            Self::grow(st, end).map_err(io_error(op))?;
+        }
         match st.file.write_all_at(&enc.buf, at) {
             Ok(()) => {
-                st.len += enc.buf.len() as u64;
+                st.len = end;
                 Ok(at)
             }
             Err(e) => {
-                if let Err(e2) = st.file.set_len(at) {
+                // Back to zeros, so a replay ends before the failed record.
+                if let Err(e2) = st.file.write_all_at(&vec![0u8; enc.buf.len()], at) {
                     st.poisoned = Some(e2.to_string());
                 }
                 Err(io_error(op)(e))
             }
         }
+    }
+
+    /// Grows the file with zeros, synced (size included), to hold `end` and [`GROW`] more.
+    fn grow(st: &mut State, end: u64) -> std::io::Result<()> {
+        let target = end.div_ceil(GROW).saturating_add(1).saturating_mul(GROW);
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = st.allocated;
+        while at < target {
+            let n = (target - at).min(zeros.len() as u64);
+            st.file.write_all_at(&zeros[..n as usize], at)?;
+            at += n;
+        }
+        st.file.sync_all()?;
+        st.allocated = target;
+        Ok(())
     }
 
     /// Puts `events` (validated by the caller) as one record: per event, one entry per
@@ -861,6 +902,7 @@ impl OutboxLog {
         })?;
         st.file = Arc::new(file);
         st.len = enc.buf.len() as u64;
+        st.allocated = st.len;
         for (slot, at) in st.entries.values_mut().zip(offsets) {
             slot.payload_at = at;
         }
@@ -1040,8 +1082,14 @@ impl OutboxLog {
         Self::drop_marks(&mut st, &victims, "trim_marks")
     }
 
-    /// The log's size, bytes.
+    /// The log's size on disk, bytes (zeros grown ahead included).
     pub fn disk_bytes(&self) -> u64 {
+        lock(&self.state).allocated
+    }
+
+    /// Where the valid records end (tests).
+    #[cfg(test)]
+    fn end(&self) -> u64 {
         lock(&self.state).len
     }
 }
@@ -1144,16 +1192,16 @@ mod tests {
     /// valid prefix is kept, the tail cut off, and the log goes on from there.
     #[test]
     fn a_torn_or_garbled_tail_is_dropped_and_the_prefix_kept() {
-        for damage in ["cut", "garble", "zeros"] {
+        for damage in ["cut", "garble", "zeros", "stray"] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join(LOG_FILE);
-            let before;
+            let (before, end);
             {
                 let log = OutboxLog::open(dir.path()).unwrap();
                 log.put(&[event("ev_1", &[T1])], &[false], 10_000, 100)
                     .unwrap();
                 log.sync().unwrap();
-                before = std::fs::metadata(&path).unwrap().len();
+                before = log.end();
                 log.put(
                     &[event("ev_2", &[T1]), event("ev_3", &[T1])],
                     &[false, false],
@@ -1162,35 +1210,47 @@ mod tests {
                 )
                 .unwrap();
                 log.sync().unwrap();
+                end = log.end();
+                assert!(std::fs::metadata(&path).unwrap().len() > end, "grown ahead");
             }
-            let len = std::fs::metadata(&path).unwrap().len();
             let file = OpenOptions::new().write(true).open(&path).unwrap();
             match damage {
-                "cut" => file.set_len(len - 5).unwrap(),
+                // The last group's record cut short.
+                "cut" => file.set_len(end - 5).unwrap(),
                 "garble" => file.write_all_at(b"XX", before + 20).unwrap(),
-                _ => file.write_all_at(&[0u8; 64], len).unwrap(),
+                // Zeros where the next record would go: the end, as grown.
+                "zeros" => file.write_all_at(&[0u8; 64], end).unwrap(),
+                // A header of zeros followed by something: the tail is dropped.
+                _ => file.write_all_at(b"junk", end + 100).unwrap(),
             }
             drop(file);
             let log = OutboxLog::open(dir.path()).unwrap();
-            if damage == "zeros" {
-                // Zeros after the last record (a file grown but not written): both groups
-                // stay, the zeros go.
-                assert_eq!(ids(&log).len(), 3);
-                assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
-                continue;
+            match damage {
+                "zeros" | "stray" => {
+                    assert_eq!(ids(&log).len(), 3, "{damage}");
+                    assert_eq!(log.end(), end, "{damage}");
+                    if damage == "stray" {
+                        assert_eq!(std::fs::metadata(&path).unwrap().len(), end);
+                    }
+                }
+                _ => {
+                    assert_eq!(ids(&log), [pair(T1, "ev_1")], "{damage}");
+                    assert_eq!(std::fs::metadata(&path).unwrap().len(), before, "{damage}");
+                    // The lost group was never acknowledged: taken when delivered again.
+                    assert_eq!(
+                        log.put(&[event("ev_2", &[T1])], &[false], 10_000, 400)
+                            .unwrap(),
+                        [true]
+                    );
+                }
             }
-            assert_eq!(ids(&log), [pair(T1, "ev_1")], "{damage}");
-            assert_eq!(std::fs::metadata(&path).unwrap().len(), before, "{damage}");
-            // The lost group was never acknowledged: taken when delivered again.
-            assert_eq!(
-                log.put(&[event("ev_2", &[T1])], &[false], 10_000, 400)
-                    .unwrap(),
-                [true]
-            );
+            log.put(&[event("ev_4", &[T1])], &[false], 10_000, 500)
+                .unwrap();
             log.sync().unwrap();
+            let kept = ids(&log);
             drop(log);
             let log = OutboxLog::open(dir.path()).unwrap();
-            assert_eq!(ids(&log), [pair(T1, "ev_1"), pair(T1, "ev_2")], "{damage}");
+            assert_eq!(ids(&log), kept, "{damage}: appends after the repair replay");
         }
     }
 
