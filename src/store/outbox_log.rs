@@ -819,10 +819,16 @@ impl OutboxLog {
         for key in &found {
             st.remove(key);
         }
-        if st.len >= self.compact_min && st.len >= st.live_bytes.saturating_mul(4) {
-            self.compact(&mut st, now_ms)?;
-        }
+        self.maybe_compact(&mut st, now_ms)?;
         Ok(found.len())
+    }
+
+    /// Compacts when the file is past the minimum and at least four times what is live.
+    fn maybe_compact(&self, st: &mut State, now_ms: u64) -> Result<(), StoreError> {
+        if st.len >= self.compact_min && st.len >= st.live_bytes.saturating_mul(4) {
+            self.compact(st, now_ms)?;
+        }
+        Ok(())
     }
 
     /// Rewrites the live marks (those alive at `now_ms`) and entries into a new file,
@@ -1053,7 +1059,10 @@ impl OutboxLog {
             .take(limit)
             .copied()
             .collect();
-        Self::drop_marks(&mut st, &expired, "purge_marks")
+        let dropped = Self::drop_marks(&mut st, &expired, "purge_marks")?;
+        // Without forwarding, marks are all the log holds: this is where it is kept small.
+        self.maybe_compact(&mut st, now_ms)?;
+        Ok(dropped)
     }
 
     /// Drops the oldest marks while more than `max_marks` are held, whole time buckets
@@ -1079,7 +1088,9 @@ impl OutboxLog {
                 break;
             }
         }
-        Self::drop_marks(&mut st, &victims, "trim_marks")
+        let dropped = Self::drop_marks(&mut st, &victims, "trim_marks")?;
+        self.maybe_compact(&mut st, 0)?;
+        Ok(dropped)
     }
 
     /// The log's size on disk, bytes (zeros grown ahead included).
@@ -1352,6 +1363,38 @@ mod tests {
             [true]
         );
         assert!(!dir.path().join(COMPACT_FILE).exists());
+    }
+
+    /// Marks alone (a service without forward targets) do not grow the file for ever:
+    /// purges compact it; the live marks and their values survive, a reopen included.
+    #[test]
+    fn marks_alone_are_compacted_by_the_purges() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOG_FILE);
+        let log = OutboxLog::open_with(dir.path(), 64 << 10).unwrap();
+        let kept = mark_key(b"event/kept");
+        assert!(log.mark_once(kept, u64::MAX, 0).unwrap());
+        assert!(log.set_mark_value(kept, b"answer", 0).unwrap());
+        let mut peak = 0;
+        let mut i = 0u64;
+        loop {
+            let key = mark_key(format!("event/ev_{i}").as_bytes());
+            assert!(log.mark_once(key, i + 1, i).unwrap());
+            log.purge(i + 1, 100).unwrap();
+            let len = log.end();
+            if len < peak {
+                break;
+            }
+            peak = len;
+            i += 1;
+            assert!(i < 100_000, "no compaction");
+        }
+        assert_eq!(log.mark_count(), 1);
+        drop(log);
+        let log = OutboxLog::open(dir.path()).unwrap();
+        assert_eq!(log.mark_count(), 1);
+        assert_eq!(log.mark_value(&kept, 5).as_deref(), Some(&b"answer"[..]));
+        assert!(std::fs::metadata(&path).unwrap().len() < 64 << 10);
     }
 
     #[test]
