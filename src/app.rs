@@ -317,15 +317,16 @@ impl LarkAuth {
                     })
                 })
             });
-        let gateway = if config.events.forward.is_empty() {
-            None
+        let (gateway, hold) = if config.events.forward.is_empty() {
+            (None, None)
         } else {
-            Some(EventGateway::start(
+            let started = EventGateway::start(
                 store.clone(),
                 GatewaySettings::from_config(&config),
                 crate::clock::Clock::system(),
                 Some(metrics.clone()),
-            )?)
+            )?;
+            (Some(started.gateway), Some(started.hold))
         };
         let tenant = crate::proxy::TenantTokenService::new(client.clone()).start();
         let router_parts = RouterParts {
@@ -390,10 +391,10 @@ impl LarkAuth {
             outputs,
         )?
         .with_metrics(metrics.clone());
-        if let Some(gateway) = &gateway {
+        if let Some(hold) = hold {
             let events = config.events.clone();
             connection = connection.with_outbox(
-                gateway.clone().recipient(),
+                hold,
                 Arc::new(move |event_type: &str| events.forwards(event_type)),
             );
         }

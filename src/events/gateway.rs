@@ -2,21 +2,24 @@
 //! own card callbacks, go to every `[[events.forward]]` target that takes their type, in
 //! the platform's HTTP push form ([`super::push`]), at least once.
 //!
-//! Accepts: [`HoldEvent`] (from the ConnectionActor, before it acks), [`GetForwardStatus`].
-//! Sends: HTTP POSTs to the targets; writes to the [`Store`] through its own writer thread
-//! ([`OutboxWriter`], a one-thread `SyncArbiter`).
+//! Accepts: [`HoldEvent`] (from the ConnectionActor, before it acks) on the [`HoldFront`];
+//! [`GetForwardStatus`] on the gateway. Sends: HTTP POSTs to the targets; writes to the
+//! [`Store`] through a writer thread of its own (`outbox-writer`).
 //!
-//! - **Before the ack.** A held event is put in the outbox (one entry per target, with the
-//!   dedup mark `forward/<event_id>` in the same step: a redelivery is not taken again) and
-//!   the store is flushed; only then does the reply let the connection ack 200. Group
-//!   commit: while one write is under way, the events arriving are gathered and written
-//!   (and flushed) together next, so the ack path pays one flush per batch, not per
-//!   event. A store failure answers [`HoldRefused::Store`] (ack 500: the platform keeps
-//!   the event).
+//! - **Before the ack.** A held event goes from the [`HoldFront`] (an actor on the
+//!   connection's own thread) straight to the writer thread, which puts it in the outbox
+//!   (one entry per target, with the dedup mark `forward/<event_id>` in the same step: a
+//!   redelivery is not taken again) and makes it durable ([`Store::outbox_flush`]); only
+//!   then does the reply let the connection ack 200. The gateway's thread, busy with the
+//!   POSTs, is not on the ack path. Group commit: the writer takes every event waiting
+//!   (up to 1,024) and writes and syncs them together, so the ack path pays one sync per
+//!   group, not per event; new events then go to the gateway for delivery. A store
+//!   failure answers [`HoldRefused::Store`] (ack 500: the platform keeps the event).
 //! - **Bounded.** Deliveries not yet taken (pending, in flight, being written) are at most
-//!   `events.outbox_capacity`; past it a new event is refused with [`HoldRefused::Full`]
-//!   (ack 500, counted in `lark_auth_forward_outbox_full_total`, one warning per full
-//!   spell), never accepted and dropped.
+//!   `events.outbox_capacity` (one counter shared by the front, the writer and the
+//!   gateway); past it a new event is refused with [`HoldRefused::Full`] (ack 500,
+//!   counted in `lark_auth_forward_outbox_full_total`, one warning per full spell), never
+//!   accepted and dropped.
 //! - **Delivery.** Per target at most `concurrency` POSTs in flight, oldest first. 2xx: the
 //!   entry is removed (in batches; not flushed, so a crash may deliver it again: at least
 //!   once). Anything else (status, timeout, connection refused): retried after
@@ -37,6 +40,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -158,104 +162,248 @@ pub struct ForwardStatus {
 
 // ----- the writer thread ------------------------------------------------------------------
 
-/// Owns the store's outbox writes on one blocking thread.
-pub struct OutboxWriter {
-    store: Arc<dyn Store>,
+/// Most events written (and synced) as one group.
+const MAX_GROUP: usize = 1024;
+
+/// What the writer thread is asked to do.
+enum Job {
+    /// Put an event in the outbox (group-committed with the other holds waiting).
+    Hold(Held),
+    /// Remove delivered entries (not flushed).
+    Remove(Vec<(String, String)>),
+    /// Write a delivery's retry state (not flushed).
+    Update {
+        target: String,
+        event_id: Arc<str>,
+        retry: OutboxRetry,
+    },
+    /// Renew this instance's leases, then claim up to `limit` orphaned entries.
+    RenewAndClaim {
+        owner: String,
+        lease_until_ms: u64,
+        now_ms: u64,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<OutboxEntry>, StoreError>>,
+    },
 }
 
-impl Actor for OutboxWriter {
-    type Context = SyncContext<Self>;
-}
-
-/// Puts a batch in the outbox and flushes; replies per event whether it was new.
+/// The events of a group that were new (not redeliveries), for the gateway to deliver.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<bool>, StoreError>")]
-struct PutEvents {
-    events: Vec<OutboxEvent>,
-    /// The owner and lease end (unix ms) of the new entries when the outbox is shared.
-    owner: Option<(String, u64)>,
-    mark_expires_ms: u64,
-    now_ms: u64,
+#[rtype(result = "()")]
+struct Stored(Vec<(Vec<usize>, Delivery)>);
+
+/// Owns the store's outbox writes on one thread of its own. Holds are group-committed:
+/// the thread takes every job waiting, writes the held events in one `outbox_put` and one
+/// `outbox_flush`, answers each hold (so the connection acks it) and hands the new events
+/// to the gateway; then it carries out the other jobs.
+struct OutboxWriter {
+    store: Arc<dyn Store>,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    gateway: Addr<EventGateway>,
+    sharing: Option<OutboxSharing>,
+    dedup_ttl: Duration,
+    clock: Clock,
+    /// Deliveries accepted and not yet taken (shared with the [`HoldFront`] and gateway).
+    outstanding: Arc<AtomicUsize>,
 }
 
-impl Handler<PutEvents> for OutboxWriter {
-    type Result = Result<Vec<bool>, StoreError>;
+impl OutboxWriter {
+    fn run(self) {
+        let mut holds = Vec::new();
+        let mut others = Vec::new();
+        while let Ok(first) = self.jobs.recv() {
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Hold(h) => holds.push(h),
+                    other => others.push(other),
+                }
+                if holds.len() < MAX_GROUP {
+                    next = self.jobs.try_recv().ok();
+                }
+            }
+            if !holds.is_empty() {
+                self.write_group(std::mem::take(&mut holds));
+            }
+            for job in others.drain(..) {
+                self.other(job);
+            }
+        }
+    }
 
-    fn handle(&mut self, msg: PutEvents, _: &mut SyncContext<Self>) -> Self::Result {
-        let stored = match &msg.owner {
-            Some((owner, until)) => self.store.outbox_put_owned(
-                &msg.events,
-                owner,
-                *until,
-                msg.mark_expires_ms,
-                msg.now_ms,
+    fn put(&self, held: &[Held]) -> Result<Vec<bool>, StoreError> {
+        let now = self.clock.now_ms();
+        let events: Vec<OutboxEvent> = held.iter().map(|h| h.event.clone()).collect();
+        let mark_expires_ms = now + self.dedup_ttl.as_millis() as u64;
+        let stored = match &self.sharing {
+            Some(sharing) => self.store.outbox_put_owned(
+                &events,
+                &sharing.owner,
+                sharing.until(now),
+                mark_expires_ms,
+                now,
             )?,
-            None => self
-                .store
-                .outbox_put(&msg.events, msg.mark_expires_ms, msg.now_ms)?,
+            None => self.store.outbox_put(&events, mark_expires_ms, now)?,
         };
-        self.store.flush()?;
+        self.store.outbox_flush()?;
         Ok(stored)
     }
-}
 
-/// Removes delivered entries (not flushed).
-#[derive(Message)]
-#[rtype(result = "()")]
-struct RemoveDelivered(Vec<(String, String)>);
+    fn write_group(&self, held: Vec<Held>) {
+        match self.put(&held) {
+            Ok(stored) => {
+                let mut new = Vec::new();
+                for (h, is_new) in held.into_iter().zip(stored) {
+                    let _ = h.reply.send(Ok(()));
+                    if !is_new {
+                        debug!(event_id = %h.event.event_id, "redelivered event not forwarded again");
+                        self.outstanding
+                            .fetch_sub(h.targets.len(), Ordering::Relaxed);
+                        continue;
+                    }
+                    let d = Delivery {
+                        event_id: h.event.event_id.as_str().into(),
+                        event_type: h.event.event_type.as_str().into(),
+                        payload: h.payload,
+                        enqueued_ms: h.enqueued_ms,
+                        attempts: 0,
+                    };
+                    new.push((h.targets, d));
+                }
+                if !new.is_empty() {
+                    self.gateway.do_send(Stored(new));
+                }
+            }
+            Err(e) => {
+                error!(error = %e, events = held.len(), "outbox write failed; events answered 500");
+                for h in held {
+                    self.outstanding
+                        .fetch_sub(h.targets.len(), Ordering::Relaxed);
+                    let _ = h.reply.send(Err(HoldRefused::Store(e.to_string())));
+                }
+            }
+        }
+    }
 
-impl Handler<RemoveDelivered> for OutboxWriter {
-    type Result = ();
-
-    fn handle(&mut self, msg: RemoveDelivered, _: &mut SyncContext<Self>) {
-        if let Err(e) = self.store.outbox_remove(&msg.0) {
-            warn!(error = %e, count = msg.0.len(), "delivered outbox entries not removed; they may be delivered again after a restart");
+    fn other(&self, job: Job) {
+        match job {
+            Job::Hold(_) => {}
+            Job::Remove(entries) => {
+                if let Err(e) = self.store.outbox_remove(&entries) {
+                    warn!(error = %e, count = entries.len(), "delivered outbox entries not removed; they may be delivered again after a restart");
+                }
+            }
+            Job::Update {
+                target,
+                event_id,
+                retry,
+            } => {
+                if let Err(e) = self.store.outbox_update(&target, &event_id, retry) {
+                    warn!(event_id = %event_id, error = %e, "outbox retry state not written");
+                }
+            }
+            Job::RenewAndClaim {
+                owner,
+                lease_until_ms,
+                now_ms,
+                limit,
+                reply,
+            } => {
+                let result = self
+                    .store
+                    .outbox_renew(&owner, lease_until_ms)
+                    .and_then(|_| {
+                        if limit == 0 {
+                            return Ok(Vec::new());
+                        }
+                        self.store
+                            .outbox_claim(&owner, lease_until_ms, now_ms, limit)
+                    });
+                let _ = reply.send(result);
+            }
         }
     }
 }
 
-/// Writes a delivery's retry state (not flushed).
-#[derive(Message)]
-#[rtype(result = "()")]
-struct UpdateRetry {
-    target: String,
-    event_id: Arc<str>,
-    retry: OutboxRetry,
+// ----- the hold front ---------------------------------------------------------------------
+
+/// Takes [`HoldEvent`]s on the connection's own thread and hands them straight to the
+/// writer thread, so the ack path is connection → writer → connection (the gateway's
+/// thread, busy with POSTs, is not on it). Refuses with [`HoldRefused::Full`] past the
+/// capacity.
+pub struct HoldFront {
+    jobs: std::sync::mpsc::Sender<Job>,
+    targets: Vec<ForwardTarget>,
+    capacity: usize,
+    outstanding: Arc<AtomicUsize>,
+    clock: Clock,
+    metrics: Option<Metrics>,
+    full_logged: bool,
 }
 
-impl Handler<UpdateRetry> for OutboxWriter {
-    type Result = ();
+impl Actor for HoldFront {
+    type Context = Context<Self>;
+}
 
-    fn handle(&mut self, msg: UpdateRetry, _: &mut SyncContext<Self>) {
-        if let Err(e) = self
-            .store
-            .outbox_update(&msg.target, &msg.event_id, msg.retry)
-        {
-            warn!(event_id = %msg.event_id, error = %e, "outbox retry state not written");
+impl Handler<HoldEvent> for HoldFront {
+    type Result = ResponseFuture<Result<(), HoldRefused>>;
+
+    fn handle(&mut self, msg: HoldEvent, _: &mut Context<Self>) -> Self::Result {
+        let event = msg.0;
+        let targets: Vec<usize> = self
+            .targets
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.takes(&event.event_type))
+            .map(|(i, _)| i)
+            .collect();
+        if targets.is_empty() {
+            return Box::pin(async { Ok(()) });
         }
-    }
-}
-
-/// Renews this instance's leases, then claims up to `limit` orphaned entries.
-#[derive(Message)]
-#[rtype(result = "Result<Vec<OutboxEntry>, StoreError>")]
-struct RenewAndClaim {
-    owner: String,
-    lease_until_ms: u64,
-    now_ms: u64,
-    limit: usize,
-}
-
-impl Handler<RenewAndClaim> for OutboxWriter {
-    type Result = Result<Vec<OutboxEntry>, StoreError>;
-
-    fn handle(&mut self, msg: RenewAndClaim, _: &mut SyncContext<Self>) -> Self::Result {
-        self.store.outbox_renew(&msg.owner, msg.lease_until_ms)?;
-        if msg.limit == 0 {
-            return Ok(Vec::new());
+        let outstanding = self.outstanding.load(Ordering::Relaxed);
+        if outstanding + targets.len() > self.capacity {
+            if let Some(m) = &self.metrics {
+                m.forward_outbox_full();
+            }
+            if !self.full_logged {
+                self.full_logged = true;
+                warn!(
+                    capacity = self.capacity,
+                    event_id = %event.event_id,
+                    "event gateway outbox full: new events are answered 500 (the platform delivers them again later) until deliveries drain"
+                );
+            }
+            return Box::pin(async { Err(HoldRefused::Full) });
         }
-        self.store
-            .outbox_claim(&msg.owner, msg.lease_until_ms, msg.now_ms, msg.limit)
+        self.full_logged = false;
+        // Only this actor adds, so the check above holds.
+        self.outstanding.fetch_add(targets.len(), Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        let held = Held {
+            event: OutboxEvent {
+                event_id: event.event_id.to_string(),
+                event_type: event.event_type.to_string(),
+                targets: targets
+                    .iter()
+                    .map(|&i| self.targets[i].url.clone())
+                    .collect(),
+                payload: event.payload.to_vec(),
+            },
+            targets,
+            payload: event.payload.clone(),
+            enqueued_ms: self.clock.now_ms(),
+            reply,
+        };
+        if let Err(std::sync::mpsc::SendError(Job::Hold(h))) = self.jobs.send(Job::Hold(held)) {
+            self.outstanding
+                .fetch_sub(h.targets.len(), Ordering::Relaxed);
+            return Box::pin(async { Err(HoldRefused::Store("event gateway stopped".into())) });
+        }
+        Box::pin(async move {
+            answer
+                .await
+                .unwrap_or_else(|_| Err(HoldRefused::Store("event gateway stopped".into())))
+        })
     }
 }
 
@@ -309,22 +457,28 @@ struct Held {
 
 /// The gateway actor; see the module docs. Start it with [`EventGateway::start`].
 pub struct EventGateway {
-    writer: Addr<OutboxWriter>,
+    /// The writer thread's jobs.
+    writer: std::sync::mpsc::Sender<Job>,
     settings: GatewaySettings,
     clock: Clock,
     metrics: Option<Metrics>,
     client: Option<awc::Client>,
     targets: Vec<TargetState>,
-    /// Events gathered for the next write.
-    batch: Vec<Held>,
-    /// Deliveries in `batch` and in the write under way.
-    batched: usize,
-    writing: bool,
+    /// Deliveries accepted and not yet taken: those in the targets' queues, those being
+    /// written (shared with the [`HoldFront`] and the writer thread).
+    outstanding: Arc<AtomicUsize>,
     removals: Vec<(String, String)>,
     seq: u64,
-    full_logged: bool,
     /// A lease renewal and claim is under way.
     claiming: bool,
+}
+
+/// The gateway's two addresses, from [`EventGateway::start`].
+pub struct StartedGateway {
+    /// The gateway: [`GetForwardStatus`], [`StopGateway`], [`ForwardCallback`].
+    pub gateway: Addr<EventGateway>,
+    /// Where the connection sends [`HoldEvent`] (on the calling thread's arbiter).
+    pub hold: Recipient<HoldEvent>,
 }
 
 /// Takes `entries` read from the store into the targets' queues (oldest first): pending
@@ -364,9 +518,10 @@ fn adopt(targets: &mut [TargetState], seq: &mut u64, entries: Vec<OutboxEntry>) 
 impl EventGateway {
     /// Reads the outbox back from `store` (pending entries are delivered again, dead ones
     /// counted; when [`GatewaySettings::sharing`] is set, only the entries without a live
-    /// owner, claimed for this instance) and starts the gateway on a thread (arbiter) of its own and its writer
-    /// thread, in the current System. Reads the store on the calling thread (start-up
-    /// only).
+    /// owner, claimed for this instance) and starts the gateway on a thread (arbiter) of
+    /// its own, its writer thread, and the [`HoldFront`] on the calling thread's arbiter
+    /// (the connection's), in the current System. Reads the store on the calling thread
+    /// (start-up only).
     ///
     /// # Errors
     /// [`StoreError`] when the outbox cannot be read.
@@ -375,7 +530,7 @@ impl EventGateway {
         settings: GatewaySettings,
         clock: Clock,
         metrics: Option<Metrics>,
-    ) -> Result<Addr<EventGateway>, StoreError> {
+    ) -> Result<StartedGateway, StoreError> {
         let mut targets: Vec<TargetState> = settings
             .targets
             .iter()
@@ -421,34 +576,59 @@ impl EventGateway {
                 "event gateway outbox read back: pending deliveries resume"
             );
         }
-        let writer = SyncArbiter::start(1, move || OutboxWriter {
-            store: store.clone(),
-        });
+        let outstanding = Arc::new(AtomicUsize::new(pending));
+        let (jobs, queue) = std::sync::mpsc::channel();
+        let front = HoldFront {
+            jobs: jobs.clone(),
+            targets: settings.targets.clone(),
+            capacity: settings.capacity,
+            outstanding: outstanding.clone(),
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+            full_logged: false,
+        };
+        let (sharing, dedup_ttl, writer_clock) =
+            (settings.sharing.clone(), settings.dedup_ttl, clock.clone());
+        let writer_outstanding = outstanding.clone();
         // Its own thread: the POSTs to the targets (HTTP client work per event) do not
         // take turns with the long connection's reads and acks.
         let arbiter = Arbiter::new();
-        Ok(EventGateway::start_in_arbiter(
-            &arbiter.handle(),
-            move |_| EventGateway {
-                writer,
-                settings,
-                clock,
-                metrics,
-                client: None,
-                targets,
-                batch: Vec::new(),
-                batched: 0,
-                writing: false,
-                removals: Vec::new(),
-                seq,
-                full_logged: false,
-                claiming: false,
-            },
-        ))
+        let gateway = EventGateway::start_in_arbiter(&arbiter.handle(), move |_| EventGateway {
+            writer: jobs,
+            settings,
+            clock,
+            metrics,
+            client: None,
+            targets,
+            outstanding,
+            removals: Vec::new(),
+            seq,
+            claiming: false,
+        });
+        let writer = OutboxWriter {
+            store,
+            jobs: queue,
+            gateway: gateway.clone(),
+            sharing,
+            dedup_ttl,
+            clock: writer_clock,
+            outstanding: writer_outstanding,
+        };
+        std::thread::Builder::new()
+            .name("outbox-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| StoreError::Backend {
+                op: "start the outbox writer",
+                source: Box::new(e),
+            })?;
+        Ok(StartedGateway {
+            gateway,
+            hold: front.start().recipient(),
+        })
     }
 
     fn pending(&self) -> usize {
-        self.targets.iter().map(TargetState::pending).sum::<usize>() + self.batched
+        self.outstanding.load(Ordering::Relaxed)
     }
 
     fn publish_backlog(&self, i: usize) {
@@ -456,69 +636,6 @@ impl EventGateway {
             let t = &self.targets[i];
             m.forward_backlog(&t.config.url, t.pending() as u64, t.dead);
         }
-    }
-
-    /// Starts the next group-committed write when none is under way.
-    fn write_batch(&mut self, ctx: &mut Context<Self>) {
-        if self.writing || self.batch.is_empty() {
-            return;
-        }
-        self.writing = true;
-        let held = std::mem::take(&mut self.batch);
-        let now = self.clock.now_ms();
-        let events: Vec<OutboxEvent> = held.iter().map(|h| h.event.clone()).collect();
-        let owner = self
-            .settings
-            .sharing
-            .as_ref()
-            .map(|s| (s.owner.clone(), s.until(now)));
-        let put = self.writer.send(PutEvents {
-            events,
-            owner,
-            mark_expires_ms: now + self.settings.dedup_ttl.as_millis() as u64,
-            now_ms: now,
-        });
-        ctx.spawn(put.into_actor(self).map(move |result, act, ctx| {
-            act.writing = false;
-            let written: usize = held.iter().map(|h| h.targets.len()).sum();
-            act.batched -= written;
-            match result {
-                Ok(Ok(stored)) => {
-                    for (h, new) in held.into_iter().zip(stored) {
-                        if new {
-                            for &i in &h.targets {
-                                act.targets[i].ready.push_back(Delivery {
-                                    event_id: h.event.event_id.as_str().into(),
-                                    event_type: h.event.event_type.as_str().into(),
-                                    payload: h.payload.clone(),
-                                    enqueued_ms: h.enqueued_ms,
-                                    attempts: 0,
-                                });
-                            }
-                        } else {
-                            debug!(event_id = %h.event.event_id, "redelivered event not forwarded again");
-                        }
-                        let _ = h.reply.send(Ok(()));
-                    }
-                }
-                Ok(Err(e)) => {
-                    error!(error = %e, events = held.len(), "outbox write failed; events answered 500");
-                    for h in held {
-                        let _ = h.reply.send(Err(HoldRefused::Store(e.to_string())));
-                    }
-                }
-                Err(e) => {
-                    error!(error = %e, "outbox writer gone; events answered 500");
-                    for h in held {
-                        let _ = h.reply.send(Err(HoldRefused::Store(e.to_string())));
-                    }
-                }
-            }
-            act.write_batch(ctx);
-            for i in 0..act.targets.len() {
-                act.pump(i, ctx);
-            }
-        }));
     }
 
     /// Starts deliveries of target `i` up to its concurrency.
@@ -569,6 +686,7 @@ impl EventGateway {
         match outcome {
             Ok(status) if (200..300).contains(&status) => {
                 t.delivered_total += 1;
+                self.outstanding.fetch_sub(1, Ordering::Relaxed);
                 if let Some(m) = &self.metrics {
                     m.forward_try(&url, "delivered", retry);
                     m.forward_latency(&url, now.saturating_sub(d.enqueued_ms) as f64 / 1000.0);
@@ -584,6 +702,7 @@ impl EventGateway {
                 let give_up = now >= d.enqueued_ms + self.settings.retry_for.as_millis() as u64;
                 if give_up {
                     t.dead += 1;
+                    self.outstanding.fetch_sub(1, Ordering::Relaxed);
                     if let Some(m) = &self.metrics {
                         m.forward_try(&url, "dead", retry);
                     }
@@ -595,7 +714,7 @@ impl EventGateway {
                         cause = %cause,
                         "event delivery given up after events.retry_for_secs; kept in the outbox as dead"
                     );
-                    self.writer.do_send(UpdateRetry {
+                    let _ = self.writer.send(Job::Update {
                         target: url,
                         event_id: d.event_id.clone(),
                         retry: OutboxRetry {
@@ -623,7 +742,7 @@ impl EventGateway {
                         retry_in_ms = delay.as_millis() as u64,
                         "event delivery failed; retrying"
                     );
-                    self.writer.do_send(UpdateRetry {
+                    let _ = self.writer.send(Job::Update {
                         target: url,
                         event_id: d.event_id.clone(),
                         retry: OutboxRetry {
@@ -636,9 +755,6 @@ impl EventGateway {
                     self.targets[i].waiting.insert((due, self.seq), d);
                 }
             }
-        }
-        if self.full_logged && self.pending() < self.settings.capacity {
-            self.full_logged = false;
         }
         self.pump(i, ctx);
     }
@@ -658,8 +774,9 @@ impl EventGateway {
             self.pump(i, ctx);
         }
         if !self.removals.is_empty() {
-            self.writer
-                .do_send(RemoveDelivered(std::mem::take(&mut self.removals)));
+            let _ = self
+                .writer
+                .send(Job::Remove(std::mem::take(&mut self.removals)));
         }
     }
 }
@@ -676,7 +793,8 @@ impl EventGateway {
         }
         self.claiming = true;
         let now = self.clock.now_ms();
-        let claim = self.writer.send(RenewAndClaim {
+        let (reply, claim) = oneshot::channel();
+        let _ = self.writer.send(Job::RenewAndClaim {
             owner: sharing.owner.clone(),
             lease_until_ms: sharing.until(now),
             now_ms: now,
@@ -685,6 +803,7 @@ impl EventGateway {
                 .capacity
                 .saturating_sub(self.pending())
                 .min(LOAD_PAGE),
+            reply,
         });
         ctx.spawn(claim.into_actor(self).map(|result, act, ctx| {
             act.claiming = false;
@@ -693,6 +812,7 @@ impl EventGateway {
                 Ok(Ok(entries)) => {
                     let claimed = entries.len();
                     let (pending, unknown) = adopt(&mut act.targets, &mut act.seq, entries);
+                    act.outstanding.fetch_add(pending, Ordering::Relaxed);
                     info!(
                         claimed,
                         pending,
@@ -706,7 +826,7 @@ impl EventGateway {
                 Ok(Err(e)) => {
                     warn!(error = %e, "outbox leases not renewed; past store.lease_secs another instance may take over this instance's entries");
                 }
-                Err(e) => warn!(error = %e, "outbox writer gone; leases not renewed"),
+                Err(_) => warn!("outbox writer gone; leases not renewed"),
             }
         }));
     }
@@ -772,8 +892,9 @@ impl Handler<StopGateway> for EventGateway {
 
     fn handle(&mut self, _: StopGateway, ctx: &mut Context<Self>) {
         if !self.removals.is_empty() {
-            self.writer
-                .do_send(RemoveDelivered(std::mem::take(&mut self.removals)));
+            let _ = self
+                .writer
+                .send(Job::Remove(std::mem::take(&mut self.removals)));
         }
         ctx.stop();
         // The gateway's own thread ends with it.
@@ -781,58 +902,19 @@ impl Handler<StopGateway> for EventGateway {
     }
 }
 
-impl Handler<HoldEvent> for EventGateway {
-    type Result = ResponseFuture<Result<(), HoldRefused>>;
+impl Handler<Stored> for EventGateway {
+    type Result = ();
 
-    fn handle(&mut self, msg: HoldEvent, ctx: &mut Context<Self>) -> Self::Result {
-        let event = msg.0;
-        let targets: Vec<usize> = self
-            .targets
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| t.config.takes(&event.event_type))
-            .map(|(i, _)| i)
-            .collect();
-        if targets.is_empty() {
-            return Box::pin(async { Ok(()) });
-        }
-        if self.pending() + targets.len() > self.settings.capacity {
-            if let Some(m) = &self.metrics {
-                m.forward_outbox_full();
+    /// Takes the new events of a written group into the targets' queues and delivers.
+    fn handle(&mut self, msg: Stored, ctx: &mut Context<Self>) {
+        for (targets, d) in msg.0 {
+            for &i in &targets {
+                self.targets[i].ready.push_back(d.clone());
             }
-            if !self.full_logged {
-                self.full_logged = true;
-                warn!(
-                    capacity = self.settings.capacity,
-                    event_id = %event.event_id,
-                    "event gateway outbox full: new events are answered 500 (the platform delivers them again later) until deliveries drain"
-                );
-            }
-            return Box::pin(async { Err(HoldRefused::Full) });
         }
-        let (reply, answer) = oneshot::channel();
-        self.batched += targets.len();
-        self.batch.push(Held {
-            event: OutboxEvent {
-                event_id: event.event_id.to_string(),
-                event_type: event.event_type.to_string(),
-                targets: targets
-                    .iter()
-                    .map(|&i| self.targets[i].config.url.clone())
-                    .collect(),
-                payload: event.payload.to_vec(),
-            },
-            targets,
-            payload: event.payload.clone(),
-            enqueued_ms: self.clock.now_ms(),
-            reply,
-        });
-        self.write_batch(ctx);
-        Box::pin(async move {
-            answer
-                .await
-                .unwrap_or_else(|_| Err(HoldRefused::Store("event gateway stopped".into())))
-        })
+        for i in 0..self.targets.len() {
+            self.pump(i, ctx);
+        }
     }
 }
 

@@ -30,12 +30,14 @@
 
 mod mark;
 pub mod migrate;
+mod outbox_log;
 mod pg_schema;
 mod postgres_store;
 mod sled_store;
 
 use std::path::PathBuf;
 
+pub use self::outbox_log::LOG_FILE as OUTBOX_LOG_FILE;
 pub use self::pg_schema::{MAX_SCHEMA_NAME, SCHEMA_VERSION, check_schema_name};
 pub use self::postgres_store::{PostgresOptions, PostgresStore};
 pub use self::sled_store::{DEFAULT_CACHE_MIB, LOCK_WAIT, MARK_FILE, SledStore};
@@ -571,6 +573,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         mark_expires_ms: u64,
         now_ms: u64,
     ) -> Result<Vec<bool>, StoreError>;
+
+    /// Makes the outbox writes so far durable, so the events they hold may be acked.
+    /// Default: [`Store::flush`]. sled keeps the outbox in a log file of its own and syncs
+    /// only that (one `fdatasync`).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`]: the writes may not be durable; do not ack their events.
+    fn outbox_flush(&self) -> Result<(), StoreError> {
+        self.flush()
+    }
 
     /// Up to `limit` outbox entries (pending and dead) in `(target, event_id)` order,
     /// starting after `after` (for paging).

@@ -6,20 +6,24 @@
 //! - `grants_due`: `due_ms u64 ‖ app_id 0x00 open_id` → empty (the refresh-due index);
 //! - `quarantine`: `app_id 0x00 open_id 0x00 at_ms u64` → `reason_len u16 ‖ reason ‖ raw`;
 //! - `sessions`: `session_id` → value;
-//! - `dedup`: [`mark_key`]`(mark)` (16 bytes) → `expires_ms u64 ‖ value` (the value,
-//!   empty for most marks, is set by [`Store::set_mark_value`]); `dedup_expiry`:
-//!   `expires_ms u64 ‖ mark_key` → empty, the marks in expiry order (so in time buckets,
-//!   [`super::MARK_BUCKET_MS`] wide, oldest first), which [`Store::purge_marks`] and
-//!   [`Store::trim_marks`] walk. The count of marks is kept in memory (counted at open,
-//!   O(marks), bounded by the cap). Stores from before fixed-size keys had `marks` and
-//!   `marks_expiry` (the mark's bytes as key): they are dropped at open, so a redelivery
-//!   of an event seen before the upgrade is handled again once;
 //! - `meta`: `name` → value;
-//! - `outbox`: `target 0x00 event_id` → `enqueued_ms u64 ‖ attempts u32 ‖ next_ms u64 ‖
-//!   dead_ms u64 (u64::MAX = pending) ‖ type_len u16 ‖ event_type ‖ payload` (its dedup
-//!   mark `forward/<event_id>` lives in `dedup`, set in the same transaction);
 //! - `acknowledged`: `generation` → the [`WriteMark`] of the newest [`Store::flush`]
-//!   (`generation u64 ‖ at_ms u64`).
+//!   (`generation u64 ‖ at_ms u64`);
+//! - trees of older vaults, moved out at open (idempotent: a crash in the middle moves
+//!   them again at the next open): `dedup` ([`mark_key`]`(mark)` → `expires_ms u64 ‖
+//!   value`) and `dedup_expiry`, whose marks go into the log with their values (both
+//!   trees are then emptied); `outbox` (`target 0x00 event_id` → `enqueued_ms u64 ‖
+//!   attempts u32 ‖ next_ms u64 ‖ dead_ms u64 ‖ type_len u16 ‖ event_type ‖ payload`),
+//!   whose entries go into the log with their retry state (then emptied). Stores from
+//!   before fixed-size mark keys had `marks` and `marks_expiry`: they are dropped at open,
+//!   so a redelivery of an event seen before that upgrade is handled again once.
+//!
+//! The dedup marks and the event gateway's outbox are not in sled: they are kept in an
+//! append-only log file of their own beside sled's files ([`super::outbox_log`],
+//! `outbox.log`; one `write` and one `fdatasync` per group of outbox events,
+//! [`Store::outbox_flush`]; one small `pwrite` per mark, not synced). [`Store::flush`]
+//! syncs it too. Its index (marks, entries without their payloads) is in memory,
+//! rebuilt by replaying the file at open.
 //!
 //! Multi-tree changes run in one sled transaction, so a crash leaves the state before or
 //! after. sled allows one open handle per directory per process and across processes: a
@@ -40,23 +44,20 @@
 //! generation (a page its cleaner relocated there) goes unnoticed.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Db, Transactional, Tree};
 
 use super::mark::{self, MarkFile, Recorded};
+use super::outbox_log::OutboxLog;
 use super::{
-    CasOutcome, DueEntry, GrantKey, GrantWrite, LossReport, OutboxEntry, OutboxEvent, OutboxRetry,
-    QuarantinedRecord, Store, StoreError, StoredGrant, WriteMark, mark_bucket_end, mark_key,
-    outbox_mark,
+    BackendError, CasOutcome, DueEntry, GrantKey, GrantWrite, LossReport, OutboxEntry, OutboxEvent,
+    OutboxRetry, QuarantinedRecord, Store, StoreError, StoredGrant, WriteMark, mark_key,
 };
 
 /// The default size of sled's page cache (`vault.cache_mib`), MiB.
 pub const DEFAULT_CACHE_MIB: u64 = 64;
-/// Marks removed per sled transaction by purges and trims.
-const MARK_CHUNK: usize = 256;
 /// Trees of stores from before fixed-size mark keys, dropped at open.
 const OLD_MARK_TREES: [&str; 2] = ["marks", "marks_expiry"];
 
@@ -82,12 +83,10 @@ pub struct SledStore {
     due: Tree,
     quarantine: Tree,
     sessions: Tree,
-    marks: Tree,
-    marks_expiry: Tree,
-    /// How many marks `marks` holds.
-    mark_count: Arc<AtomicU64>,
     meta: Tree,
-    outbox: Tree,
+    /// The event gateway's outbox and the dedup marks: a log file of their own (see
+    /// [`super::outbox_log`]).
+    log: Arc<OutboxLog>,
     durability: Arc<Durability>,
 }
 
@@ -224,16 +223,71 @@ enum Abort {
 
 const OUTBOX_HEADER: usize = 8 + 4 + 8 + 8 + 2;
 
-fn outbox_key(target: &str, event_id: &str) -> Result<Vec<u8>, StoreError> {
-    check_part("target", target)?;
-    check_part("event_id", event_id)?;
-    let mut k = Vec::with_capacity(target.len() + 1 + event_id.len());
-    k.extend_from_slice(target.as_bytes());
-    k.push(0);
-    k.extend_from_slice(event_id.as_bytes());
-    Ok(k)
+/// Moves the dedup marks of sled's `dedup` tree (where they were kept before the log) into
+/// `log` with their values, synced, then empties `dedup` and `dedup_expiry`, flushed.
+/// Idempotent like [`migrate_outbox_tree`].
+fn migrate_marks(
+    db: &Db,
+    marks: &Tree,
+    expiry: &Tree,
+    log: &OutboxLog,
+) -> Result<(), BackendError> {
+    if marks.is_empty() && expiry.is_empty() {
+        return Ok(());
+    }
+    let mut moved = Vec::new();
+    for item in marks.iter() {
+        let (k, v) = item?;
+        let Ok(key) = <[u8; 16]>::try_from(k.as_ref()) else {
+            continue;
+        };
+        let value = (v.len() > 8).then(|| v[8..].to_vec());
+        moved.push((key, mark_expiry(&v), value));
+    }
+    log.adopt_marks(&moved)?;
+    marks.clear()?;
+    expiry.clear()?;
+    db.flush()?;
+    tracing::info!(
+        moved = moved.len(),
+        "dedup marks moved from sled into the outbox log"
+    );
+    Ok(())
 }
 
+/// Moves the entries of sled's `outbox` tree (where the outbox was kept before it had a
+/// log of its own) into `log`, synced, then empties the tree, flushed. Idempotent: a crash
+/// in between moves them again (an entry already in the log is replaced by the same one).
+/// Their dedup marks stay in sled's `dedup` tree, which [`Store::outbox_put`] still reads.
+fn migrate_outbox_tree(db: &Db, log: &OutboxLog) -> Result<(), BackendError> {
+    if !db.tree_names().iter().any(|n| n.as_ref() == b"outbox") {
+        return Ok(());
+    }
+    let tree = db.open_tree("outbox")?;
+    if tree.is_empty() {
+        return Ok(());
+    }
+    let mut entries = Vec::new();
+    let mut damaged = 0usize;
+    for item in tree.iter() {
+        let (k, v) = item?;
+        match parse_outbox(&k, &v) {
+            Ok(e) => entries.push(e),
+            Err(_) => damaged += 1,
+        }
+    }
+    log.adopt(&entries)?;
+    tree.clear()?;
+    db.flush()?;
+    tracing::info!(
+        moved = entries.len(),
+        damaged_dropped = damaged,
+        "outbox entries moved from sled into the outbox log"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
 fn encode_outbox_value(
     enqueued_ms: u64,
     retry: OutboxRetry,
@@ -282,80 +336,7 @@ fn parse_outbox(key: &[u8], value: &[u8]) -> Result<OutboxEntry, StoreError> {
     })
 }
 
-/// What [`set_mark`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum MarkSet {
-    /// Set where there was none.
-    New,
-    /// Set in place of an expired mark (the count is unchanged).
-    Renewed,
-    /// Already set and not expired: nothing written.
-    Duplicate,
-}
-
-/// Sets the mark `key` until `expires_ms` unless it is set and not expired at `now_ms`,
-/// inside a transaction on the `dedup` and `dedup_expiry` trees.
-fn set_mark(
-    marks: &sled::transaction::TransactionalTree,
-    expiry: &sled::transaction::TransactionalTree,
-    key: &[u8; 16],
-    expires_ms: u64,
-    now_ms: u64,
-) -> Result<MarkSet, ConflictableTransactionError<()>> {
-    let mut set = MarkSet::New;
-    if let Some(old) = marks.get(key)? {
-        let old_exp = mark_expiry(&old);
-        if old_exp > now_ms {
-            return Ok(MarkSet::Duplicate);
-        }
-        expiry.remove(due_key(old_exp, key))?;
-        set = MarkSet::Renewed;
-    }
-    marks.insert(key, &expires_ms.to_be_bytes())?;
-    expiry.insert(due_key(expires_ms, key), &[] as &[u8])?;
-    Ok(set)
-}
-
 impl SledStore {
-    /// Removes the marks of the `dedup_expiry` keys `entries` (each with its index entry;
-    /// a mark renewed since, under another expiry, stays), [`MARK_CHUNK`] per transaction.
-    /// Returns how many index entries were removed.
-    fn remove_marks(&self, entries: &[sled::IVec], op: &'static str) -> Result<usize, StoreError> {
-        let mut removed = 0;
-        for chunk in entries.chunks(MARK_CHUNK) {
-            let result = (&self.marks, &self.marks_expiry).transaction(|(marks, expiry)| {
-                let mut gone = 0u64;
-                for ek in chunk {
-                    if ek.len() < 8 {
-                        continue;
-                    }
-                    expiry.remove(ek.as_ref())?;
-                    let (exp, key) = (u64_at(ek, 0), &ek[8..]);
-                    if let Some(v) = marks.get(key)?
-                        && v.len() >= 8
-                        && mark_expiry(&v) == exp
-                    {
-                        marks.remove(key)?;
-                        gone += 1;
-                    }
-                }
-                Ok(gone)
-            });
-            let gone = result.map_err(|e: TransactionError<()>| match e {
-                TransactionError::Storage(e) => backend(op)(e),
-                TransactionError::Abort(()) => unreachable!("the mark transaction never aborts"),
-            })?;
-            // Saturating: a mark counted at open and removed concurrently is not counted twice.
-            let _ = self
-                .mark_count
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                    Some(n.saturating_sub(gone))
-                });
-            removed += chunk.len();
-        }
-        Ok(removed)
-    }
-
     /// Opens (or creates) the store in directory `path`. Blocks up to [`LOCK_WAIT`] while
     /// the directory is locked (a handle being dropped releases its lock a moment later).
     /// Compares the newest write generation sled holds with the mark file [`MARK_FILE`]:
@@ -455,23 +436,19 @@ impl SledStore {
                 tracing::info!(tree = old, "dedup marks of the old format dropped");
             }
         }
+        let marks = tree("dedup")?;
         let marks_expiry = tree("dedup_expiry")?;
-        let mut count = 0u64;
-        for key in marks_expiry.iter().keys() {
-            key.map_err(|e| open_error(Box::new(e)))?;
-            count += 1;
-        }
+        let log = Arc::new(OutboxLog::open(&path)?);
+        migrate_outbox_tree(&db, &log).map_err(open_error)?;
+        migrate_marks(&db, &marks, &marks_expiry, &log).map_err(open_error)?;
         Ok(SledStore {
             durability,
-            mark_count: Arc::new(AtomicU64::new(count)),
             grants: tree("grants")?,
             due: tree("grants_due")?,
             quarantine: tree("quarantine")?,
             sessions: tree("sessions")?,
-            marks: tree("dedup")?,
-            marks_expiry,
             meta: tree("meta")?,
-            outbox: tree("outbox")?,
+            log,
             db,
             path,
         })
@@ -710,100 +687,33 @@ impl Store for SledStore {
     }
 
     fn mark_once(&self, mark: &[u8], expires_at_ms: u64, now_ms: u64) -> Result<bool, StoreError> {
-        let key = mark_key(mark);
-        let result = (&self.marks, &self.marks_expiry)
-            .transaction(|(marks, expiry)| set_mark(marks, expiry, &key, expires_at_ms, now_ms));
-        let set = result.map_err(|e: TransactionError<()>| match e {
-            TransactionError::Storage(e) => backend("mark_once")(e),
-            TransactionError::Abort(()) => unreachable!("the mark transaction never aborts"),
-        })?;
-        if set == MarkSet::New {
-            self.mark_count.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(set != MarkSet::Duplicate)
+        self.log.mark_once(mark_key(mark), expires_at_ms, now_ms)
     }
 
     fn mark_value(&self, mark: &[u8], now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let stored = self
-            .marks
-            .get(mark_key(mark))
-            .map_err(backend("mark_value"))?;
-        Ok(stored
-            .filter(|v| v.len() > 8 && mark_expiry(v) > now_ms)
-            .map(|v| v[8..].to_vec()))
+        Ok(self.log.mark_value(&mark_key(mark), now_ms))
     }
 
     fn set_mark_value(&self, mark: &[u8], value: &[u8], now_ms: u64) -> Result<bool, StoreError> {
-        let key = mark_key(mark);
-        let result = self.marks.transaction(|marks| {
-            let Some(old) = marks.get(key)? else {
-                return Ok(false);
-            };
-            let expires = mark_expiry(&old);
-            if expires <= now_ms {
-                return Ok(false);
-            }
-            let mut new = Vec::with_capacity(8 + value.len());
-            new.extend_from_slice(&expires.to_be_bytes());
-            new.extend_from_slice(value);
-            marks.insert(&key, new)?;
-            Ok(true)
-        });
-        result.map_err(|e: TransactionError<()>| match e {
-            TransactionError::Storage(e) => backend("set_mark_value")(e),
-            TransactionError::Abort(()) => unreachable!("the mark transaction never aborts"),
-        })
+        self.log.set_mark_value(mark_key(mark), value, now_ms)
     }
 
     fn purge_marks(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
-        let end = now_ms.saturating_add(1).to_be_bytes();
-        let expired: Vec<sled::IVec> = self
-            .marks_expiry
-            .range(..end.as_slice())
-            .keys()
-            .take(limit)
-            .collect::<Result<_, _>>()
-            .map_err(backend("purge_marks"))?;
-        self.remove_marks(&expired, "purge_marks")
+        self.log.purge(now_ms, limit)
     }
 
     fn trim_marks(&self, max_marks: u64, limit: usize) -> Result<usize, StoreError> {
-        let over = self
-            .mark_count
-            .load(Ordering::Relaxed)
-            .saturating_sub(max_marks);
-        if over == 0 || limit == 0 {
-            return Ok(0);
-        }
-        // The `over` oldest marks, then the rest of the last one's bucket.
-        let mut victims = Vec::new();
-        let mut bucket_end = 0;
-        for key in self.marks_expiry.iter().keys() {
-            let key = key.map_err(backend("trim_marks"))?;
-            if key.len() < 8 {
-                continue;
-            }
-            let expires = u64_at(&key, 0);
-            if victims.len() as u64 >= over && expires >= bucket_end {
-                break;
-            }
-            bucket_end = bucket_end.max(mark_bucket_end(expires));
-            victims.push(key);
-            if victims.len() >= limit {
-                break;
-            }
-        }
-        self.remove_marks(&victims, "trim_marks")
+        self.log.trim(max_marks, limit)
     }
 
     fn mark_count(&self) -> Result<u64, StoreError> {
-        Ok(self.mark_count.load(Ordering::Relaxed))
+        Ok(self.log.mark_count())
     }
 
     fn disk_bytes(&self) -> Result<Option<u64>, StoreError> {
         self.db
             .size_on_disk()
-            .map(Some)
+            .map(|sled| Some(sled + self.log.disk_bytes()))
             .map_err(backend("disk_bytes"))
     }
 
@@ -813,52 +723,17 @@ impl Store for SledStore {
         mark_expires_ms: u64,
         now_ms: u64,
     ) -> Result<Vec<bool>, StoreError> {
-        let mut prepared = Vec::with_capacity(events.len());
         for e in events {
-            let keys = e
-                .targets
-                .iter()
-                .map(|t| outbox_key(t, &e.event_id))
-                .collect::<Result<Vec<_>, _>>()?;
-            if keys.is_empty() {
-                check_part("event_id", &e.event_id)?;
+            check_part("event_id", &e.event_id)?;
+            for t in &e.targets {
+                check_part("target", t)?;
             }
-            let value = encode_outbox_value(
-                now_ms,
-                OutboxRetry {
-                    attempts: 0,
-                    next_attempt_ms: now_ms,
-                    dead_at_ms: None,
-                },
-                &e.event_type,
-                &e.payload,
-            );
-            prepared.push((mark_key(&outbox_mark(&e.event_id)), keys, value));
         }
-        let result = (&self.marks, &self.marks_expiry, &self.outbox).transaction(
-            |(marks, expiry, outbox)| {
-                let mut stored = Vec::with_capacity(prepared.len());
-                for (mark, keys, value) in &prepared {
-                    let set = set_mark(marks, expiry, mark, mark_expires_ms, now_ms)?;
-                    if set == MarkSet::Duplicate {
-                        stored.push(None);
-                        continue;
-                    }
-                    for k in keys {
-                        outbox.insert(k.as_slice(), value.as_slice())?;
-                    }
-                    stored.push(Some(set));
-                }
-                Ok(stored)
-            },
-        );
-        let stored = result.map_err(|e: TransactionError<()>| match e {
-            TransactionError::Storage(e) => backend("outbox_put")(e),
-            TransactionError::Abort(()) => unreachable!("the outbox transaction never aborts"),
-        })?;
-        let new = stored.iter().filter(|s| **s == Some(MarkSet::New)).count();
-        self.mark_count.fetch_add(new as u64, Ordering::Relaxed);
-        Ok(stored.iter().map(Option::is_some).collect())
+        self.log.put(events, &[], mark_expires_ms, now_ms)
+    }
+
+    fn outbox_flush(&self) -> Result<(), StoreError> {
+        self.log.sync()
     }
 
     fn outbox_list(
@@ -866,20 +741,11 @@ impl Store for SledStore {
         after: Option<(&str, &str)>,
         limit: usize,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
-        let iter = match after {
-            Some((target, event_id)) => {
-                let mut start = outbox_key(target, event_id)?;
-                start.push(0);
-                self.outbox.range(start..)
-            }
-            None => self.outbox.iter(),
-        };
-        iter.take(limit)
-            .map(|item| {
-                let (k, v) = item.map_err(backend("outbox_list"))?;
-                parse_outbox(&k, &v)
-            })
-            .collect()
+        if let Some((target, event_id)) = after {
+            check_part("target", target)?;
+            check_part("event_id", event_id)?;
+        }
+        self.log.list(after, limit)
     }
 
     fn outbox_update(
@@ -888,44 +754,17 @@ impl Store for SledStore {
         event_id: &str,
         retry: OutboxRetry,
     ) -> Result<bool, StoreError> {
-        let key = outbox_key(target, event_id)?;
-        let result = self.outbox.transaction(|outbox| {
-            let Some(old) = outbox.get(&key)? else {
-                return Ok(false);
-            };
-            let Ok(entry) = parse_outbox(&key, &old) else {
-                return Ok(false);
-            };
-            outbox.insert(
-                key.as_slice(),
-                encode_outbox_value(entry.enqueued_ms, retry, &entry.event_type, &entry.payload),
-            )?;
-            Ok(true)
-        });
-        result.map_err(|e: TransactionError<()>| match e {
-            TransactionError::Storage(e) => backend("outbox_update")(e),
-            TransactionError::Abort(()) => unreachable!("the outbox transaction never aborts"),
-        })
+        check_part("target", target)?;
+        check_part("event_id", event_id)?;
+        self.log.update(target, event_id, retry)
     }
 
     fn outbox_remove(&self, entries: &[(String, String)]) -> Result<usize, StoreError> {
-        let mut batch = sled::Batch::default();
-        let mut found = 0;
         for (target, event_id) in entries {
-            let key = outbox_key(target, event_id)?;
-            if self
-                .outbox
-                .contains_key(&key)
-                .map_err(backend("outbox_remove"))?
-            {
-                found += 1;
-            }
-            batch.remove(key);
+            check_part("target", target)?;
+            check_part("event_id", event_id)?;
         }
-        self.outbox
-            .apply_batch(batch)
-            .map_err(backend("outbox_remove"))?;
-        Ok(found)
+        self.log.remove(entries, now_ms())
     }
 
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -953,6 +792,7 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        self.log.sync()?;
         let d = &self.durability;
         if lock(&d.loss).is_some() {
             // Neither generation nor mark moves: the loss stays visible until accepted.
@@ -1000,6 +840,7 @@ impl Store for SledStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::outbox_mark;
     use super::*;
 
     fn write(payload: &[u8], due_ms: Option<u64>) -> Option<GrantWrite> {
@@ -1181,14 +1022,139 @@ mod tests {
         assert!(store.mark_once(b"event/ev_1", 1_000, 0).unwrap());
         assert!(store.mark_once(long.as_bytes(), 1_000, 0).unwrap());
         assert!(!store.mark_once(b"event/ev_1", 1_000, 0).unwrap());
-        for key in store.marks.iter().keys() {
+        for key in store.db.open_tree("dedup").unwrap().iter().keys() {
             assert_eq!(key.unwrap().len(), 16);
         }
-        for key in store.marks_expiry.iter().keys() {
+        for key in store.db.open_tree("dedup_expiry").unwrap().iter().keys() {
             assert_eq!(key.unwrap().len(), 8 + 16);
         }
         assert_eq!(store.mark_count().unwrap(), 2);
         assert!(store.disk_bytes().unwrap().unwrap() > 0);
+    }
+
+    fn outbox_event(event_id: &str, target: &str) -> OutboxEvent {
+        OutboxEvent {
+            event_id: event_id.into(),
+            event_type: "im.message.receive_v1".into(),
+            targets: vec![target.into()],
+            payload: event_id.as_bytes().to_vec(),
+        }
+    }
+
+    /// A vault from before the outbox log: its `outbox` tree's entries (pending and dead)
+    /// move into the log at open, once, and the marks sled holds still catch redeliveries.
+    #[test]
+    fn outbox_entries_kept_in_sled_move_into_the_log_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = "http://127.0.0.1:9/a";
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree("outbox").unwrap();
+            let pending = OutboxRetry {
+                attempts: 2,
+                next_attempt_ms: 3_000,
+                dead_at_ms: None,
+            };
+            let dead = OutboxRetry {
+                attempts: 9,
+                next_attempt_ms: u64::MAX,
+                dead_at_ms: Some(4_000),
+            };
+            for (id, retry) in [("ev_1", pending), ("ev_2", dead)] {
+                let mut k = t.as_bytes().to_vec();
+                k.push(0);
+                k.extend_from_slice(id.as_bytes());
+                tree.insert(
+                    k,
+                    encode_outbox_value(1_000, retry, "im.message.receive_v1", id.as_bytes()),
+                )
+                .unwrap();
+            }
+            let expiry = u64::MAX - 1;
+            let dedup = db.open_tree("dedup").unwrap();
+            dedup
+                .insert(mark_key(&outbox_mark("ev_1")), &expiry.to_be_bytes())
+                .unwrap();
+            let mut with_value = expiry.to_be_bytes().to_vec();
+            with_value.extend_from_slice(b"answer");
+            dedup
+                .insert(mark_key(b"event/ev_click"), with_value)
+                .unwrap();
+            db.flush().unwrap();
+        }
+        for _ in 0..2 {
+            let store = SledStore::open(dir.path()).unwrap();
+            let all = store.outbox_list(None, 10).unwrap();
+            assert_eq!(all.len(), 2);
+            assert_eq!((all[0].event_id.as_str(), all[0].attempts), ("ev_1", 2));
+            assert_eq!(all[0].payload, b"ev_1");
+            assert_eq!(all[1].dead_at_ms, Some(4_000));
+            assert!(store.db.open_tree("outbox").unwrap().is_empty());
+            assert_eq!(
+                store
+                    .outbox_put(&[outbox_event("ev_1", t)], u64::MAX, 5_000)
+                    .unwrap(),
+                [false],
+                "the mark moved from sled still dedups"
+            );
+            assert_eq!(
+                store
+                    .mark_value(b"event/ev_click", 5_000)
+                    .unwrap()
+                    .as_deref(),
+                Some(&b"answer"[..]),
+                "a mark's value moves with it"
+            );
+            assert!(store.db.open_tree("dedup").unwrap().is_empty());
+            assert_eq!(store.mark_count().unwrap(), 2);
+        }
+    }
+
+    /// The store is dropped without `flush` (as at `kill -9` after the ack): the group
+    /// synced by `outbox_flush` is there, and a redelivery is not taken again.
+    #[test]
+    fn outbox_entries_and_marks_survive_a_stop_without_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = "http://127.0.0.1:9/a";
+        // Marks alive whatever the clock (the log drops expired marks at open by it).
+        const FAR: u64 = u64::MAX / 2;
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            let stored = store
+                .outbox_put(
+                    &[outbox_event("ev_1", t), outbox_event("ev_2", t)],
+                    FAR,
+                    1_000,
+                )
+                .unwrap();
+            assert_eq!(stored, [true, true]);
+            store.outbox_flush().unwrap();
+            assert_eq!(
+                store.outbox_remove(&[(t.into(), "ev_1".into())]).unwrap(),
+                1
+            );
+            assert_eq!(store.mark_count().unwrap(), 2);
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let left: Vec<String> = store
+            .outbox_list(None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event_id)
+            .collect();
+        assert_eq!(left, ["ev_2"]);
+        assert_eq!(
+            store
+                .outbox_put(
+                    &[outbox_event("ev_1", t), outbox_event("ev_2", t)],
+                    FAR,
+                    2_000
+                )
+                .unwrap(),
+            [false, false]
+        );
+        assert_eq!(store.mark_count().unwrap(), 2);
+        assert!(dir.path().join(super::super::OUTBOX_LOG_FILE).exists());
     }
 
     #[test]
