@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use lark_auth::config::{AuthFlow, Config, StoreBackend};
 use lark_auth::connection::ConnectionState;
-use lark_auth::sandbox::{RecordedAck, Sandbox};
+use lark_auth::sandbox::{OpenApiFault, OpenApiRoute, RecordedAck, Sandbox};
 use lark_auth::secret::Secret;
+use lark_auth::session::StartError as SessionStartError;
 use lark_auth::session::machine::SessionState;
 use lark_auth::vault::{Keyring, VaultKey};
 use lark_auth::{Handle, LarkAuth, StartOptions};
@@ -200,6 +201,78 @@ async fn a_second_authorization_on_another_instance_returns_the_session_in_fligh
     sandbox.wait_for_sent_cards(1, WAIT).await.unwrap();
     actix_rt::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sandbox.sent_card_count(), 1, "one card");
+    a.shutdown(Duration::from_secs(2)).await;
+    b.shutdown(Duration::from_secs(2)).await;
+}
+
+#[actix_rt::test]
+async fn concurrent_authorizations_of_one_user_over_two_instances_start_one_session() {
+    const CALLS: usize = 24;
+    let server = pg_common::TestPostgres::start();
+    let (sandbox, config) = setup(&server).await;
+    let schema = config.store.schema.clone();
+    let keyring = Keyring::single(1, VaultKey::generate());
+    let a = start(config.clone(), keyring.clone(), false).await;
+    let b = start(config, keyring, false).await;
+
+    let user = "ou_shared_race";
+    let calls = (0..CALLS).map(|i| {
+        let h = if i % 2 == 0 { &a } else { &b };
+        h.authorize(user, vec![])
+    });
+    let views = futures_util::future::join_all(calls).await;
+    let first = views[0].as_ref().expect("answered").session_id.clone();
+    for view in &views {
+        let view = view.as_ref().expect("every call answered, none limited");
+        assert_eq!(view.session_id, first, "the one session in flight");
+    }
+    assert_eq!(
+        server.psql(&format!(
+            "SELECT count(*) FROM {schema}.sessions WHERE open_id = '{user}'"
+        )),
+        "1",
+        "one session stored"
+    );
+    sandbox.wait_for_sent_cards(1, WAIT).await.unwrap();
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sandbox.sent_card_count(), 1, "one card");
+    a.shutdown(Duration::from_secs(2)).await;
+    b.shutdown(Duration::from_secs(2)).await;
+}
+
+#[actix_rt::test]
+async fn the_per_user_limit_counts_the_authorizations_started_on_every_instance() {
+    let server = pg_common::TestPostgres::start();
+    let (sandbox, mut config) = setup(&server).await;
+    config.sessions.per_user_limit = 3;
+    let keyring = Keyring::single(1, VaultKey::generate());
+    let a = start(config.clone(), keyring.clone(), false).await;
+    let b = start(config, keyring, false).await;
+
+    let user = "ou_shared_limit";
+    for i in 0..3 {
+        // Each session fails at once (device authorization refused) and ends.
+        sandbox.inject_openapi_fault(
+            OpenApiRoute::DeviceAuthorization,
+            OpenApiFault::HttpStatus(400),
+        );
+        let (here, other) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let view = here.authorize(user, vec![]).await.expect("started");
+        // Read from the store by the other instance: the end is committed.
+        wait_state(other, &view.session_id, SessionState::Failed).await;
+    }
+    // A started two, B one: the fourth within the window is refused on either.
+    for h in [&b, &a] {
+        let fourth = h.authorize(user, vec![]).await;
+        assert!(
+            matches!(&fourth, Err(SessionStartError::RateLimited { retry_after })
+                if !retry_after.is_zero() && *retry_after <= Duration::from_secs(60)),
+            "{fourth:?}"
+        );
+    }
+    b.authorize("ou_shared_limit_other", vec![])
+        .await
+        .expect("other users are not affected");
     a.shutdown(Duration::from_secs(2)).await;
     b.shutdown(Duration::from_secs(2)).await;
 }

@@ -969,7 +969,7 @@ mod postgres_only {
              ALTER TABLE lark_auth.outbox DROP COLUMN owner, DROP COLUMN lease_until_ms; \
              DROP TABLE lark_auth.session_inputs; \
              ALTER TABLE lark_auth.sessions DROP COLUMN holder, DROP COLUMN lease_until_ms, \
-             DROP COLUMN open_id; \
+             DROP COLUMN open_id, DROP COLUMN created_ms; \
              DROP TABLE lark_auth.marks; \
              CREATE TABLE lark_auth.marks (mark bytea PRIMARY KEY, expires_ms bigint NOT NULL, value bytea); \
              CREATE INDEX marks_expiry ON lark_auth.marks (expires_ms); \
@@ -995,6 +995,139 @@ mod postgres_only {
         assert_eq!((grant.version, grant.payload.as_slice()), (1, &b"kept"[..]));
         assert_eq!(store.get_session("as_1").unwrap(), Some(b"s".to_vec()));
         assert!(store.disk_bytes().unwrap().unwrap() > 0);
+    }
+
+    /// One session in flight per user across instances (issue 14): sixteen starts for one
+    /// user at once, half on each of two instances (stores) sharing the schema: one is
+    /// started, every other finds it in flight; the per-user limit counts the starts of
+    /// both instances within the window, and answers how long until the oldest leaves it.
+    #[test]
+    fn a_users_session_starts_are_atomic_and_counted_across_instances() {
+        use lark_auth::store::{NewHeldSession, SessionLiveCheck, SessionStart};
+
+        const RACERS: usize = 16;
+        let server = pg_common::TestPostgres::start();
+        let a: Arc<dyn Store> =
+            Arc::new(PostgresStore::open(&server.options("lark_auth")).unwrap());
+        let b: Arc<dyn Store> =
+            Arc::new(PostgresStore::open(&server.options("lark_auth")).unwrap());
+        // A record reading `done` is terminal (the caller decodes the state).
+        let live: SessionLiveCheck = Arc::new(|_, value| value != b"done");
+        let new = |id: &'static str, holder: &'static str, user: &'static str, now: u64| {
+            move |value: &'static [u8]| NewHeldSession {
+                session_id: id,
+                value,
+                holder,
+                lease_until_ms: now + 60_000,
+                open_id: user,
+                now_ms: now,
+                limit: 3,
+                window_ms: 60_000,
+            }
+        };
+
+        let barrier = Arc::new(std::sync::Barrier::new(RACERS));
+        let racers: Vec<_> = (0..RACERS)
+            .map(|i| {
+                let (store, live, barrier) = (
+                    if i % 2 == 0 { a.clone() } else { b.clone() },
+                    live.clone(),
+                    barrier.clone(),
+                );
+                std::thread::spawn(move || {
+                    let id = format!("as_race_{i:02}");
+                    let holder = if i % 2 == 0 { "inst_a" } else { "inst_b" };
+                    barrier.wait();
+                    let start = NewHeldSession {
+                        session_id: &id,
+                        value: b"live",
+                        holder,
+                        lease_until_ms: 61_000,
+                        open_id: "ou_race",
+                        now_ms: 1_000,
+                        limit: 3,
+                        window_ms: 60_000,
+                    };
+                    (id.clone(), store.start_session_held(&start, live).unwrap())
+                })
+            })
+            .collect();
+        let results: Vec<(String, SessionStart)> =
+            racers.into_iter().map(|t| t.join().unwrap()).collect();
+        let started: Vec<&String> = results
+            .iter()
+            .filter(|(_, r)| *r == SessionStart::Started)
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(started.len(), 1, "one session started: {results:?}");
+        for (_, result) in &results {
+            assert!(
+                *result == SessionStart::Started
+                    || *result == SessionStart::InFlight(started[0].clone(), b"live".to_vec()),
+                "every other start finds it in flight: {result:?}"
+            );
+        }
+        assert_eq!(
+            server.psql("SELECT count(*) FROM lark_auth.sessions WHERE open_id = 'ou_race'"),
+            "1"
+        );
+
+        // The limit (3 a minute) counts the starts of both instances.
+        for (i, (store, at)) in [(&a, 1_000), (&b, 2_000), (&a, 3_000)]
+            .into_iter()
+            .enumerate()
+        {
+            let id: &'static str = ["as_lim_1", "as_lim_2", "as_lim_3"][i];
+            let holder = if i % 2 == 0 { "inst_a" } else { "inst_b" };
+            assert_eq!(
+                store
+                    .start_session_held(&new(id, holder, "ou_lim", at)(b"done"), live.clone())
+                    .unwrap(),
+                SessionStart::Started,
+                "{id}: the user's earlier sessions ended"
+            );
+        }
+        assert_eq!(
+            b.start_session_held(
+                &new("as_lim_4", "inst_b", "ou_lim", 4_000)(b"done"),
+                live.clone()
+            )
+            .unwrap(),
+            SessionStart::Limited {
+                retry_after_ms: 57_000
+            },
+            "the fourth within the minute, on the other instance"
+        );
+        assert_eq!(b.get_session("as_lim_4").unwrap(), None, "nothing written");
+        assert_eq!(
+            a.start_session_held(
+                &new("as_other", "inst_a", "ou_other", 4_000)(b"live"),
+                live.clone()
+            )
+            .unwrap(),
+            SessionStart::Started,
+            "another user is not counted"
+        );
+        assert_eq!(
+            b.start_session_held(
+                &new("as_lim_5", "inst_b", "ou_lim", 61_000)(b"done"),
+                live.clone()
+            )
+            .unwrap(),
+            SessionStart::Started,
+            "the oldest left the window"
+        );
+        // A session released as finished is never in flight, whatever its record says.
+        a.release_sessions("inst_a", Some("as_other"), true)
+            .unwrap();
+        assert_eq!(
+            a.start_session_held(
+                &new("as_other_2", "inst_a", "ou_other", 5_000)(b"live"),
+                live
+            )
+            .unwrap(),
+            SessionStart::Started
+        );
     }
 
     /// Session leases (issue 14): a held session is claimed by one instance at a time
@@ -1152,7 +1285,7 @@ mod postgres_only {
              ALTER TABLE lark_auth.outbox DROP COLUMN owner, DROP COLUMN lease_until_ms; \
              DROP TABLE lark_auth.session_inputs; \
              ALTER TABLE lark_auth.sessions DROP COLUMN holder, DROP COLUMN lease_until_ms, \
-             DROP COLUMN open_id; \
+             DROP COLUMN open_id, DROP COLUMN created_ms; \
              COMMIT;",
         );
         let store = PostgresStore::open(&server.options("lark_auth")).unwrap();

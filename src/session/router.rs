@@ -28,7 +28,9 @@
 //!   older than [`SessionSettings::terminal_ttl`] are pruned. Each round also reads the
 //!   mark count and the store's size on disk into the metrics.
 //! - Per user: at most [`SessionSettings::per_user_limit`] new sessions per window
-//!   ([`StartError::RateLimited`]); while one is in flight, a new request returns it.
+//!   ([`StartError::RateLimited`]); while one is in flight, a new request returns it. On a
+//!   shared store both are decided by the store in one atomic step across instances
+//!   ([`StartSessionHeld`], [`crate::store::Store::start_session_held`]).
 //! - Events other than card callbacks go to the [`EventDispatcher`] the router starts
 //!   beside itself (dedup by `event_id`, fan-out to the subscribers of their
 //!   `event_type`); [`Subscribe`] is passed on to it.
@@ -74,9 +76,9 @@ use super::cards::{ACTION_AUTHORIZE, ACTION_DECLINE, CardLocale, VALUE_SESSION_I
 use super::machine::{Choice, CodeFlowProgress, SessionRecord, SessionState};
 use super::router_state::{PerUserLimit, RouterState, StateLookup};
 use super::store::{
-    ClaimClick, ClickClaim, FindSession, FlushSessions, KeepClickAnswer, ListSessions, LoadSession,
-    LoadSessions, PutSession, PutSessionHeld, ReleaseSessions, SessionCodec, SessionStoreActor,
-    SessionStoreError, SessionsInFlight, TidyStore, WriteSeq,
+    ClaimClick, ClickClaim, FindSession, FlushSessions, HeldStart, KeepClickAnswer, ListSessions,
+    LoadSession, LoadSessions, PutSession, ReleaseSessions, SessionCodec, SessionStoreActor,
+    SessionStoreError, StartSessionHeld, TidyStore, WriteSeq,
 };
 use crate::store::SessionClaim;
 
@@ -641,36 +643,6 @@ impl RouterActor {
                     .map(|res, _, _| res.map_err(|_| StartError::Stopping)),
             ));
         }
-        if self.sharing.is_some() {
-            // A session of the user in flight on another instance is the answer too.
-            let lookup = self.deps.store.send(SessionsInFlight {
-                open_id: msg.open_id.clone(),
-            });
-            return AtomicResponse::new(Box::pin(lookup.into_actor(self).then(
-                move |res, act, _| {
-                    let record = match res {
-                        Ok(Ok(records)) => records.into_iter().next(),
-                        Ok(Err(e)) => {
-                            warn!(error = %e, "the user's sessions in flight could not be read");
-                            None
-                        }
-                        Err(_) => None,
-                    };
-                    let Some(record) = record else {
-                        return act.create_session(msg, requested_by);
-                    };
-                    debug!(session_id = %record.session_id, "the user's session in flight returned");
-                    match act.sessions.get(record.session_id.as_str()) {
-                        Some(addr) => Box::pin(
-                            addr.send(GetSessionView)
-                                .into_actor(act)
-                                .map(|res, _, _| res.map_err(|_| StartError::Stopping)),
-                        ),
-                        None => Box::pin(fut::ready(Ok(SessionView::of(&record)))),
-                    }
-                },
-            )));
-        }
         AtomicResponse::new(self.create_session(msg, requested_by))
     }
 
@@ -682,7 +654,11 @@ impl RouterActor {
     ) -> ResponseActFuture<Self, Result<SessionView, StartError>> {
         let now = self.deps.clock.now_ms();
         let settings = self.deps.settings.clone();
-        if let Err(retry_after) = self.state.admit(&msg.open_id, now) {
+        // Shared store: the store counts the user's starts of every instance, in the same
+        // atomic step that finds the user's session in flight (`StartSessionHeld`).
+        if self.sharing.is_none()
+            && let Err(retry_after) = self.state.admit(&msg.open_id, now)
+        {
             return Box::pin(fut::ready(Err(StartError::RateLimited { retry_after })));
         }
 
@@ -717,16 +693,48 @@ impl RouterActor {
         // the session flushes this write before it sends that card (see the actor's module
         // docs), outside this atomic reply, so the router never waits for an fsync.
         let durable = record.code_flow.is_some();
-        let write = match &self.sharing {
-            Some(shared) => Either::Left(self.deps.store.send(PutSessionHeld {
+        if let Some(shared) = &self.sharing {
+            let start = self.deps.store.send(StartSessionHeld {
                 record: record.clone(),
                 holder: shared.instance().to_string(),
                 lease_until_ms: shared.lease_until(now),
-            })),
-            None => Either::Right(self.deps.store.send(PutSession {
-                record: record.clone(),
-            })),
-        };
+                now_ms: now,
+                limit: settings.per_user_limit,
+                window: settings.per_user_window,
+            });
+            return Box::pin(start.into_actor(self).then(move |res, act, _| {
+                let started = match res.map_err(|_| StartError::Stopping) {
+                    Ok(Ok(started)) => started,
+                    Ok(Err(e)) => return Either::Left(fut::ready(Err(StartError::Store(e)))),
+                    Err(e) => return Either::Left(fut::ready(Err(e))),
+                };
+                Either::Right(match started {
+                    HeldStart::Started(seq) => {
+                        let view = SessionView::of(&record);
+                        info!(session_id = %record.session_id, open_id = %record.open_id, "authorization session started");
+                        act.spawn_session(record, false, durable.then_some(seq));
+                        Either::Left(fut::ready(Ok(view)))
+                    }
+                    HeldStart::Limited(retry_after) => {
+                        Either::Left(fut::ready(Err(StartError::RateLimited { retry_after })))
+                    }
+                    HeldStart::InFlight(found) => {
+                        debug!(session_id = %found.session_id, "the user's session in flight returned");
+                        match act.sessions.get(found.session_id.as_str()) {
+                            Some(addr) => Either::Right(
+                                addr.send(GetSessionView)
+                                    .into_actor(act)
+                                    .map(|res, _, _| res.map_err(|_| StartError::Stopping)),
+                            ),
+                            None => Either::Left(fut::ready(Ok(SessionView::of(&found)))),
+                        }
+                    }
+                })
+            }));
+        }
+        let write = self.deps.store.send(PutSession {
+            record: record.clone(),
+        });
         Box::pin(write.into_actor(self).map(move |res, act, _| {
             let seq = res.map_err(|_| StartError::Stopping)??;
             let view = SessionView::of(&record);

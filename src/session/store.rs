@@ -1052,6 +1052,79 @@ impl Handler<PutSessionHeld> for SessionStoreActor {
     }
 }
 
+/// Starts a session on a shared store, unless its user has one in flight (on any
+/// instance) or reached the per-user limit, atomically across instances
+/// ([`Store::start_session_held`]).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<HeldStart, SessionStoreError>")]
+pub struct StartSessionHeld {
+    /// The new session's record (its `open_id` is the user, its `created_at_ms` now).
+    pub record: SessionRecord,
+    /// This instance's name.
+    pub holder: String,
+    /// End of the lease, unix ms.
+    pub lease_until_ms: u64,
+    /// Now, unix ms (the creation time counted by the limit).
+    pub now_ms: u64,
+    /// Most new sessions per user within `window` ([`super::SessionSettings::per_user_limit`]).
+    pub limit: usize,
+    /// The window of `limit`.
+    pub window: std::time::Duration,
+}
+
+/// The answer to [`StartSessionHeld`].
+#[derive(Debug)]
+pub enum HeldStart {
+    /// Written (the position of the write, for [`FlushThrough`]); the caller runs it.
+    Started(WriteSeq),
+    /// The user's session in flight (not terminal), held by this or another instance;
+    /// nothing written.
+    InFlight(Box<SessionRecord>),
+    /// The user reached the limit; retry after this long. Nothing written.
+    Limited(std::time::Duration),
+}
+
+impl Handler<StartSessionHeld> for SessionStoreActor {
+    type Result = Result<HeldStart, SessionStoreError>;
+
+    fn handle(&mut self, msg: StartSessionHeld, _: &mut Self::Context) -> Self::Result {
+        let bytes = self.codec.encode(&msg.record);
+        let user = msg.record.open_id.clone();
+        // The clear part tells the state: no decryption on the store's thread.
+        let live: crate::store::SessionLiveCheck =
+            Arc::new(
+                move |id, bytes| match SessionCodec::decode_clear(id, bytes) {
+                    Ok(record) => !record.state.is_terminal() && record.open_id == user,
+                    Err(e) => {
+                        warn!(session_id = %id, error = %e, "session record skipped");
+                        false
+                    }
+                },
+            );
+        let new = crate::store::NewHeldSession {
+            session_id: &msg.record.session_id,
+            value: &bytes,
+            holder: &msg.holder,
+            lease_until_ms: msg.lease_until_ms,
+            open_id: &msg.record.open_id,
+            now_ms: msg.now_ms,
+            limit: msg.limit,
+            window_ms: msg.window.as_millis() as u64,
+        };
+        match self.store.start_session_held(&new, live)? {
+            crate::store::SessionStart::Started => Ok(HeldStart::Started(
+                self.positions.written.fetch_add(1, Ordering::AcqRel) + 1,
+            )),
+            crate::store::SessionStart::InFlight(id, bytes) => Ok(HeldStart::InFlight(Box::new(
+                self.codec.decode(&id, &bytes)?,
+            ))),
+            crate::store::SessionStart::Limited { retry_after_ms } => Ok(HeldStart::Limited(
+                std::time::Duration::from_millis(retry_after_ms),
+            )),
+        }
+    }
+}
+
 impl Handler<FindSession> for SessionStoreActor {
     type Result = Result<Option<(SessionRecord, SessionClaim)>, SessionStoreError>;
 

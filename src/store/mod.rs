@@ -36,6 +36,7 @@ mod postgres_store;
 mod sled_store;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub use self::outbox_log::LOG_FILE as OUTBOX_LOG_FILE;
 pub use self::pg_schema::{MAX_SCHEMA_NAME, SCHEMA_VERSION, check_schema_name};
@@ -760,6 +761,37 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         self.put_session(session_id, value)
     }
 
+    /// Starts a session of user `new.open_id` held by `new.holder`, unless the user has one
+    /// in flight or reached the per-user limit, in one atomic step whatever the number of
+    /// instances sharing the store: of the user's sessions in flight (as
+    /// [`Store::sessions_in_flight`] lists them) the first `live` accepts (given the id and
+    /// the stored bytes: the caller decodes and checks the state) is returned
+    /// ([`SessionStart::InFlight`]); else, when `new.limit` sessions of the user were
+    /// created within `new.window_ms` before `new.now_ms`, [`SessionStart::Limited`] with
+    /// the wait until the oldest leaves the window; else the session is written as by
+    /// [`Store::put_session_held`], its creation time recorded, and
+    /// [`SessionStart::Started`]. A store one process uses (sled, the default: the router
+    /// serializes the starts and counts them itself) writes with
+    /// [`Store::put_session_held`] and answers [`SessionStart::Started`].
+    ///
+    /// # Errors
+    /// As [`Store::put_session`] (nothing written).
+    fn start_session_held(
+        &self,
+        new: &NewHeldSession<'_>,
+        live: SessionLiveCheck,
+    ) -> Result<SessionStart, StoreError> {
+        drop(live);
+        self.put_session_held(
+            new.session_id,
+            new.value,
+            new.holder,
+            new.lease_until_ms,
+            new.open_id,
+        )?;
+        Ok(SessionStart::Started)
+    }
+
     /// Like [`Store::put_session`], but only while the instance `holder` holds the session
     /// (its lease may have lapsed, as long as nobody took it over): false, and nothing
     /// written, when another instance holds it now (or there is no record), so an
@@ -937,6 +969,62 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 /// Told that the session inbox may hold something for this instance; see
 /// [`Store::watch_sessions`].
 pub type SessionWatchHook = Box<dyn Fn() + Send + Sync>;
+
+/// Tells whether a stored session record (id, bytes) is still in flight (not terminal);
+/// see [`Store::start_session_held`]. Runs on the store's own thread: quick, no I/O.
+pub type SessionLiveCheck = Arc<dyn Fn(&str, &[u8]) -> bool + Send + Sync>;
+
+/// A new session for [`Store::start_session_held`].
+#[derive(Clone, Copy)]
+pub struct NewHeldSession<'a> {
+    /// The session's id.
+    pub session_id: &'a str,
+    /// Its stored bytes.
+    pub value: &'a [u8],
+    /// The instance starting it (its lease holder).
+    pub holder: &'a str,
+    /// End of the lease, unix ms.
+    pub lease_until_ms: u64,
+    /// The session's user.
+    pub open_id: &'a str,
+    /// Now (the creation time recorded), unix ms.
+    pub now_ms: u64,
+    /// Most sessions of the user created within the window (`sessions.per_user_limit`).
+    pub limit: usize,
+    /// The window of `limit`, ms (`sessions.per_user_window_secs`).
+    pub window_ms: u64,
+}
+
+impl std::fmt::Debug for NewHeldSession<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The value is sealed but large: its length only.
+        f.debug_struct("NewHeldSession")
+            .field("session_id", &self.session_id)
+            .field("value_len", &self.value.len())
+            .field("holder", &self.holder)
+            .field("lease_until_ms", &self.lease_until_ms)
+            .field("open_id", &self.open_id)
+            .field("now_ms", &self.now_ms)
+            .field("limit", &self.limit)
+            .field("window_ms", &self.window_ms)
+            .finish()
+    }
+}
+
+/// The result of [`Store::start_session_held`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionStart {
+    /// The session was written; the caller runs it.
+    Started,
+    /// The user has this session in flight (id, stored bytes); nothing was written.
+    InFlight(String, Vec<u8>),
+    /// The user reached the limit; nothing was written. Retry after this many ms (the
+    /// oldest counted session leaves the window then).
+    Limited {
+        /// Wait, ms.
+        retry_after_ms: u64,
+    },
+}
 
 /// The result of [`Store::claim_session`].
 #[derive(Debug, Clone, PartialEq, Eq)]

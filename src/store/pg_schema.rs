@@ -22,7 +22,7 @@
 use super::StoreError;
 
 /// The newest schema version this build knows and creates.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// The longest schema name accepted (PostgreSQL's identifier limit, 63 bytes).
 pub const MAX_SCHEMA_NAME: usize = 63;
@@ -164,6 +164,18 @@ CREATE TABLE {s}.session_inputs (
 CREATE INDEX session_inputs_open ON {s}.session_inputs (session_id) WHERE taken_by IS NULL;
 "#,
     },
+    Migration {
+        version: 6,
+        description: "sessions' creation time, for the per-user limit across instances",
+        // `created_ms`: set when a session is started on a shared store (NULL for sessions
+        // stored before: they are not counted). The per-user limit counts a user's sessions
+        // created within the window by this index.
+        sql: r#"
+ALTER TABLE {s}.sessions ADD COLUMN created_ms bigint;
+CREATE INDEX sessions_user_created ON {s}.sessions (open_id, created_ms)
+    WHERE created_ms IS NOT NULL;
+"#,
+    },
 ];
 
 /// The advisory lock key of a schema's migrations: FNV-1a of `lark-auth schema <name>`,
@@ -171,6 +183,25 @@ CREATE INDEX session_inputs_open ON {s}.session_inputs (session_id) WHERE taken_
 fn lock_key(schema: &str) -> i64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in "lark-auth schema ".bytes().chain(schema.bytes()) {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash as i64
+}
+
+/// The advisory lock key of one user's session starts in `schema`: FNV-1a of
+/// `lark-auth session <schema> <open_id>`, stable across builds. Held for the transaction
+/// of [`Store::start_session_held`](super::Store::start_session_held), so two instances
+/// starting a session for one user take turns (a collision of two users only makes them
+/// take turns too).
+pub(super) fn session_user_lock_key(schema: &str, open_id: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in "lark-auth session "
+        .bytes()
+        .chain(schema.bytes())
+        .chain(std::iter::once(b' '))
+        .chain(open_id.bytes())
+    {
         hash ^= u64::from(b);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -325,6 +356,8 @@ pub(super) struct Sql {
     pub purge_session_inputs: String,
     pub sessions_in_flight: String,
     pub put_session_if_held: String,
+    pub start_session_held: String,
+    pub user_starts: String,
 }
 
 impl Sql {
@@ -512,6 +545,15 @@ impl Sql {
                 "SELECT session_id, value FROM {s}.sessions \
                  WHERE open_id = $1 AND lease_until_ms IS NOT NULL ORDER BY session_id"
             ),
+            start_session_held: format!(
+                "INSERT INTO {s}.sessions (session_id, value, holder, lease_until_ms, open_id, \
+                 created_ms) VALUES ($1, $2, $3, $4, $5, $6)"
+            ),
+            // The user's sessions created after `$2` (within the window), oldest first.
+            user_starts: format!(
+                "SELECT created_ms FROM {s}.sessions WHERE open_id = $1 AND created_ms > $2 \
+                 ORDER BY created_ms"
+            ),
             purge_session_inputs: format!(
                 "DELETE FROM {s}.session_inputs WHERE id IN (SELECT id FROM {s}.session_inputs \
                  WHERE created_ms < $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)"
@@ -551,5 +593,13 @@ mod tests {
         }
         assert_eq!(MIGRATIONS.last().map(|m| m.version), Some(SCHEMA_VERSION));
         assert_ne!(lock_key("a"), lock_key("b"));
+        assert_ne!(
+            session_user_lock_key("a", "ou_1"),
+            session_user_lock_key("b", "ou_1")
+        );
+        assert_ne!(
+            session_user_lock_key("a", "ou_1"),
+            session_user_lock_key("a", "ou_2")
+        );
     }
 }

@@ -48,9 +48,9 @@ use tokio_postgres::config::Host;
 
 use super::pg_schema::{self, MigrateError, SCHEMA_VERSION, Sql};
 use super::{
-    BackendError, CasOutcome, DueEntry, GrantKey, GrantWrite, MARK_BUCKET_MS, OutboxEntry,
-    OutboxEvent, OutboxRetry, QuarantinedRecord, SessionClaim, SessionInput, Store, StoreError,
-    StoredGrant, mark_key, outbox_mark,
+    BackendError, CasOutcome, DueEntry, GrantKey, GrantWrite, MARK_BUCKET_MS, NewHeldSession,
+    OutboxEntry, OutboxEvent, OutboxRetry, QuarantinedRecord, SessionClaim, SessionInput,
+    SessionLiveCheck, SessionStart, Store, StoreError, StoredGrant, mark_key, outbox_mark,
 };
 use crate::metrics::Metrics;
 use crate::secret::Secret;
@@ -1172,6 +1172,58 @@ impl Store for PostgresStore {
             let stmt = client.prepare_cached(&sql.sessions_in_flight).await?;
             let rows = client.query(&stmt, &[&open_id]).await?;
             Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    fn start_session_held(
+        &self,
+        new: &NewHeldSession<'_>,
+        live: SessionLiveCheck,
+    ) -> Result<SessionStart, StoreError> {
+        check_part("session_id", new.session_id)?;
+        check_part("holder", new.holder)?;
+        check_part("open_id", new.open_id)?;
+        let (id, value) = (new.session_id.to_string(), new.value.to_vec());
+        let (holder, open_id) = (new.holder.to_string(), new.open_id.to_string());
+        let (until, now) = (to_db(new.lease_until_ms), to_db(new.now_ms));
+        let since = to_db(new.now_ms.saturating_sub(new.window_ms));
+        let (limit, window_ms, now_ms) = (new.limit, new.window_ms, new.now_ms);
+        let key = pg_schema::session_user_lock_key(&self.shared.schema, new.open_id);
+        self.call("start_session_held", move |pool, sql| async move {
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            // One start per user at a time across instances: the check and the write below
+            // see every start committed before (READ COMMITTED: each statement reads the
+            // latest commits).
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&key])
+                .await?;
+            let stmt = tx.prepare_cached(&sql.sessions_in_flight).await?;
+            for row in tx.query(&stmt, &[&open_id]).await? {
+                let (other, bytes): (String, Vec<u8>) = (row.get(0), row.get(1));
+                if live(&other, &bytes) {
+                    tx.commit().await?;
+                    return Ok(SessionStart::InFlight(other, bytes));
+                }
+            }
+            let stmt = tx.prepare_cached(&sql.user_starts).await?;
+            let starts: Vec<i64> = tx
+                .query(&stmt, &[&open_id, &since])
+                .await?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect();
+            if starts.len() >= limit {
+                let oldest = starts.first().copied().map(from_db).unwrap_or(now_ms);
+                tx.commit().await?;
+                return Ok(SessionStart::Limited {
+                    retry_after_ms: (oldest + window_ms).saturating_sub(now_ms),
+                });
+            }
+            let stmt = tx.prepare_cached(&sql.start_session_held).await?;
+            tx.execute(&stmt, &[&id, &value, &holder, &until, &open_id, &now])
+                .await?;
+            tx.commit().await?;
+            Ok(SessionStart::Started)
         })
     }
 
