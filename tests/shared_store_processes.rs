@@ -6,7 +6,7 @@
 //! meanwhile and every instance reconnects by itself; 50 device flows started round-robin
 //! with every click landing on a random instance all end authorized with one card each
 //! and every click answered in time; `kill -9` of the instance holding sessions leaves
-//! them to the others, with no second card.
+//! them to the others, with no second card, and the grants it was refreshing too.
 
 mod pg_common;
 #[path = "sessions_common/mod.rs"]
@@ -564,5 +564,52 @@ async fn kill_9_of_the_instance_holding_sessions_the_others_finish_them_with_no_
     assert!(
         logs.contains("session taken over"),
         "a takeover is logged\n{logs}"
+    );
+}
+
+#[actix_rt::test]
+async fn kill_9_of_one_instance_mid_run_the_others_keep_refreshing_with_no_reuse() {
+    let server = pg_common::TestPostgres::start();
+    let lifetime = Duration::from_secs(8);
+    let sandbox = sandbox(lifetime).await;
+    sandbox.set_random_push(Some(19));
+    let dir = tempfile::tempdir().unwrap();
+    let users: Vec<String> = (0..6).map(|n| format!("ou_proc_kill_{n}")).collect();
+    let mut serves = three_with_grants(dir.path(), &sandbox, &server.url(), &users).await;
+    // Refreshes spread over the three (each grant's refresh goes to whichever reads it
+    // due first), then one of them dies without a word.
+    let (_, failures) = read_tokens(&serves, &users, Duration::from_secs(6)).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    let before = refreshes(&sandbox);
+    let mut killed = serves.remove(0);
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+    // The two left carry every grant on: two more refresh periods and then some.
+    let read_for = Duration::from_secs(12);
+    let (reads, failures) = read_tokens(&serves, &users, read_for).await;
+    let logs = || {
+        std::iter::once(&killed)
+            .chain(&serves)
+            .map(Serve::log)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        failures.is_empty(),
+        "every read served after the kill: {failures:?}\n{}",
+        logs()
+    );
+    assert!(reads > 100, "{reads} reads");
+    assert_eq!(
+        sandbox.refresh_token_reuse_violations(),
+        0,
+        "no refresh token sent twice\n{}",
+        logs()
+    );
+    let made = refreshes(&sandbox) - before;
+    assert!(
+        made >= users.len() * 2,
+        "{made} refreshes after the kill for {} grants",
+        users.len()
     );
 }
