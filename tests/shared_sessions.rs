@@ -322,6 +322,64 @@ async fn a_redirect_on_the_instance_not_holding_a_code_flow_session_completes_it
 }
 
 #[actix_rt::test]
+async fn a_redirect_taken_by_a_holder_that_died_before_answering_is_carried_on_by_the_next() {
+    let server = pg_common::TestPostgres::start();
+    let (sandbox, mut config) = setup(&server).await;
+    config.auth.flow = AuthFlow::AuthorizationCode;
+    config.auth.redirect_uri = lark_auth::sandbox::DEFAULT_REDIRECT_URI.into();
+    let keyring = Keyring::single(1, VaultKey::generate());
+    let a = start(config.clone(), keyring.clone(), false).await;
+    let b = start(config, keyring, true).await;
+
+    let user = "ou_shared_redirect_holder_died";
+    let view = a.authorize(user, vec![]).await.expect("started on A");
+    let card = sandbox.wait_for_sent_cards(1, WAIT).await.unwrap()[0].clone();
+    let landing = sandbox
+        .authorize(&authorize_url(&card.card), user)
+        .expect("the user consents");
+    let code = query_param(&landing, "code").expect("code");
+    let state = query_param(&landing, "state").expect("state");
+    // A dies, its lease still running: the redirect landing on B is handed to A's inbox.
+    a.abandon_sessions(Duration::from_secs(2)).await;
+    let url = format!(
+        "http://{}/oauth/callback?code={code}&state={state}",
+        b.http_addr().unwrap()
+    );
+    let browser = actix_rt::spawn(async move {
+        // Longer than the relay's wait for the holder's answer (RELAY_REDIRECT_WAIT).
+        awc::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .finish()
+            .get(&url)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    // A took the input just before dying, and never answered it.
+    let session_id = view.session_id.clone();
+    let taken = eventually("the relayed redirect is in A's inbox", || {
+        let sql = format!(
+            "WITH t AS (UPDATE lark_auth.session_inputs SET taken_by = \
+             (SELECT holder FROM lark_auth.sessions WHERE session_id = '{session_id}') \
+             WHERE session_id = '{session_id}' AND taken_by IS NULL RETURNING id) \
+             SELECT id FROM t"
+        );
+        let out = server.psql(&sql);
+        async move { (!out.is_empty()).then_some(out) }
+    })
+    .await;
+    eprintln!("input {taken} taken by the dead holder");
+    let status = browser.await.unwrap().expect("the browser gets an answer");
+    assert_eq!(status, 200, "the page shows the stored state meanwhile");
+
+    // B takes the session over with the input A left unanswered: the code is exchanged.
+    wait_state(&b, &view.session_id, SessionState::Authorized).await;
+    assert!(b.token(user).await.is_ok(), "the grant is stored");
+    assert_eq!(sandbox.sent_card_count(), 1, "one card");
+    b.shutdown(Duration::from_secs(2)).await;
+}
+
+#[actix_rt::test]
 async fn a_session_whose_holder_died_is_taken_over_with_its_card() {
     let server = pg_common::TestPostgres::start();
     let (sandbox, config) = setup(&server).await;

@@ -910,8 +910,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         Ok(None)
     }
 
-    /// Takes up to `limit` inputs not taken yet for sessions `holder` holds, oldest first
-    /// (each is taken by one call, whatever the number of instances). Nothing on sled.
+    /// Takes up to `limit` unanswered inputs for sessions `holder` holds, oldest first:
+    /// those not taken yet, and those taken by another instance that held the session
+    /// before and never answered (it died after taking them; the session is `holder`'s
+    /// now, so they are carried on with it). Each is taken by one call, whatever the
+    /// number of instances. Nothing on sled.
     ///
     /// # Errors
     /// [`StoreError::Backend`].

@@ -528,7 +528,8 @@ impl Sql {
             take_session_inputs: format!(
                 "UPDATE {s}.session_inputs SET taken_by = $1 WHERE id IN (SELECT i.id \
                  FROM {s}.session_inputs i JOIN {s}.sessions s ON s.session_id = i.session_id \
-                 WHERE i.taken_by IS NULL AND s.holder = $1 ORDER BY i.id LIMIT $2 \
+                 WHERE (i.taken_by IS NULL OR i.taken_by <> $1) AND i.answer IS NULL \
+                 AND s.holder = $1 ORDER BY i.id LIMIT $2 \
                  FOR UPDATE OF i SKIP LOCKED) RETURNING id, session_id, sender, payload"
             ),
             answer_session_input: format!(
