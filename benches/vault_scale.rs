@@ -15,7 +15,9 @@
 //! PostgreSQL store with its notification connection (as `serve` runs it), and adds a
 //! sustained-read pass: as many `get_token` calls as 16 callers make in 5 s over grants
 //! read before, served by the opened-token cache, then by a source without a cache (every
-//! read a store read).
+//! read a store read); then the grants table's size on disk, the server's
+//! `shared_buffers` and the autovacuum workers running before and after the `get_token`
+//! passes (the cache-miss reads depend on them).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
@@ -108,6 +110,11 @@ fn record(i: usize, now: u64) -> GrantRecord {
         reauth_requested_ms: None,
         version: 0,
     }
+}
+
+/// Autovacuum workers running on the server now.
+fn autovacuum_workers(server: &pg_common::TestPostgres) -> String {
+    server.psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'")
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -225,6 +232,7 @@ fn main() {
         // notification connection is lost.
         assert!(vault.watch_store_writes());
     }
+    let server_ref = server.as_ref();
     let system = actix::System::new();
     system.block_on(async move {
         let addr = TokenVaultActor::start(vault.clone(), 2);
@@ -285,6 +293,9 @@ fn main() {
                 );
             }
         };
+        // The server's own background work can weigh on the store reads below (an
+        // autovacuum of the grants table just loaded).
+        let vacuum_before = server_ref.map(autovacuum_workers);
         pass("first call per grant: cache miss, through the vault actor").await;
         assert_eq!(cache.len(), ids.len());
         pass("asked before: served by the opened-token cache").await;
@@ -316,6 +327,17 @@ fn main() {
                 println!(
                     "sustained get_token, 16 callers, {label}: {:.0} reads/s",
                     reads.get() as f64 / secs
+                );
+            }
+            if let (Some(server), Some(before)) = (server_ref, vacuum_before) {
+                println!(
+                    "grants table {} on disk (shared_buffers {}); autovacuum workers running: \
+                     {before} before the get_token passes, {} after",
+                    server.psql(
+                        "SELECT pg_size_pretty(pg_total_relation_size('lark_auth.grants'))"
+                    ),
+                    server.psql("SHOW shared_buffers"),
+                    autovacuum_workers(server)
                 );
             }
         }
