@@ -28,8 +28,10 @@
 //!
 //! The file is grown ahead in [`GROW`] steps with zeros (written and synced), so an append
 //! overwrites blocks the file has and its `fdatasync` needs no journal commit; a zero
-//! header with only zeros after it is the end of the log.
-//!
+//! header with only zeros after it is the end of the log. The log's own background
+//! thread grows it once less than [`GROW_AHEAD_BELOW`] is left, without the lock, so
+//! appends do not wait for the 4 MiB write and its sync.
+
 //! Durability: [`OutboxLog::put`] appends without syncing; [`OutboxLog::sync`]
 //! (`fdatasync`) makes everything appended so far durable: the gateway acks a group of
 //! events after it. Updates and removals are appended and become durable with the next
@@ -42,15 +44,22 @@
 //! with one warning, never a panic.
 //!
 //! Compaction: once the file is past [`COMPACT_MIN`] and at least four times what is live,
-//! the live marks and entries are written to a new file, synced and renamed over the log
-//! (atomic), so a crash during compaction leaves the old log or the new one.
+//! the background thread writes the live marks and entries to a new file, copies the
+//! records appended meanwhile after them, syncs it and renames it over the log (atomic),
+//! so a crash during compaction leaves the old log or the new one. The lock is held only
+//! to take the live set and for the last copy and the rename, not for writing the live
+//! set (see `Shared::compact`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::{
     OutboxEntry, OutboxEvent, OutboxRetry, StoreError, mark_bucket_end, mark_key, outbox_mark,
@@ -69,6 +78,10 @@ pub const COMPACT_MIN: u64 = 32 << 20;
 /// data: no journal commit for a new size, which made a sync wait for every other
 /// metadata change on the filesystem (p90 0.8 ms under a parallel build, measured).
 const GROW: u64 = 4 << 20;
+/// The background thread grows the file by [`GROW`] once fewer zeros than this are left
+/// past the records (2 MiB: the appends of ~60 ms at the gateway's full rate, while the
+/// grow takes ~10–30 ms here).
+const GROW_AHEAD_BELOW: u64 = GROW / 2;
 /// Largest record body accepted at replay (1 GiB): a larger length is a damaged header.
 const MAX_RECORD: u32 = 1 << 30;
 /// Marks per `MARKS` record written by compaction.
@@ -132,14 +145,46 @@ struct State {
     live_bytes: u64,
     /// Set after a failed write or sync: the file's state is unknown, writes are refused.
     poisoned: Option<String>,
+    /// A background grow is writing zeros past `allocated`: an append that needs that
+    /// space waits for it ([`Shared::grown`]) rather than write there.
+    growing: bool,
+    /// A grow is asked of the background thread and not started yet.
+    grow_asked: bool,
+    /// A compaction is asked of the background thread or running.
+    compact_asked: bool,
 }
 
-/// The outbox log; see the module docs. All methods block on file I/O.
+/// The outbox log; see the module docs. All methods block on file I/O; growing the file
+/// ahead and compaction run on a thread of the log's own (`outbox-log`), ended and joined
+/// when the log is dropped.
 #[derive(Debug)]
 pub struct OutboxLog {
+    shared: Arc<Shared>,
+    worker: Option<JoinHandle<()>>,
+}
+
+/// What the log's methods and its background thread share.
+#[derive(Debug)]
+struct Shared {
     dir: PathBuf,
     compact_min: u64,
     state: Mutex<State>,
+    /// Notified when a background grow ends.
+    grown: Condvar,
+    /// To the background thread.
+    chores: Sender<Chore>,
+}
+
+/// Work for the log's background thread.
+#[derive(Debug)]
+enum Chore {
+    /// Grow the file ahead by [`GROW`] if less than [`GROW_AHEAD_BELOW`] of zeros is left.
+    Grow,
+    /// Compact if the file is still worth it, dropping marks expired at this instant
+    /// (unix ms).
+    Compact { now_ms: u64 },
+    /// End the thread.
+    Stop,
 }
 
 fn io_error(op: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -147,10 +192,6 @@ fn io_error(op: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
         op,
         source: Box::new(e),
     }
-}
-
-fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The index key of an entry: `target 0x00 event_id`.
@@ -461,6 +502,393 @@ fn replay(state: &mut State, data: &[u8]) -> (u64, Option<&'static str>) {
     (pos as u64, None)
 }
 
+// ----- appends, growing, compaction ---------------------------------------------------------
+
+/// Writes zeros over `[from, to)` of `file`.
+fn write_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(zeros.len() as u64);
+        file.write_all_at(&zeros[..n as usize], at)?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// A compaction's tail left to copy under the lock, bytes: past this the copy is done
+/// (and synced) without it first.
+const CATCH_UP_LOCKED: u64 = 256 << 10;
+
+impl Shared {
+    /// Appends `enc`'s records at the end of the log (not synced). On a failed write the
+    /// file is cut back to its previous end; if that fails too, the log refuses writes.
+    /// Asks the background thread to grow the file once less than [`GROW_AHEAD_BELOW`] of
+    /// zeros is left; grows it here (and waits for a background grow in flight first) when the
+    /// record does not fit.
+    fn append(
+        &self,
+        st: &mut MutexGuard<'_, State>,
+        enc: &Enc,
+        op: &'static str,
+    ) -> Result<u64, StoreError> {
+        if let Some(why) = &st.poisoned {
+            return Err(StoreError::Backend {
+                op,
+                source: format!("outbox log unusable after an earlier failure: {why}").into(),
+            });
+        }
+        let at = st.len;
+        let end = at + enc.buf.len() as u64;
+        if end > st.allocated {
+            // The space past `allocated` may be being zeroed by the background thread:
+            // a record written there now would be overwritten.
+            while st.growing {
+                self.grown.wait(st);
+            }
+            if end > st.allocated {
+                grow(st, end).map_err(io_error(op))?;
+            }
+        }
+        match st.file.write_all_at(&enc.buf, at) {
+            Ok(()) => {
+                st.len = end;
+                if st.allocated - end < GROW_AHEAD_BELOW && !st.grow_asked && !st.growing {
+                    st.grow_asked = true;
+                    let _ = self.chores.send(Chore::Grow);
+                }
+                Ok(at)
+            }
+            Err(e) => {
+                // Back to zeros, so a replay ends before the failed record.
+                if let Err(e2) = st.file.write_all_at(&vec![0u8; enc.buf.len()], at) {
+                    st.poisoned = Some(e2.to_string());
+                }
+                Err(io_error(op)(e))
+            }
+        }
+    }
+
+    /// Drops `victims` (expiry, key) with one appended `MARK_DROP` record.
+    fn drop_marks(
+        &self,
+        st: &mut MutexGuard<'_, State>,
+        victims: &[(u64, [u8; 16])],
+        op: &'static str,
+    ) -> Result<usize, StoreError> {
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        let mut enc = Enc::new();
+        enc.begin(MARK_DROP);
+        enc.u32(victims.len() as u32);
+        for (exp, key) in victims {
+            enc.buf.extend_from_slice(key);
+            enc.u64(*exp);
+        }
+        enc.end();
+        self.append(st, &enc, op)?;
+        for &(exp, key) in victims {
+            st.drop_mark(exp, key);
+        }
+        Ok(victims.len())
+    }
+
+    fn worth_compacting(&self, st: &State) -> bool {
+        st.len >= self.compact_min && st.len >= st.live_bytes.saturating_mul(4)
+    }
+
+    /// Asks the background thread for a compaction when the file is past the minimum and
+    /// at least four times what is live (and none is asked or running).
+    fn ask_compaction(&self, st: &mut State, now_ms: u64) {
+        if !st.compact_asked && self.worth_compacting(st) {
+            st.compact_asked = true;
+            let _ = self.chores.send(Chore::Compact { now_ms });
+        }
+    }
+
+    /// The background thread: grows and compactions, one at a time, until [`Chore::Stop`].
+    fn run(&self, inbox: Receiver<Chore>) {
+        while let Ok(chore) = inbox.recv() {
+            match chore {
+                Chore::Grow => self.grow_ahead(),
+                Chore::Compact { now_ms } => {
+                    if let Err(e) = self.compact(now_ms) {
+                        tracing::warn!(error = %e, "outbox log compaction failed; the log is kept as it was and grows until the next one");
+                    }
+                    self.state.lock().compact_asked = false;
+                }
+                Chore::Stop => break,
+            }
+        }
+    }
+
+    /// Grows the file by [`GROW`] of zeros (written and synced) without holding the lock
+    /// meanwhile; appends go on below the old size.
+    fn grow_ahead(&self) {
+        let (file, from) = {
+            let mut st = self.state.lock();
+            st.grow_asked = false;
+            if st.poisoned.is_some() || st.allocated - st.len >= GROW_AHEAD_BELOW {
+                return;
+            }
+            st.growing = true;
+            (st.file.clone(), st.allocated)
+        };
+        let to = from + GROW;
+        let result = write_zeros(&file, from, to).and_then(|()| file.sync_all());
+        let mut st = self.state.lock();
+        st.growing = false;
+        match result {
+            // Nothing else grows or replaces the file while `growing` is set.
+            Ok(()) if Arc::ptr_eq(&st.file, &file) && st.allocated == from => st.allocated = to,
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox log: growing the file ahead failed; appends grow it themselves")
+            }
+        }
+        drop(st);
+        self.grown.notify_all();
+    }
+
+    /// Rewrites the live marks (those alive at `now_ms`) and entries into a new file and
+    /// renames it over the log, holding the lock only to take the live set and, at the
+    /// end, to copy the last records appended meanwhile (under [`CATCH_UP_LOCKED`]) and
+    /// switch files:
+    /// 1. under the lock: expired marks dropped, the live marks and entries taken, and the
+    ///    end of the log noted (`snap_len`);
+    /// 2. the live set written to [`COMPACT_FILE`] with [`GROW`] of zeros after it, synced;
+    /// 3. the records appended since `snap_len` copied after it (they do not depend on
+    ///    where they are: a payload's place is relative to its record), synced, until
+    ///    little is left;
+    /// 4. under the lock: the rest copied and synced, the file renamed over the log and
+    ///    the directory synced, the index's payload places moved.
+    ///
+    /// A crash at any point leaves the old log or the new one, each with every record
+    /// synced before. On an error before the rename the old log goes on as it was.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`]: a read, write, sync or rename failed (the new file
+    /// removed; after a rename whose directory sync failed the log refuses writes).
+    fn compact(&self, now_ms: u64) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let fail = io_error("outbox compaction");
+        // 1.
+        let (old, snap_len, marks, entries, locked_first) = {
+            let mut st = self.state.lock();
+            if st.poisoned.is_some() || !self.worth_compacting(&st) {
+                return Ok(());
+            }
+            let expired: Vec<(u64, [u8; 16])> = st
+                .by_expiry
+                .iter()
+                .take_while(|(exp, _)| *exp <= now_ms)
+                .copied()
+                .collect();
+            for (exp, key) in expired {
+                st.drop_mark(exp, key);
+            }
+            let marks: Vec<([u8; 16], u64, Option<Vec<u8>>)> = st
+                .marks
+                .iter()
+                .map(|(k, m)| (*k, m.expires_ms, m.value.clone()))
+                .collect();
+            let entries: Vec<(Vec<u8>, Slot)> = st
+                .entries
+                .iter()
+                .map(|(k, s)| (k.clone(), s.clone()))
+                .collect();
+            (st.file.clone(), st.len, marks, entries, started.elapsed())
+        };
+        // 2. Payloads below `snap_len` never change: read without the lock.
+        let mut enc = Enc::new();
+        enc.buf.extend_from_slice(MAGIC);
+        let mut bare = Vec::with_capacity(marks.len());
+        for (key, expires_ms, value) in marks {
+            match value {
+                None => bare.push((key, expires_ms)),
+                Some(value) => {
+                    enc.begin(MARK_VALUE);
+                    enc.buf.extend_from_slice(&key);
+                    enc.u64(expires_ms);
+                    enc.bytes(&value);
+                    enc.end();
+                }
+            }
+        }
+        for chunk in bare.chunks(MARKS_PER_RECORD) {
+            enc.begin(MARKS);
+            enc.u32(chunk.len() as u32);
+            for (key, exp) in chunk {
+                enc.buf.extend_from_slice(key);
+                enc.u64(*exp);
+            }
+            enc.end();
+        }
+        let mut moved: HashMap<Vec<u8>, u64> = HashMap::with_capacity(entries.len());
+        let mut payload = Vec::new();
+        for (key, slot) in entries {
+            payload.resize(slot.payload_len as usize, 0);
+            old.read_exact_at(&mut payload, slot.payload_at)
+                .map_err(io_error("outbox compaction"))?;
+            let (target, event_id) = split_key(&key);
+            enc.begin(ENTRY);
+            enc.bytes(target.as_bytes());
+            enc.bytes(event_id.as_bytes());
+            enc.bytes(slot.event_type.as_bytes());
+            enc.u64(slot.enqueued_ms);
+            enc.u32(slot.attempts);
+            enc.u64(slot.next_attempt_ms);
+            enc.u64(dead_code(slot.dead_at_ms));
+            moved.insert(key, enc.bytes(&payload) as u64);
+            enc.end();
+        }
+        let snap_end = enc.buf.len() as u64;
+        let tmp = self.dir.join(COMPACT_FILE);
+        let mut copy = TailCopy {
+            old: &old,
+            new: None,
+            snap_len,
+            snap_end,
+            copied: snap_len,
+            allocated: 0,
+        };
+        let result = (|| -> std::io::Result<()> {
+            let new = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
+            new.write_all_at(&enc.buf, 0)?;
+            write_zeros(&new, snap_end, snap_end + GROW)?;
+            new.sync_all()?;
+            copy.allocated = snap_end + GROW;
+            copy.new = Some(new);
+            // 3.
+            loop {
+                let len = self.state.lock().len;
+                if len - copy.copied <= CATCH_UP_LOCKED {
+                    return Ok(());
+                }
+                copy.to(len)?;
+            }
+        })();
+        drop(enc);
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(fail(e));
+        }
+        // 4.
+        let locked = std::time::Instant::now();
+        let mut st = self.state.lock();
+        let old_len = st.len;
+        let mut places = Vec::with_capacity(st.entries.len());
+        for (key, slot) in &st.entries {
+            let at = if slot.payload_at >= snap_len {
+                Some(slot.payload_at - snap_len + snap_end)
+            } else {
+                moved.get(key).copied()
+            };
+            match at {
+                Some(at) => places.push(at),
+                None => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(fail(std::io::Error::other(
+                        "an entry's payload is in neither the live set nor the records after it",
+                    )));
+                }
+            }
+        }
+        let new = match copy.to(old_len).and_then(|()| {
+            let new = copy.new.take().ok_or_else(|| std::io::Error::other("no new file"))?;
+            std::fs::rename(&tmp, self.dir.join(LOG_FILE))?;
+            Ok(new)
+        }) {
+            Ok(new) => new,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(fail(e));
+            }
+        };
+        // Renamed: the log's name is the new file's now, whatever happens next.
+        st.file = Arc::new(new);
+        st.len = old_len - snap_len + snap_end;
+        st.allocated = copy.allocated;
+        for (slot, at) in st.entries.values_mut().zip(places) {
+            slot.payload_at = at;
+        }
+        if let Err(e) = sync_dir(&self.dir) {
+            st.poisoned = Some(format!("syncing the directory after a compaction: {e}"));
+            return Err(fail(e));
+        }
+        let (to_bytes, entries, marks) = (st.len, st.entries.len(), st.marks.len());
+        drop(st);
+        tracing::debug!(
+            from_bytes = old_len,
+            to_bytes,
+            entries,
+            marks,
+            took_ms = started.elapsed().as_millis() as u64,
+            locked_ms = (locked_first + locked.elapsed()).as_millis() as u64,
+            "outbox log compacted"
+        );
+        Ok(())
+    }
+}
+
+/// Copies the records a compaction's live set is followed by: the old log's bytes from
+/// `snap_len` on go to the new file from `snap_end` on.
+struct TailCopy<'a> {
+    old: &'a File,
+    new: Option<File>,
+    snap_len: u64,
+    snap_end: u64,
+    /// The old log is copied up to here.
+    copied: u64,
+    /// The new file's size (zeros past what is copied).
+    allocated: u64,
+}
+
+impl TailCopy<'_> {
+    /// Copies the old log up to `len` and syncs the new file.
+    fn to(&mut self, len: u64) -> std::io::Result<()> {
+        let Some(new) = &self.new else {
+            return Err(std::io::Error::other("no new file"));
+        };
+        if len <= self.copied {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; (len - self.copied) as usize];
+        self.old.read_exact_at(&mut buf, self.copied)?;
+        let at = self.copied - self.snap_len + self.snap_end;
+        let end = at + buf.len() as u64;
+        let sized = end > self.allocated;
+        if sized {
+            let to = end.div_ceil(GROW).saturating_add(1).saturating_mul(GROW);
+            write_zeros(new, self.allocated, to)?;
+            self.allocated = to;
+        }
+        new.write_all_at(&buf, at)?;
+        if sized {
+            new.sync_all()?;
+        } else {
+            new.sync_data()?;
+        }
+        self.copied = len;
+        Ok(())
+    }
+}
+
+/// Grows the file with zeros, synced (size included), to hold `end` and [`GROW`] more.
+fn grow(st: &mut State, end: u64) -> std::io::Result<()> {
+    let target = end.div_ceil(GROW).saturating_add(1).saturating_mul(GROW);
+    write_zeros(&st.file, st.allocated, target)?;
+    st.file.sync_all()?;
+    st.allocated = target;
+    Ok(())
+}
+
 // ----- the log ----------------------------------------------------------------------------
 
 impl OutboxLog {
@@ -515,6 +943,9 @@ impl OutboxLog {
             live_bytes: 0,
             allocated: 0,
             poisoned: None,
+            growing: false,
+            grow_asked: false,
+            compact_asked: false,
         };
         let (valid, damage) = replay(&mut state, &data);
         state.allocated = data.len() as u64;
@@ -530,55 +961,29 @@ impl OutboxLog {
             state.allocated = valid;
         }
         state.len = valid;
-        Ok(OutboxLog {
+        let (chores, inbox) = std::sync::mpsc::channel();
+        let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             compact_min,
             state: Mutex::new(state),
+            grown: Condvar::new(),
+            chores,
+        });
+        let worker = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("outbox-log".into())
+                .spawn(move || shared.run(inbox))
+                .map_err(open_error)?
+        };
+        Ok(OutboxLog {
+            shared,
+            worker: Some(worker),
         })
     }
 
-    /// Appends `enc`'s records at the end of the log (not synced). On a failed write the
-    /// file is cut back to its previous end; if that fails too, the log refuses writes.
-    fn append(st: &mut State, enc: &Enc, op: &'static str) -> Result<u64, StoreError> {
-        if let Some(why) = &st.poisoned {
-            return Err(StoreError::Backend {
-                op,
-                source: format!("outbox log unusable after an earlier failure: {why}").into(),
-            });
-        }
-        let at = st.len;
-        let end = at + enc.buf.len() as u64;
-        if end > st.allocated {
-            Self::grow(st, end).map_err(io_error(op))?;
-        }
-        match st.file.write_all_at(&enc.buf, at) {
-            Ok(()) => {
-                st.len = end;
-                Ok(at)
-            }
-            Err(e) => {
-                // Back to zeros, so a replay ends before the failed record.
-                if let Err(e2) = st.file.write_all_at(&vec![0u8; enc.buf.len()], at) {
-                    st.poisoned = Some(e2.to_string());
-                }
-                Err(io_error(op)(e))
-            }
-        }
-    }
-
-    /// Grows the file with zeros, synced (size included), to hold `end` and [`GROW`] more.
-    fn grow(st: &mut State, end: u64) -> std::io::Result<()> {
-        let target = end.div_ceil(GROW).saturating_add(1).saturating_mul(GROW);
-        let zeros = vec![0u8; 1 << 20];
-        let mut at = st.allocated;
-        while at < target {
-            let n = (target - at).min(zeros.len() as u64);
-            st.file.write_all_at(&zeros[..n as usize], at)?;
-            at += n;
-        }
-        st.file.sync_all()?;
-        st.allocated = target;
-        Ok(())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock()
     }
 
     /// Puts `events` (validated by the caller) as one record: per event, one entry per
@@ -595,7 +1000,7 @@ impl OutboxLog {
         mark_expires_ms: u64,
         now_ms: u64,
     ) -> Result<Vec<bool>, StoreError> {
-        let mut st = lock(&self.state);
+        let mut st = self.lock();
         let mut stored = Vec::with_capacity(events.len());
         let mut in_batch = HashSet::new();
         let mut enc = Enc::new();
@@ -630,7 +1035,7 @@ impl OutboxLog {
         let at = enc.start + 8 + 1 + 16;
         enc.buf[at..at + 4].copy_from_slice(&count.to_le_bytes());
         enc.end();
-        let base = Self::append(&mut st, &enc, "outbox_put")?;
+        let base = self.shared.append(&mut st, &enc, "outbox_put")?;
         for (i, key, p_at) in payloads {
             let e = &events[i];
             st.set_mark(key, mark_expires_ms, None);
@@ -663,7 +1068,7 @@ impl OutboxLog {
             return Ok(());
         }
         {
-            let mut st = lock(&self.state);
+            let mut st = self.lock();
             let mut enc = Enc::new();
             let mut slots = Vec::with_capacity(entries.len());
             for e in entries {
@@ -679,7 +1084,7 @@ impl OutboxLog {
                 enc.end();
                 slots.push(p_at);
             }
-            let base = Self::append(&mut st, &enc, "outbox migration")?;
+            let base = self.shared.append(&mut st, &enc, "outbox migration")?;
             for (e, p_at) in entries.iter().zip(slots) {
                 st.insert(
                     entry_key(&e.target, &e.event_id),
@@ -706,7 +1111,7 @@ impl OutboxLog {
     /// writes (what the file holds is unknown).
     pub fn sync(&self) -> Result<(), StoreError> {
         let file = {
-            let st = lock(&self.state);
+            let st = self.lock();
             if let Some(why) = &st.poisoned {
                 return Err(StoreError::Backend {
                     op: "outbox sync",
@@ -716,7 +1121,7 @@ impl OutboxLog {
             st.file.clone()
         };
         file.sync_data().map_err(|e| {
-            lock(&self.state).poisoned = Some(e.to_string());
+            self.lock().poisoned = Some(e.to_string());
             io_error("outbox sync")(e)
         })
     }
@@ -731,7 +1136,7 @@ impl OutboxLog {
         limit: usize,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
         use std::ops::Bound;
-        let st = lock(&self.state);
+        let st = self.lock();
         let start = match after {
             Some((t, e)) => Bound::Excluded(entry_key(t, e)),
             None => Bound::Unbounded,
@@ -768,7 +1173,7 @@ impl OutboxLog {
         event_id: &str,
         retry: OutboxRetry,
     ) -> Result<bool, StoreError> {
-        let mut st = lock(&self.state);
+        let mut st = self.lock();
         let key = entry_key(target, event_id);
         if !st.entries.contains_key(&key) {
             return Ok(false);
@@ -781,7 +1186,7 @@ impl OutboxLog {
         enc.u64(retry.next_attempt_ms);
         enc.u64(dead_code(retry.dead_at_ms));
         enc.end();
-        Self::append(&mut st, &enc, "outbox_update")?;
+        self.shared.append(&mut st, &enc, "outbox_update")?;
         if let Some(slot) = st.entries.get_mut(&key) {
             slot.attempts = retry.attempts;
             slot.next_attempt_ms = retry.next_attempt_ms;
@@ -796,7 +1201,7 @@ impl OutboxLog {
     /// # Errors
     /// [`StoreError::Backend`].
     pub fn remove(&self, entries: &[(String, String)], now_ms: u64) -> Result<usize, StoreError> {
-        let mut st = lock(&self.state);
+        let mut st = self.lock();
         let mut enc = Enc::new();
         enc.begin(REMOVE);
         enc.u32(0);
@@ -815,117 +1220,17 @@ impl OutboxLog {
         let at = enc.start + 8 + 1;
         enc.buf[at..at + 4].copy_from_slice(&(found.len() as u32).to_le_bytes());
         enc.end();
-        Self::append(&mut st, &enc, "outbox_remove")?;
+        self.shared.append(&mut st, &enc, "outbox_remove")?;
         for key in &found {
             st.remove(key);
         }
-        self.maybe_compact(&mut st, now_ms)?;
+        self.shared.ask_compaction(&mut st, now_ms);
         Ok(found.len())
-    }
-
-    /// Compacts when the file is past the minimum and at least four times what is live.
-    fn maybe_compact(&self, st: &mut State, now_ms: u64) -> Result<(), StoreError> {
-        if st.len >= self.compact_min && st.len >= st.live_bytes.saturating_mul(4) {
-            self.compact(st, now_ms)?;
-        }
-        Ok(())
-    }
-
-    /// Rewrites the live marks (those alive at `now_ms`) and entries into a new file,
-    /// synced, and renames it over the log.
-    fn compact(&self, st: &mut State, now_ms: u64) -> Result<(), StoreError> {
-        let started = std::time::Instant::now();
-        let old_len = st.len;
-        let expired: Vec<(u64, [u8; 16])> = st
-            .by_expiry
-            .iter()
-            .take_while(|(exp, _)| *exp <= now_ms)
-            .copied()
-            .collect();
-        for (exp, key) in expired {
-            st.drop_mark(exp, key);
-        }
-        let mut enc = Enc::new();
-        enc.buf.extend_from_slice(MAGIC);
-        let mut bare = Vec::with_capacity(st.marks.len());
-        for (key, mark) in &st.marks {
-            match &mark.value {
-                None => bare.push((*key, mark.expires_ms)),
-                Some(value) => {
-                    enc.begin(MARK_VALUE);
-                    enc.buf.extend_from_slice(key);
-                    enc.u64(mark.expires_ms);
-                    enc.bytes(value);
-                    enc.end();
-                }
-            }
-        }
-        for chunk in bare.chunks(MARKS_PER_RECORD) {
-            enc.begin(MARKS);
-            enc.u32(chunk.len() as u32);
-            for (key, exp) in chunk {
-                enc.buf.extend_from_slice(key);
-                enc.u64(*exp);
-            }
-            enc.end();
-        }
-        let mut offsets = Vec::with_capacity(st.entries.len());
-        let mut payload = Vec::new();
-        for (key, slot) in &st.entries {
-            payload.resize(slot.payload_len as usize, 0);
-            st.file
-                .read_exact_at(&mut payload, slot.payload_at)
-                .map_err(io_error("outbox compaction"))?;
-            let (target, event_id) = split_key(key);
-            enc.begin(ENTRY);
-            enc.bytes(target.as_bytes());
-            enc.bytes(event_id.as_bytes());
-            enc.bytes(slot.event_type.as_bytes());
-            enc.u64(slot.enqueued_ms);
-            enc.u32(slot.attempts);
-            enc.u64(slot.next_attempt_ms);
-            enc.u64(dead_code(slot.dead_at_ms));
-            offsets.push(enc.bytes(&payload) as u64);
-            enc.end();
-        }
-        let tmp = self.dir.join(COMPACT_FILE);
-        let write = || -> std::io::Result<File> {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?;
-            file.write_all_at(&enc.buf, 0)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, self.dir.join(LOG_FILE))?;
-            sync_dir(&self.dir)?;
-            Ok(file)
-        };
-        let file = write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            io_error("outbox compaction")(e)
-        })?;
-        st.file = Arc::new(file);
-        st.len = enc.buf.len() as u64;
-        st.allocated = st.len;
-        for (slot, at) in st.entries.values_mut().zip(offsets) {
-            slot.payload_at = at;
-        }
-        tracing::debug!(
-            from_bytes = old_len,
-            to_bytes = st.len,
-            entries = st.entries.len(),
-            marks = st.marks.len(),
-            took_ms = started.elapsed().as_millis() as u64,
-            "outbox log compacted"
-        );
-        Ok(())
     }
 
     /// How many dedup marks the log holds (expired ones not purged yet included).
     pub fn mark_count(&self) -> u64 {
-        lock(&self.state).marks.len() as u64
+        self.lock().marks.len() as u64
     }
 
     /// Sets the mark `key` until `expires_ms` unless it is alive at `now_ms` (a fresh
@@ -939,7 +1244,7 @@ impl OutboxLog {
         expires_ms: u64,
         now_ms: u64,
     ) -> Result<bool, StoreError> {
-        let mut st = lock(&self.state);
+        let mut st = self.lock();
         if st.mark_alive(&key, now_ms) {
             return Ok(false);
         }
@@ -948,14 +1253,14 @@ impl OutboxLog {
         enc.buf.extend_from_slice(&key);
         enc.u64(expires_ms);
         enc.end();
-        Self::append(&mut st, &enc, "mark_once")?;
+        self.shared.append(&mut st, &enc, "mark_once")?;
         st.set_mark(key, expires_ms, None);
         Ok(true)
     }
 
     /// The value of the mark `key` when it is alive at `now_ms` and has one.
     pub fn mark_value(&self, key: &[u8; 16], now_ms: u64) -> Option<Vec<u8>> {
-        let st = lock(&self.state);
+        let st = self.lock();
         st.marks
             .get(key)
             .filter(|m| m.expires_ms > now_ms)
@@ -974,7 +1279,7 @@ impl OutboxLog {
         value: &[u8],
         now_ms: u64,
     ) -> Result<bool, StoreError> {
-        let mut st = lock(&self.state);
+        let mut st = self.lock();
         let Some(expires_ms) = st
             .marks
             .get(&key)
@@ -989,7 +1294,7 @@ impl OutboxLog {
         enc.u64(expires_ms);
         enc.bytes(value);
         enc.end();
-        Self::append(&mut st, &enc, "set_mark_value")?;
+        self.shared.append(&mut st, &enc, "set_mark_value")?;
         st.set_mark(key, expires_ms, Some(value.to_vec()));
         Ok(true)
     }
@@ -1004,7 +1309,7 @@ impl OutboxLog {
             return Ok(());
         }
         {
-            let mut st = lock(&self.state);
+            let mut st = self.lock();
             let mut enc = Enc::new();
             for (key, expires_ms, value) in marks {
                 enc.begin(MARK_VALUE);
@@ -1013,36 +1318,12 @@ impl OutboxLog {
                 enc.bytes(value.as_deref().unwrap_or_default());
                 enc.end();
             }
-            Self::append(&mut st, &enc, "mark migration")?;
+            self.shared.append(&mut st, &enc, "mark migration")?;
             for (key, expires_ms, value) in marks {
                 st.set_mark(*key, *expires_ms, value.clone().filter(|v| !v.is_empty()));
             }
         }
         self.sync()
-    }
-
-    /// Drops `victims` (expiry, key) with one appended `MARK_DROP` record.
-    fn drop_marks(
-        st: &mut State,
-        victims: &[(u64, [u8; 16])],
-        op: &'static str,
-    ) -> Result<usize, StoreError> {
-        if victims.is_empty() {
-            return Ok(0);
-        }
-        let mut enc = Enc::new();
-        enc.begin(MARK_DROP);
-        enc.u32(victims.len() as u32);
-        for (exp, key) in victims {
-            enc.buf.extend_from_slice(key);
-            enc.u64(*exp);
-        }
-        enc.end();
-        Self::append(st, &enc, op)?;
-        for &(exp, key) in victims {
-            st.drop_mark(exp, key);
-        }
-        Ok(victims.len())
     }
 
     /// Drops up to `limit` marks expired at `now_ms`, oldest first (with their values);
@@ -1051,7 +1332,7 @@ impl OutboxLog {
     /// # Errors
     /// [`StoreError::Backend`] when the write fails (nothing dropped).
     pub fn purge(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
-        let mut st = lock(&self.state);
+        let mut st = self.lock();
         let expired: Vec<(u64, [u8; 16])> = st
             .by_expiry
             .iter()
@@ -1059,9 +1340,9 @@ impl OutboxLog {
             .take(limit)
             .copied()
             .collect();
-        let dropped = Self::drop_marks(&mut st, &expired, "purge_marks")?;
+        let dropped = self.shared.drop_marks(&mut st, &expired, "purge_marks")?;
         // Without forwarding, marks are all the log holds: this is where it is kept small.
-        self.maybe_compact(&mut st, now_ms)?;
+        self.shared.ask_compaction(&mut st, now_ms);
         Ok(dropped)
     }
 
@@ -1071,7 +1352,7 @@ impl OutboxLog {
     /// # Errors
     /// [`StoreError::Backend`] when the write fails (nothing dropped).
     pub fn trim(&self, max_marks: u64, limit: usize) -> Result<usize, StoreError> {
-        let mut st = lock(&self.state);
+        let mut st = self.lock();
         let over = (st.marks.len() as u64).saturating_sub(max_marks);
         if over == 0 || limit == 0 {
             return Ok(0);
@@ -1088,20 +1369,31 @@ impl OutboxLog {
                 break;
             }
         }
-        let dropped = Self::drop_marks(&mut st, &victims, "trim_marks")?;
-        self.maybe_compact(&mut st, 0)?;
+        let dropped = self.shared.drop_marks(&mut st, &victims, "trim_marks")?;
+        self.shared.ask_compaction(&mut st, 0);
         Ok(dropped)
     }
 
     /// The log's size on disk, bytes (zeros grown ahead included).
     pub fn disk_bytes(&self) -> u64 {
-        lock(&self.state).allocated
+        self.lock().allocated
     }
 
     /// Where the valid records end (tests).
     #[cfg(test)]
     fn end(&self) -> u64 {
-        lock(&self.state).len
+        self.lock().len
+    }
+}
+
+impl Drop for OutboxLog {
+    /// Ends the background thread once its chore in flight is done (a compaction
+    /// finishes), so that a log opened again on the directory is alone with its file.
+    fn drop(&mut self) {
+        let _ = self.shared.chores.send(Chore::Stop);
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
     }
 }
 
@@ -1365,12 +1657,84 @@ mod tests {
         assert!(!dir.path().join(COMPACT_FILE).exists());
     }
 
+    /// Compaction runs on the log's own thread beside appends: what two writers append
+    /// while the live set is written (and while the file is grown ahead) is carried into
+    /// the new file; every kept entry, payload and mark is there, a reopen included.
+    #[test]
+    fn appends_beside_background_compactions_are_all_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOG_FILE);
+        let log = Arc::new(OutboxLog::open_with(dir.path(), 256 << 10).unwrap());
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20_000 {
+                        let id = format!("ev_{w}_{i}");
+                        log.put(&[event(&id, &[T1])], &[false], 90_000, 10).unwrap();
+                        // Every 100th stays pending.
+                        if i % 100 != 0 {
+                            log.remove(&[pair(T1, &id)], 10).unwrap();
+                        }
+                        if i % 64 == 0 {
+                            log.sync().unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut shrank = 0;
+        let mut last = 0;
+        while writers.iter().any(|w| !w.is_finished()) {
+            let len = std::fs::metadata(&path).unwrap().len();
+            if len < last {
+                shrank += 1;
+            }
+            last = len;
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert!(shrank > 0, "no compaction happened");
+        log.sync().unwrap();
+        let expected: Vec<(String, String)> = {
+            let mut v: Vec<_> = (0..2)
+                .flat_map(|w| {
+                    (0..20_000)
+                        .step_by(100)
+                        .map(move |i| pair(T1, &format!("ev_{w}_{i}")))
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let check = |log: &OutboxLog| {
+            let entries = log.list(None, 10_000).unwrap();
+            let got: Vec<_> = entries
+                .iter()
+                .map(|e| pair(&e.target, &e.event_id))
+                .collect();
+            assert_eq!(got, expected);
+            for e in &entries {
+                assert_eq!(
+                    e.payload,
+                    format!("{{\"event_id\":\"{}\"}}", e.event_id).into_bytes()
+                );
+            }
+            assert_eq!(log.mark_count(), 40_000);
+        };
+        check(&log);
+        drop(Arc::into_inner(log).unwrap());
+        let log = OutboxLog::open(dir.path()).unwrap();
+        check(&log);
+    }
+
     /// Marks alone (a service without forward targets) do not grow the file for ever:
     /// purges compact it; the live marks and their values survive, a reopen included.
     #[test]
     fn marks_alone_are_compacted_by_the_purges() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(LOG_FILE);
         let log = OutboxLog::open_with(dir.path(), 64 << 10).unwrap();
         let kept = mark_key(b"event/kept");
         assert!(log.mark_once(kept, u64::MAX, 0).unwrap());
@@ -1394,7 +1758,9 @@ mod tests {
         let log = OutboxLog::open(dir.path()).unwrap();
         assert_eq!(log.mark_count(), 1);
         assert_eq!(log.mark_value(&kept, 5).as_deref(), Some(&b"answer"[..]));
-        assert!(std::fs::metadata(&path).unwrap().len() < 64 << 10);
+        // Smaller than before the compaction (what was appended while it ran is kept
+        // after the live set, so how much smaller depends on the background thread).
+        assert!(log.end() < peak, "{} >= {peak}", log.end());
     }
 
     #[test]
