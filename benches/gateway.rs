@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use actix_web::{App, HttpResponse, HttpServer, web};
 use bytes::Bytes;
 use lark_auth::config::{Config, ForwardTarget};
-use lark_auth::connection::ConnectionState;
 use lark_auth::sandbox::{FloodReport, FloodSpec, Sandbox, SandboxConfig};
 use lark_auth::secret::Secret;
 use lark_auth::vault::{Keyring, VaultKey};
@@ -100,14 +99,10 @@ async fn start_service(target: Option<&str>) -> Result<Service, String> {
         },
     )
     .map_err(|e| e.to_string())?;
-    let mut states = handle.connection_states();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        states.wait_for(|r| r.state == ConnectionState::Connected),
-    )
-    .await
-    .map_err(|_| "not connected within 10 s")?
-    .map_err(|e| e.to_string())?;
+    handle
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(Service {
         sandbox,
         handle,

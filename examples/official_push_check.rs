@@ -30,7 +30,6 @@ use std::time::Duration;
 
 use clap::Parser;
 use lark_auth::config::{Config, ForwardTarget};
-use lark_auth::connection::ConnectionState;
 use lark_auth::sandbox::{Sandbox, SandboxConfig};
 use lark_auth::secret::Secret;
 use lark_auth::vault::{Keyring, VaultKey};
@@ -216,14 +215,10 @@ async fn run(args: Args) -> Result<bool, String> {
         },
     )
     .map_err(|e| format!("start: {e}"))?;
-    let mut states = handle.connection_states();
-    tokio::time::timeout(
-        timeout,
-        states.wait_for(|r| r.state == ConnectionState::Connected),
-    )
-    .await
-    .map_err(|_| "lark-auth did not connect to the sandbox")?
-    .map_err(|e| e.to_string())?;
+    handle
+        .wait_connected(timeout)
+        .await
+        .map_err(|e| e.to_string())?;
 
     let message = envelope(
         "ev_fidelity_msg",

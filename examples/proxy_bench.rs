@@ -31,7 +31,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix_service::ServiceExt as _;
 use clap::Parser;
 use lark_auth::config::{Config, SidecarClientConfig, SidecarIdentity};
-use lark_auth::connection::ConnectionState;
 use lark_auth::proxy::sidecar::{Canonical, body_sha256, canonical_string, sign};
 use lark_auth::sandbox::{Sandbox, SandboxConfig};
 use lark_auth::secret::Secret;
@@ -410,14 +409,10 @@ async fn run(args: Args) -> Result<(), String> {
         },
     )
     .map_err(|e| format!("start: {e}"))?;
-    let mut states = handle.connection_states();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        states.wait_for(|r| r.state == ConnectionState::Connected),
-    )
-    .await
-    .map_err(|_| "lark-auth did not connect")?
-    .map_err(|e| e.to_string())?;
+    handle
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .map_err(|e| e.to_string())?;
     authorize(&handle, &sandbox).await?;
     let token = handle
         .token(USER)

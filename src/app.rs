@@ -26,6 +26,8 @@
 //!     // the control API) come from the environment, as config.toml names them.
 //!     let config = Config::from_file("config.toml".as_ref())?;
 //!     let handle = LarkAuth::start(config)?;
+//!     // Card clicks and events arrive once the long connection is up.
+//!     handle.wait_connected(Duration::from_secs(30)).await?;
 //!     match handle.token("ou_7d8a6e6df7621556ce0d21922b676706ccs").await {
 //!         Ok(token) => println!("token valid until {} (unix ms)", token.expires_ms),
 //!         Err(e) => eprintln!("no token: {e}"),
@@ -151,6 +153,14 @@ pub enum HandleError {
     /// The vault refused the operation.
     #[error(transparent)]
     Vault(#[from] VaultError),
+    /// [`Handle::wait_connected`]: the long connection was not connected within the time
+    /// given (the states it went through are in [`Handle::connection_states`] and in the
+    /// log, with their causes).
+    #[error("lark-auth's long connection did not connect within {} s", .within.as_secs_f64())]
+    NotConnected {
+        /// The time waited.
+        within: Duration,
+    },
 }
 
 /// Turns the scheduler's [`ReauthNeeded`] (sent once per grant, only when
@@ -684,6 +694,23 @@ impl Handle {
     /// The connection state as it changes.
     pub fn connection_states(&self) -> watch::Receiver<StateReport> {
         self.states.clone()
+    }
+
+    /// Waits until the long connection is connected (returns at once when it is), at
+    /// most `within`: what an embedding program awaits after [`LarkAuth::start_with`]
+    /// before it relies on events and card clicks arriving.
+    ///
+    /// # Errors
+    /// [`HandleError::NotConnected`] after `within`; [`HandleError::Stopped`] when the
+    /// service stopped meanwhile.
+    pub async fn wait_connected(&self, within: Duration) -> Result<(), HandleError> {
+        let mut states = self.states.clone();
+        let connected = states.wait_for(|r| r.state == ConnectionState::Connected);
+        match tokio::time::timeout(within, connected).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(HandleError::Stopped),
+            Err(_) => Err(HandleError::NotConnected { within }),
+        }
     }
 
     /// The address the control API listens on, when started.

@@ -20,7 +20,6 @@ use aes::cipher::{BlockDecryptMut, KeyIvInit, block_padding::Pkcs7};
 use base64::Engine as _;
 use bytes::Bytes;
 use lark_auth::config::{Config, ForwardTarget};
-use lark_auth::connection::ConnectionState;
 use lark_auth::sandbox::Sandbox;
 use lark_auth::secret::Secret;
 use lark_auth::vault::{Keyring, VaultKey};
@@ -207,14 +206,7 @@ async fn start(targets: Vec<ForwardTarget>, adjust: impl FnOnce(&mut Config)) ->
         },
     )
     .expect("starts");
-    let mut states = handle.connection_states();
-    tokio::time::timeout(
-        WAIT,
-        states.wait_for(|r| r.state == ConnectionState::Connected),
-    )
-    .await
-    .expect("connects in time")
-    .unwrap();
+    handle.wait_connected(WAIT).await.expect("connects in time");
     Instance {
         sandbox,
         handle,

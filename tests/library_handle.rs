@@ -173,3 +173,40 @@ async fn start_reads_the_secrets_from_the_variables_the_config_names() {
         "nothing created without a key"
     );
 }
+
+/// `Handle::wait_connected` gives up after the time given, with an error that says so,
+/// while the platform cannot be reached (connected, it answers at once: every instance
+/// these tests start waits with it).
+#[actix_rt::test]
+async fn wait_connected_gives_up_after_the_time_given_when_the_platform_is_unreachable() {
+    let sandbox =
+        lark_auth::sandbox::Sandbox::start(service_common::sessions_common::sandbox_config())
+            .await
+            .unwrap();
+    let base = sandbox.base_url();
+    sandbox.stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = lark_auth::Config::for_tests(&base);
+    config.vault.path = dir.path().join("vault");
+    let handle = lark_auth::LarkAuth::start_with(
+        config,
+        lark_auth::StartOptions {
+            keyring: lark_auth::vault::Keyring::single(1, lark_auth::vault::VaultKey::generate()),
+            api_token: None,
+            http: false,
+            accept_loss: false,
+        },
+    )
+    .expect("starts without the platform");
+    let within = Duration::from_millis(300);
+    let err = handle.wait_connected(within).await.unwrap_err();
+    assert!(
+        matches!(err, lark_auth::app::HandleError::NotConnected { within: w } if w == within),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "lark-auth's long connection did not connect within 0.3 s"
+    );
+    handle.shutdown(Duration::from_secs(5)).await;
+}

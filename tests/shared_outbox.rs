@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use actix_web::{App, HttpResponse, HttpServer, web};
 use bytes::Bytes;
 use lark_auth::config::{Config, ForwardTarget, StoreBackend};
-use lark_auth::connection::ConnectionState;
 use lark_auth::sandbox::Sandbox;
 use lark_auth::secret::Secret;
 use lark_auth::vault::{Keyring, VaultKey};
@@ -122,14 +121,7 @@ async fn start(config: Config, keyring: Keyring) -> Handle {
         },
     )
     .expect("starts on PostgreSQL");
-    let mut states = handle.connection_states();
-    tokio::time::timeout(
-        WAIT,
-        states.wait_for(|r| r.state == ConnectionState::Connected),
-    )
-    .await
-    .expect("connects in time")
-    .unwrap();
+    handle.wait_connected(WAIT).await.expect("connects in time");
     handle
 }
 

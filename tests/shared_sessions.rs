@@ -14,7 +14,6 @@ mod sessions_common;
 use std::time::{Duration, Instant};
 
 use lark_auth::config::{AuthFlow, Config, StoreBackend};
-use lark_auth::connection::ConnectionState;
 use lark_auth::sandbox::{OpenApiFault, OpenApiRoute, RecordedAck, Sandbox};
 use lark_auth::secret::Secret;
 use lark_auth::session::StartError as SessionStartError;
@@ -54,14 +53,7 @@ async fn start(config: Config, keyring: Keyring, http: bool) -> Handle {
         },
     )
     .expect("starts on PostgreSQL");
-    let mut states = handle.connection_states();
-    tokio::time::timeout(
-        WAIT,
-        states.wait_for(|r| r.state == ConnectionState::Connected),
-    )
-    .await
-    .expect("connects in time")
-    .unwrap();
+    handle.wait_connected(WAIT).await.expect("connects in time");
     handle
 }
 

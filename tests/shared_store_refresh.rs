@@ -12,7 +12,6 @@ mod sessions_common;
 use std::time::{Duration, Instant};
 
 use lark_auth::config::{Config, StoreBackend};
-use lark_auth::connection::ConnectionState;
 use lark_auth::sandbox::Sandbox;
 use lark_auth::secret::Secret;
 use lark_auth::session::machine::SessionState;
@@ -57,14 +56,7 @@ async fn start(config: Config, keyring: Keyring) -> Handle {
         },
     )
     .expect("starts on PostgreSQL");
-    let mut states = handle.connection_states();
-    tokio::time::timeout(
-        WAIT,
-        states.wait_for(|r| r.state == ConnectionState::Connected),
-    )
-    .await
-    .expect("connects in time")
-    .unwrap();
+    handle.wait_connected(WAIT).await.expect("connects in time");
     handle
 }
 

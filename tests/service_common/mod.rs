@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use lark_auth::config::Config;
-use lark_auth::connection::ConnectionState;
 use lark_auth::sandbox::{Sandbox, SandboxConfig};
 use lark_auth::secret::Secret;
 use lark_auth::session::machine::SessionState;
@@ -68,14 +67,7 @@ pub async fn start_instance_with(adjust: impl FnOnce(&mut SandboxConfig, &mut Co
         },
     )
     .expect("starts");
-    let mut states = handle.connection_states();
-    tokio::time::timeout(
-        WAIT,
-        states.wait_for(|r| r.state == ConnectionState::Connected),
-    )
-    .await
-    .expect("connects in time")
-    .unwrap();
+    handle.wait_connected(WAIT).await.expect("connects in time");
     Instance {
         sandbox,
         handle,
