@@ -34,6 +34,7 @@
 //! `SHARED_REFRESH_DUE` (grants due at once), `SHARED_REFRESH_GRANTS` (grants stored, the
 //! due ones included).
 
+mod cold_grants;
 #[path = "../tests/pg_common/mod.rs"]
 mod pg_common;
 
@@ -42,7 +43,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lark_auth::config::{Config, StoreBackend};
-use lark_auth::connection::ConnectionState;
 use lark_auth::openapi::{OpenApiClient, PkcePair, UserTokenGrant};
 use lark_auth::sandbox::{DEFAULT_REDIRECT_URI, Sandbox, SandboxConfig};
 use lark_auth::secret::Secret;
@@ -70,42 +70,8 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn background_id(i: usize) -> String {
-    format!("ou_{i:032x}")
-}
-
 fn due_id(i: usize) -> String {
     format!("ou_due_{i:08}")
-}
-
-/// A background grant: cold, nothing due for days; its tokens are never sent.
-fn background(i: usize, now: u64) -> GrantRecord {
-    GrantRecord {
-        app_id: APP.into(),
-        identity: UserIdentity {
-            open_id: background_id(i),
-            union_id: Some(format!("on_{i:032x}")),
-            user_id: None,
-            name: Some(format!("User {i}")),
-            tenant_key: Some("tk_test_tenant_0001".into()),
-        },
-        access_token: Secret::new(format!("u-{i:0>254}")),
-        refresh_token: Secret::new(format!("ur-{i:0>253}")),
-        access_expires_ms: now + 7_200_000,
-        // Keep-alive deadlines (1 day before) spread over days 1–6 from now.
-        refresh_expires_ms: now + 2 * 86_400_000 + (i as u64 * 7919) % (5 * 86_400_000),
-        issued_ms: now,
-        scopes: vec!["offline_access".into()],
-        consent_ms: now,
-        last_used_ms: now - 86_400_000,
-        status: GrantStatus::Active,
-        status_code: None,
-        failures: 0,
-        retry_at_ms: None,
-        refresh_started_ms: None,
-        reauth_requested_ms: None,
-        version: 0,
-    }
 }
 
 /// A due grant from a sandbox token answer: hot (used now), its access token aged to
@@ -168,14 +134,7 @@ async fn start(config: Config, keyring: Keyring) -> Handle {
         },
     )
     .expect("starts on PostgreSQL");
-    let mut states = handle.connection_states();
-    tokio::time::timeout(
-        WAIT,
-        states.wait_for(|r| r.state == ConnectionState::Connected),
-    )
-    .await
-    .expect("connects in time")
-    .unwrap();
+    handle.wait_connected(WAIT).await.expect("connects in time");
     handle
 }
 
@@ -248,7 +207,10 @@ fn main() {
             let vault = vault.clone();
             s.spawn(move || {
                 for i in (t..background_n).step_by(2) {
-                    match vault.compare_and_swap(&background(i, now), false) {
+                    match vault.compare_and_swap(
+                        &cold_grants::cold_grant(APP, "tk_test_tenant_0001", i, now),
+                        false,
+                    ) {
                         Ok(SwapOutcome::Swapped(_)) => {}
                         other => panic!("load failed: {other:?}"),
                     }

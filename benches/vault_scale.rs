@@ -32,8 +32,7 @@ use lark_auth::store::{PostgresStore, SledStore, Store};
 use lark_auth::tokens::{NewTokens, RefreshFailure, RefreshGrant, TokenSource};
 use lark_auth::vault::actor::{CompareAndSwapGrant, GetGrant};
 use lark_auth::vault::{
-    DuePolicy, GrantRecord, GrantStatus, Keyring, SwapOutcome, TokenVaultActor, UserIdentity,
-    Vault, VaultKey, unix_now_ms,
+    DuePolicy, Keyring, SwapOutcome, TokenVaultActor, Vault, VaultKey, unix_now_ms,
 };
 
 struct Counting;
@@ -63,8 +62,11 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+mod cold_grants;
 #[path = "../tests/pg_common/mod.rs"]
 mod pg_common;
+
+use cold_grants::{cold_grant, open_id};
 
 const APP: &str = "cli_bench";
 
@@ -74,41 +76,6 @@ struct NeverCalled;
 impl RefreshGrant for NeverCalled {
     async fn refresh(&self, _: Secret<String>) -> Result<NewTokens, RefreshFailure> {
         unreachable!("fresh tokens are not refreshed in this bench")
-    }
-}
-
-fn open_id(i: usize) -> String {
-    format!("ou_{i:032x}")
-}
-
-fn record(i: usize, now: u64) -> GrantRecord {
-    GrantRecord {
-        app_id: APP.into(),
-        identity: UserIdentity {
-            open_id: open_id(i),
-            union_id: Some(format!("on_{i:032x}")),
-            user_id: None,
-            name: Some(format!("User {i}")),
-            tenant_key: Some("tk_bench".into()),
-        },
-        // Real tokens are ~1 KB JWT-like strings; 256 B keeps the disk use moderate.
-        access_token: Secret::new(format!("u-{i:0>254}")),
-        refresh_token: Secret::new(format!("ur-{i:0>253}")),
-        access_expires_ms: now + 7_200_000,
-        // Keep-alive deadlines spread over the coming week (none due now).
-        refresh_expires_ms: now + 2 * 86_400_000 + (i as u64 * 7919) % (5 * 86_400_000),
-        issued_ms: now,
-        scopes: vec!["offline_access".into()],
-        consent_ms: now,
-        // Cold: last used a day ago, so only keep-alive deadlines are indexed.
-        last_used_ms: now - 86_400_000,
-        status: GrantStatus::Active,
-        status_code: None,
-        failures: 0,
-        retry_at_ms: None,
-        refresh_started_ms: None,
-        reauth_requested_ms: None,
-        version: 0,
     }
 }
 
@@ -160,7 +127,7 @@ fn main() {
             let vault = vault.clone();
             s.spawn(move || {
                 for i in (t..grants).step_by(2) {
-                    match vault.compare_and_swap(&record(i, now), false) {
+                    match vault.compare_and_swap(&cold_grant(APP, "tk_bench", i, now), false) {
                         Ok(SwapOutcome::Swapped(_)) => {}
                         other => panic!("load failed: {other:?}"),
                     }
@@ -181,7 +148,7 @@ fn main() {
         let before = LIVE.load(Ordering::Relaxed);
         let mut index = RefreshIndex::new();
         for i in 0..grants {
-            let r = record(i, now);
+            let r = cold_grant(APP, "tk_bench", i, now);
             index.set(
                 i as u32,
                 DeadlineKind::KeepAlive,
