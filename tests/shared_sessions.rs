@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use lark_auth::config::{AuthFlow, Config, StoreBackend};
 use lark_auth::sandbox::{OpenApiFault, OpenApiRoute, RecordedAck, Sandbox};
 use lark_auth::secret::Secret;
+use lark_auth::session::SessionView;
 use lark_auth::session::StartError as SessionStartError;
 use lark_auth::session::machine::SessionState;
 use lark_auth::vault::{Keyring, VaultKey};
@@ -269,17 +270,25 @@ async fn the_per_user_limit_counts_the_authorizations_started_on_every_instance(
     b.shutdown(Duration::from_secs(2)).await;
 }
 
-#[actix_rt::test]
-async fn a_redirect_on_the_instance_not_holding_a_code_flow_session_completes_it() {
-    let server = pg_common::TestPostgres::start();
-    let (sandbox, mut config) = setup(&server).await;
+/// Two instances on one store with the authorization-code flow (A without the control
+/// API, B with it), a session for `user` started on A, and the user's consent on the
+/// platform: what the redirect to lark-auth carries.
+struct CodeFlowOnA {
+    sandbox: Sandbox,
+    a: Handle,
+    b: Handle,
+    view: SessionView,
+    code: String,
+    state: String,
+}
+
+async fn code_flow_started_on_a(server: &pg_common::TestPostgres, user: &str) -> CodeFlowOnA {
+    let (sandbox, mut config) = setup(server).await;
     config.auth.flow = AuthFlow::AuthorizationCode;
     config.auth.redirect_uri = lark_auth::sandbox::DEFAULT_REDIRECT_URI.into();
     let keyring = Keyring::single(1, VaultKey::generate());
     let a = start(config.clone(), keyring.clone(), false).await;
     let b = start(config, keyring, true).await;
-
-    let user = "ou_shared_redirect";
     let view = a.authorize(user, vec![]).await.expect("started on A");
     let card = sandbox.wait_for_sent_cards(1, WAIT).await.unwrap()[0].clone();
     let landing = sandbox
@@ -287,6 +296,28 @@ async fn a_redirect_on_the_instance_not_holding_a_code_flow_session_completes_it
         .expect("the user consents");
     let code = query_param(&landing, "code").expect("code");
     let state = query_param(&landing, "state").expect("state");
+    CodeFlowOnA {
+        sandbox,
+        a,
+        b,
+        view,
+        code,
+        state,
+    }
+}
+
+#[actix_rt::test]
+async fn a_redirect_on_the_instance_not_holding_a_code_flow_session_completes_it() {
+    let server = pg_common::TestPostgres::start();
+    let user = "ou_shared_redirect";
+    let CodeFlowOnA {
+        sandbox,
+        a,
+        b,
+        view,
+        code,
+        state,
+    } = code_flow_started_on_a(&server, user).await;
     let http = awc::Client::default();
     let url = format!(
         "http://{}/oauth/callback?code={code}&state={state}",
@@ -316,21 +347,15 @@ async fn a_redirect_on_the_instance_not_holding_a_code_flow_session_completes_it
 #[actix_rt::test]
 async fn a_redirect_taken_by_a_holder_that_died_before_answering_is_carried_on_by_the_next() {
     let server = pg_common::TestPostgres::start();
-    let (sandbox, mut config) = setup(&server).await;
-    config.auth.flow = AuthFlow::AuthorizationCode;
-    config.auth.redirect_uri = lark_auth::sandbox::DEFAULT_REDIRECT_URI.into();
-    let keyring = Keyring::single(1, VaultKey::generate());
-    let a = start(config.clone(), keyring.clone(), false).await;
-    let b = start(config, keyring, true).await;
-
     let user = "ou_shared_redirect_holder_died";
-    let view = a.authorize(user, vec![]).await.expect("started on A");
-    let card = sandbox.wait_for_sent_cards(1, WAIT).await.unwrap()[0].clone();
-    let landing = sandbox
-        .authorize(&authorize_url(&card.card), user)
-        .expect("the user consents");
-    let code = query_param(&landing, "code").expect("code");
-    let state = query_param(&landing, "state").expect("state");
+    let CodeFlowOnA {
+        sandbox,
+        a,
+        b,
+        view,
+        code,
+        state,
+    } = code_flow_started_on_a(&server, user).await;
     // A dies, its lease still running: the redirect landing on B is handed to A's inbox.
     a.abandon_sessions(Duration::from_secs(2)).await;
     let url = format!(
