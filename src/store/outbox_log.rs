@@ -33,7 +33,7 @@
 //! thread instead was measured worse: an `fdatasync` of the log during the grow flushes
 //! the grow's dirty zeros and its size change, so the ack tail at 5,000 events/s got
 //! stalls of 2–140 ms in half the rounds.)
-
+//!
 //! Durability: [`OutboxLog::put`] appends without syncing; [`OutboxLog::sync`]
 //! (`fdatasync`) makes everything appended so far durable: the gateway acks a group of
 //! events after it. Updates and removals are appended and become durable with the next
