@@ -11,7 +11,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use crate::app::{Handle, LarkAuth, StartOptions};
-use crate::config::Config;
+use crate::config::{CardLocale, Config};
 use crate::connection::ConnectionState;
 use crate::protocol::endpoint::ClientConfig;
 use crate::sandbox::{Sandbox, SandboxConfig};
@@ -104,11 +104,12 @@ fn card_summary(card: &serde_json::Value) -> Vec<String> {
     lines
 }
 
-/// Runs the demo inside the current actix System, narrating to `out`.
+/// Runs the demo inside the current actix System, narrating to `out`, the card and its
+/// toasts in `card_locale` (as `auth.card_locale` sets them).
 ///
 /// # Errors
 /// [`DemoError`] naming the step that failed.
-pub async fn run(out: &mut impl Write) -> Result<(), DemoError> {
+pub async fn run(out: &mut impl Write, card_locale: CardLocale) -> Result<(), DemoError> {
     let mut sandbox_config = SandboxConfig {
         client_config: ClientConfig {
             reconnect_count: Some(-1),
@@ -134,7 +135,7 @@ pub async fn run(out: &mut impl Write) -> Result<(), DemoError> {
         std::process::id(),
         crate::clock::unix_now_ms()
     ));
-    let result = run_with(&sandbox, &dir, out).await;
+    let result = run_with(&sandbox, &dir, card_locale, out).await;
     let _ = std::fs::remove_dir_all(&dir);
     sandbox.stop().await;
     result
@@ -143,9 +144,11 @@ pub async fn run(out: &mut impl Write) -> Result<(), DemoError> {
 async fn run_with(
     sandbox: &Sandbox,
     dir: &std::path::Path,
+    card_locale: CardLocale,
     out: &mut impl Write,
 ) -> Result<(), DemoError> {
     let mut config = Config::for_tests(&sandbox.base_url());
+    config.auth.card_locale = card_locale;
     config.vault.path = dir.join("vault");
     config.http.listen = "127.0.0.1:0".parse().expect("a socket address");
     config.connection.callback_budget = Duration::from_secs(2);

@@ -52,8 +52,13 @@ enum Command {
     ///
     /// Logs go to stderr at `warn` (set RUST_LOG=info to see them all).
     ///
-    /// Example: lark-auth demo
-    Demo,
+    /// Example: lark-auth demo --locale en_us
+    Demo {
+        /// Language of the demo's card and toasts (what auth.card_locale sets in a real
+        /// configuration): zh_cn (default) or en_us.
+        #[arg(long, value_parser = ["zh_cn", "en_us"])]
+        locale: Option<String>,
+    },
     /// Validate the configuration and the environment (including that the vault key opens
     /// an existing vault), then print the effective settings with secrets redacted. Exits
     /// 0 when valid, 2 otherwise.
@@ -285,7 +290,7 @@ fn main() -> ExitCode {
         } => serve(config.as_deref(), accept_loss),
         Command::CheckConfig { config } => check_config(config.as_deref()),
         Command::MigrateStore { config, from_sled } => migrate_store(config.as_deref(), &from_sled),
-        Command::Demo => demo(),
+        Command::Demo { locale } => demo(locale.as_deref()),
         Command::Authorize {
             open_id,
             scopes,
@@ -729,7 +734,11 @@ fn init_logging(config: &Config) {
     }
 }
 
-fn demo() -> ExitCode {
+fn demo(locale: Option<&str>) -> ExitCode {
+    // clap has checked the value against the two it accepts.
+    let card_locale = locale
+        .and_then(lark_auth::config::CardLocale::from_platform)
+        .unwrap_or_default();
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
@@ -739,7 +748,8 @@ fn demo() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let system = actix::System::new();
-    let result = system.block_on(async { lark_auth::demo::run(&mut std::io::stdout()).await });
+    let result =
+        system.block_on(async { lark_auth::demo::run(&mut std::io::stdout(), card_locale).await });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -497,3 +497,24 @@ fn client_commands_refuse_a_malformed_open_id_before_any_request() {
         );
     }
 }
+
+/// `demo --locale en_us` runs the whole demo with the English card; a locale the cards do
+/// not have is refused with exit 2 before anything starts, naming the accepted values.
+#[test]
+fn demo_shows_the_card_in_the_locale_asked_for_and_refuses_others() {
+    let out = run(&["demo", "--locale", "en_us"], &[]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("demo OK"), "{stdout}");
+    assert!(stdout.contains("asks to act on your behalf"), "{stdout}");
+    assert!(!stdout.contains("请求以你的身份"), "{stdout}");
+
+    let out = run(&["demo", "--locale", "fr"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("zh_cn") && stderr.contains("en_us"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "nothing ran: {}", text(&out.stdout));
+}

@@ -36,7 +36,9 @@ async fn the_demo_completes_and_its_logs_hold_no_secret() {
         .expect("subscriber installs once in this test process");
 
     let mut out = Vec::new();
-    lark_auth::demo::run(&mut out).await.expect("demo succeeds");
+    lark_auth::demo::run(&mut out, lark_auth::config::CardLocale::ZhCn)
+        .await
+        .expect("demo succeeds");
     let out = String::from_utf8(out).unwrap();
     assert!(out.contains("demo OK"), "{out}");
     assert!(
