@@ -272,14 +272,14 @@ async fn the_per_user_limit_counts_the_authorizations_started_on_every_instance(
 
 /// Two instances on one store with the authorization-code flow (A without the control
 /// API, B with it), a session for `user` started on A, and the user's consent on the
-/// platform: what the redirect to lark-auth carries.
+/// platform: the URL its redirect opens on B (`/oauth/callback` with the `code` and
+/// `state`).
 struct CodeFlowOnA {
     sandbox: Sandbox,
     a: Handle,
     b: Handle,
     view: SessionView,
-    code: String,
-    state: String,
+    callback_url: String,
 }
 
 async fn code_flow_started_on_a(server: &pg_common::TestPostgres, user: &str) -> CodeFlowOnA {
@@ -296,13 +296,16 @@ async fn code_flow_started_on_a(server: &pg_common::TestPostgres, user: &str) ->
         .expect("the user consents");
     let code = query_param(&landing, "code").expect("code");
     let state = query_param(&landing, "state").expect("state");
+    let callback_url = format!(
+        "http://{}/oauth/callback?code={code}&state={state}",
+        b.http_addr().unwrap()
+    );
     CodeFlowOnA {
         sandbox,
         a,
         b,
         view,
-        code,
-        state,
+        callback_url,
     }
 }
 
@@ -315,14 +318,9 @@ async fn a_redirect_on_the_instance_not_holding_a_code_flow_session_completes_it
         a,
         b,
         view,
-        code,
-        state,
+        callback_url: url,
     } = code_flow_started_on_a(&server, user).await;
     let http = awc::Client::default();
-    let url = format!(
-        "http://{}/oauth/callback?code={code}&state={state}",
-        b.http_addr().unwrap()
-    );
     let started = Instant::now();
     let resp = http.get(&url).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200, "landing page received");
@@ -348,20 +346,10 @@ async fn a_redirect_on_the_instance_not_holding_a_code_flow_session_completes_it
 async fn a_redirect_taken_by_a_holder_that_died_before_answering_is_carried_on_by_the_next() {
     let server = pg_common::TestPostgres::start();
     let user = "ou_shared_redirect_holder_died";
-    let CodeFlowOnA {
-        sandbox,
-        a,
-        b,
-        view,
-        code,
-        state,
-    } = code_flow_started_on_a(&server, user).await;
+    let flow = code_flow_started_on_a(&server, user).await;
+    let (sandbox, b, view, url) = (flow.sandbox, flow.b, flow.view, flow.callback_url);
     // A dies, its lease still running: the redirect landing on B is handed to A's inbox.
-    a.abandon_sessions(Duration::from_secs(2)).await;
-    let url = format!(
-        "http://{}/oauth/callback?code={code}&state={state}",
-        b.http_addr().unwrap()
-    );
+    flow.a.abandon_sessions(Duration::from_secs(2)).await;
     let browser = actix_rt::spawn(async move {
         // Longer than the relay's wait for the holder's answer (RELAY_REDIRECT_WAIT).
         awc::Client::builder()
