@@ -812,7 +812,7 @@ impl TailCopy<'_> {
         let end = at + buf.len() as u64;
         let sized = end > self.allocated;
         if sized {
-            let to = end.div_ceil(GROW).saturating_add(1).saturating_mul(GROW);
+            let to = grown_size(end);
             write_zeros(new, self.allocated, to)?;
             self.allocated = to;
         }
@@ -827,9 +827,15 @@ impl TailCopy<'_> {
     }
 }
 
+/// The size a file is grown to so that it holds `end` bytes and at least [`GROW`] of
+/// zeros after them, in whole [`GROW`] steps.
+fn grown_size(end: u64) -> u64 {
+    end.div_ceil(GROW).saturating_add(1).saturating_mul(GROW)
+}
+
 /// Grows the file with zeros, synced (size included), to hold `end` and [`GROW`] more.
 fn grow(st: &mut State, end: u64) -> std::io::Result<()> {
-    let target = end.div_ceil(GROW).saturating_add(1).saturating_mul(GROW);
+    let target = grown_size(end);
     write_zeros(&st.file, st.allocated, target)?;
     st.file.sync_all()?;
     st.allocated = target;
